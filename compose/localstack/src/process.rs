@@ -1,0 +1,194 @@
+//! The processes of the stack: pid files, liveness, stopping, logs.
+//!
+//! A pid file alone is not proof: after a reboot the number may belong to some other
+//! process. A pid counts as ours only if its command line names the server's folder in
+//! the stack (every server is started with it), so `down` never signals a stranger.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+
+use crate::layout::Layout;
+use crate::servers::ServerKind;
+
+/// How long a server gets to shut down cleanly before it is killed.
+const GRACE: Duration = Duration::from_secs(60);
+
+/// The pid of the server if it runs and was started by this stack.
+pub fn running_pid(layout: &Layout, kind: ServerKind) -> Option<u32> {
+    let text = std::fs::read_to_string(layout.pid_file(kind)).ok()?;
+    let pid: u32 = text.trim().parse().ok()?;
+    let marker = layout.server_dir(kind);
+    is_ours(pid, &marker.to_string_lossy()).then_some(pid)
+}
+
+fn is_ours(pid: u32, marker: &str) -> bool {
+    if !is_alive(pid) {
+        return false;
+    }
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|cmd| String::from_utf8_lossy(&cmd).contains(marker))
+}
+
+/// Alive and not a zombie waiting to be reaped.
+fn is_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+pub fn write_pid(layout: &Layout, kind: ServerKind, pid: u32) -> Result<()> {
+    let path = layout.pid_file(kind);
+    let tmp = path.with_extension("pid.tmp");
+    let mut file =
+        std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
+    writeln!(file, "{pid}")?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Stops the server if this stack runs it: SIGTERM to its process group, then SIGKILL
+/// after [`GRACE`]; then waits until its ports are closed. Returns the pid it stopped.
+pub fn stop(layout: &Layout, kind: ServerKind) -> Result<Option<u32>> {
+    let pid_file = layout.pid_file(kind);
+    let Some(pid) = running_pid(layout, kind) else {
+        // A stale pid file (the process died or the machine rebooted) is removed.
+        let _ = std::fs::remove_file(&pid_file);
+        return Ok(None);
+    };
+    let raw = i32::try_from(pid).context("pid out of range")?;
+    signal_group(raw, Signal::SIGTERM);
+    let deadline = Instant::now() + GRACE;
+    while is_alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if is_alive(pid) {
+        eprintln!(
+            "{kind}: did not stop within {} s, killing it",
+            GRACE.as_secs()
+        );
+        signal_group(raw, Signal::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while is_alive(pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if is_alive(pid) {
+            bail!("pid {pid} survived SIGKILL");
+        }
+    }
+    wait_ports_closed(kind, Duration::from_secs(10))?;
+    let _ = std::fs::remove_file(&pid_file);
+    Ok(Some(pid))
+}
+
+fn signal_group(pid: i32, signal: Signal) {
+    // Servers are started as leaders of their own process group, so the group goes too
+    // (a JVM forks nothing, but Prometheus or a wrapper might).
+    if killpg(Pid::from_raw(pid), signal).is_err() {
+        let _ = kill(Pid::from_raw(pid), signal);
+    }
+}
+
+fn wait_ports_closed(kind: ServerKind, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let open: Vec<u16> = kind
+            .ports()
+            .iter()
+            .copied()
+            .filter(|&p| port_in_use(p))
+            .collect();
+        if open.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("its process is gone but ports {open:?} still accept connections");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// True when something listens on 127.0.0.1:`port`.
+pub fn port_in_use(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(300),
+    )
+    .is_ok()
+}
+
+/// Resident memory of a process in MiB, from /proc.
+pub fn rss_mib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+/// The last `lines` lines of a file (reads at most its last 256 KiB).
+pub fn tail(path: &Path, lines: usize) -> String {
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return format!("(no log at {})", path.display());
+    };
+    let len = file.metadata().map_or(0, |m| m.len());
+    let start = len.saturating_sub(256 * 1024);
+    if file.seek(SeekFrom::Start(start)).is_err() {
+        return String::new();
+    }
+    let mut bytes = Vec::new();
+    if file.read_to_end(&mut bytes).is_err() {
+        return String::new();
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+pub fn print_logs(layout: &Layout, kinds: &[ServerKind], lines: usize, follow: bool) -> Result<()> {
+    let mut offsets = Vec::new();
+    for &kind in kinds {
+        let path = layout.log_file(kind);
+        println!("==> {kind}: {} <==", path.display());
+        println!("{}", tail(&path, lines));
+        offsets.push((
+            kind,
+            path.clone(),
+            std::fs::metadata(&path).map_or(0, |m| m.len()),
+        ));
+    }
+    if !follow {
+        return Ok(());
+    }
+    let stdout = std::io::stdout();
+    loop {
+        for (kind, path, offset) in &mut offsets {
+            let len = std::fs::metadata(&*path).map_or(0, |m| m.len());
+            if len < *offset {
+                // Rolled over: start from the beginning of the new file.
+                *offset = 0;
+            }
+            if len > *offset {
+                let mut file = std::fs::File::open(&*path)?;
+                file.seek(SeekFrom::Start(*offset))?;
+                let mut bytes = Vec::new();
+                file.read_to_end(&mut bytes)?;
+                *offset += bytes.len() as u64;
+                let mut out = stdout.lock();
+                for line in String::from_utf8_lossy(&bytes).lines() {
+                    writeln!(out, "{kind} | {line}")?;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}

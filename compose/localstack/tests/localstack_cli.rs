@@ -1,0 +1,101 @@
+//! The `localstack` command against the running local stack: `up` leaves running servers
+//! alone, `status` names each server's version, and a server whose port is taken makes
+//! `up` fail with a message naming it.
+
+use std::process::Command;
+
+fn localstack() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_localstack"));
+    command
+        .arg("--root")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    command
+}
+
+fn status_json() -> serde_json::Value {
+    let out = localstack()
+        .args(["status", "--json"])
+        .output()
+        .expect("run localstack status");
+    assert!(
+        out.status.success(),
+        "the stack is not healthy: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    serde_json::from_slice(&out.stdout).expect("status --json prints JSON")
+}
+
+#[test]
+fn status_names_every_server_with_its_version() {
+    let status = status_json();
+    let servers: Vec<&str> = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["server"].as_str().unwrap())
+        .collect();
+    assert_eq!(servers, ["kafka", "cassandra", "opensearch", "prometheus"]);
+    for server in status.as_array().unwrap() {
+        assert_eq!(server["healthy"], true, "{server}");
+        assert!(server["pid"].as_u64().is_some(), "{server}");
+        assert!(
+            server["rss_mib"].as_u64().is_some_and(|m| m > 0),
+            "{server}"
+        );
+    }
+    let version = |i: usize| status[i]["version"].as_str().unwrap().to_owned();
+    assert!(version(0).starts_with("Kafka 4."), "{}", version(0));
+    assert!(version(1).starts_with("Cassandra 5.0."), "{}", version(1));
+    assert!(version(2).starts_with("opensearch 2.19."), "{}", version(2));
+    assert!(version(3).starts_with("Prometheus "), "{}", version(3));
+}
+
+#[test]
+fn up_again_leaves_running_servers_alone() {
+    let pids = |s: &serde_json::Value| -> Vec<u64> {
+        s.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["pid"].as_u64().unwrap())
+            .collect()
+    };
+    let before = pids(&status_json());
+    let out = localstack().arg("up").output().expect("run localstack up");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for server in ["kafka", "cassandra", "opensearch", "prometheus"] {
+        assert!(
+            stdout.contains(&format!("{server}: already running")),
+            "{server} not left alone:\n{stdout}"
+        );
+    }
+    assert!(
+        !stdout.contains("created topic"),
+        "schemas changed on a second up:\n{stdout}"
+    );
+    assert_eq!(pids(&status_json()), before, "no server was restarted");
+}
+
+#[test]
+fn a_taken_port_fails_up_naming_the_server() {
+    // A second stack folder has no pid files, so its `up` must start its own Prometheus;
+    // :9090 is held by the running stack, a process this second stack did not start.
+    let dir = std::env::temp_dir().join(format!("localstack-test-{}", std::process::id()));
+    let out = localstack()
+        .arg("--stack-dir")
+        .arg(&dir)
+        .args(["up", "prometheus", "--no-schemas"])
+        .output()
+        .expect("run localstack up");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "up must fail when a port is taken");
+    assert!(
+        stderr.contains("prometheus: cannot start, port 9090 on 127.0.0.1 is already in use"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
