@@ -1,5 +1,125 @@
 //! `salesflow`: the generic pipeline host.
 
-fn main() {
-    println!("salesflow {}", env!("CARGO_PKG_VERSION"));
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "salesflow",
+    version,
+    about = "Runs the pipelines of pipeline.toml"
+)]
+struct Cli {
+    /// The pipeline configuration.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "SALESFLOW_CONFIG",
+        default_value = "pipeline.toml"
+    )]
+    config: PathBuf,
+    /// Override a key of the configuration: `--set pipelines.domain.sinks.store.lanes=8`.
+    /// Applied after the file and the `SALESFLOW__...` environment variables.
+    #[arg(long = "set", global = true, value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run pipelines (all of them, or the named ones) in this process.
+    Run {
+        /// A pipeline to run; repeat for several. Default: all.
+        #[arg(long = "pipeline", short)]
+        pipelines: Vec<String>,
+    },
+    /// Validate the configuration without connecting to anything; the exit code says.
+    Check,
+    /// Draw the topology.
+    Graph {
+        #[arg(long, value_enum, default_value_t = GraphFormat::Mermaid)]
+        format: GraphFormat,
+        /// Only these pipelines.
+        #[arg(long = "pipeline", short)]
+        pipelines: Vec<String>,
+    },
+    /// List every plugin with its settings, defaults and docs.
+    Plugins,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum GraphFormat {
+    Mermaid,
+    Dot,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Command::Plugins = cli.command {
+        // The plugins of this binary, plus the configured folder's when the config loads.
+        let registry = salesflow_host::load_plan(&cli.config, &cli.sets)
+            .map(|(_, plan)| plan.registry)
+            .unwrap_or_else(|_| salesflow_host::registry::Registry::builtin());
+        print!("{}", salesflow_host::describe_plugins(&registry));
+        return ExitCode::SUCCESS;
+    }
+    let (loaded, mut plan) = match salesflow_host::load_plan(&cli.config, &cli.sets) {
+        Ok(loaded) => loaded,
+        Err(problems) => {
+            eprintln!("{problems}");
+            eprintln!("{}: invalid; nothing was started", cli.config.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Check => {
+            print!("{}", salesflow_host::summary(&loaded, &plan));
+            ExitCode::SUCCESS
+        }
+        Command::Graph { format, pipelines } => {
+            if let Err(e) = plan.select(&pipelines) {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+            print!(
+                "{}",
+                match format {
+                    GraphFormat::Mermaid => salesflow_host::topology::mermaid(&plan),
+                    GraphFormat::Dot => salesflow_host::topology::dot(&plan),
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Run { pipelines } => {
+            if let Err(e) = plan.select(&pipelines) {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+            salesflow_host::init_logging(&plan.log.level, plan.log.format);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("salesflow: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(salesflow_host::run(plan)) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "salesflow failed");
+                    eprintln!("salesflow: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Plugins => ExitCode::SUCCESS,
+    }
 }

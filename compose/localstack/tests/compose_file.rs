@@ -3,6 +3,8 @@
 //! is complete (image or build, health check, dependencies), its ports are distinct, and
 //! every file and folder it mounts or builds from is in the repository.
 
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

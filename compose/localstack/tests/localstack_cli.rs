@@ -2,6 +2,8 @@
 //! alone, `status` names each server's version, and a server whose port is taken makes
 //! `up` fail with a message naming it.
 
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+
 use std::process::Command;
 
 fn localstack() -> Command {

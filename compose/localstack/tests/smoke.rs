@@ -3,6 +3,8 @@
 //! environment with the local stack's defaults:
 //! `SALESFLOW_KAFKA_BOOTSTRAP`, `SALESFLOW_CASSANDRA_NODES`, `SALESFLOW_ELASTICSEARCH_URL`.
 
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

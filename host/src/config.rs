@@ -1,0 +1,319 @@
+//! Loading `pipeline.toml`: the file, overridden by the environment (`SALESFLOW__A__B=v`
+//! sets `a.b`, split on a double underscore) and by `--set a.b=v`, merged with figment.
+//! Every problem found later is reported with where the offending key came from: the
+//! file and line, the environment variable, or the `--set` argument.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+/// A configuration problem at a key path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: Vec<String>,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(path: Vec<String>, message: impl Into<String>) -> Self {
+        Self {
+            path,
+            message: message.into(),
+        }
+    }
+}
+
+/// Where a key's value came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyOrigin {
+    Env(String),
+    Set(String),
+}
+
+/// The merged configuration, with what is needed to point at its sources.
+pub struct Loaded {
+    pub path: PathBuf,
+    text: String,
+    document: Option<toml_edit::Document<String>>,
+    pub table: toml::Table,
+    overrides: Vec<(Vec<String>, KeyOrigin)>,
+}
+
+pub const ENV_PREFIX: &str = "SALESFLOW__";
+
+/// Reads and merges the configuration. Fails (with the file position) only when the file
+/// cannot be read or is not TOML, or an override is malformed.
+pub fn load(path: &Path, sets: &[String]) -> Result<Loaded, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let document = toml_edit::Document::parse(text.clone())
+        .map_err(|e| format!("{}: not valid TOML: {e}", path.display()))?;
+
+    let figment = Figment::new()
+        .merge(Toml::string(&text))
+        .merge(Env::prefixed(ENV_PREFIX).split("__"));
+    let mut table: toml::Table = figment
+        .extract()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+
+    let mut overrides = Vec::new();
+    for (name, _) in std::env::vars() {
+        if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
+            let key: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+            overrides.push((key, KeyOrigin::Env(name.clone())));
+        }
+    }
+    for set in sets {
+        let (key, value) = set
+            .split_once('=')
+            .ok_or_else(|| format!("--set {set}: expected key.path=value"))?;
+        let key: Vec<String> = key.trim().split('.').map(str::to_owned).collect();
+        if key.iter().any(String::is_empty) {
+            return Err(format!("--set {set}: empty segment in the key path"));
+        }
+        let value = parse_value(value.trim());
+        set_path(&mut table, &key, value).map_err(|e| format!("--set {set}: {e}"))?;
+        overrides.push((key, KeyOrigin::Set(set.clone())));
+    }
+    Ok(Loaded {
+        path: path.to_path_buf(),
+        text,
+        document: Some(document),
+        table,
+        overrides,
+    })
+}
+
+/// A `--set` value: TOML when it parses as a TOML value (`5`, `true`, `["a"]`, `"x"`),
+/// otherwise the text itself.
+fn parse_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+fn set_path(table: &mut toml::Table, key: &[String], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = key.split_last().ok_or("empty key")?;
+    let mut current = table;
+    for (i, segment) in parents.iter().enumerate() {
+        let entry = current
+            .entry(segment.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        current = entry
+            .as_table_mut()
+            .ok_or_else(|| format!("{} is not a table", key[..=i].join(".")))?;
+    }
+    current.insert(last.clone(), value);
+    Ok(())
+}
+
+impl Loaded {
+    /// Configuration from a string, for tests and `--config -`.
+    pub fn from_str(name: &str, text: &str) -> Result<Self, String> {
+        let document = toml_edit::Document::parse(text.to_owned())
+            .map_err(|e| format!("{name}: not valid TOML: {e}"))?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e| format!("{name}: not valid TOML: {e}"))?;
+        Ok(Self {
+            path: PathBuf::from(name),
+            text: text.to_owned(),
+            document: Some(document),
+            table,
+            overrides: Vec::new(),
+        })
+    }
+
+    /// `file:line: key.path: message`, or the override that set the key.
+    pub fn describe(&self, problem: &Problem) -> String {
+        let key = if problem.path.is_empty() {
+            "(top level)".to_owned()
+        } else {
+            problem.path.join(".")
+        };
+        let origin = self
+            .overrides
+            .iter()
+            .rev()
+            .find(|(k, _)| problem.path.starts_with(k) || k.starts_with(&problem.path));
+        let place = match origin {
+            Some((_, KeyOrigin::Env(var))) => format!("environment variable {var}"),
+            Some((_, KeyOrigin::Set(set))) => format!("--set {set}"),
+            None => match self.line_of(&problem.path) {
+                Some(line) => format!("{}:{line}", self.path.display()),
+                None => self.path.display().to_string(),
+            },
+        };
+        format!("{place}: {key}: {}", problem.message)
+    }
+
+    /// The line where the deepest existing part of `path` is written.
+    pub fn line_of(&self, path: &[String]) -> Option<usize> {
+        let document = self.document.as_ref()?;
+        let mut table: &dyn toml_edit::TableLike = document.as_table();
+        let mut span = None;
+        for segment in path {
+            let Some((key, item)) = table.get_key_value(segment) else {
+                break;
+            };
+            span = key.span().or_else(|| item.span()).or(span);
+            match item.as_table_like() {
+                Some(next) => table = next,
+                None => break,
+            }
+        }
+        let start = span?.start;
+        Some(
+            self.text[..start.min(self.text.len())]
+                .matches('\n')
+                .count()
+                + 1,
+        )
+    }
+}
+
+/// The host's own sections: `[server]`, `[log]`, `[plugins]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Where the HTTP server (routes, `/health/*`, `/metrics`) listens.
+    #[serde(default = "default_address")]
+    pub address: std::net::SocketAddr,
+    /// How long shutdown may take: sources stop, in-flight batches finish, sinks flush.
+    #[serde(default = "default_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+fn default_address() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_grace() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            address: default_address(),
+            shutdown_grace: default_grace(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// A `tracing` filter: `info`, `salesflow=debug,rdkafka=warn`, ...
+    #[serde(default = "default_level")]
+    pub level: String,
+    /// `text` for people, `json` for log pipelines.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+fn default_level() -> String {
+    "info".into()
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            level: default_level(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PluginDirSettings {
+    /// A folder of run-time plugins (shared libraries); relative to the config file.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+}
+
+/// Parses a host section, reporting the offending key's path.
+pub fn parse_section<T: serde::de::DeserializeOwned + Default>(
+    table: &toml::Table,
+    name: &str,
+    problems: &mut Vec<Problem>,
+) -> T {
+    let Some(value) = table.get(name) else {
+        return T::default();
+    };
+    match serde_path_to_error::deserialize::<_, T>(value.clone()) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            let mut path = vec![name.to_owned()];
+            path.extend(e.path().iter().filter_map(|s| match s {
+                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                serde_path_to_error::Segment::Seq { index } => Some(index.to_string()),
+                _ => None,
+            }));
+            problems.push(Problem::new(path, e.into_inner().to_string()));
+            T::default()
+        }
+    }
+}
+
+/// The value at a key path, if any.
+pub fn get<'a>(table: &'a toml::Table, path: &[&str]) -> Option<&'a toml::Value> {
+    let (first, rest) = path.split_first()?;
+    let mut value = table.get(*first)?;
+    for segment in rest {
+        value = value.as_table()?.get(*segment)?;
+    }
+    Some(value)
+}
+
+/// Tables ordered by name.
+pub type Tables = BTreeMap<String, toml::Table>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_point_at_the_key() {
+        let text = "[server]\naddress = \"127.0.0.1:1\"\n\n[pipelines.p.sources.in]\ntype = \"http\"\npath = \"/x\"\n";
+        let loaded = Loaded::from_str("t.toml", text).unwrap();
+        let path = |p: &[&str]| p.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        assert_eq!(loaded.line_of(&path(&["server", "address"])), Some(2));
+        assert_eq!(
+            loaded.line_of(&path(&["pipelines", "p", "sources", "in", "path"])),
+            Some(6)
+        );
+        // A missing key points at its deepest existing parent.
+        assert_eq!(
+            loaded.line_of(&path(&["pipelines", "p", "sources", "in", "nope"])),
+            Some(4)
+        );
+        let problem = Problem::new(path(&["server", "address"]), "bad");
+        assert_eq!(loaded.describe(&problem), "t.toml:2: server.address: bad");
+    }
+
+    #[test]
+    fn set_values_parse_as_toml_or_text() {
+        assert_eq!(parse_value("5"), toml::Value::Integer(5));
+        assert_eq!(parse_value("[\"a\"]"), toml::Value::Array(vec!["a".into()]));
+        assert_eq!(
+            parse_value("127.0.0.1:9092"),
+            toml::Value::String("127.0.0.1:9092".into())
+        );
+    }
+}

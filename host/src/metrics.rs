@@ -1,0 +1,175 @@
+//! The host's own metrics: per pipeline and component, what flows, how long it takes,
+//! where it waits, and what fails.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use salesflow_plugin_api::OutputObserver;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NodeLabels {
+    pub pipeline: String,
+    pub component: String,
+    pub kind: String,
+    pub plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LaneLabels {
+    pub pipeline: String,
+    pub component: String,
+    pub lane: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub pipeline: String,
+    pub component: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub pipeline: String,
+    pub component: String,
+    pub kind: String,
+}
+
+fn histogram_seconds() -> Histogram {
+    // 100 µs .. ~13 s
+    Histogram::new(exponential_buckets(0.000_1, 2.0, 18))
+}
+
+fn histogram_sizes() -> Histogram {
+    // 1 .. 32768 events
+    Histogram::new(exponential_buckets(1.0, 2.0, 16))
+}
+
+/// Every runtime metric family, registered once per process.
+#[derive(Clone)]
+pub struct RuntimeMetrics {
+    pub events_in: Family<NodeLabels, Counter>,
+    pub events_out: Family<NodeLabels, Counter>,
+    pub batches_in: Family<NodeLabels, Counter>,
+    pub batch_size: Family<NodeLabels, Histogram, fn() -> Histogram>,
+    pub processing_seconds: Family<NodeLabels, Histogram, fn() -> Histogram>,
+    pub errors: Family<ErrorLabels, Counter>,
+    pub channel_fill: Family<LaneLabels, Gauge>,
+    pub channel_capacity: Family<LaneLabels, Gauge>,
+    pub send_wait_seconds: Family<NodeLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    pub sink_in_flight: Family<NodeLabels, Gauge>,
+    pub sink_outcomes: Family<OutcomeLabels, Counter>,
+}
+
+impl RuntimeMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            events_in: Family::default(),
+            events_out: Family::default(),
+            batches_in: Family::default(),
+            batch_size: Family::new_with_constructor(histogram_sizes),
+            processing_seconds: Family::new_with_constructor(histogram_seconds),
+            errors: Family::default(),
+            channel_fill: Family::default(),
+            channel_capacity: Family::default(),
+            send_wait_seconds: Family::default(),
+            sink_in_flight: Family::default(),
+            sink_outcomes: Family::default(),
+        };
+        registry.register(
+            "salesflow_events_in",
+            "Events a component received",
+            m.events_in.clone(),
+        );
+        registry.register(
+            "salesflow_events_out",
+            "Events a component sent downstream",
+            m.events_out.clone(),
+        );
+        registry.register(
+            "salesflow_batches_in",
+            "Batches a stage or sink received",
+            m.batches_in.clone(),
+        );
+        registry.register(
+            "salesflow_batch_size_events",
+            "Events per batch received",
+            m.batch_size.clone(),
+        );
+        registry.register(
+            "salesflow_processing_seconds",
+            "Time a stage spent on a batch, or a sink's write took until durable",
+            m.processing_seconds.clone(),
+        );
+        registry.register(
+            "salesflow_errors",
+            "Errors by component and kind",
+            m.errors.clone(),
+        );
+        registry.register(
+            "salesflow_channel_fill_batches",
+            "Batches waiting in a lane's bounded input channel",
+            m.channel_fill.clone(),
+        );
+        registry.register(
+            "salesflow_channel_capacity_batches",
+            "Capacity of a lane's bounded input channel",
+            m.channel_capacity.clone(),
+        );
+        registry.register(
+            "salesflow_send_wait_seconds",
+            "Time spent waiting for room in a full downstream channel (backpressure)",
+            m.send_wait_seconds.clone(),
+        );
+        registry.register(
+            "salesflow_sink_in_flight_batches",
+            "Sink writes not yet durable",
+            m.sink_in_flight.clone(),
+        );
+        registry.register(
+            "salesflow_sink_batches",
+            "Sink writes by outcome (delivered, failed)",
+            m.sink_outcomes.clone(),
+        );
+        m
+    }
+
+    pub fn labels(pipeline: &str, component: &str, kind: &str, plugin: &str) -> NodeLabels {
+        NodeLabels {
+            pipeline: pipeline.to_owned(),
+            component: component.to_owned(),
+            kind: kind.to_owned(),
+            plugin: plugin.to_owned(),
+        }
+    }
+}
+
+/// Counts what a component sends and how long it waited for room.
+pub struct Observer {
+    pub events_out: Counter,
+    pub send_wait: Counter<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl Observer {
+    pub fn new(metrics: &RuntimeMetrics, labels: &NodeLabels) -> Arc<Self> {
+        Arc::new(Self {
+            events_out: metrics.events_out.get_or_create(labels).clone(),
+            send_wait: metrics.send_wait_seconds.get_or_create(labels).clone(),
+        })
+    }
+}
+
+impl OutputObserver for Observer {
+    fn sent(&self, events: usize, waited: Duration) {
+        self.events_out.inc_by(events as u64);
+        if waited > Duration::from_micros(50) {
+            self.send_wait.inc_by(waited.as_secs_f64());
+        }
+    }
+}

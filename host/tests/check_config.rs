@@ -1,0 +1,236 @@
+//! `salesflow check` rejects each kind of bad configuration before anything connects,
+//! naming the file, the line and the key path (or the override that set it), and never
+//! prints a secret. `salesflow graph` draws the default pipeline.toml.
+
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+
+mod support;
+
+use std::process::Command;
+
+fn salesflow(
+    config: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_salesflow"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const VALID: &str = r#"
+[kafka]
+bootstrap_servers = "127.0.0.1:9092"
+
+[pipelines.relay.sources.in]
+type = "kafka"
+topics = ["a"]
+group_id = "g"
+
+[pipelines.relay.stages.batch]
+type = "batch"
+inputs = ["in"]
+max_events = 100
+
+[pipelines.relay.sinks.out]
+type = "kafka"
+inputs = ["batch"]
+topic = "b"
+"#;
+
+/// Replaces `from` in the valid config, checks it, and returns stderr.
+fn rejected(from: &str, to: &str) -> String {
+    assert!(VALID.contains(from), "{from}");
+    let text = VALID.replacen(from, to, 1);
+    let (_dir, path) = support::config(&text);
+    let (ok, _, stderr) = salesflow(&path, &["check"], &[]);
+    assert!(!ok, "accepted:\n{text}");
+    assert!(stderr.contains("invalid; nothing was started"), "{stderr}");
+    stderr.replace(&path.display().to_string(), "pipeline.toml")
+}
+
+#[test]
+fn a_valid_config_passes() {
+    let (_dir, path) = support::config(VALID);
+    let (ok, stdout, stderr) = salesflow(&path, &["check"], &[]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("valid, 1 pipeline(s)"), "{stdout}");
+    assert!(stdout.contains("sink out (kafka) <- batch"), "{stdout}");
+}
+
+#[test]
+fn unknown_keys_name_file_line_and_path() {
+    let e = rejected("topic = \"b\"", "topic = \"b\"\ntopik = \"c\"");
+    assert!(
+        e.contains("pipeline.toml:19: pipelines.relay.sinks.out.topik: unknown field `topik`"),
+        "{e}"
+    );
+
+    let e = rejected("[kafka]", "[kafkaa]");
+    assert!(e.contains("pipeline.toml:2: kafkaa: unknown key"), "{e}");
+}
+
+#[test]
+fn unknown_plugin_types_list_the_known_ones() {
+    let e = rejected("type = \"batch\"", "type = \"batcher\"");
+    assert!(e.contains("pipeline.toml:11: pipelines.relay.stages.batch.type: unknown stage type \"batcher\"; known: batch"), "{e}");
+}
+
+#[test]
+fn missing_inputs_and_dangling_outputs_are_named() {
+    let e = rejected("inputs = [\"batch\"]", "inputs = [\"bacth\"]");
+    assert!(
+        e.contains("pipelines.relay.sinks.out.inputs: no source or stage named \"bacth\""),
+        "{e}"
+    );
+    assert!(
+        e.contains("pipelines.relay.stages.batch: its output goes nowhere"),
+        "{e}"
+    );
+
+    let e = rejected("inputs = [\"batch\"]\n", "\n");
+    assert!(
+        e.contains("pipelines.relay.sinks.out.inputs: a sink needs `inputs = [...]`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn cycles_are_refused() {
+    let text = VALID.replacen("inputs = [\"in\"]", "inputs = [\"in\", \"again\"]", 1)
+        + "\n[pipelines.relay.stages.again]\ntype = \"batch\"\ninputs = [\"batch\"]\n";
+    let (_dir, path) = support::config(&text);
+    let (ok, _, stderr) = salesflow(&path, &["check"], &[]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("form a cycle through their inputs"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_plugins_own_invalid_settings_are_named() {
+    let e = rejected("max_events = 100", "max_events = 0");
+    assert!(
+        e.contains("pipeline.toml:13: pipelines.relay.stages.batch.max_events: must be at least 1"),
+        "{e}"
+    );
+
+    let e = rejected("topic = \"b\"", "topic = \"has space\"");
+    assert!(
+        e.contains("pipelines.relay.sinks.out.topic: is not a valid topic name"),
+        "{e}"
+    );
+
+    // A bad shared default is reported where it is written.
+    let e = rejected(
+        "bootstrap_servers = \"127.0.0.1:9092\"",
+        "bootstrap_servers = 9092",
+    );
+    assert!(
+        e.contains("pipeline.toml:3: kafka.bootstrap_servers"),
+        "{e}"
+    );
+}
+
+#[test]
+fn overrides_are_named_when_they_are_wrong() {
+    let (_dir, path) = support::config(VALID);
+    let (ok, _, stderr) = salesflow(
+        &path,
+        &[
+            "check",
+            "--set",
+            "pipelines.relay.stages.batch.max_events=-5",
+        ],
+        &[],
+    );
+    assert!(!ok);
+    assert!(stderr.contains("--set pipelines.relay.stages.batch.max_events=-5: pipelines.relay.stages.batch.max_events"), "{stderr}");
+
+    let (ok, _, stderr) = salesflow(
+        &path,
+        &["check"],
+        &[("SALESFLOW__SERVER__ADDRESS", "nowhere")],
+    );
+    assert!(!ok);
+    assert!(
+        stderr.contains("environment variable SALESFLOW__SERVER__ADDRESS: server.address"),
+        "{stderr}"
+    );
+
+    // And a good override is taken.
+    let (ok, stdout, _) = salesflow(
+        &path,
+        &["check"],
+        &[("SALESFLOW__SERVER__ADDRESS", "127.0.0.1:9999")],
+    );
+    assert!(ok);
+    assert!(stdout.contains("HTTP on 127.0.0.1:9999"), "{stdout}");
+}
+
+#[test]
+fn secrets_never_show() {
+    let text = VALID.replace(
+        "bootstrap_servers = \"127.0.0.1:9092\"",
+        "bootstrap_servers = \"127.0.0.1:9092\"\nproperties = { \"sasl.password\" = \"hunter2-secret\", \"security.protocol\" = \"SASL_PLAINTEXT\" }",
+    );
+    let (_dir, path) = support::config(&text);
+    let (ok, stdout, stderr) = salesflow(&path, &["check"], &[]);
+    assert!(ok, "{stderr}");
+    assert!(!stdout.contains("hunter2") && !stderr.contains("hunter2"));
+    // An error elsewhere in the same config does not print it either.
+    let broken = text.replace("max_events = 100", "max_events = 0");
+    let (_dir, path) = support::config(&broken);
+    let (ok, stdout, stderr) = salesflow(&path, &["check"], &[]);
+    assert!(!ok);
+    assert!(
+        !stdout.contains("hunter2") && !stderr.contains("hunter2"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn graph_draws_the_default_pipeline_toml() {
+    let default = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipeline.toml");
+    let (ok, stdout, stderr) = salesflow(&default, &["graph"], &[]);
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("flowchart LR"));
+    let (ok, _, stderr) = salesflow(&default, &["check"], &[]);
+    assert!(ok, "{stderr}");
+    // Every component of every pipeline is drawn, and every input is an edge.
+    let table: toml::Table = std::fs::read_to_string(&default).unwrap().parse().unwrap();
+    let mut edges = 0;
+    for (pipeline, def) in table["pipelines"].as_table().unwrap() {
+        assert!(stdout.contains(&format!("[\"{pipeline}\"]")), "{pipeline}");
+        for kind in ["sources", "stages", "sinks"] {
+            for (name, spec) in def
+                .get(kind)
+                .and_then(|k| k.as_table())
+                .into_iter()
+                .flatten()
+            {
+                assert!(
+                    stdout.contains(&format!("\"{name}<br/>")),
+                    "{name}:\n{stdout}"
+                );
+                edges += spec
+                    .get("inputs")
+                    .and_then(|i| i.as_array())
+                    .map_or(0, Vec::len);
+            }
+        }
+    }
+    assert_eq!(stdout.matches(" --> ").count(), edges);
+    let (ok, dot, _) = salesflow(&default, &["graph", "--format", "dot"], &[]);
+    assert!(ok && dot.starts_with("digraph salesflow"));
+}

@@ -1,0 +1,389 @@
+//! The host on the real Kafka of the local stack: a Kafka -> batch -> Kafka pipeline,
+//! changed by editing TOML only, run as one process or split across two, killed with
+//! SIGKILL mid-stream without losing a message, and extended by a run-time plugin.
+
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use support::{Host, Record, committed_and_end, create_topic, produce, read_all, unique};
+
+fn relay(input: &str, output: &str, group: &str, middle: &str) -> String {
+    format!(
+        r#"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+
+[pipelines.relay.sources.in]
+type = "kafka"
+topics = ["{input}"]
+group_id = "{group}"
+max_batch_records = 200
+commit_interval = "200ms"
+{middle}
+[pipelines.relay.sinks.out]
+type = "kafka"
+inputs = ["{last}"]
+topic = "{output}"
+lanes = 2
+"#,
+        bootstrap = support::bootstrap(),
+        last = if middle.contains("stages.filter") {
+            "filter"
+        } else {
+            "batch"
+        },
+    )
+}
+
+const BATCH: &str = r#"
+[pipelines.relay.stages.batch]
+type = "batch"
+inputs = ["in"]
+max_events = 500
+max_wait = "20ms"
+lanes = 2
+"#;
+
+fn numbers(records: &[Record]) -> Vec<i64> {
+    records
+        .iter()
+        .map(|r| r.payload["n"].as_i64().unwrap())
+        .collect()
+}
+
+/// Every key's records are in the order they were produced.
+fn assert_key_order(records: &[Record]) {
+    let mut last: BTreeMap<String, i64> = BTreeMap::new();
+    let mut by_partition: BTreeMap<i32, Vec<&Record>> = BTreeMap::new();
+    for r in records {
+        by_partition.entry(r.partition).or_default().push(r);
+    }
+    for list in by_partition.values_mut() {
+        list.sort_by_key(|r| r.offset);
+        for r in list.iter() {
+            let n = r.payload["n"].as_i64().unwrap();
+            if let Some(previous) = last.insert(r.key.clone(), n) {
+                assert!(previous < n, "key {}: {n} after {previous}", r.key);
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_everything_in_key_order_and_commits_after_the_sink() {
+    let (input, output, group) = (unique("relay-in"), unique("relay-out"), unique("relay"));
+    create_topic(&input, 4).await;
+    create_topic(&output, 4).await;
+    produce(&input, 3000, 30, |_| String::new()).await;
+
+    let (_dir, config) = support::config(&relay(&input, &output, &group, BATCH));
+    let host = Host::start(&config, &["run"]);
+    let records = tokio::task::spawn_blocking({
+        let output = output.clone();
+        move || read_all(&output, Duration::from_secs(60), |r| r.len() >= 3000)
+    })
+    .await
+    .unwrap();
+    let (status, log) = host.stop(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
+
+    let got: BTreeSet<i64> = numbers(&records).into_iter().collect();
+    assert_eq!(got.len(), 3000, "every message once");
+    assert_eq!(records.len(), 3000, "no duplicates in a clean run");
+    assert_key_order(&records);
+    for r in &records {
+        assert_eq!(
+            r.key,
+            r.payload["key"].as_str().unwrap(),
+            "keys travel with the message"
+        );
+    }
+    // Everything was acknowledged, so everything is committed.
+    let (committed, end) = committed_and_end(&input, &group);
+    assert_eq!(committed, end);
+    support::delete_topics(&[&input, &output]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_topology_changes_by_editing_only_toml() {
+    let plugins = support::build_example_plugin(&[]);
+    let (input, output) = (unique("edit-in"), unique("edit-out"));
+    create_topic(&input, 2).await;
+    create_topic(&output, 2).await;
+    produce(&input, 400, 8, |i| {
+        if i % 4 == 0 {
+            ",\"status\":\"test\"".into()
+        } else {
+            ",\"status\":\"live\"".into()
+        }
+    })
+    .await;
+
+    // First as a plain relay: everything arrives.
+    let (_dir, config) = support::config(&relay(&input, &output, &unique("edit-a"), BATCH));
+    let host = Host::start(&config, &["run"]);
+    let first = read_all(&output, Duration::from_secs(60), |r| r.len() >= 400);
+    assert!(host.stop(Duration::from_secs(30)).0.success());
+    assert_eq!(first.len(), 400);
+
+    // Then, by editing the TOML only, with the run-time filter plugin between batch and
+    // sink: the same binary drops the test orders and stamps the rest.
+    let filtered_output = unique("edit-filtered");
+    create_topic(&filtered_output, 2).await;
+    let middle = format!(
+        "{BATCH}\n[pipelines.relay.stages.filter]\ntype = \"example-filter\"\ninputs = [\"batch\"]\n\
+         drop_field = \"status\"\ndrop_value = \"test\"\nheader = \"filtered-by\"\n"
+    );
+    let text = format!(
+        "[plugins]\ndir = \"{}\"\n{}",
+        plugins.path().display(),
+        relay(&input, &filtered_output, &unique("edit-b"), &middle)
+    );
+    let (_dir2, config2) = support::config(&text);
+    let host = Host::start(&config2, &["run"]);
+    let second = read_all(&filtered_output, Duration::from_secs(60), |r| {
+        r.len() >= 300
+    });
+    let (status, log) = host.stop(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("example-filter"),
+        "the plugin was loaded:\n{log}"
+    );
+    assert_eq!(second.len(), 300, "a quarter were test orders");
+    assert!(second.iter().all(|r| r.payload["status"] == "live"));
+    assert!(
+        second
+            .iter()
+            .all(|r| r.headers.get("filtered-by").map(String::as_str) == Some("example-filter"))
+    );
+    assert_key_order(&second);
+    support::delete_topics(&[&input, &output, &filtered_output]).await;
+}
+
+fn two_stage(input: &str, middle: &str, output: &str, tag: &str) -> String {
+    format!(
+        r#"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+
+[pipelines.first.sources.in]
+type = "kafka"
+topics = ["{input}"]
+group_id = "first-{tag}"
+
+[pipelines.first.stages.batch]
+type = "batch"
+inputs = ["in"]
+
+[pipelines.first.sinks.out]
+type = "kafka"
+inputs = ["batch"]
+topic = "{middle}"
+
+[pipelines.second.sources.in]
+type = "kafka"
+topics = ["{middle}"]
+group_id = "second-{tag}"
+
+[pipelines.second.sinks.out]
+type = "kafka"
+inputs = ["in"]
+topic = "{output}"
+"#,
+        bootstrap = support::bootstrap()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_topology_runs_in_one_process_or_two() {
+    for split in [false, true] {
+        let tag = unique(if split { "split" } else { "joined" });
+        let (input, middle, output) = (
+            format!("{tag}-in"),
+            format!("{tag}-mid"),
+            format!("{tag}-out"),
+        );
+        for t in [&input, &middle, &output] {
+            create_topic(t, 3).await;
+        }
+        produce(&input, 1500, 15, |_| String::new()).await;
+        let (_dir, config) = support::config(&two_stage(&input, &middle, &output, &tag));
+        let hosts = if split {
+            vec![
+                Host::start(&config, &["run", "--pipeline", "first"]),
+                Host::start(&config, &["run", "--pipeline", "second"]),
+            ]
+        } else {
+            vec![Host::start(&config, &["run"])]
+        };
+        let records = read_all(&output, Duration::from_secs(90), |r| r.len() >= 1500);
+        for host in hosts {
+            let (status, log) = host.stop(Duration::from_secs(30));
+            assert!(status.success(), "{log}");
+        }
+        let got: BTreeSet<i64> = numbers(&records).into_iter().collect();
+        assert_eq!(got.len(), 1500, "split = {split}");
+        assert_key_order(&records);
+        support::delete_topics(&[&input, &middle, &output]).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_loses_nothing() {
+    const TOTAL: usize = 30_000;
+    let (input, output, group) = (unique("kill-in"), unique("kill-out"), unique("kill"));
+    create_topic(&input, 4).await;
+    create_topic(&output, 4).await;
+    let (_dir, config) = support::config(&relay(&input, &output, &group, BATCH));
+
+    // Input keeps arriving while the host is killed and restarted.
+    let producer = {
+        let input = input.clone();
+        tokio::spawn(async move {
+            for chunk in 0..30 {
+                produce(&input, TOTAL / 30, 50, move |i| {
+                    format!(",\"chunk\":{chunk},\"i\":{i}")
+                })
+                .await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let host = Host::start(&config, &["run"]);
+    let seen = read_all(&output, Duration::from_secs(60), |r| r.len() >= 3000);
+    assert!(seen.len() >= 3000, "the relay got going");
+    let killed_at = seen.len();
+    let log = host.kill();
+    assert!(
+        !producer.is_finished(),
+        "killed mid-stream, while input was still arriving"
+    );
+
+    let host = Host::start(&config, &["run"]);
+    producer.await.unwrap();
+    // Every input message, identified by (chunk, i), reaches the output.
+    let expected: BTreeSet<(i64, i64)> = (0..30)
+        .flat_map(|c| (0..i64::try_from(TOTAL / 30).unwrap()).map(move |i| (c, i)))
+        .collect();
+    let ids = |records: &[Record]| -> BTreeSet<(i64, i64)> {
+        records
+            .iter()
+            .map(|r| {
+                (
+                    r.payload["chunk"].as_i64().unwrap(),
+                    r.payload["i"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let records = read_all(&output, Duration::from_secs(120), |r| ids(r).len() >= TOTAL);
+    let (status, log2) = host.stop(Duration::from_secs(30));
+    assert!(status.success(), "{log2}");
+    let got = ids(&records);
+    let lost: Vec<_> = expected.difference(&got).take(5).collect();
+    assert!(
+        lost.is_empty(),
+        "lost {} messages, e.g. {lost:?}\nfirst run:\n{log}",
+        expected.len() - got.len()
+    );
+    let duplicates = records.len() - got.len();
+    println!(
+        "killed after {killed_at} outputs; {TOTAL} in, {} out, {duplicates} redelivered",
+        records.len()
+    );
+    let (committed, end) = committed_and_end(&input, &group);
+    assert_eq!(committed, end, "after a clean stop everything is committed");
+    support::delete_topics(&[&input, &output]).await;
+}
+
+#[test]
+fn a_plugin_of_another_abi_version_is_refused() {
+    let plugins = support::build_example_plugin(&["wrong-abi"]);
+    let text = format!(
+        "[plugins]\ndir = \"{}\"\n{}",
+        plugins.path().display(),
+        relay("a", "b", "g", BATCH)
+    );
+    let (_dir, config) = support::config(&text);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_salesflow"))
+        .arg("--config")
+        .arg(&config)
+        .arg("check")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let expected = format!(
+        "built for plugin ABI version {}, but this host speaks version {}",
+        salesflow_plugin_abi::ABI_VERSION + 1,
+        salesflow_plugin_abi::ABI_VERSION
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(stderr.contains("plugins.dir"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_a_plugin_comes_back_as_an_error() {
+    let plugins = support::build_example_plugin(&[]);
+    let output = unique("panic-out");
+    create_topic(&output, 1).await;
+    let text = format!(
+        r#"
+[plugins]
+dir = "{dir}"
+
+[pipelines.api.sources.in]
+type = "http"
+path = "/events"
+
+[pipelines.api.stages.filter]
+type = "example-filter"
+inputs = ["in"]
+drop_field = "status"
+drop_value = "test"
+panic_on = "boom"
+
+[pipelines.api.sinks.out]
+type = "kafka"
+inputs = ["filter"]
+bootstrap_servers = "{bootstrap}"
+topic = "{output}"
+"#,
+        dir = plugins.path().display(),
+        bootstrap = support::bootstrap()
+    );
+    let (_dir, config) = support::config(&text);
+    let host = Host::start(&config, &["run"]);
+    let url = format!("http://{}/events", host.address());
+    let client = reqwest::Client::new();
+    let post = |body: &'static str| {
+        client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+
+    let response = post(r#"{"say":"boom"}"#).await.unwrap();
+    assert_eq!(response.status(), 503);
+    let body = response.text().await.unwrap();
+    assert!(
+        body.contains("panicked") && body.contains("asked to panic"),
+        "{body}"
+    );
+
+    // The host is still serving, and the plugin still works.
+    let response = post(r#"{"say":"hello"}"#).await.unwrap();
+    assert_eq!(response.status(), 202);
+    let records = read_all(&output, Duration::from_secs(30), |r| !r.is_empty());
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].payload["say"], "hello");
+    let (status, log) = host.stop(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
+    support::delete_topics(&[&output]).await;
+}

@@ -1,0 +1,134 @@
+//! Events and batches: what flows through a pipeline.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::ack::{AckSet, Status};
+
+/// One event: an opaque payload (JSON for every built-in plugin), an optional key, headers
+/// and where it came from. Cloning is cheap: the bytes are reference-counted.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Event {
+    /// The partitioning key (the Kafka message key; the cart id in the sales pipelines).
+    pub key: Option<Bytes>,
+    pub payload: Bytes,
+    pub headers: Vec<(String, Bytes)>,
+    /// Milliseconds since the Unix epoch (the Kafka record timestamp, or arrival time).
+    pub timestamp_ms: Option<i64>,
+    pub origin: Origin,
+}
+
+impl Event {
+    pub fn new(payload: impl Into<Bytes>) -> Self {
+        Self {
+            payload: payload.into(),
+            ..Self::default()
+        }
+    }
+
+    #[must_use]
+    pub fn with_key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// The value of a header, if present.
+    pub fn header(&self, name: &str) -> Option<&Bytes> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v)
+    }
+
+    /// An estimate of the memory the event holds, for byte-based batching limits.
+    pub fn byte_size(&self) -> usize {
+        self.payload.len()
+            + self.key.as_ref().map_or(0, Bytes::len)
+            + self
+                .headers
+                .iter()
+                .map(|(n, v)| n.len() + v.len())
+                .sum::<usize>()
+    }
+}
+
+/// Where an event entered the pipeline; dead letters and rejections name it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Origin {
+    #[default]
+    Unknown,
+    /// A Kafka record.
+    Kafka {
+        topic: Arc<str>,
+        partition: i32,
+        offset: i64,
+    },
+    /// The `item`-th event of an HTTP request body.
+    Http { item: u32 },
+}
+
+impl Origin {
+    /// The position of the event in its source batch (HTTP request), if it has one.
+    pub fn item(&self) -> Option<u32> {
+        match self {
+            Origin::Http { item } => Some(*item),
+            _ => None,
+        }
+    }
+}
+
+/// A batch: events plus the acknowledgement claims of the source batches they came from,
+/// and a lane that keeps related batches in order.
+///
+/// Batches with the same `lane` are processed in the order they were emitted by every
+/// node of the pipeline (a node with N lanes routes a batch to lane `lane % N`). The Kafka
+/// source sets the lane to the partition, so per-partition order holds end to end.
+#[derive(Debug)]
+pub struct Batch {
+    pub events: Vec<Event>,
+    pub acks: AckSet,
+    pub lane: u64,
+}
+
+impl Batch {
+    pub fn new(events: Vec<Event>, acks: AckSet, lane: u64) -> Self {
+        Self { events, acks, lane }
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    pub fn byte_size(&self) -> usize {
+        self.events.iter().map(Event::byte_size).sum()
+    }
+
+    /// Moves `other`'s events and claims into this batch.
+    pub fn absorb(&mut self, other: Batch) {
+        self.events.extend(other.events);
+        self.acks.extend(other.acks);
+    }
+
+    /// Ends the batch: its claims are finished with `status`.
+    pub fn finish(self, status: &Status) {
+        self.acks.finish(status);
+    }
+
+    /// The events as a shared slice for a sink, and the claims kept back to finish once
+    /// the write's outcome is known.
+    pub fn into_parts(self) -> (Arc<[Event]>, AckSet) {
+        (self.events.into(), self.acks)
+    }
+}
+
+impl Clone for Batch {
+    fn clone(&self) -> Self {
+        Self {
+            events: self.events.clone(),
+            acks: self.acks.clone(),
+            lane: self.lane,
+        }
+    }
+}

@@ -1,0 +1,57 @@
+use std::time::Duration;
+
+use salesflow_plugin_api::{ConfigError, Settings, schemars};
+use serde::Deserialize;
+
+/// Settings of the batch stage.
+#[derive(Clone, Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSettings {
+    /// Most events in one batch.
+    #[serde(default = "default_max_events")]
+    pub max_events: usize,
+    /// Most bytes (payloads, keys, headers) in one batch.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: usize,
+    /// Longest an event waits for its batch to fill, e.g. "50ms".
+    #[serde(default = "default_max_wait", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub max_wait: Duration,
+}
+
+fn default_max_events() -> usize {
+    1000
+}
+
+fn default_max_bytes() -> usize {
+    4 * 1024 * 1024
+}
+
+fn default_max_wait() -> Duration {
+    Duration::from_millis(50)
+}
+
+impl Default for BatchSettings {
+    fn default() -> Self {
+        Self {
+            max_events: default_max_events(),
+            max_bytes: default_max_bytes(),
+            max_wait: default_max_wait(),
+        }
+    }
+}
+
+impl Settings for BatchSettings {
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.max_events == 0 {
+            return Err(ConfigError::at(&["max_events"], "must be at least 1"));
+        }
+        if self.max_bytes == 0 {
+            return Err(ConfigError::at(&["max_bytes"], "must be at least 1"));
+        }
+        if self.max_wait > Duration::from_secs(3600) {
+            return Err(ConfigError::at(&["max_wait"], "must be at most 1h"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,373 @@
+//! The request handler: body -> events -> pipeline -> answer once acknowledged.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use salesflow_plugin_api::axum::body::{Body, Bytes as BodyBytes};
+use salesflow_plugin_api::axum::extract::State;
+use salesflow_plugin_api::axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use salesflow_plugin_api::axum::response::{IntoResponse, Response};
+use salesflow_plugin_api::axum::{Json, body};
+use salesflow_plugin_api::bytes::Bytes;
+use salesflow_plugin_api::json::top_level_field;
+use salesflow_plugin_api::{
+    AckHandle, AckSet, Batch, CancellationToken, Event, Origin, Output, PluginError, SendError,
+    Source, Status, async_trait,
+};
+use serde_json::json;
+use serde_json::value::RawValue;
+use tracing::debug;
+
+use crate::config::{BodyMode, HttpSourceSettings};
+
+/// The endpoint's state, shared by the route (built first) and the source (run later).
+pub struct Endpoint {
+    pub(crate) settings: HttpSourceSettings,
+    /// The pipeline while open; taken out at close, so that its channels can close once
+    /// the requests inside (which hold clones) finish.
+    output: RwLock<Option<Output>>,
+    open: AtomicBool,
+    next_lane: AtomicU64,
+}
+
+impl Endpoint {
+    pub fn new(settings: HttpSourceSettings) -> Self {
+        Self {
+            settings,
+            output: RwLock::new(None),
+            open: AtomicBool::new(false),
+            next_lane: AtomicU64::new(0),
+        }
+    }
+
+    /// Opens the endpoint with the pipeline it feeds (tests and the source's `run`).
+    pub fn open(&self, output: Output) {
+        *self
+            .output
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(output);
+        self.open.store(true, Ordering::SeqCst);
+    }
+
+    pub fn close(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        self.output
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+    }
+
+    fn output(&self) -> Option<Output> {
+        if !self.open.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.output
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn retry_after(&self) -> HeaderValue {
+        HeaderValue::from(self.settings.retry_after_secs)
+    }
+}
+
+/// The source side: opens the endpoint, and closes it at shutdown. Requests already
+/// inside finish (the HTTP server drains them); new ones are answered 503.
+pub struct HttpSource {
+    pub(crate) endpoint: Arc<Endpoint>,
+}
+
+#[async_trait]
+impl Source for HttpSource {
+    async fn run(
+        self: Box<Self>,
+        out: Output,
+        shutdown: CancellationToken,
+    ) -> Result<(), PluginError> {
+        self.endpoint.open(out);
+        shutdown.cancelled().await;
+        self.endpoint.close();
+        Ok(())
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>, details: serde_json::Value) -> Response {
+    let mut body = json!({ "error": message.into() });
+    if !details.is_null() {
+        body["details"] = details;
+    }
+    (status, Json(body)).into_response()
+}
+
+fn retry_later(endpoint: &Endpoint, status: StatusCode, message: &str) -> Response {
+    let mut response = error(status, message, serde_json::Value::Null);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, endpoint.retry_after());
+    response
+}
+
+/// What the body held: one payload per event.
+fn split_body(mode: BodyMode, ndjson: bool, body: &[u8]) -> Result<Vec<Bytes>, Box<Response>> {
+    let bad = |message: String| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            message,
+            serde_json::Value::Null,
+        ))
+    };
+    if std::str::from_utf8(body).is_err() {
+        return Err(bad("the body is not valid UTF-8".into()));
+    }
+    let trimmed = body.trim_ascii();
+    if trimmed.is_empty() {
+        return Err(bad("the body is empty: no events".into()));
+    }
+    let many = match mode {
+        BodyMode::Single => false,
+        BodyMode::Many => true,
+        BodyMode::Auto => ndjson || trimmed.first() == Some(&b'['),
+    };
+    if !many {
+        let value: &RawValue = serde_json::from_slice(trimmed)
+            .map_err(|e| bad(format!("the body is not a JSON object: {e}")))?;
+        if !value.get().starts_with('{') {
+            return Err(bad("the body must be one JSON object".into()));
+        }
+        return Ok(vec![Bytes::copy_from_slice(trimmed)]);
+    }
+    let items: Vec<&[u8]> = if ndjson {
+        trimmed
+            .split(|&b| b == b'\n')
+            .map(<[u8]>::trim_ascii)
+            .filter(|line| !line.is_empty())
+            .collect()
+    } else {
+        let values: Vec<&RawValue> = serde_json::from_slice(trimmed).map_err(|e| {
+            bad(format!(
+                "the body is not a JSON array of objects (or NDJSON with Content-Type \
+                 application/x-ndjson): {e}"
+            ))
+        })?;
+        values.into_iter().map(|v| v.get().as_bytes()).collect()
+    };
+    let mut payloads = Vec::with_capacity(items.len());
+    for (i, item) in items.into_iter().enumerate() {
+        let value: &RawValue = serde_json::from_slice(item)
+            .map_err(|e| bad(format!("item {i} is not valid JSON: {e}")))?;
+        if !value.get().starts_with('{') {
+            return Err(bad(format!("item {i} is not a JSON object")));
+        }
+        payloads.push(Bytes::copy_from_slice(item));
+    }
+    if payloads.is_empty() {
+        return Err(bad("the body holds no events".into()));
+    }
+    Ok(payloads)
+}
+
+fn is_ndjson(headers: &HeaderMap) -> Result<bool, ()> {
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return Ok(false);
+    };
+    let value = value.to_str().map_err(|_| ())?.to_ascii_lowercase();
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    match essence {
+        "application/json" | "" => Ok(false),
+        "application/x-ndjson" | "application/ndjson" | "application/jsonlines" => Ok(true),
+        _ => Err(()),
+    }
+}
+
+/// The events of a request, and the ids to answer with.
+struct Parsed {
+    events: Vec<Event>,
+    ids: Option<Vec<Option<String>>>,
+}
+
+async fn parse(
+    settings: &HttpSourceSettings,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Parsed, Box<Response>> {
+    let Ok(ndjson) = is_ndjson(headers) else {
+        return Err(Box::new(error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type must be application/json or application/x-ndjson",
+            serde_json::Value::Null,
+        )));
+    };
+    let bytes: BodyBytes = body::to_bytes(body, settings.max_body_bytes)
+        .await
+        .map_err(|e| {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.to_string().contains("length limit"))
+                || e.to_string().contains("length limit");
+            Box::new(if too_large {
+                error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the body is larger than {} bytes", settings.max_body_bytes),
+                    serde_json::Value::Null,
+                )
+            } else {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    format!("could not read the body: {e}"),
+                    serde_json::Value::Null,
+                )
+            })
+        })?;
+    let payloads = split_body(settings.body, ndjson, &bytes)?;
+    if payloads.len() > settings.max_events {
+        return Err(Box::new(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "{} events; at most {} per request",
+                payloads.len(),
+                settings.max_events
+            ),
+            serde_json::Value::Null,
+        )));
+    }
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_millis()).ok());
+    let ids = settings
+        .id_field
+        .as_deref()
+        .map(|field| payloads.iter().map(|p| top_level_field(p, field)).collect());
+    let events = payloads
+        .into_iter()
+        .enumerate()
+        .map(|(i, payload)| Event {
+            key: settings
+                .key_field
+                .as_deref()
+                .and_then(|f| top_level_field(&payload, f))
+                .map(Bytes::from),
+            payload,
+            headers: Vec::new(),
+            timestamp_ms: now_ms,
+            origin: Origin::Http {
+                item: u32::try_from(i).unwrap_or(u32::MAX),
+            },
+        })
+        .collect();
+    Ok(Parsed { events, ids })
+}
+
+pub async fn handle(
+    State(endpoint): State<Arc<Endpoint>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let settings = &endpoint.settings;
+    let deadline = tokio::time::Instant::now() + settings.request_timeout;
+    let Some(output) = endpoint.output() else {
+        return retry_later(
+            &endpoint,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not accepting requests now (starting or stopping)",
+        );
+    };
+    let Parsed { events, ids } = match parse(settings, &headers, body).await {
+        Ok(parsed) => parsed,
+        Err(response) => return *response,
+    };
+    let count = events.len();
+    let (ack, status) = AckHandle::channel();
+    let lane = endpoint.next_lane.fetch_add(1, Ordering::Relaxed);
+    let batch = Batch::new(events, AckSet::one(ack), lane);
+
+    match output.send_timeout(batch, settings.accept_timeout).await {
+        Ok(()) => {}
+        Err(SendError::Full(_)) => {
+            return retry_later(
+                &endpoint,
+                StatusCode::TOO_MANY_REQUESTS,
+                "the pipeline is full; retry later",
+            );
+        }
+        Err(SendError::Closed(_)) => {
+            return retry_later(
+                &endpoint,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the pipeline is stopping",
+            );
+        }
+    }
+    let accepted = |ids: Option<Vec<Option<String>>>| {
+        let mut body = json!({ "accepted": count });
+        if let Some(ids) = ids {
+            body["ids"] = json!(ids);
+        }
+        (StatusCode::ACCEPTED, Json(body)).into_response()
+    };
+    if !settings.wait_for_ack {
+        return accepted(ids);
+    }
+    match tokio::time::timeout_at(deadline, status).await {
+        Ok(Ok(Status::Delivered)) => accepted(ids),
+        Ok(Ok(Status::Rejected(rejections))) => {
+            debug!(rejected = rejections.len(), "request rejected");
+            error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{} of {count} events are invalid; nothing of this request was kept",
+                    rejections.len()
+                ),
+                json!(rejections),
+            )
+        }
+        Ok(Ok(Status::Failed(reason))) => retry_later(
+            &endpoint,
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("the events could not be stored ({reason}); retry later"),
+        ),
+        Ok(Err(_)) => retry_later(
+            &endpoint,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the pipeline dropped the request",
+        ),
+        Err(_) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "not confirmed in time; retrying is safe",
+            serde_json::Value::Null,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_split_into_events() {
+        let one = split_body(BodyMode::Auto, false, br#" {"a":1} "#).unwrap();
+        assert_eq!(one, vec![Bytes::from_static(br#"{"a":1}"#)]);
+        let many = split_body(BodyMode::Auto, false, br#"[{"a":1}, {"a":2}]"#).unwrap();
+        assert_eq!(many.len(), 2);
+        assert_eq!(many[1], Bytes::from_static(br#"{"a":2}"#));
+        let nd = split_body(BodyMode::Many, true, b"{\"a\":1}\n\n{\"a\":2}\n").unwrap();
+        assert_eq!(nd.len(), 2);
+    }
+
+    #[test]
+    fn bad_bodies_are_refused() {
+        for (mode, nd, body) in [
+            (BodyMode::Single, false, &b"[{\"a\":1}]"[..]),
+            (BodyMode::Auto, false, b"{\"a\":"),
+            (BodyMode::Auto, false, b"[1, 2]"),
+            (BodyMode::Many, true, b"{\"a\":1}\nnope"),
+            (BodyMode::Auto, false, b"\xff\xfe"),
+            (BodyMode::Auto, false, b"   "),
+            (BodyMode::Many, false, b"[]"),
+        ] {
+            let response = split_body(mode, nd, body).unwrap_err();
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body:?}");
+        }
+    }
+}

@@ -1,0 +1,627 @@
+//! The Kafka source: a consumer group member whose partitions are processed in parallel,
+//! each in order, with offsets committed only once every sink acknowledged them.
+//!
+//! Threads and tasks:
+//! - one OS thread polls the consumer's main queue: it serves the group protocol
+//!   (rebalance callbacks run on it) and commits acknowledged offsets every
+//!   `commit_interval`;
+//! - when a partition is assigned, its messages are split into their own queue and a
+//!   task reads it: it groups what is available into a batch of up to
+//!   `max_batch_records`, sends it downstream on the partition's lane (waiting while the
+//!   lane's bounded channel is full — backpressure), and tracks the batch's
+//!   acknowledgement;
+//! - when a partition is revoked, the rebalance callback stops its task, lets it drain
+//!   (its in-flight batches acknowledged, up to `drain_timeout`), and commits its final
+//!   offset synchronously before the partition moves to another member.
+//!
+//! A batch that is acknowledged as not delivered stops its partition's commits at the
+//! batch before it and fails the source: nothing past an undelivered batch is ever
+//! committed, so it will be consumed again.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use futures::FutureExt;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use salesflow_plugin_api::bytes::Bytes;
+use salesflow_plugin_api::{
+    AckHandle, AckSet, Batch, CancellationToken, Event, Origin, Output, PluginError, Source,
+    Status, async_trait,
+};
+use tokio::sync::mpsc;
+use tracing::{debug, error, info, warn};
+
+use crate::config::KafkaSourceSettings;
+
+type PartitionKey = (Arc<str>, i32);
+
+/// The source, built; `run` subscribes.
+pub struct KafkaSource {
+    pub(crate) consumer: Arc<StreamConsumer<SourceContext>>,
+    pub(crate) shared: Arc<Shared>,
+}
+
+/// State shared by the consumer thread, the rebalance callbacks and the partition tasks.
+pub(crate) struct Shared {
+    name: String,
+    settings: KafkaSourceSettings,
+    topics: Vec<Arc<str>>,
+    runtime: tokio::runtime::Handle,
+    consumer: OnceLock<Weak<StreamConsumer<SourceContext>>>,
+    output: OnceLock<Output>,
+    partitions: Mutex<HashMap<PartitionKey, PartitionHandle>>,
+    /// Next offset to commit per partition, and whether it changed since the last commit.
+    committable: Mutex<HashMap<PartitionKey, (i64, bool)>>,
+    stopping: AtomicBool,
+    fatal: CancellationToken,
+    fatal_reason: Mutex<Option<String>>,
+}
+
+struct PartitionHandle {
+    stop: CancellationToken,
+    /// Disconnected when the partition's task has finished draining.
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+/// The consumer's context: rebalance callbacks and client errors.
+pub struct SourceContext {
+    shared: Arc<Shared>,
+}
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        warn!(source = %self.shared.name, %error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            self.shared.revoke(consumer, tpl);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => self.shared.assign(tpl),
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => warn!(source = %self.shared.name, error = %e, "rebalance error"),
+        }
+    }
+}
+
+impl KafkaSource {
+    pub(crate) fn new(name: String, settings: KafkaSourceSettings) -> Result<Self, PluginError> {
+        let shared = Arc::new(Shared {
+            name,
+            topics: settings
+                .topics
+                .iter()
+                .map(|t| Arc::from(t.as_str()))
+                .collect(),
+            settings,
+            runtime: tokio::runtime::Handle::current(),
+            consumer: OnceLock::new(),
+            output: OnceLock::new(),
+            partitions: Mutex::new(HashMap::new()),
+            committable: Mutex::new(HashMap::new()),
+            stopping: AtomicBool::new(false),
+            fatal: CancellationToken::new(),
+            fatal_reason: Mutex::new(None),
+        });
+        let consumer: StreamConsumer<SourceContext> = shared
+            .settings
+            .client_config()
+            .create_with_context(SourceContext {
+                shared: Arc::clone(&shared),
+            })
+            .map_err(|e| PluginError::context("creating the Kafka consumer", e))?;
+        let consumer = Arc::new(consumer);
+        let _ = shared.consumer.set(Arc::downgrade(&consumer));
+        Ok(Self { consumer, shared })
+    }
+}
+
+#[async_trait]
+impl Source for KafkaSource {
+    async fn run(
+        self: Box<Self>,
+        out: Output,
+        shutdown: CancellationToken,
+    ) -> Result<(), PluginError> {
+        let KafkaSource { consumer, shared } = *self;
+        let _ = shared.output.set(out);
+        let topics: Vec<&str> = shared.settings.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| PluginError::context("subscribing", e))?;
+        info!(source = %shared.name, topics = ?topics, group = %shared.settings.group_id, "kafka source subscribed");
+
+        let stop_thread = CancellationToken::new();
+        let thread = {
+            let shared = Arc::clone(&shared);
+            let consumer = Arc::clone(&consumer);
+            let stop = stop_thread.clone();
+            std::thread::Builder::new()
+                .name(format!("kafka-{}", shared.settings.group_id))
+                .spawn(move || consumer_thread(&shared, &consumer, &stop))
+                .map_err(|e| PluginError::context("starting the consumer thread", e))?
+        };
+
+        tokio::select! {
+            () = shutdown.cancelled() => {}
+            () = shared.fatal.cancelled() => {}
+        }
+        // Stop taking input; let every partition drain and record its final offset.
+        shared.stopping.store(true, Ordering::SeqCst);
+        let handles: Vec<(PartitionKey, PartitionHandle)> = shared
+            .partitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain()
+            .collect();
+        for (_, handle) in &handles {
+            handle.stop.cancel();
+        }
+        let shared_for_wait = Arc::clone(&shared);
+        tokio::task::spawn_blocking(move || {
+            for (key, handle) in handles {
+                wait_done(&shared_for_wait, &key, &handle);
+            }
+        })
+        .await
+        .map_err(|e| PluginError::context("waiting for partitions to drain", e))?;
+
+        // The consumer thread commits what was acknowledged, synchronously, and leaves.
+        stop_thread.cancel();
+        tokio::task::spawn_blocking(move || {
+            let _ = thread.join();
+            // Closing the consumer leaves the group; it blocks, so not on a worker thread.
+            drop(consumer);
+        })
+        .await
+        .map_err(|e| PluginError::context("closing the consumer", e))?;
+
+        let reason = shared
+            .fatal_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match reason {
+            Some(reason) => Err(PluginError::new(reason)),
+            None => Ok(()),
+        }
+    }
+}
+
+fn wait_done(shared: &Shared, key: &PartitionKey, handle: &PartitionHandle) {
+    let limit = shared.settings.drain_timeout + Duration::from_secs(5);
+    if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = handle.done.recv_timeout(limit) {
+        warn!(source = %shared.name, topic = %key.0, partition = key.1, "partition task did not finish draining");
+    }
+}
+
+/// Polls the main queue (group protocol, callbacks) and commits acknowledged offsets.
+fn consumer_thread(
+    shared: &Arc<Shared>,
+    consumer: &Arc<StreamConsumer<SourceContext>>,
+    stop: &CancellationToken,
+) {
+    let _runtime = shared.runtime.enter();
+    let interval = shared.settings.commit_interval;
+    let mut next_commit = std::time::Instant::now() + interval;
+    while !stop.is_cancelled() {
+        let polled = futures::executor::block_on(async {
+            tokio::select! {
+                message = consumer.recv() => Some(message.map(|m| (m.topic().to_owned(), m.partition(), m.offset()))),
+                () = tokio::time::sleep(Duration::from_millis(100)) => None,
+                () = stop.cancelled() => None,
+            }
+        });
+        match polled {
+            // Every assigned partition has its own queue; a message here was fetched before
+            // its queue was split. Seek back so that the partition queue delivers it.
+            Some(Ok((topic, partition, offset))) => {
+                warn!(source = %shared.name, %topic, partition, offset, "message on the main queue; seeking the partition back to it");
+                if let Err(e) = consumer.seek(
+                    &topic,
+                    partition,
+                    Offset::Offset(offset),
+                    Duration::from_secs(5),
+                ) {
+                    shared.fail(format!(
+                        "{topic}/{partition}: could not seek back to offset {offset}: {e}"
+                    ));
+                }
+            }
+            Some(Err(e)) => warn!(source = %shared.name, error = %e, "kafka consumer error"),
+            None => {}
+        }
+        if std::time::Instant::now() >= next_commit {
+            shared.commit(consumer.as_ref(), CommitMode::Async, None);
+            next_commit = std::time::Instant::now() + interval;
+        }
+    }
+    shared.commit(consumer.as_ref(), CommitMode::Sync, None);
+}
+
+impl Shared {
+    fn lane(&self, topic: &str, partition: i32) -> u64 {
+        let topic_index = self.topics.iter().position(|t| &**t == topic).unwrap_or(0) as u64;
+        (topic_index << 32) | u64::from(partition.unsigned_abs())
+    }
+
+    fn fail(&self, reason: String) {
+        error!(source = %self.name, %reason, "kafka source failed");
+        let mut slot = self
+            .fatal_reason
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.is_none() {
+            *slot = Some(reason);
+        }
+        self.fatal.cancel();
+    }
+
+    /// Starts a task for each newly assigned partition, reading its own queue.
+    fn assign(self: &Arc<Self>, tpl: &TopicPartitionList) {
+        if self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let (Some(consumer), Some(output)) = (
+            self.consumer.get().and_then(Weak::upgrade),
+            self.output.get(),
+        ) else {
+            return;
+        };
+        let mut partitions = self
+            .partitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for element in tpl.elements() {
+            let topic: Arc<str> = self
+                .topics
+                .iter()
+                .find(|t| &***t == element.topic())
+                .cloned()
+                .unwrap_or_else(|| Arc::from(element.topic()));
+            let key = (Arc::clone(&topic), element.partition());
+            if partitions.contains_key(&key) {
+                continue;
+            }
+            let Some(queue) = consumer.split_partition_queue(element.topic(), element.partition())
+            else {
+                self.fail(format!(
+                    "{}/{}: cannot split the partition queue",
+                    key.0, key.1
+                ));
+                continue;
+            };
+            let stop = CancellationToken::new();
+            let (done_tx, done_rx) = std::sync::mpsc::channel();
+            let task = PartitionTask {
+                shared: Arc::clone(self),
+                topic,
+                partition: element.partition(),
+                queue,
+                out: output.clone(),
+                stop: stop.clone(),
+                _done: done_tx,
+            };
+            info!(source = %self.name, topic = %key.0, partition = key.1, "partition assigned");
+            self.runtime.spawn(task.run());
+            partitions.insert(
+                key,
+                PartitionHandle {
+                    stop,
+                    done: done_rx,
+                },
+            );
+        }
+    }
+
+    /// Stops the revoked partitions' tasks, waits for them to drain, and commits their
+    /// final offsets before the group hands them to another member.
+    fn revoke(&self, consumer: &BaseConsumer<SourceContext>, tpl: &TopicPartitionList) {
+        let revoked: Vec<(PartitionKey, PartitionHandle)> = {
+            let mut partitions = self
+                .partitions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            tpl.elements()
+                .iter()
+                .filter_map(|e| {
+                    let key = partitions
+                        .keys()
+                        .find(|(t, p)| &**t == e.topic() && *p == e.partition())
+                        .cloned()?;
+                    partitions.remove(&key).map(|h| (key, h))
+                })
+                .collect()
+        };
+        for (_, handle) in &revoked {
+            handle.stop.cancel();
+        }
+        for (key, handle) in &revoked {
+            wait_done(self, key, handle);
+            info!(source = %self.name, topic = %key.0, partition = key.1, "partition revoked and drained");
+        }
+        let keys: Vec<PartitionKey> = revoked.into_iter().map(|(k, _)| k).collect();
+        self.commit(consumer, CommitMode::Sync, Some(&keys));
+        let mut committable = self
+            .committable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for key in &keys {
+            committable.remove(key);
+        }
+    }
+
+    /// Commits the offsets that advanced since the last commit (only `only`, if given).
+    fn commit<C: Consumer<SourceContext>>(
+        &self,
+        consumer: &C,
+        mode: CommitMode,
+        only: Option<&[PartitionKey]>,
+    ) {
+        let mut tpl = TopicPartitionList::new();
+        {
+            let mut committable = self
+                .committable
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for (key, (offset, dirty)) in committable.iter_mut() {
+                if !*dirty || only.is_some_and(|keys| !keys.contains(key)) {
+                    continue;
+                }
+                if tpl
+                    .add_partition_offset(&key.0, key.1, Offset::Offset(*offset))
+                    .is_ok()
+                {
+                    *dirty = false;
+                }
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        match consumer.commit(&tpl, mode) {
+            Ok(()) => debug!(source = %self.name, partitions = tpl.count(), "offsets committed"),
+            Err(e) => {
+                warn!(source = %self.name, error = %e, "offset commit failed; retrying at the next interval");
+                let mut committable = self
+                    .committable
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for element in tpl.elements() {
+                    if let Some((_, dirty)) = committable
+                        .iter_mut()
+                        .find(|((t, p), _)| &**t == element.topic() && *p == element.partition())
+                        .map(|(_, v)| v)
+                    {
+                        *dirty = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn set_committable(&self, key: &PartitionKey, offset: i64) {
+        self.committable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(key.clone(), (offset, true));
+    }
+}
+
+/// Acknowledged batches of a partition, in emission order: the offset after the last
+/// batch of the delivered prefix is what may be committed.
+#[derive(Default)]
+pub(crate) struct OffsetTracker {
+    next_id: u64,
+    /// (batch id, offset after the batch, outcome once known)
+    pending: VecDeque<(u64, i64, Option<bool>)>,
+    blocked: bool,
+}
+
+impl OffsetTracker {
+    /// Records an emitted batch ending before `next_offset`; returns its id.
+    pub(crate) fn push(&mut self, next_offset: i64) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.pending.push_back((id, next_offset, None));
+        id
+    }
+
+    /// Records a batch's outcome; returns the new committable offset if it advanced.
+    pub(crate) fn ack(&mut self, id: u64, delivered: bool) -> Option<i64> {
+        let front = self.pending.front()?.0;
+        let index = usize::try_from(id.checked_sub(front)?).ok()?;
+        if let Some(entry) = self.pending.get_mut(index) {
+            entry.2 = Some(delivered);
+        }
+        let mut advanced = None;
+        while !self.blocked {
+            match self.pending.front() {
+                Some(&(_, next, Some(true))) => {
+                    advanced = Some(next);
+                    self.pending.pop_front();
+                }
+                Some(&(_, _, Some(false))) => self.blocked = true,
+                _ => break,
+            }
+        }
+        advanced
+    }
+
+    pub(crate) fn outstanding(&self) -> usize {
+        self.pending.iter().filter(|e| e.2.is_none()).count()
+    }
+}
+
+struct PartitionTask {
+    shared: Arc<Shared>,
+    topic: Arc<str>,
+    partition: i32,
+    queue: rdkafka::consumer::stream_consumer::StreamPartitionQueue<SourceContext>,
+    out: Output,
+    stop: CancellationToken,
+    /// Dropped when the task ends: the revoke callback waits for that.
+    _done: std::sync::mpsc::Sender<()>,
+}
+
+impl PartitionTask {
+    async fn run(self) {
+        let key: PartitionKey = (Arc::clone(&self.topic), self.partition);
+        let lane = self.shared.lane(&self.topic, self.partition);
+        let max = self.shared.settings.max_batch_records;
+        let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<(u64, Status)>();
+        let mut tracker = OffsetTracker::default();
+
+        loop {
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => break,
+                Some((id, status)) = ack_rx.recv() => self.on_ack(&key, &mut tracker, id, &status),
+                message = self.queue.recv() => {
+                    let first = match message {
+                        Ok(m) => to_event(&m, &self.topic),
+                        Err(e) => {
+                            warn!(source = %self.shared.name, topic = %self.topic, partition = self.partition, error = %e, "fetch error");
+                            continue;
+                        }
+                    };
+                    let mut last = offset_of(&first);
+                    let mut events = Vec::with_capacity(max.min(1024));
+                    events.push(first);
+                    // Take what is already fetched, up to the batch limit, without waiting.
+                    while events.len() < max {
+                        match self.queue.recv().now_or_never() {
+                            Some(Ok(m)) => {
+                                let event = to_event(&m, &self.topic);
+                                last = offset_of(&event);
+                                events.push(event);
+                            }
+                            Some(Err(e)) => {
+                                warn!(source = %self.shared.name, topic = %self.topic, partition = self.partition, error = %e, "fetch error");
+                                break;
+                            }
+                            None => break,
+                        }
+                    }
+                    let id = tracker.push(last + 1);
+                    let tx = ack_tx.clone();
+                    let ack = AckHandle::new(move |status| {
+                        let _ = tx.send((id, status));
+                    });
+                    let batch = Batch::new(events, AckSet::one(ack), lane);
+                    tokio::select! {
+                        sent = self.out.send(batch) => if sent.is_err() { break },
+                        // Stopped while downstream is full: the batch is dropped unsent, so
+                        // it is never committed and will be consumed again.
+                        () = self.stop.cancelled() => break,
+                    }
+                }
+            }
+        }
+
+        // Drain: wait for the batches in flight, then leave the final offset to commit.
+        let deadline = tokio::time::Instant::now() + self.shared.settings.drain_timeout;
+        while tracker.outstanding() > 0 {
+            if let Ok(Some((id, status))) = tokio::time::timeout_at(deadline, ack_rx.recv()).await {
+                self.on_ack(&key, &mut tracker, id, &status);
+            } else {
+                warn!(
+                    source = %self.shared.name,
+                    topic = %self.topic,
+                    partition = self.partition,
+                    outstanding = tracker.outstanding(),
+                    "drain timeout: unacknowledged batches will be consumed again"
+                );
+                break;
+            }
+        }
+    }
+
+    fn on_ack(&self, key: &PartitionKey, tracker: &mut OffsetTracker, id: u64, status: &Status) {
+        if let Some(offset) = tracker.ack(id, status.is_delivered()) {
+            self.shared.set_committable(key, offset);
+        }
+        if !status.is_delivered() && !self.stop.is_cancelled() {
+            self.shared.fail(format!(
+                "{}/{}: a batch was not delivered ({status:?}); offsets stop before it",
+                self.topic, self.partition
+            ));
+        }
+    }
+}
+
+fn offset_of(event: &Event) -> i64 {
+    match event.origin {
+        Origin::Kafka { offset, .. } => offset,
+        _ => 0,
+    }
+}
+
+fn to_event(message: &BorrowedMessage<'_>, topic: &Arc<str>) -> Event {
+    let headers = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| {
+                    (
+                        h.key.to_owned(),
+                        Bytes::copy_from_slice(h.value.unwrap_or_default()),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Event {
+        key: message.key().map(Bytes::copy_from_slice),
+        payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+        headers,
+        timestamp_ms: message.timestamp().to_millis(),
+        origin: Origin::Kafka {
+            topic: Arc::clone(topic),
+            partition: message.partition(),
+            offset: message.offset(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OffsetTracker;
+
+    #[test]
+    fn commits_only_the_delivered_prefix() {
+        let mut t = OffsetTracker::default();
+        let a = t.push(10);
+        let b = t.push(20);
+        let c = t.push(30);
+        assert_eq!(t.ack(b, true), None, "b is done but a is not");
+        assert_eq!(t.ack(a, true), Some(20), "a and b now form the prefix");
+        assert_eq!(t.outstanding(), 1);
+        assert_eq!(t.ack(c, true), Some(30));
+        assert_eq!(t.outstanding(), 0);
+    }
+
+    #[test]
+    fn an_undelivered_batch_blocks_everything_after_it() {
+        let mut t = OffsetTracker::default();
+        let a = t.push(10);
+        let b = t.push(20);
+        let c = t.push(30);
+        assert_eq!(t.ack(a, true), Some(10));
+        assert_eq!(t.ack(b, false), None);
+        assert_eq!(t.ack(c, true), None, "nothing past an undelivered batch");
+    }
+}
