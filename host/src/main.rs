@@ -61,9 +61,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::Plugins = cli.command {
         // The plugins of this binary, plus the configured folder's when the config loads.
-        let registry = salesflow_host::load_plan(&cli.config, &cli.sets)
-            .map(|(_, plan)| plan.registry)
-            .unwrap_or_else(|_| salesflow_host::registry::Registry::builtin());
+        let registry = salesflow_host::load_plan(&cli.config, &cli.sets).map_or_else(
+            |_| salesflow_host::registry::Registry::builtin(),
+            |(_, plan)| plan.registry,
+        );
         print!("{}", salesflow_host::describe_plugins(&registry));
         return ExitCode::SUCCESS;
     }
