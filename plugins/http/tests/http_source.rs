@@ -50,7 +50,7 @@ fn downstream(
         while let Some(batch) = rx.recv().await {
             seen.push(Batch::new(
                 batch.events.clone(),
-                Default::default(),
+                salesflow_plugin_api::AckSet::default(),
                 batch.lane,
             ));
             batch.finish(&status);
@@ -144,9 +144,13 @@ async fn a_full_pipeline_answers_429_with_retry_after() {
         "accept_timeout = \"50ms\"\nretry_after_secs = 3",
     )));
     let (tx, _rx) = mpsc::channel(1);
-    tx.send(Batch::new(Vec::new(), Default::default(), 0))
-        .await
-        .unwrap();
+    tx.send(Batch::new(
+        Vec::new(),
+        salesflow_plugin_api::AckSet::default(),
+        0,
+    ))
+    .await
+    .unwrap();
     endpoint.open(Output::new(vec![Downstream::new(vec![tx])], None));
     let response = router(endpoint)
         .oneshot(post(r#"{"order_id":"o2"}"#, "application/json"))
@@ -197,7 +201,7 @@ async fn limits_and_bad_input_get_clear_answers() {
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ),
         (r#"{"a":"#, "application/json", StatusCode::BAD_REQUEST),
-        (r#"[1,2]"#, "application/json", StatusCode::BAD_REQUEST),
+        ("[1,2]", "application/json", StatusCode::BAD_REQUEST),
     ];
     for (body, content_type, expected) in cases {
         let response = app.clone().oneshot(post(body, content_type)).await.unwrap();
