@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::metadata::Metadata;
-use rdkafka::producer::{FutureProducer, Producer};
+use rdkafka::producer::Producer;
 use salesflow_plugin_api::HealthFn;
 use salesflow_plugin_api::futures::FutureExt;
 
@@ -59,9 +59,9 @@ pub fn consumer_topics(
     })
 }
 
-pub fn producer_topic(producer: FutureProducer, topic: String) -> HealthFn {
+pub fn producer_topic(producer: Arc<crate::sink::SinkProducer>, topic: String) -> HealthFn {
     Arc::new(move || {
-        let producer = producer.clone();
+        let producer = Arc::clone(&producer);
         let topic = topic.clone();
         async move {
             tokio::task::spawn_blocking(move || {

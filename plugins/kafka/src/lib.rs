@@ -9,7 +9,6 @@ pub use config::{Compression, KafkaSinkSettings, KafkaSourceSettings, OffsetRese
 
 use std::sync::Arc;
 
-use rdkafka::producer::FutureProducer;
 use salesflow_plugin_api::{
     BuildContext, Component, ComponentKind, ConfigError, Plugin, PluginError, Settings, Sink,
     SinkFactory, async_trait, schemars, toml,
@@ -116,13 +115,16 @@ impl Plugin for KafkaSinkPlugin {
             properties = %redacted(&settings.properties),
             "building kafka sink"
         );
-        let producer: FutureProducer = settings
+        let producer: sink::SinkProducer = settings
             .client_config()
-            .create()
+            .create_with_context(sink::DeliveryContext {
+                name: format!("{}/{}", ctx.pipeline, ctx.component),
+            })
             .map_err(|e| PluginError::context("creating the Kafka producer", e))?;
+        let producer = Arc::new(producer);
         ctx.add_healthcheck(
             &format!("kafka topic {}", settings.topic),
-            health::producer_topic(producer.clone(), settings.topic.clone()),
+            health::producer_topic(Arc::clone(&producer), settings.topic.clone()),
         );
         Ok(Component::Sink(Arc::new(SinkMaker {
             producer,
@@ -132,14 +134,14 @@ impl Plugin for KafkaSinkPlugin {
 }
 
 struct SinkMaker {
-    producer: FutureProducer,
+    producer: Arc<sink::SinkProducer>,
     settings: Arc<KafkaSinkSettings>,
 }
 
 impl SinkFactory for SinkMaker {
     fn create(&self, _lane: usize) -> Result<Box<dyn Sink>, PluginError> {
         Ok(Box::new(sink::KafkaSink {
-            producer: self.producer.clone(),
+            producer: Arc::clone(&self.producer),
             settings: Arc::clone(&self.settings),
         }))
     }

@@ -2,28 +2,112 @@
 //! messages in order (waiting while the producer queue is full) and its future resolves
 //! once every message has its delivery report: the batch is acknowledged only then.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rdkafka::ClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use salesflow_plugin_api::json::top_level_field;
 use salesflow_plugin_api::{Event, PluginError, Sink, WriteFuture, async_trait};
+use tokio::sync::oneshot;
+use tracing::warn;
 
 use crate::config::KafkaSinkSettings;
 
+/// The producer every lane of a sink shares.
+pub type SinkProducer = ThreadedProducer<DeliveryContext>;
+
+/// One write's outstanding deliveries: every message of the batch holds a reference, and
+/// the last delivery report completes the write.
+pub struct BatchDelivery {
+    remaining: AtomicUsize,
+    error: Mutex<Option<String>>,
+    done: Mutex<Option<oneshot::Sender<Result<(), String>>>>,
+}
+
+impl BatchDelivery {
+    fn new(messages: usize) -> (Arc<Self>, oneshot::Receiver<Result<(), String>>) {
+        let (tx, rx) = oneshot::channel();
+        let delivery = Arc::new(Self {
+            // One extra count for the write itself, released once every message is queued.
+            remaining: AtomicUsize::new(messages + 1),
+            error: Mutex::new(None),
+            done: Mutex::new(Some(tx)),
+        });
+        (delivery, rx)
+    }
+
+    fn fail(&self, reason: String) {
+        let mut error = self
+            .error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if error.is_none() {
+            *error = Some(reason);
+        }
+    }
+
+    /// One message (or the write itself) is settled.
+    fn settle(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let result = match self
+                .error
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+            {
+                Some(reason) => Err(reason),
+                None => Ok(()),
+            };
+            if let Some(tx) = self
+                .done
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take()
+            {
+                let _ = tx.send(result);
+            }
+        }
+    }
+}
+
+/// Routes delivery reports to their batch: one reference count per message, no
+/// allocation per message.
+pub struct DeliveryContext {
+    pub(crate) name: String,
+}
+
+impl ClientContext for DeliveryContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        warn!(sink = %self.name, %error, reason, "kafka client error");
+    }
+}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Arc<BatchDelivery>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, batch: Arc<BatchDelivery>) {
+        if let Err((e, _)) = result {
+            batch.fail(e.to_string());
+        }
+        batch.settle();
+    }
+}
+
 /// One lane's handle on the shared producer.
 pub struct KafkaSink {
-    pub(crate) producer: FutureProducer,
+    pub(crate) producer: Arc<SinkProducer>,
     pub(crate) settings: Arc<KafkaSinkSettings>,
 }
 
 #[async_trait]
 impl Sink for KafkaSink {
     async fn write(&mut self, events: Arc<[Event]>) -> Result<WriteFuture, PluginError> {
-        let mut deliveries = Vec::with_capacity(events.len());
-        for event in events.iter() {
+        let (batch, done) = BatchDelivery::new(events.len());
+        for (queued, event) in events.iter().enumerate() {
             let field_key = self
                 .settings
                 .key_field
@@ -33,7 +117,13 @@ impl Sink for KafkaSink {
                 Some(k) => Some(k.as_bytes()),
                 None => event.key.as_deref(),
             };
-            let headers = if self.settings.forward_headers && !event.headers.is_empty() {
+            let mut record: BaseRecord<'_, [u8], [u8], Arc<BatchDelivery>> =
+                BaseRecord::with_opaque_to(&self.settings.topic, Arc::clone(&batch))
+                    .payload(event.payload.as_ref());
+            if let Some(key) = key {
+                record = record.key(key);
+            }
+            if self.settings.forward_headers && !event.headers.is_empty() {
                 let mut headers = OwnedHeaders::new_with_capacity(event.headers.len());
                 for (name, value) in &event.headers {
                     headers = headers.insert(Header {
@@ -41,35 +131,30 @@ impl Sink for KafkaSink {
                         value: Some(value.as_ref()),
                     });
                 }
-                Some(headers)
-            } else {
-                None
-            };
-            let mut record: FutureRecord<'_, [u8], [u8]> =
-                FutureRecord::to(&self.settings.topic).payload(event.payload.as_ref());
-            if let Some(key) = key {
-                record = record.key(key);
-            }
-            if let Some(headers) = headers {
                 record = record.headers(headers);
             }
             if let Some(ts) = event.timestamp_ms {
                 record = record.timestamp(ts);
             }
             // Wait for room when librdkafka's queue is full: backpressure, not an error.
-            let mut backoff = Duration::from_millis(1);
+            let mut backoff = Duration::from_micros(500);
             loop {
-                match self.producer.send_result(record) {
-                    Ok(delivery) => {
-                        deliveries.push(delivery);
-                        break;
-                    }
+                match self.producer.send(record) {
+                    Ok(()) => break,
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         record = back;
                         tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_millis(50));
+                        backoff = (backoff * 2).min(Duration::from_millis(20));
                     }
-                    Err((e, _)) => {
+                    Err((e, back)) => {
+                        // The messages queued so far still report; this one and the rest
+                        // never will: the write fails.
+                        drop(back);
+                        batch.fail(format!("producing to {}: {e}", self.settings.topic));
+                        for _ in queued..events.len() {
+                            batch.settle();
+                        }
+                        batch.settle();
                         return Err(PluginError::context(
                             format!("producing to {}", self.settings.topic),
                             e,
@@ -78,33 +163,25 @@ impl Sink for KafkaSink {
                 }
             }
         }
+        batch.settle();
         let topic = self.settings.topic.clone();
         Ok(Box::pin(async move {
-            for delivery in deliveries {
-                match delivery.await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err((e, _))) => {
-                        return Err(PluginError::context(format!("delivery to {topic}"), e));
-                    }
-                    Err(_) => {
-                        return Err(PluginError::new(format!(
-                            "delivery to {topic}: the producer went away before reporting"
-                        )));
-                    }
-                }
+            match done.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(reason)) => Err(PluginError::new(format!("delivery to {topic}: {reason}"))),
+                Err(_) => Err(PluginError::new(format!(
+                    "delivery to {topic}: the producer went away before reporting"
+                ))),
             }
-            Ok(())
         }))
     }
 
     async fn flush(&mut self) -> Result<(), PluginError> {
-        let producer = self.producer.clone();
-        tokio::task::spawn_blocking(move || {
-            rdkafka::producer::Producer::flush(&producer, Duration::from_secs(30))
-        })
-        .await
-        .map_err(|e| PluginError::context("flushing the producer", e))?
-        .map_err(|e| PluginError::context("flushing the producer", e))
+        let producer = Arc::clone(&self.producer);
+        tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30)))
+            .await
+            .map_err(|e| PluginError::context("flushing the producer", e))?
+            .map_err(|e| PluginError::context("flushing the producer", e))
     }
 }
 
