@@ -55,9 +55,9 @@ fn numbers(records: &[Record]) -> Vec<i64> {
         .collect()
 }
 
-/// Every key's records are in the order they were produced.
+/// Every key's records are in the order they were produced (by chunk, then number).
 fn assert_key_order(records: &[Record]) {
-    let mut last: BTreeMap<String, i64> = BTreeMap::new();
+    let mut last: BTreeMap<String, (i64, i64)> = BTreeMap::new();
     let mut by_partition: BTreeMap<i32, Vec<&Record>> = BTreeMap::new();
     for r in records {
         by_partition.entry(r.partition).or_default().push(r);
@@ -65,9 +65,12 @@ fn assert_key_order(records: &[Record]) {
     for list in by_partition.values_mut() {
         list.sort_by_key(|r| r.offset);
         for r in list.iter() {
-            let n = r.payload["n"].as_i64().unwrap();
+            let n = (
+                r.payload["chunk"].as_i64().unwrap_or(0),
+                r.payload["n"].as_i64().unwrap(),
+            );
             if let Some(previous) = last.insert(r.key.clone(), n) {
-                assert!(previous < n, "key {}: {n} after {previous}", r.key);
+                assert!(previous < n, "key {}: {n:?} after {previous:?}", r.key);
             }
         }
     }
@@ -235,40 +238,66 @@ async fn the_same_topology_runs_in_one_process_or_two() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_nothing() {
-    const TOTAL: usize = 30_000;
+    const CHUNKS: i64 = 30;
+    const PER_CHUNK: usize = 1000;
     let (input, output, group) = (unique("kill-in"), unique("kill-out"), unique("kill"));
     create_topic(&input, 4).await;
     create_topic(&output, 4).await;
     let (_dir, config) = support::config(&relay(&input, &output, &group, BATCH));
 
-    // Input keeps arriving while the host is killed and restarted.
+    // A backlog, and more input arriving while the host is killed and restarted.
+    for chunk in 0..20 {
+        produce(&input, PER_CHUNK, 50, move |i| {
+            format!(",\"chunk\":{chunk},\"i\":{i}")
+        })
+        .await;
+    }
     let producer = {
         let input = input.clone();
         tokio::spawn(async move {
-            for chunk in 0..30 {
-                produce(&input, TOTAL / 30, 50, move |i| {
+            for chunk in 20..CHUNKS {
+                produce(&input, PER_CHUNK, 50, move |i| {
                     format!(",\"chunk\":{chunk},\"i\":{i}")
                 })
                 .await;
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(Duration::from_millis(300)).await;
             }
         })
     };
-    let host = Host::start(&config, &["run"]);
+    // Slowed down (small batches, one write in flight per lane, a long linger) so that
+    // when it is killed there are batches sent but not yet acknowledged or committed.
+    let slow = [
+        "run",
+        "--set",
+        "pipelines.relay.sources.in.max_batch_records=50",
+        "--set",
+        "pipelines.relay.stages.batch.max_events=50",
+        "--set",
+        "pipelines.relay.sinks.out.linger_ms=100",
+        "--set",
+        "pipelines.relay.sinks.out.concurrency=1",
+    ];
+    let host = Host::start(&config, &slow);
     let seen = read_all(&output, Duration::from_secs(60), |r| r.len() >= 3000);
-    assert!(seen.len() >= 3000, "the relay got going");
     let killed_at = seen.len();
+    let (committed_at_kill, _) = committed_and_end(&input, &group);
     let log = host.kill();
     assert!(
         !producer.is_finished(),
         "killed mid-stream, while input was still arriving"
     );
+    let committed_at_kill: i64 = committed_at_kill.values().filter(|o| **o > 0).sum();
+    assert!(
+        committed_at_kill < 20_000,
+        "the backlog was not yet through when killed ({committed_at_kill} committed)"
+    );
 
     let host = Host::start(&config, &["run"]);
     producer.await.unwrap();
     // Every input message, identified by (chunk, i), reaches the output.
-    let expected: BTreeSet<(i64, i64)> = (0..30)
-        .flat_map(|c| (0..i64::try_from(TOTAL / 30).unwrap()).map(move |i| (c, i)))
+    let per_chunk = i64::try_from(PER_CHUNK).unwrap();
+    let expected: BTreeSet<(i64, i64)> = (0..CHUNKS)
+        .flat_map(|c| (0..per_chunk).map(move |i| (c, i)))
         .collect();
     let ids = |records: &[Record]| -> BTreeSet<(i64, i64)> {
         records
@@ -281,7 +310,9 @@ async fn sigkill_mid_stream_loses_nothing() {
             })
             .collect()
     };
-    let records = read_all(&output, Duration::from_secs(120), |r| ids(r).len() >= TOTAL);
+    let records = read_all(&output, Duration::from_secs(120), |r| {
+        ids(r).len() >= expected.len()
+    });
     let (status, log2) = host.stop(Duration::from_secs(30));
     assert!(status.success(), "{log2}");
     let got = ids(&records);
@@ -293,12 +324,34 @@ async fn sigkill_mid_stream_loses_nothing() {
     );
     let duplicates = records.len() - got.len();
     println!(
-        "killed after {killed_at} outputs; {TOTAL} in, {} out, {duplicates} redelivered",
+        "killed after {killed_at} outputs ({committed_at_kill} input offsets committed); \
+         {} in, {} out, {duplicates} redelivered",
+        expected.len(),
         records.len()
     );
+    assert_key_order(&dedup(&records));
     let (committed, end) = committed_and_end(&input, &group);
     assert_eq!(committed, end, "after a clean stop everything is committed");
     support::delete_topics(&[&input, &output]).await;
+}
+
+/// The first copy of each message, for order checks across a redelivery.
+fn dedup(records: &[Record]) -> Vec<Record> {
+    let mut by_partition: BTreeMap<i32, Vec<&Record>> = BTreeMap::new();
+    for r in records {
+        by_partition.entry(r.partition).or_default().push(r);
+    }
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for list in by_partition.values_mut() {
+        list.sort_by_key(|r| r.offset);
+        for r in list.iter() {
+            if seen.insert((r.payload["chunk"].as_i64(), r.payload["i"].as_i64())) {
+                out.push((*r).clone());
+            }
+        }
+    }
+    out
 }
 
 #[test]
