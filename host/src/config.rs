@@ -188,6 +188,9 @@ pub struct ServerSettings {
     /// How long shutdown may take: sources stop, in-flight batches finish, sinks flush.
     #[serde(default = "default_grace", with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// An `OpenAPI` document served at `/openapi.json` (relative to the config file).
+    #[serde(default)]
+    pub openapi: Option<std::path::PathBuf>,
 }
 
 fn default_address() -> std::net::SocketAddr {
@@ -203,6 +206,7 @@ impl Default for ServerSettings {
         Self {
             address: default_address(),
             shutdown_grace: default_grace(),
+            openapi: None,
         }
     }
 }

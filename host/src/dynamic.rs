@@ -305,7 +305,9 @@ impl DynamicStage {
 #[async_trait]
 impl Stage for DynamicStage {
     async fn process(&mut self, batch: Batch, out: &mut Vec<Batch>) -> Result<(), PluginError> {
-        let Batch { events, acks, lane } = batch;
+        let Batch {
+            events, acks, lane, ..
+        } = batch;
         // On error the claims are dropped unfinished: the batch counts as failed.
         let events = self.call(&events)?;
         if events.is_empty() {

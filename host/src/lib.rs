@@ -201,7 +201,12 @@ pub async fn run(plan: Plan) -> Result<bool> {
         .await
         .with_context(|| format!("binding the HTTP server to {}", plan.server.address))?;
     let address = listener.local_addr()?;
-    let app = server::router(routes, healthchecks, Arc::new(Mutex::new(registry)));
+    let app = server::router(
+        routes,
+        healthchecks,
+        Arc::new(Mutex::new(registry)),
+        plan.openapi.clone(),
+    );
     let server_stop = sources_stop.clone();
     let server = tokio::spawn(async move {
         salesflow_plugin_api::axum::serve(listener, app)
@@ -283,4 +288,75 @@ async fn shutdown_signal() {
         () = ctrl_c => {}
         () = term => {}
     }
+}
+
+/// `salesflow replay`: rebuilds the read models from the event store, with the
+/// connection settings of a pipeline's `read-models` stage and `elasticsearch` sink and
+/// of the `[cassandra]` table.
+pub async fn replay(plan: &Plan, loaded: &Loaded, pipeline: &str) -> Result<String> {
+    use salesflow_plugin_api::Settings as _;
+
+    let pipe = plan
+        .pipelines
+        .iter()
+        .find(|p| p.name == pipeline)
+        .with_context(|| format!("no pipeline named {pipeline:?} (replay reads its settings)"))?;
+    let stage = pipe
+        .nodes
+        .iter()
+        .find(|n| n.type_name == "read-models")
+        .with_context(|| format!("pipeline {pipeline} has no read-models stage"))?;
+    let sink = pipe
+        .nodes
+        .iter()
+        .find(|n| n.type_name == "elasticsearch")
+        .with_context(|| format!("pipeline {pipeline} has no elasticsearch sink"))?;
+    let models = salesflow_plugin_projections::ReadModelSettings::from_table(&stage.settings)
+        .map_err(|e| anyhow::anyhow!("read-models settings: {e}"))?;
+    let connection: toml::Table = sink
+        .settings
+        .iter()
+        .filter(|(k, _)| {
+            !["aliases", "index_header", "id_header", "version_header"].contains(&k.as_str())
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let es_settings =
+        salesflow_plugin_elasticsearch::ElasticsearchSettings::from_table(&connection)
+            .map_err(|e| anyhow::anyhow!("elasticsearch settings: {e}"))?;
+    let cassandra = loaded
+        .table
+        .get("cassandra")
+        .and_then(toml::Value::as_table)
+        .context("replay needs the [cassandra] table")?;
+    let cassandra = salesflow_plugin_cassandra::CassandraSettings::from_table(cassandra)
+        .map_err(|e| anyhow::anyhow!("cassandra settings: {e}"))?;
+
+    let store = salesflow_plugin_cassandra::EventStore::connect(&cassandra)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let es = salesflow_plugin_elasticsearch::Client::new(&es_settings)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let report = salesflow_plugin_projections::replay(
+        &store,
+        &es,
+        &models.detailed_alias,
+        &models.summary_alias,
+    )
+    .await
+    .map_err(anyhow::Error::msg)?;
+    Ok(format!(
+        "replayed {} events of {} carts in {:.1} s into {}; aliases {} and {} switched; replaced {}",
+        report.events,
+        report.carts,
+        report.seconds,
+        report.indices.join(", "),
+        models.detailed_alias,
+        models.summary_alias,
+        if report.replaced.is_empty() {
+            "nothing".to_owned()
+        } else {
+            report.replaced.join(", ")
+        }
+    ))
 }

@@ -49,6 +49,13 @@ enum Command {
     },
     /// List every plugin with its settings, defaults and docs.
     Plugins,
+    /// Rebuild the read models from the event store into new indices, then switch the
+    /// aliases (queries keep answering from the old ones meanwhile).
+    Replay {
+        /// The pipeline whose read-models stage and elasticsearch sink to use.
+        #[arg(long, default_value = "projections")]
+        pipeline: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -117,6 +124,29 @@ fn main() -> ExitCode {
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "salesflow failed");
                     eprintln!("salesflow: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Replay { pipeline } => {
+            salesflow_host::init_logging(&plan.log.level, plan.log.format);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("salesflow: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(salesflow_host::replay(&plan, &loaded, &pipeline)) {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("salesflow replay: {e:#}");
                     ExitCode::FAILURE
                 }
             }

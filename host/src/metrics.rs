@@ -65,6 +65,7 @@ pub struct RuntimeMetrics {
     pub send_wait_seconds: Family<NodeLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     pub sink_in_flight: Family<NodeLabels, Gauge>,
     pub sink_outcomes: Family<OutcomeLabels, Counter>,
+    pub discarded: Family<NodeLabels, Counter>,
 }
 
 impl RuntimeMetrics {
@@ -81,6 +82,7 @@ impl RuntimeMetrics {
             send_wait_seconds: Family::default(),
             sink_in_flight: Family::default(),
             sink_outcomes: Family::default(),
+            discarded: Family::default(),
         };
         registry.register(
             "salesflow_events_in",
@@ -136,6 +138,11 @@ impl RuntimeMetrics {
             "salesflow_sink_batches",
             "Sink writes by outcome (delivered, failed)",
             m.sink_outcomes.clone(),
+        );
+        registry.register(
+            "salesflow_events_discarded",
+            "Events a stage sent to an output nobody reads",
+            m.discarded.clone(),
         );
         m
     }

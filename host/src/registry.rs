@@ -23,6 +23,14 @@ impl Registry {
         registry.add(Arc::new(salesflow_plugin_kafka::KafkaSourcePlugin));
         registry.add(Arc::new(salesflow_plugin_kafka::KafkaSinkPlugin));
         registry.add(Arc::new(salesflow_plugin_batch::BatchPlugin));
+        registry.add(Arc::new(salesflow_plugin_validate::ValidatePlugin));
+        registry.add(Arc::new(salesflow_plugin_cart::CartPlugin));
+        registry.add(Arc::new(salesflow_plugin_cassandra::CassandraSinkPlugin));
+        registry.add(Arc::new(
+            salesflow_plugin_elasticsearch::ElasticsearchSinkPlugin,
+        ));
+        registry.add(Arc::new(salesflow_plugin_projections::ReadModelsPlugin));
+        registry.add(Arc::new(salesflow_plugin_query::QueryApiPlugin));
         registry
     }
 
@@ -80,7 +88,11 @@ impl Registry {
         let mut sections: Vec<_> = self
             .plugins
             .values()
-            .filter_map(|p| p.shared_section())
+            .flat_map(|p| {
+                p.shared_section()
+                    .into_iter()
+                    .chain(p.nested_shared_sections().iter().copied())
+            })
             .collect();
         sections.sort_unstable();
         sections.dedup();

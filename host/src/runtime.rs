@@ -167,7 +167,14 @@ pub async fn start(
                     .remove(&(pipeline.clone(), node.name.clone()))
                     .unwrap_or_default();
                 for (lane, (stage, rx)) in stages.into_iter().zip(rxs).enumerate() {
-                    let out = outputs(&pipeline, &node.name, &labels);
+                    let mut out = StageOutputs {
+                        main: outputs(&pipeline, &node.name, &labels),
+                        named: HashMap::new(),
+                    };
+                    for port in node.plugin.outputs() {
+                        let named = outputs(&pipeline, &format!("{}.{port}", node.name), &labels);
+                        out.named.insert(*port, named);
+                    }
                     let lane_metrics = LaneMetrics::new(metrics, &labels, lane, node.buffer);
                     tasks.spawn(run_stage(label.clone(), stage, rx, out, lane_metrics));
                 }
@@ -206,6 +213,12 @@ pub async fn start(
     })
 }
 
+/// Where a stage lane's batches go: its main output and its named ones.
+struct StageOutputs {
+    main: Output,
+    named: HashMap<&'static str, Output>,
+}
+
 /// A lane's metric handles, resolved once.
 struct LaneMetrics {
     events_in: prometheus_client::metrics::counter::Counter,
@@ -217,6 +230,7 @@ struct LaneMetrics {
     in_flight: prometheus_client::metrics::gauge::Gauge,
     delivered: prometheus_client::metrics::counter::Counter,
     failed: prometheus_client::metrics::counter::Counter,
+    discarded: prometheus_client::metrics::counter::Counter,
     capacity: usize,
 }
 
@@ -258,6 +272,7 @@ impl LaneMetrics {
         let in_flight = m.sink_in_flight.get_or_create(labels).clone();
         let delivered = m.sink_outcomes.get_or_create(&outcome("delivered")).clone();
         let failed = m.sink_outcomes.get_or_create(&outcome("failed")).clone();
+        let discarded = m.discarded.get_or_create(labels).clone();
         Self {
             events_in,
             batches_in,
@@ -268,6 +283,7 @@ impl LaneMetrics {
             in_flight,
             delivered,
             failed,
+            discarded,
             capacity,
         }
     }
@@ -292,7 +308,7 @@ async fn run_stage(
     label: String,
     mut stage: Box<dyn Stage>,
     mut rx: mpsc::Receiver<Batch>,
-    out: Output,
+    out: StageOutputs,
     metrics: LaneMetrics,
 ) -> TaskResult {
     let mut emitted = Vec::new();
@@ -335,8 +351,21 @@ async fn run_stage(
             }
         }
         for batch in emitted.drain(..) {
-            if out.send(batch).await.is_err() {
-                warn!(component = %label, "downstream closed; batch dropped (its source sees it failed)");
+            let target = match batch.output {
+                None => Some(&out.main),
+                Some(name) => out.named.get(name),
+            };
+            match target {
+                Some(output) if !output.is_empty() => {
+                    if output.send(batch).await.is_err() {
+                        warn!(component = %label, "downstream closed; batch dropped (its source sees it failed)");
+                    }
+                }
+                _ => {
+                    // An output nobody reads: the events are handled by being dropped.
+                    metrics.discarded.inc_by(batch.len() as u64);
+                    batch.finish(&Status::Delivered);
+                }
             }
         }
         if closed {

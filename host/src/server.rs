@@ -165,6 +165,7 @@ pub fn router(
     routes: Vec<Route>,
     checks: Vec<Healthcheck>,
     registry: Arc<Mutex<Registry>>,
+    openapi: Option<String>,
 ) -> Router {
     let http_metrics = {
         let mut r = registry
@@ -181,6 +182,12 @@ pub fn router(
             }),
         )
         .route("/metrics", get(metrics).with_state(registry));
+    if let Some(document) = openapi {
+        app = app.route(
+            "/openapi.json",
+            get(move || async move { ([(header::CONTENT_TYPE, "application/json")], document) }),
+        );
+    }
     for route in routes {
         app = app.merge(route.router);
     }

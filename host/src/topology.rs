@@ -41,6 +41,8 @@ pub struct PipelinePlan {
 
 pub struct Plan {
     pub server: ServerSettings,
+    /// The `OpenAPI` document's text, when `server.openapi` names one.
+    pub openapi: Option<String>,
     pub log: LogSettings,
     pub registry: Registry,
     pub pipelines: Vec<PipelinePlan>,
@@ -86,6 +88,31 @@ pub fn plan(loaded: &Loaded, mut registry: Registry) -> Result<Plan, Vec<String>
         ));
     }
 
+    let config_dir = loaded
+        .path
+        .parent()
+        .unwrap_or_else(|| std::path::Path::new("."))
+        .to_path_buf();
+    let openapi = server.openapi.as_ref().and_then(|file| {
+        let file = config_dir.join(file);
+        match std::fs::read_to_string(&file) {
+            Ok(text) if serde_json::from_str::<serde_json::Value>(&text).is_ok() => Some(text),
+            Ok(_) => {
+                problems.push(Problem::new(
+                    path(&["server", "openapi"]),
+                    format!("{} is not JSON", file.display()),
+                ));
+                None
+            }
+            Err(e) => {
+                problems.push(Problem::new(
+                    path(&["server", "openapi"]),
+                    format!("cannot read {}: {e}", file.display()),
+                ));
+                None
+            }
+        }
+    });
     let mut loaded_plugins = Vec::new();
     if let Some(dir) = &plugin_dir.dir {
         let dir = if dir.is_relative() {
@@ -153,6 +180,7 @@ pub fn plan(loaded: &Loaded, mut registry: Registry) -> Result<Plan, Vec<String>
     if problems.is_empty() {
         Ok(Plan {
             server,
+            openapi,
             log,
             registry,
             pipelines,
@@ -206,7 +234,8 @@ fn pipeline(
         ComponentKind::Sink,
     ] {
         let Some(section) = def.get(kind.table()) else {
-            if kind != ComponentKind::Stage {
+            let serves_only = kind == ComponentKind::Sink && !produces_events(def, registry);
+            if kind != ComponentKind::Stage && !serves_only {
                 problems.push(Problem::new(
                     here(&[kind.table()]),
                     format!("a pipeline needs at least one {kind}"),
@@ -269,6 +298,16 @@ fn component_node(
         problems.push(Problem::new(at.to_vec(), "must be a table"));
         return None;
     };
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        problems.push(Problem::new(
+            at.to_vec(),
+            "component names are [a-zA-Z0-9_-]+",
+        ));
+    }
     let Some(type_name) = spec.get("type").and_then(toml::Value::as_str) else {
         problems.push(Problem::new(
             sub("type"),
@@ -371,14 +410,39 @@ fn component_node(
             }
         }
     }
+    for section in plugin.nested_shared_sections() {
+        let mut merged = root
+            .get(*section)
+            .and_then(toml::Value::as_table)
+            .cloned()
+            .unwrap_or_default();
+        if let Some(own) = spec.get(*section).and_then(toml::Value::as_table) {
+            merged.extend(own.clone());
+        }
+        if !merged.is_empty() {
+            settings.insert((*section).to_owned(), toml::Value::Table(merged));
+        }
+    }
     if let Err(e) = plugin.validate(&settings) {
         // A key the component does not set came from the shared section.
         let from_shared = e
             .path
             .first()
             .is_some_and(|k| !spec.contains_key(k) && shared.is_some_and(|s| s.contains_key(k)));
+        // A key of a nested section the component does not set came from the top level.
+        let from_nested = match e.path.as_slice() {
+            [section, key, ..] if plugin.nested_shared_sections().contains(&section.as_str()) => {
+                !spec
+                    .get(section)
+                    .and_then(toml::Value::as_table)
+                    .is_some_and(|own| own.contains_key(key))
+            }
+            _ => false,
+        };
         let mut p = if from_shared {
             vec![shared_name.unwrap_or_default().to_owned()]
+        } else if from_nested {
+            Vec::new()
         } else {
             at.to_vec()
         };
@@ -398,6 +462,28 @@ fn component_node(
     })
 }
 
+/// `component` or `component.output`.
+pub fn split_input(input: &str) -> (&str, Option<&str>) {
+    match input.split_once('.') {
+        Some((component, port)) => (component, Some(port)),
+        None => (input, None),
+    }
+}
+
+/// Whether any source of a pipeline definition emits events.
+fn produces_events(def: &toml::Table, registry: &Registry) -> bool {
+    def.get("sources")
+        .and_then(toml::Value::as_table)
+        .is_none_or(|sources| {
+            sources.values().any(|spec| {
+                spec.get("type")
+                    .and_then(toml::Value::as_str)
+                    .and_then(|t| registry.get(ComponentKind::Source, t))
+                    .is_none_or(|p| p.produces_events())
+            })
+        })
+}
+
 /// Inputs name existing sources or stages; sources take none, everything else at least
 /// one; stages form no cycle; every source and stage feeds something. Orders the nodes:
 /// sources, stages (each after its inputs), sinks.
@@ -405,8 +491,10 @@ fn check_graph(pipeline: &str, nodes: &mut Vec<Node>, problems: &mut Vec<Problem
     let before = problems.len();
     let at =
         |node: &Node, key: &str| path(&["pipelines", pipeline, node.kind.table(), &node.name, key]);
-    let kinds: BTreeMap<&str, ComponentKind> =
-        nodes.iter().map(|n| (n.name.as_str(), n.kind)).collect();
+    let kinds: BTreeMap<&str, (ComponentKind, &'static [&'static str])> = nodes
+        .iter()
+        .map(|n| (n.name.as_str(), (n.kind, n.plugin.outputs())))
+        .collect();
     for node in nodes.iter() {
         if node.kind == ComponentKind::Source {
             if !node.inputs.is_empty() {
@@ -431,26 +519,42 @@ fn check_graph(pipeline: &str, nodes: &mut Vec<Node>, problems: &mut Vec<Problem
                     format!("{input:?} is listed twice"),
                 ));
             }
-            match kinds.get(input.as_str()) {
+            let (component, port) = split_input(input);
+            match kinds.get(component) {
                 None => problems.push(Problem::new(
                     at(node, "inputs"),
-                    format!("no source or stage named {input:?} in pipeline {pipeline}"),
+                    format!("no source or stage named {component:?} in pipeline {pipeline}"),
                 )),
-                Some(ComponentKind::Sink) => problems.push(Problem::new(
+                Some((ComponentKind::Sink, _)) => problems.push(Problem::new(
                     at(node, "inputs"),
-                    format!("{input:?} is a sink; sinks have no output"),
+                    format!("{component:?} is a sink; sinks have no output"),
                 )),
-                Some(_) if input == &node.name => {
+                Some(_) if component == node.name => {
                     problems.push(Problem::new(
                         at(node, "inputs"),
                         "a component cannot be its own input",
                     ));
                 }
-                Some(_) => {}
+                Some((_, ports)) => {
+                    if let Some(port) = port.filter(|p| !ports.contains(p)) {
+                        let known = if ports.is_empty() {
+                            String::new()
+                        } else {
+                            format!("; its outputs: {}", ports.join(", "))
+                        };
+                        problems.push(Problem::new(
+                            at(node, "inputs"),
+                            format!("{component:?} has no output named {port:?}{known}"),
+                        ));
+                    }
+                }
             }
         }
     }
-    for node in nodes.iter().filter(|n| n.kind != ComponentKind::Sink) {
+    for node in nodes
+        .iter()
+        .filter(|n| n.kind != ComponentKind::Sink && n.plugin.produces_events())
+    {
         if !nodes.iter().any(|other| other.inputs.contains(&node.name)) {
             problems.push(Problem::new(
                 path(&["pipelines", pipeline, node.kind.table(), &node.name]),
@@ -478,7 +582,7 @@ fn check_graph(pipeline: &str, nodes: &mut Vec<Node>, problems: &mut Vec<Problem
         let ready: Vec<usize> = stages
             .iter()
             .enumerate()
-            .filter(|(_, s)| s.inputs.iter().all(|i| placed.contains(i)))
+            .filter(|(_, s)| s.inputs.iter().all(|i| placed.contains(split_input(i).0)))
             .map(|(i, _)| i)
             .collect();
         if ready.is_empty() {
@@ -524,8 +628,10 @@ pub fn mermaid(plan: &Plan) -> String {
         }
         for (n, node) in pipeline.nodes.iter().enumerate() {
             for input in &node.inputs {
-                if let Some(i) = pipeline.nodes.iter().position(|x| &x.name == input) {
-                    let _ = writeln!(out, "    p{p}n{i} --> p{p}n{n}");
+                let (component, port) = split_input(input);
+                if let Some(i) = pipeline.nodes.iter().position(|x| x.name == component) {
+                    let label = port.map(|p| format!("|{p}|")).unwrap_or_default();
+                    let _ = writeln!(out, "    p{p}n{i} -->{label} p{p}n{n}");
                 }
             }
         }
@@ -557,8 +663,12 @@ pub fn dot(plan: &Plan) -> String {
         }
         for (n, node) in pipeline.nodes.iter().enumerate() {
             for input in &node.inputs {
-                if let Some(i) = pipeline.nodes.iter().position(|x| &x.name == input) {
-                    let _ = writeln!(out, "    p{p}n{i} -> p{p}n{n};");
+                let (component, port) = split_input(input);
+                if let Some(i) = pipeline.nodes.iter().position(|x| x.name == component) {
+                    let label = port
+                        .map(|p| format!(" [label=\"{p}\"]"))
+                        .unwrap_or_default();
+                    let _ = writeln!(out, "    p{p}n{i} -> p{p}n{n}{label};");
                 }
             }
         }

@@ -230,7 +230,7 @@ fn graph_draws_the_default_pipeline_toml() {
             }
         }
     }
-    assert_eq!(stdout.matches(" --> ").count(), edges);
+    assert_eq!(stdout.matches(" -->").count(), edges);
     let (ok, dot, _) = salesflow(&default, &["graph", "--format", "dot"], &[]);
     assert!(ok && dot.starts_with("digraph salesflow"));
 }

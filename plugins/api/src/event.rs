@@ -60,12 +60,30 @@ pub enum Origin {
         topic: Arc<str>,
         partition: i32,
         offset: i64,
+        /// Which assignment of the partition to this process delivered it (a number
+        /// that grows with every assignment). State cached for a partition is stale once
+        /// the partition was away: another process may have changed it meanwhile.
+        assignment: u64,
     },
     /// The `item`-th event of an HTTP request body.
     Http { item: u32 },
 }
 
 impl Origin {
+    /// A one-line description for dead letters and logs: `topic/partition@offset`.
+    pub fn describe(&self) -> String {
+        match self {
+            Origin::Unknown => "unknown".into(),
+            Origin::Kafka {
+                topic,
+                partition,
+                offset,
+                ..
+            } => format!("{topic}/{partition}@{offset}"),
+            Origin::Http { item } => format!("http item {item}"),
+        }
+    }
+
     /// The position of the event in its source batch (HTTP request), if it has one.
     pub fn item(&self) -> Option<u32> {
         match self {
@@ -86,11 +104,26 @@ pub struct Batch {
     pub events: Vec<Event>,
     pub acks: AckSet,
     pub lane: u64,
+    /// The named output of the stage that emitted it (`inputs = ["cart.rejected"]`), or
+    /// `None` for its main output.
+    pub output: Option<&'static str>,
 }
 
 impl Batch {
     pub fn new(events: Vec<Event>, acks: AckSet, lane: u64) -> Self {
-        Self { events, acks, lane }
+        Self {
+            events,
+            acks,
+            lane,
+            output: None,
+        }
+    }
+
+    /// The same batch, sent to the stage's named output `name`.
+    #[must_use]
+    pub fn to_output(mut self, name: &'static str) -> Self {
+        self.output = Some(name);
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -129,6 +162,7 @@ impl Clone for Batch {
             events: self.events.clone(),
             acks: self.acks.clone(),
             lane: self.lane,
+            output: self.output,
         }
     }
 }

@@ -169,6 +169,21 @@ pub trait Plugin: Send + Sync + 'static {
     fn shared_section(&self) -> Option<&'static str> {
         None
     }
+    /// Top-level tables (like `[cassandra]`) whose keys are defaults for the settings'
+    /// sub-table of the same name (`cassandra = { ... }`); the component's keys win.
+    fn nested_shared_sections(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Named outputs besides the main one (a stage's `rejected`, say), which other
+    /// components select with `inputs = ["component.name"]`.
+    fn outputs(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Whether the component emits events at all. A source that only serves requests
+    /// (a query API) does not; its pipeline needs no sink.
+    fn produces_events(&self) -> bool {
+        true
+    }
     /// The settings' JSON schema, with descriptions and defaults (`salesflow plugins`).
     fn settings_schema(&self) -> schemars::Schema;
     /// Checks the settings without any I/O.

@@ -19,7 +19,7 @@
 //! committed, so it will be consumed again.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -59,6 +59,8 @@ pub(crate) struct Shared {
     /// Next offset to commit per partition, and whether it changed since the last commit.
     committable: Mutex<HashMap<PartitionKey, (i64, bool)>>,
     stopping: AtomicBool,
+    /// Counts assignments, to stamp events with the one that delivered them.
+    assignments: AtomicU64,
     fatal: CancellationToken,
     fatal_reason: Mutex<Option<String>>,
 }
@@ -112,6 +114,7 @@ impl KafkaSource {
             partitions: Mutex::new(HashMap::new()),
             committable: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
+            assignments: AtomicU64::new(0),
             fatal: CancellationToken::new(),
             fatal_reason: Mutex::new(None),
         });
@@ -306,6 +309,7 @@ impl Shared {
             let stop = CancellationToken::new();
             let (done_tx, done_rx) = std::sync::mpsc::channel();
             let task = PartitionTask {
+                assignment: self.assignments.fetch_add(1, Ordering::Relaxed) + 1,
                 shared: Arc::clone(self),
                 topic,
                 partition: element.partition(),
@@ -466,6 +470,7 @@ impl OffsetTracker {
 }
 
 struct PartitionTask {
+    assignment: u64,
     shared: Arc<Shared>,
     topic: Arc<str>,
     partition: i32,
@@ -491,7 +496,7 @@ impl PartitionTask {
                 Some((id, status)) = ack_rx.recv() => self.on_ack(&key, &mut tracker, id, &status),
                 message = self.queue.recv() => {
                     let first = match message {
-                        Ok(m) => to_event(&m, &self.topic),
+                        Ok(m) => to_event(&m, &self.topic, self.assignment),
                         Err(e) => {
                             warn!(source = %self.shared.name, topic = %self.topic, partition = self.partition, error = %e, "fetch error");
                             continue;
@@ -504,7 +509,7 @@ impl PartitionTask {
                     while events.len() < max {
                         match self.queue.recv().now_or_never() {
                             Some(Ok(m)) => {
-                                let event = to_event(&m, &self.topic);
+                                let event = to_event(&m, &self.topic, self.assignment);
                                 last = offset_of(&event);
                                 events.push(event);
                             }
@@ -569,7 +574,7 @@ fn offset_of(event: &Event) -> i64 {
     }
 }
 
-fn to_event(message: &BorrowedMessage<'_>, topic: &Arc<str>) -> Event {
+fn to_event(message: &BorrowedMessage<'_>, topic: &Arc<str>, assignment: u64) -> Event {
     let headers = message
         .headers()
         .map(|headers| {
@@ -593,6 +598,7 @@ fn to_event(message: &BorrowedMessage<'_>, topic: &Arc<str>) -> Event {
             topic: Arc::clone(topic),
             partition: message.partition(),
             offset: message.offset(),
+            assignment,
         },
     }
 }

@@ -1,0 +1,229 @@
+//! The Elasticsearch operations salesflow needs: bulk index with external versions,
+//! aliases, index creation and swapping, search, get.
+
+use std::time::Duration;
+
+use elasticsearch::auth::Credentials;
+use elasticsearch::http::Method;
+use elasticsearch::http::headers::HeaderMap;
+use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
+use elasticsearch::indices::{IndicesCreateParts, IndicesExistsAliasParts};
+use elasticsearch::{BulkParts, Elasticsearch};
+use salesflow_plugin_api::bytes::Bytes;
+use serde_json::{Value, json};
+use tracing::warn;
+
+use crate::config::ElasticsearchSettings;
+
+#[derive(Debug)]
+pub struct EsError(pub String);
+
+impl std::fmt::Display for EsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for EsError {}
+
+fn err(context: &str, e: impl std::fmt::Display) -> EsError {
+    EsError(format!("{context}: {e}"))
+}
+
+/// One document to index.
+pub struct Doc {
+    pub index: String,
+    pub id: String,
+    pub version: u64,
+    pub source: Bytes,
+}
+
+/// A connected client.
+#[derive(Clone)]
+pub struct Client {
+    es: Elasticsearch,
+    retries: u32,
+}
+
+impl Client {
+    pub fn new(settings: &ElasticsearchSettings) -> Result<Self, EsError> {
+        let url = url::Url::parse(&settings.url).map_err(|e| err("the Elasticsearch URL", e))?;
+        let mut builder = TransportBuilder::new(SingleNodeConnectionPool::new(url))
+            .timeout(settings.request_timeout)
+            .disable_proxy();
+        if let (Some(user), Some(password)) = (&settings.username, &settings.password) {
+            builder = builder.auth(Credentials::Basic(
+                user.clone(),
+                password.expose().to_owned(),
+            ));
+        }
+        let transport = builder
+            .build()
+            .map_err(|e| err("building the Elasticsearch client", e))?;
+        Ok(Self {
+            es: Elasticsearch::new(transport),
+            retries: settings.retries,
+        })
+    }
+
+    pub fn raw(&self) -> &Elasticsearch {
+        &self.es
+    }
+
+    /// Indexes documents with external versions. A version conflict means the index
+    /// already holds this version or a newer one: that document is done. Retryable
+    /// failures (429, 5xx, transport errors) are retried with backoff; a document refused
+    /// for good (a mapping error) fails the write.
+    pub async fn bulk(&self, docs: &[Doc]) -> Result<BulkOutcome, EsError> {
+        let mut pending: Vec<usize> = (0..docs.len()).collect();
+        let mut outcome = BulkOutcome::default();
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 0;
+        while !pending.is_empty() {
+            attempt += 1;
+            let mut body: Vec<Bytes> = Vec::with_capacity(pending.len() * 2);
+            for &i in &pending {
+                let d = &docs[i];
+                let action = json!({ "index": {
+                    "_index": d.index, "_id": d.id, "version": d.version, "version_type": "external"
+                }});
+                body.push(Bytes::from(action.to_string()));
+                body.push(d.source.clone());
+            }
+            let response = self.es.bulk(BulkParts::None).body(body).send().await;
+            let retry: Vec<usize> = match response {
+                Err(e) => {
+                    if attempt > self.retries {
+                        return Err(err(&format!("bulk request ({attempt} attempts)"), e));
+                    }
+                    warn!(attempt, error = %e, "bulk request failed; retrying");
+                    pending.clone()
+                }
+                Ok(r) if !r.status_code().is_success() => {
+                    let status = r.status_code();
+                    let text = r.text().await.unwrap_or_default();
+                    if attempt > self.retries
+                        || !(status.as_u16() == 429 || status.is_server_error())
+                    {
+                        return Err(EsError(format!("bulk request answered {status}: {text}")));
+                    }
+                    warn!(attempt, %status, "bulk request refused; retrying");
+                    pending.clone()
+                }
+                Ok(r) => {
+                    let body: Value = r.json().await.map_err(|e| err("bulk response", e))?;
+                    let items = body["items"].as_array().cloned().unwrap_or_default();
+                    if items.len() != pending.len() {
+                        return Err(EsError(format!(
+                            "bulk response has {} items for {} documents",
+                            items.len(),
+                            pending.len()
+                        )));
+                    }
+                    let mut retry = Vec::new();
+                    for (item, &i) in items.iter().zip(&pending) {
+                        let result = &item["index"];
+                        let status = result["status"].as_u64().unwrap_or(0);
+                        match status {
+                            200..=299 => outcome.indexed += 1,
+                            409 => outcome.stale += 1,
+                            429 | 500..=599 => retry.push(i),
+                            _ => {
+                                return Err(EsError(format!(
+                                    "document {} refused by {}: {}",
+                                    docs[i].id, docs[i].index, result["error"]
+                                )));
+                            }
+                        }
+                    }
+                    if !retry.is_empty() && attempt > self.retries {
+                        return Err(EsError(format!(
+                            "{} documents still refused after {attempt} attempts",
+                            retry.len()
+                        )));
+                    }
+                    retry
+                }
+            };
+            if !retry.is_empty() {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            pending = retry;
+        }
+        Ok(outcome)
+    }
+
+    /// Makes sure `alias` exists, creating `<alias>-000001` as its write index if not.
+    pub async fn ensure_alias(&self, alias: &str) -> Result<(), EsError> {
+        let exists = self
+            .es
+            .indices()
+            .exists_alias(IndicesExistsAliasParts::Name(&[alias]))
+            .send()
+            .await
+            .map_err(|e| err(&format!("checking alias {alias}"), e))?;
+        if exists.status_code().is_success() {
+            return Ok(());
+        }
+        let index = format!("{alias}-000001");
+        let created = self
+            .es
+            .indices()
+            .create(IndicesCreateParts::Index(&index))
+            .body(json!({ "aliases": { alias: { "is_write_index": true } } }))
+            .send()
+            .await
+            .map_err(|e| err(&format!("creating {index}"), e))?;
+        let status = created.status_code();
+        if status.is_success() {
+            return Ok(());
+        }
+        let text = created.text().await.unwrap_or_default();
+        // Another process created it first.
+        if text.contains("resource_already_exists_exception") {
+            return Ok(());
+        }
+        Err(EsError(format!(
+            "creating {index} answered {status}: {text}"
+        )))
+    }
+
+    /// A request with a JSON body to a path, answered with JSON (status and body).
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), EsError> {
+        let body = body.map(|b| Bytes::from(b.to_string()));
+        let response = self
+            .es
+            .send(
+                method,
+                path,
+                HeaderMap::new(),
+                Option::<&()>::None,
+                body,
+                None,
+            )
+            .await
+            .map_err(|e| err(path, e))?;
+        let status = response.status_code().as_u16();
+        let text = response.text().await.map_err(|e| err(path, e))?;
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Ok((status, value))
+    }
+}
+
+/// What a bulk write did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct BulkOutcome {
+    pub indexed: usize,
+    /// Documents whose version was not newer than the indexed one.
+    pub stale: usize,
+}

@@ -1,0 +1,177 @@
+//! `type = "elasticsearch"`: a sink that bulk-indexes events as documents. Each event
+//! names its index (or alias), document id and external version in headers; with
+//! external versioning a stale or replayed update never moves a document backwards
+//! (Elasticsearch answers it 409, which counts as done).
+
+mod client;
+mod config;
+
+pub use client::{BulkOutcome, Client, Doc, EsError};
+pub use config::{ElasticsearchSettings, SinkSettings};
+
+use std::sync::Arc;
+
+use elasticsearch::http::Method;
+use salesflow_plugin_api::futures::FutureExt;
+use salesflow_plugin_api::prometheus_client::metrics::counter::Counter;
+use salesflow_plugin_api::{
+    BuildContext, Component, ComponentKind, ConfigError, Event, Plugin, PluginError, Settings,
+    Sink, SinkFactory, WriteFuture, async_trait, schemars, toml,
+};
+
+/// Splits a sink table into its own settings and the connection's.
+fn split(settings: &toml::Table) -> Result<(SinkSettings, ElasticsearchSettings), ConfigError> {
+    let (own, connection): (toml::Table, toml::Table) = settings
+        .clone()
+        .into_iter()
+        .partition(|(k, _)| config::OWN_KEYS.contains(&k.as_str()));
+    Ok((
+        SinkSettings::from_table(&own)?,
+        ElasticsearchSettings::from_table(&connection)?,
+    ))
+}
+
+pub struct ElasticsearchSinkPlugin;
+
+#[async_trait]
+impl Plugin for ElasticsearchSinkPlugin {
+    fn kind(&self) -> ComponentKind {
+        ComponentKind::Sink
+    }
+
+    fn name(&self) -> &'static str {
+        "elasticsearch"
+    }
+
+    fn summary(&self) -> &'static str {
+        "Bulk-indexes events as documents (index, id, external version from headers); a \
+         stale update is ignored, retryable failures retried with backoff"
+    }
+
+    fn shared_section(&self) -> Option<&'static str> {
+        Some("elasticsearch")
+    }
+
+    fn settings_schema(&self) -> schemars::Schema {
+        let mut schema = schemars::schema_for!(ElasticsearchSettings);
+        let own = schemars::schema_for!(SinkSettings);
+        if let (Some(props), Some(own_props)) = (
+            schema.get_mut("properties").and_then(|p| p.as_object_mut()),
+            own.get("properties").and_then(|p| p.as_object()),
+        ) {
+            props.extend(own_props.clone());
+        }
+        schema
+    }
+
+    fn validate(&self, settings: &toml::Table) -> Result<(), ConfigError> {
+        split(settings).map(|_| ())
+    }
+
+    async fn build(
+        &self,
+        settings: toml::Table,
+        ctx: &mut BuildContext<'_>,
+    ) -> Result<Component, PluginError> {
+        let (own, connection) =
+            split(&settings).map_err(|e| PluginError::context("elasticsearch settings", e))?;
+        let client = Client::new(&connection).map_err(|e| PluginError::new(e.to_string()))?;
+        for alias in &own.aliases {
+            client
+                .ensure_alias(alias)
+                .await
+                .map_err(|e| PluginError::new(e.to_string()))?;
+        }
+        let check_client = client.clone();
+        let targets = if own.aliases.is_empty() {
+            "_all".to_owned()
+        } else {
+            own.aliases.join(",")
+        };
+        ctx.add_healthcheck(
+            &format!("elasticsearch {targets}"),
+            Arc::new(move || {
+                let client = check_client.clone();
+                let path = format!("/{targets}/_count");
+                async move {
+                    match client.call(Method::Get, &path, None).await {
+                        Ok((200, _)) => Ok(()),
+                        Ok((status, body)) => Err(format!("{path} answered {status}: {body}")),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                .boxed()
+            }),
+        );
+        let stale = Counter::default();
+        ctx.metrics.register(
+            "salesflow_elasticsearch_stale_documents",
+            "Documents not indexed because the index held that version or a newer one",
+            stale.clone(),
+        );
+        Ok(Component::Sink(Arc::new(Factory {
+            client,
+            settings: Arc::new(own),
+            stale,
+        })))
+    }
+}
+
+struct Factory {
+    client: Client,
+    settings: Arc<SinkSettings>,
+    stale: Counter,
+}
+
+impl SinkFactory for Factory {
+    fn create(&self, _lane: usize) -> Result<Box<dyn Sink>, PluginError> {
+        Ok(Box::new(ElasticsearchSink {
+            client: self.client.clone(),
+            settings: Arc::clone(&self.settings),
+            stale: self.stale.clone(),
+        }))
+    }
+}
+
+struct ElasticsearchSink {
+    client: Client,
+    settings: Arc<SinkSettings>,
+    stale: Counter,
+}
+
+fn header(event: &Event, name: &str) -> Result<String, PluginError> {
+    let value = event
+        .header(name)
+        .ok_or_else(|| PluginError::new(format!("an event without the {name} header")))?;
+    String::from_utf8(value.to_vec())
+        .map_err(|_| PluginError::new(format!("header {name} is not UTF-8")))
+}
+
+#[async_trait]
+impl Sink for ElasticsearchSink {
+    async fn write(&mut self, events: Arc<[Event]>) -> Result<WriteFuture, PluginError> {
+        let mut docs = Vec::with_capacity(events.len());
+        for event in events.iter() {
+            let version = header(event, &self.settings.version_header)?;
+            docs.push(Doc {
+                index: header(event, &self.settings.index_header)?,
+                id: header(event, &self.settings.id_header)?,
+                version: version.parse().map_err(|_| {
+                    PluginError::new(format!("version {version:?} is not a number"))
+                })?,
+                source: event.payload.clone(),
+            });
+        }
+        let client = self.client.clone();
+        let stale = self.stale.clone();
+        Ok(async move {
+            let outcome = client
+                .bulk(&docs)
+                .await
+                .map_err(|e| PluginError::new(e.to_string()))?;
+            stale.inc_by(outcome.stale as u64);
+            Ok(())
+        }
+        .boxed())
+    }
+}

@@ -1,0 +1,13 @@
+//! The sales domain of salesflow: orders (validated against the shipped JSON Schema,
+//! money as exact decimals), the cart aggregate and its rules, cart events, and the read
+//! models built from carts.
+
+pub mod cart;
+pub mod order;
+pub mod read_model;
+
+pub use cart::{
+    BUCKET_SIZE, Cart, CartEvent, CartState, CartUpdated, Decision, Item, MAX_ORDERS_PER_CART,
+    Refusal, bucket_of,
+};
+pub use order::{MONEY_FIELDS, ORDER_SCHEMA, Order, OrderValidator};

@@ -1,0 +1,265 @@
+//! The order: the 17 fields of the original note, validated against
+//! `schemas/order.schema.json` (the single source the API validates against and the docs
+//! show), with money as exact decimals.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use uuid::Uuid;
+
+/// The order schema, as shipped in `schemas/order.schema.json`.
+pub const ORDER_SCHEMA: &str = include_str!("../../../schemas/order.schema.json");
+
+/// Fields holding money: exact decimals.
+pub const MONEY_FIELDS: [&str; 4] = ["amount", "discounts", "tax_amount", "subtotal"];
+
+/// One order, as placed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    pub order_id: Uuid,
+    pub cart_id: Uuid,
+    pub user_id: String,
+    pub product_name: String,
+    pub product_info: String,
+    pub quantity: u32,
+    pub payment_method: String,
+    pub shipping_address: String,
+    pub billing_address: String,
+    pub amount: Decimal,
+    pub discounts: Decimal,
+    pub tax_amount: Decimal,
+    pub subtotal: Decimal,
+    pub shipping_method: String,
+    pub currency: String,
+    pub seller_info: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Validates order payloads against the schema, then reads them exactly.
+pub struct OrderValidator {
+    validator: jsonschema::Validator,
+}
+
+impl OrderValidator {
+    /// The validator of the shipped order schema.
+    pub fn new() -> Self {
+        Self::from_schema(ORDER_SCHEMA).expect("the shipped order schema compiles")
+    }
+
+    /// A validator of another schema text (whose valid documents must still be orders).
+    pub fn from_schema(schema: &str) -> Result<Self, String> {
+        let schema: serde_json::Value =
+            serde_json::from_str(schema).map_err(|e| format!("the schema is not JSON: {e}"))?;
+        let validator = jsonschema::options()
+            .should_validate_formats(true)
+            .build(&schema)
+            .map_err(|e| format!("the schema is not a valid JSON Schema: {e}"))?;
+        Ok(Self { validator })
+    }
+
+    /// The order, or every problem with it (`field: why`), sorted by field.
+    pub fn validate(&self, payload: &[u8]) -> Result<Order, Vec<String>> {
+        let value: serde_json::Value = serde_json::from_slice(payload)
+            .map_err(|e| vec![format!("(body): not valid JSON: {e}")])?;
+        let mut problems: Vec<String> = Vec::new();
+        for error in self.validator.iter_errors(&value) {
+            let path = error.instance_path.to_string();
+            let field = path.trim_start_matches('/').to_owned();
+            let message = if MONEY_FIELDS.contains(&field.as_str()) {
+                "must be a decimal that is not negative, as a string like \"19.99\" (or a number \
+                 without exponent), with at most 12 integer and 4 fraction digits"
+                    .to_owned()
+            } else {
+                error.to_string()
+            };
+            let field = if field.is_empty() {
+                "(order)".to_owned()
+            } else {
+                field
+            };
+            problems.push(format!("{field}: {message}"));
+        }
+        if !problems.is_empty() {
+            problems.sort();
+            problems.dedup();
+            return Err(problems);
+        }
+        // The schema holds: now read the money exactly, from the JSON text itself.
+        let raw: HashMap<String, &RawValue> =
+            serde_json::from_slice(payload).map_err(|e| vec![format!("(body): {e}")])?;
+        let mut money = [Decimal::ZERO; 4];
+        for (slot, field) in money.iter_mut().zip(MONEY_FIELDS) {
+            match raw.get(field).map(|v| exact_decimal(v.get())) {
+                Some(Ok(d)) => *slot = d,
+                Some(Err(why)) => problems.push(format!("{field}: {why}")),
+                None => problems.push(format!("{field}: is required")),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let text = |name: &str| value[name].as_str().unwrap_or_default().to_owned();
+        let uuid = |name: &str| Uuid::parse_str(value[name].as_str().unwrap_or_default());
+        let created_at =
+            DateTime::parse_from_rfc3339(value["created_at"].as_str().unwrap_or_default())
+                .map(|d| d.with_timezone(&Utc));
+        let (Ok(order_id), Ok(cart_id), Ok(created_at)) =
+            (uuid("order_id"), uuid("cart_id"), created_at)
+        else {
+            return Err(vec![
+                "(order): ids or time do not parse although the schema holds".into(),
+            ]);
+        };
+        Ok(Order {
+            order_id,
+            cart_id,
+            user_id: text("user_id"),
+            product_name: text("product_name"),
+            product_info: text("product_info"),
+            quantity: u32::try_from(value["quantity"].as_u64().unwrap_or_default())
+                .unwrap_or_default(),
+            payment_method: text("payment_method"),
+            shipping_address: text("shipping_address"),
+            billing_address: text("billing_address"),
+            amount: money[0],
+            discounts: money[1],
+            tax_amount: money[2],
+            subtotal: money[3],
+            shipping_method: text("shipping_method"),
+            currency: text("currency"),
+            seller_info: text("seller_info"),
+            created_at,
+        })
+    }
+}
+
+impl Default for OrderValidator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A decimal from its JSON text: a string's contents or a number's digits, exactly.
+fn exact_decimal(raw: &str) -> Result<Decimal, String> {
+    let text = raw
+        .strip_prefix('"')
+        .and_then(|r| r.strip_suffix('"'))
+        .unwrap_or(raw);
+    if text.contains(['e', 'E']) {
+        return Err("write decimals without an exponent".into());
+    }
+    let d = Decimal::from_str(text).map_err(|e| format!("not a decimal: {e}"))?;
+    if d.is_sign_negative() && !d.is_zero() {
+        return Err("must not be negative".into());
+    }
+    if d.scale() > 4 {
+        return Err("at most 4 fraction digits".into());
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample() -> serde_json::Value {
+        serde_json::json!({
+            "order_id": "7c9e6679-7425-40de-944b-e07fc1f90ae7",
+            "cart_id": "3f1c2a9e-6b1d-4b8e-9a77-2d5e8c1f0a11",
+            "user_id": "user-17",
+            "product_name": "Trail running shoes",
+            "product_info": "size 42, blue",
+            "quantity": 2,
+            "payment_method": "card",
+            "shipping_address": "1 Main St, Springfield",
+            "billing_address": "1 Main St, Springfield",
+            "amount": "119.90",
+            "discounts": "10.00",
+            "tax_amount": 21.98,
+            "subtotal": "131.88",
+            "shipping_method": "standard",
+            "currency": "EUR",
+            "seller_info": "Acme Sports",
+            "created_at": "2026-11-26T10:15:00Z"
+        })
+    }
+
+    #[test]
+    fn a_valid_order_reads_exactly() {
+        let order = OrderValidator::new()
+            .validate(sample().to_string().as_bytes())
+            .unwrap();
+        assert_eq!(order.amount.to_string(), "119.90");
+        assert_eq!(
+            order.tax_amount.to_string(),
+            "21.98",
+            "a JSON number, read from its digits"
+        );
+        assert_eq!(order.quantity, 2);
+        assert_eq!(order.currency, "EUR");
+    }
+
+    #[test]
+    fn every_invalid_field_is_named() {
+        let mut o = sample();
+        o["quantity"] = serde_json::json!(0);
+        o["currency"] = serde_json::json!("EURO");
+        o["order_id"] = serde_json::json!("not-a-uuid");
+        o["amount"] = serde_json::json!("-5");
+        o["created_at"] = serde_json::json!("yesterday");
+        o.as_object_mut().unwrap().remove("seller_info");
+        o["extra"] = serde_json::json!(1);
+        let problems = OrderValidator::new()
+            .validate(o.to_string().as_bytes())
+            .unwrap_err();
+        let fields: Vec<&str> = problems
+            .iter()
+            .map(|p| p.split(':').next().unwrap())
+            .collect();
+        for field in [
+            "quantity",
+            "currency",
+            "order_id",
+            "amount",
+            "created_at",
+            "(order)",
+        ] {
+            assert!(fields.contains(&field), "{field} not named in {problems:?}");
+        }
+        assert!(
+            problems.iter().any(|p| p.contains("seller_info")),
+            "{problems:?}"
+        );
+        assert!(problems.iter().any(|p| p.contains("extra")), "{problems:?}");
+    }
+
+    #[test]
+    fn money_must_be_exact() {
+        for bad in ["1e3", "\"1.23456\"", "\"abc\"", "-1", "\"12.3.4\""] {
+            let text = sample()
+                .to_string()
+                .replace("\"amount\":\"119.90\"", &format!("\"amount\":{bad}"));
+            assert!(text.contains(bad));
+            let problems = OrderValidator::new().validate(text.as_bytes()).unwrap_err();
+            assert!(
+                problems.iter().all(|p| p.starts_with("amount:")),
+                "{bad}: {problems:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_json_is_named() {
+        let problems = OrderValidator::new()
+            .validate(b"{\"order_id\":")
+            .unwrap_err();
+        assert!(
+            problems[0].starts_with("(body): not valid JSON"),
+            "{problems:?}"
+        );
+    }
+}
