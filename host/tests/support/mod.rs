@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 #![allow(dead_code)]
 
+pub mod sales;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
