@@ -201,6 +201,12 @@ pub async fn run(plan: Plan) -> Result<bool> {
         .await
         .with_context(|| format!("binding the HTTP server to {}", plan.server.address))?;
     let address = listener.local_addr()?;
+    server::monitor_health(
+        healthchecks.clone(),
+        &mut registry,
+        Duration::from_secs(5),
+        sources_stop.clone(),
+    );
     let app = server::router(
         routes,
         healthchecks,

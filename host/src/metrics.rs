@@ -66,6 +66,7 @@ pub struct RuntimeMetrics {
     pub sink_in_flight: Family<NodeLabels, Gauge>,
     pub sink_outcomes: Family<OutcomeLabels, Counter>,
     pub discarded: Family<NodeLabels, Counter>,
+    pub dead_lettered: Family<NodeLabels, Counter>,
 }
 
 impl RuntimeMetrics {
@@ -83,6 +84,7 @@ impl RuntimeMetrics {
             sink_in_flight: Family::default(),
             sink_outcomes: Family::default(),
             discarded: Family::default(),
+            dead_lettered: Family::default(),
         };
         registry.register(
             "salesflow_events_in",
@@ -138,6 +140,11 @@ impl RuntimeMetrics {
             "salesflow_sink_batches",
             "Sink writes by outcome (delivered, failed)",
             m.sink_outcomes.clone(),
+        );
+        registry.register(
+            "salesflow_dead_lettered_events",
+            "Events a stage sent to a named output (rejected, invalid), bound for a dead-letter topic",
+            m.dead_lettered.clone(),
         );
         registry.register(
             "salesflow_events_discarded",

@@ -231,6 +231,7 @@ struct LaneMetrics {
     delivered: prometheus_client::metrics::counter::Counter,
     failed: prometheus_client::metrics::counter::Counter,
     discarded: prometheus_client::metrics::counter::Counter,
+    dead_lettered: prometheus_client::metrics::counter::Counter,
     capacity: usize,
 }
 
@@ -273,6 +274,7 @@ impl LaneMetrics {
         let delivered = m.sink_outcomes.get_or_create(&outcome("delivered")).clone();
         let failed = m.sink_outcomes.get_or_create(&outcome("failed")).clone();
         let discarded = m.discarded.get_or_create(labels).clone();
+        let dead_lettered = m.dead_lettered.get_or_create(labels).clone();
         Self {
             events_in,
             batches_in,
@@ -284,6 +286,7 @@ impl LaneMetrics {
             delivered,
             failed,
             discarded,
+            dead_lettered,
             capacity,
         }
     }
@@ -355,6 +358,9 @@ async fn run_stage(
                 None => Some(&out.main),
                 Some(name) => out.named.get(name),
             };
+            if batch.output.is_some() {
+                metrics.dead_lettered.inc_by(batch.len() as u64);
+            }
             match target {
                 Some(output) if !output.is_empty() => {
                     if output.send(batch).await.is_err() {

@@ -108,8 +108,9 @@ async fn live() -> Response {
     Json(json!({ "status": "live" })).into_response()
 }
 
-async fn ready(State(health): State<Health>) -> Response {
-    let runs = health.checks.iter().map(|check| {
+/// Runs every check at once, each bounded by a timeout.
+async fn run_checks(checks: &[Healthcheck]) -> Vec<(String, Result<(), String>)> {
+    let runs = checks.iter().map(|check| {
         let f = Arc::clone(&check.check);
         async move {
             let result = tokio::time::timeout(Duration::from_secs(4), f())
@@ -118,7 +119,55 @@ async fn ready(State(health): State<Health>) -> Response {
             (check.name.clone(), result)
         }
     });
-    let results = futures::future::join_all(runs).await;
+    futures::future::join_all(runs).await
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckLabels {
+    check: String,
+}
+
+/// Runs the readiness checks every `every` and exports them as
+/// `salesflow_dependency_up{check}` and `salesflow_ready`, for alerting.
+pub fn monitor_health(
+    checks: Vec<Healthcheck>,
+    registry: &mut Registry,
+    every: Duration,
+    stop: salesflow_plugin_api::CancellationToken,
+) {
+    let up = Family::<CheckLabels, Gauge>::default();
+    let ready = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+    registry.register(
+        "salesflow_dependency_up",
+        "Whether a source's or sink's dependency passed its last check (1) or not (0)",
+        up.clone(),
+    );
+    registry.register(
+        "salesflow_ready",
+        "Whether every dependency check passed (1) or not (0)",
+        ready.clone(),
+    );
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let results = run_checks(&checks).await;
+            let mut all = true;
+            for (name, result) in results {
+                all &= result.is_ok();
+                up.get_or_create(&CheckLabels { check: name })
+                    .set(i64::from(result.is_ok()));
+            }
+            ready.set(i64::from(all));
+        }
+    });
+}
+
+async fn ready(State(health): State<Health>) -> Response {
+    let results = run_checks(&health.checks).await;
     let ok = results.iter().all(|(_, r)| r.is_ok());
     let checks: Vec<_> = results
         .into_iter()
@@ -139,7 +188,73 @@ async fn ready(State(health): State<Health>) -> Response {
         .into_response()
 }
 
-async fn metrics(State(registry): State<Arc<Mutex<Registry>>>) -> Response {
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+}
+
+/// The process's own series, refreshed at every scrape.
+struct ProcessMetrics {
+    uptime: Gauge<f64, std::sync::atomic::AtomicU64>,
+    resident: Gauge,
+    started: Instant,
+}
+
+impl ProcessMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let info = Family::<BuildLabels, Gauge>::default();
+        info.get_or_create(&BuildLabels {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
+        .set(1);
+        registry.register(
+            "salesflow_build_info",
+            "The salesflow build (always 1)",
+            info,
+        );
+        let m = Self {
+            uptime: Gauge::default(),
+            resident: Gauge::default(),
+            started: Instant::now(),
+        };
+        registry.register(
+            "salesflow_uptime_seconds",
+            "Seconds since the process started",
+            m.uptime.clone(),
+        );
+        registry.register(
+            "salesflow_process_resident_memory_bytes",
+            "Resident memory of the process",
+            m.resident.clone(),
+        );
+        m
+    }
+
+    fn refresh(&self) {
+        self.uptime.set(self.started.elapsed().as_secs_f64());
+        let kib = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<i64>().ok())
+            });
+        if let Some(kib) = kib {
+            self.resident.set(kib * 1024);
+        }
+    }
+}
+
+#[derive(Clone)]
+struct MetricsState {
+    registry: Arc<Mutex<Registry>>,
+    process: Arc<ProcessMetrics>,
+}
+
+async fn metrics(State(state): State<MetricsState>) -> Response {
+    state.process.refresh();
+    let registry = state.registry;
     let mut body = String::new();
     let encoded = {
         let registry = registry
@@ -167,11 +282,14 @@ pub fn router(
     registry: Arc<Mutex<Registry>>,
     openapi: Option<String>,
 ) -> Router {
-    let http_metrics = {
+    let (http_metrics, process) = {
         let mut r = registry
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        HttpMetrics::register(&mut r)
+        (
+            HttpMetrics::register(&mut r),
+            Arc::new(ProcessMetrics::register(&mut r)),
+        )
     };
     let mut app = Router::new()
         .route("/health/live", get(live))
@@ -181,7 +299,10 @@ pub fn router(
                 checks: Arc::new(checks),
             }),
         )
-        .route("/metrics", get(metrics).with_state(registry));
+        .route(
+            "/metrics",
+            get(metrics).with_state(MetricsState { registry, process }),
+        );
     if let Some(document) = openapi {
         app = app.route(
             "/openapi.json",

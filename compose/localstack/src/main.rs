@@ -123,6 +123,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             no_schemas,
         } => {
             up(&layout, selection(&servers), Duration::from_secs(timeout)).await?;
+            if selection(&servers).contains(&ServerKind::Prometheus) {
+                // A running Prometheus re-reads monitoring/ (scrape config, rules).
+                probe::reload_prometheus().await?;
+            }
             if !no_schemas {
                 schemas::apply_all(&layout, selection(&servers)).await?;
             }

@@ -144,3 +144,18 @@ async fn prometheus(timeout: Duration) -> Result<String> {
         info["data"]["version"].as_str().unwrap_or("?")
     ))
 }
+
+/// Asks Prometheus to re-read its configuration and rules.
+pub async fn reload_prometheus() -> Result<()> {
+    let client = http(Duration::from_secs(10))?;
+    client
+        .post(format!(
+            "http://{}/-/reload",
+            ServerKind::Prometheus.address()
+        ))
+        .send()
+        .await?
+        .error_for_status()
+        .context("POST /-/reload (is monitoring/prometheus.yml valid? promtool check config)")?;
+    Ok(())
+}

@@ -269,7 +269,7 @@ impl Stage for CartStage {
         let store = &self.store;
         let loaded: Vec<(Uuid, Option<u64>, CartState)> = futures::stream::iter(wanted)
             .map(|(cart, assignment)| async move {
-                let events = store.load(cart).await?;
+                let events = store.load_retrying(cart).await?;
                 Ok::<_, salesflow_plugin_cassandra::StoreError>((
                     cart,
                     assignment,

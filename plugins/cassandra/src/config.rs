@@ -25,9 +25,12 @@ pub struct CassandraSettings {
     /// Partition writes in flight at once, per write.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
-    /// Retries of a failed partition write (with exponential backoff) before the write fails.
-    #[serde(default = "default_retries")]
-    pub retries: u32,
+    /// How long a failing write (or cart rebuild) is retried, with exponential backoff up
+    /// to 5 s apart, before it fails: an outage shorter than this only stalls the pipeline
+    /// (backpressure), e.g. "5m".
+    #[serde(default = "default_retry_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub retry_timeout: Duration,
 }
 
 fn default_keyspace() -> String {
@@ -39,8 +42,8 @@ fn default_timeout() -> Duration {
 fn default_concurrency() -> usize {
     32
 }
-fn default_retries() -> u32 {
-    6
+fn default_retry_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 impl Settings for CassandraSettings {

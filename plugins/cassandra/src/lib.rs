@@ -58,6 +58,11 @@ impl Plugin for CassandraSinkPlugin {
         let store = EventStore::connect(&settings)
             .await
             .map_err(|e| PluginError::new(e.to_string()))?;
+        ctx.metrics.register(
+            "salesflow_cassandra_write_retries",
+            "Event store partition writes retried after a failure",
+            store.retry_counter(),
+        );
         let check = store.clone();
         ctx.add_healthcheck(
             &format!("cassandra keyspace {}", settings.keyspace),

@@ -45,6 +45,8 @@ pub struct EventStore {
     select_bucket: PreparedStatement,
     select_hour: PreparedStatement,
     settings: Arc<CassandraSettings>,
+    /// Counts retried partition writes (for the sink's metrics).
+    retries: prometheus_client::metrics::counter::Counter,
 }
 
 #[derive(Debug)]
@@ -118,7 +120,13 @@ impl EventStore {
             select_bucket,
             select_hour,
             settings: Arc::new(settings.clone()),
+            retries: prometheus_client::metrics::counter::Counter::default(),
         })
+    }
+
+    /// The counter of retried writes, to register as a metric.
+    pub fn retry_counter(&self) -> prometheus_client::metrics::counter::Counter {
+        self.retries.clone()
     }
 
     /// Appends events (idempotently: writing one again changes nothing).
@@ -179,13 +187,15 @@ impl EventStore {
             batch.append_statement(statement.clone());
         }
         batch.set_is_idempotent(true);
+        let deadline = tokio::time::Instant::now() + self.settings.retry_timeout;
         let mut delay = Duration::from_millis(50);
         let mut attempt = 0;
         loop {
             attempt += 1;
             match self.session.batch(&batch, &rows).await {
                 Ok(_) => return Ok(()),
-                Err(e) if attempt <= self.settings.retries => {
+                Err(e) if tokio::time::Instant::now() + delay < deadline => {
+                    self.retries.inc();
                     warn!(attempt, error = %e, "event store write failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
@@ -196,6 +206,25 @@ impl EventStore {
                         e,
                     ));
                 }
+            }
+        }
+    }
+
+    /// [`EventStore::load`], retried with backoff for up to the retry timeout (the domain
+    /// worker waits out an outage rather than fail).
+    pub async fn load_retrying(&self, cart_id: Uuid) -> Result<Vec<CartEvent>, StoreError> {
+        let deadline = tokio::time::Instant::now() + self.settings.retry_timeout;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.load(cart_id).await {
+                Ok(events) => return Ok(events),
+                Err(e) if tokio::time::Instant::now() + delay < deadline => {
+                    self.retries.inc();
+                    warn!(error = %e, "reading a cart failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
             }
         }
     }

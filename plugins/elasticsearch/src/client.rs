@@ -42,7 +42,9 @@ pub struct Doc {
 #[derive(Clone)]
 pub struct Client {
     es: Elasticsearch,
-    retries: u32,
+    retry_timeout: Duration,
+    /// Counts retried bulk requests (for the sink's metrics).
+    pub retried: prometheus_client::metrics::counter::Counter,
 }
 
 impl Client {
@@ -62,7 +64,8 @@ impl Client {
             .map_err(|e| err("building the Elasticsearch client", e))?;
         Ok(Self {
             es: Elasticsearch::new(transport),
-            retries: settings.retries,
+            retry_timeout: settings.retry_timeout,
+            retried: prometheus_client::metrics::counter::Counter::default(),
         })
     }
 
@@ -77,9 +80,11 @@ impl Client {
     pub async fn bulk(&self, docs: &[Doc]) -> Result<BulkOutcome, EsError> {
         let mut pending: Vec<usize> = (0..docs.len()).collect();
         let mut outcome = BulkOutcome::default();
+        let deadline = tokio::time::Instant::now() + self.retry_timeout;
         let mut delay = Duration::from_millis(100);
         let mut attempt = 0;
         while !pending.is_empty() {
+            let give_up = tokio::time::Instant::now() + delay >= deadline;
             attempt += 1;
             let mut body: Vec<Bytes> = Vec::with_capacity(pending.len() * 2);
             for &i in &pending {
@@ -93,7 +98,7 @@ impl Client {
             let response = self.es.bulk(BulkParts::None).body(body).send().await;
             let retry: Vec<usize> = match response {
                 Err(e) => {
-                    if attempt > self.retries {
+                    if give_up {
                         return Err(err(&format!("bulk request ({attempt} attempts)"), e));
                     }
                     warn!(attempt, error = %e, "bulk request failed; retrying");
@@ -102,9 +107,7 @@ impl Client {
                 Ok(r) if !r.status_code().is_success() => {
                     let status = r.status_code();
                     let text = r.text().await.unwrap_or_default();
-                    if attempt > self.retries
-                        || !(status.as_u16() == 429 || status.is_server_error())
-                    {
+                    if give_up || !(status.as_u16() == 429 || status.is_server_error()) {
                         return Err(EsError(format!("bulk request answered {status}: {text}")));
                     }
                     warn!(attempt, %status, "bulk request refused; retrying");
@@ -136,7 +139,7 @@ impl Client {
                             }
                         }
                     }
-                    if !retry.is_empty() && attempt > self.retries {
+                    if !retry.is_empty() && give_up {
                         return Err(EsError(format!(
                             "{} documents still refused after {attempt} attempts",
                             retry.len()
@@ -146,6 +149,7 @@ impl Client {
                 }
             };
             if !retry.is_empty() {
+                self.retried.inc();
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
             }

@@ -19,17 +19,19 @@ pub struct ElasticsearchSettings {
     #[serde(default = "default_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub request_timeout: Duration,
-    /// Retries of a failed bulk request or of its retryable items (429, 5xx), with
-    /// exponential backoff, before the write fails.
-    #[serde(default = "default_retries")]
-    pub retries: u32,
+    /// How long a failing bulk request (or its retryable items: 429, 5xx) is retried,
+    /// with exponential backoff up to 10 s apart, before the write fails: an outage shorter
+    /// than this only stalls the pipeline, e.g. "5m".
+    #[serde(default = "default_retry_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
+    pub retry_timeout: Duration,
 }
 
 fn default_timeout() -> Duration {
     Duration::from_secs(10)
 }
-fn default_retries() -> u32 {
-    6
+fn default_retry_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 
 impl Settings for ElasticsearchSettings {

@@ -103,6 +103,11 @@ impl Plugin for ElasticsearchSinkPlugin {
                 .boxed()
             }),
         );
+        ctx.metrics.register(
+            "salesflow_elasticsearch_bulk_retries",
+            "Bulk requests (or their retryable items) sent again after a failure",
+            client.retried.clone(),
+        );
         let stale = Counter::default();
         ctx.metrics.register(
             "salesflow_elasticsearch_stale_documents",

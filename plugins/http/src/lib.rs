@@ -17,6 +17,9 @@ pub use source::{Endpoint, HttpSource};
 
 use std::sync::Arc;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use salesflow_plugin_api::axum::error_handling::HandleErrorLayer;
 use salesflow_plugin_api::axum::http::{StatusCode, header};
 use salesflow_plugin_api::axum::response::{IntoResponse, Response};
@@ -31,15 +34,25 @@ use tower::ServiceBuilder;
 /// The HTTP source plugin.
 pub struct HttpSourcePlugin;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
 /// The route of an endpoint, with its load shedding: beyond `max_concurrent_requests` in
 /// flight, a request is answered 503 at once.
 pub fn router(endpoint: Arc<Endpoint>) -> Router {
     let settings = endpoint.settings.clone();
     let retry_after = settings.retry_after_secs;
+    let shed_overload = endpoint.shed_overload.clone();
     let shed = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(
-            move |e: tower::BoxError| async move { overloaded(&e, retry_after) },
-        ))
+        .layer(HandleErrorLayer::new(move |e: tower::BoxError| {
+            let shed_overload = shed_overload.clone();
+            async move {
+                shed_overload.inc();
+                overloaded(&e, retry_after)
+            }
+        }))
         .load_shed()
         .concurrency_limit(settings.max_concurrent_requests);
     Router::new()
@@ -95,7 +108,24 @@ impl Plugin for HttpSourcePlugin {
         let settings = HttpSourceSettings::from_table(&settings)
             .map_err(|e| PluginError::context("http source settings", e))?;
         let path = settings.path.clone();
-        let endpoint = Arc::new(Endpoint::new(settings));
+        let shed = Family::<ReasonLabel, Counter>::default();
+        let mut endpoint = Endpoint::new(settings);
+        endpoint.shed_backpressure = shed
+            .get_or_create(&ReasonLabel {
+                reason: "backpressure".into(),
+            })
+            .clone();
+        endpoint.shed_overload = shed
+            .get_or_create(&ReasonLabel {
+                reason: "overload".into(),
+            })
+            .clone();
+        ctx.metrics.register(
+            "salesflow_http_shed_requests",
+            "Requests refused to keep memory bounded: backpressure (429) or overload (503)",
+            shed,
+        );
+        let endpoint = Arc::new(endpoint);
         ctx.add_route(path, router(Arc::clone(&endpoint)));
         Ok(Component::Source(Box::new(HttpSource { endpoint })))
     }

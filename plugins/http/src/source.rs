@@ -24,6 +24,10 @@ use crate::config::{BodyMode, HttpSourceSettings};
 /// The endpoint's state, shared by the route (built first) and the source (run later).
 pub struct Endpoint {
     pub(crate) settings: HttpSourceSettings,
+    /// Requests answered 429 because the pipeline stayed full.
+    pub shed_backpressure: prometheus_client::metrics::counter::Counter,
+    /// Requests answered 503 because too many were in flight.
+    pub shed_overload: prometheus_client::metrics::counter::Counter,
     /// The pipeline while open; taken out at close, so that its channels can close once
     /// the requests inside (which hold clones) finish.
     output: RwLock<Option<Output>>,
@@ -36,6 +40,8 @@ impl Endpoint {
         Self {
             settings,
             output: RwLock::new(None),
+            shed_backpressure: prometheus_client::metrics::counter::Counter::default(),
+            shed_overload: prometheus_client::metrics::counter::Counter::default(),
             open: AtomicBool::new(false),
             next_lane: AtomicU64::new(0),
         }
@@ -285,6 +291,7 @@ pub async fn handle(
     match output.send_timeout(batch, settings.accept_timeout).await {
         Ok(()) => {}
         Err(SendError::Full(_)) => {
+            endpoint.shed_backpressure.inc();
             return retry_later(
                 &endpoint,
                 StatusCode::TOO_MANY_REQUESTS,

@@ -59,6 +59,9 @@ pub struct KafkaSourceSettings {
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub drain_timeout: Duration,
+    /// How often librdkafka reports statistics (partition offsets and lag for the metrics).
+    #[serde(default = "default_statistics_interval_ms")]
+    pub statistics_interval_ms: u32,
     /// Any other librdkafka consumer property (`security.protocol`, `sasl.mechanism`,
     /// `sasl.username`, `sasl.password`, `ssl.ca.location`, ...). Values of secret-looking
     /// keys are never printed.
@@ -66,6 +69,9 @@ pub struct KafkaSourceSettings {
     pub properties: BTreeMap<String, String>,
 }
 
+fn default_statistics_interval_ms() -> u32 {
+    5000
+}
 fn default_max_batch_records() -> usize {
     500
 }
@@ -156,7 +162,10 @@ impl KafkaSourceSettings {
             // Bound what librdkafka prefetches per partition: backpressure reaches the
             // broker instead of filling memory.
             .set("queued.max.messages.kbytes", "16384")
-            .set("statistics.interval.ms", "5000");
+            .set(
+                "statistics.interval.ms",
+                self.statistics_interval_ms.to_string(),
+            );
         for (key, value) in &self.properties {
             config.set(key, value);
         }
@@ -221,6 +230,9 @@ pub struct KafkaSinkSettings {
     /// Copy the events' headers onto the messages.
     #[serde(default = "default_true")]
     pub forward_headers: bool,
+    /// How often librdkafka reports statistics (queue length for the metrics).
+    #[serde(default = "default_statistics_interval_ms")]
+    pub statistics_interval_ms: u32,
     /// Any other librdkafka producer property. Values of secret-looking keys are never
     /// printed.
     #[serde(default)]
@@ -297,7 +309,10 @@ impl KafkaSinkSettings {
                 "queue.buffering.max.messages",
                 self.queue_max_messages.to_string(),
             )
-            .set("statistics.interval.ms", "5000");
+            .set(
+                "statistics.interval.ms",
+                self.statistics_interval_ms.to_string(),
+            );
         for (key, value) in &self.properties {
             config.set(key, value);
         }

@@ -2,6 +2,7 @@
 
 mod config;
 mod health;
+mod metrics;
 mod sink;
 mod source;
 
@@ -60,8 +61,12 @@ impl Plugin for KafkaSourcePlugin {
             "building kafka source"
         );
         let topics = settings.topics.clone();
-        let source =
-            source::KafkaSource::new(format!("{}/{}", ctx.pipeline, ctx.component), settings)?;
+        let metrics = Arc::new(metrics::SourceMetrics::register(ctx.metrics));
+        let source = source::KafkaSource::new(
+            format!("{}/{}", ctx.pipeline, ctx.component),
+            settings,
+            metrics,
+        )?;
         let consumer = Arc::downgrade(&source.consumer);
         ctx.add_healthcheck(
             &format!("kafka topics {}", topics.join(",")),
@@ -119,6 +124,7 @@ impl Plugin for KafkaSinkPlugin {
             .client_config()
             .create_with_context(sink::DeliveryContext {
                 name: format!("{}/{}", ctx.pipeline, ctx.component),
+                metrics: Arc::new(metrics::SinkMetrics::register(ctx.metrics)),
             })
             .map_err(|e| PluginError::context("creating the Kafka producer", e))?;
         let producer = Arc::new(producer);

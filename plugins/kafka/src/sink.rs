@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use tracing::warn;
 
 use crate::config::KafkaSinkSettings;
+use crate::metrics::SinkMetrics;
 
 /// The producer every lane of a sink shares.
 pub type SinkProducer = ThreadedProducer<DeliveryContext>;
@@ -78,11 +79,24 @@ impl BatchDelivery {
 /// allocation per message.
 pub struct DeliveryContext {
     pub(crate) name: String,
+    pub(crate) metrics: Arc<SinkMetrics>,
 }
 
 impl ClientContext for DeliveryContext {
     fn error(&self, error: KafkaError, reason: &str) {
+        self.metrics
+            .errors
+            .get_or_create(&crate::metrics::KindLabels {
+                kind: "client".into(),
+            })
+            .inc();
         warn!(sink = %self.name, %error, reason, "kafka client error");
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        self.metrics
+            .queue
+            .set(i64::try_from(statistics.msg_cnt).unwrap_or(i64::MAX));
     }
 }
 
@@ -90,8 +104,12 @@ impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Arc<BatchDelivery>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, batch: Arc<BatchDelivery>) {
+        self.metrics.in_flight.dec();
         if let Err((e, _)) = result {
+            self.metrics.failed.inc();
             batch.fail(e.to_string());
+        } else {
+            self.metrics.delivered.inc();
         }
         batch.settle();
     }
@@ -140,7 +158,10 @@ impl Sink for KafkaSink {
             let mut backoff = Duration::from_micros(500);
             loop {
                 match self.producer.send(record) {
-                    Ok(()) => break,
+                    Ok(()) => {
+                        self.producer.context().metrics.in_flight.inc();
+                        break;
+                    }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                         record = back;
                         tokio::time::sleep(backoff).await;

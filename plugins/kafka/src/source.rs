@@ -38,6 +38,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::config::KafkaSourceSettings;
+use crate::metrics::SourceMetrics;
 
 type PartitionKey = (Arc<str>, i32);
 
@@ -63,6 +64,7 @@ pub(crate) struct Shared {
     assignments: AtomicU64,
     fatal: CancellationToken,
     fatal_reason: Mutex<Option<String>>,
+    metrics: Arc<SourceMetrics>,
 }
 
 struct PartitionHandle {
@@ -78,7 +80,20 @@ pub struct SourceContext {
 
 impl ClientContext for SourceContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        self.shared.metrics.error("client");
         warn!(source = %self.shared.name, %error, reason, "kafka client error");
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let owned: std::collections::HashSet<(String, i32)> = self
+            .shared
+            .partitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .keys()
+            .map(|(t, p)| (t.to_string(), *p))
+            .collect();
+        self.shared.metrics.update(&statistics, &owned);
     }
 }
 
@@ -99,7 +114,11 @@ impl ConsumerContext for SourceContext {
 }
 
 impl KafkaSource {
-    pub(crate) fn new(name: String, settings: KafkaSourceSettings) -> Result<Self, PluginError> {
+    pub(crate) fn new(
+        name: String,
+        settings: KafkaSourceSettings,
+        metrics: Arc<SourceMetrics>,
+    ) -> Result<Self, PluginError> {
         let shared = Arc::new(Shared {
             name,
             topics: settings
@@ -117,6 +136,7 @@ impl KafkaSource {
             assignments: AtomicU64::new(0),
             fatal: CancellationToken::new(),
             fatal_reason: Mutex::new(None),
+            metrics,
         });
         let consumer: StreamConsumer<SourceContext> = shared
             .settings
@@ -319,6 +339,7 @@ impl Shared {
                 _done: done_tx,
             };
             info!(source = %self.name, topic = %key.0, partition = key.1, "partition assigned");
+            self.metrics.rebalance("assign");
             self.runtime.spawn(task.run());
             partitions.insert(
                 key,
@@ -328,6 +349,9 @@ impl Shared {
                 },
             );
         }
+        self.metrics
+            .assigned
+            .set(i64::try_from(partitions.len()).unwrap_or(i64::MAX));
     }
 
     /// Stops the revoked partitions' tasks, waits for them to drain, and commits their
@@ -354,6 +378,8 @@ impl Shared {
         }
         for (key, handle) in &revoked {
             wait_done(self, key, handle);
+            self.metrics.rebalance("revoke");
+            self.metrics.forget(&key.0, key.1);
             info!(source = %self.name, topic = %key.0, partition = key.1, "partition revoked and drained");
         }
         let keys: Vec<PartitionKey> = revoked.into_iter().map(|(k, _)| k).collect();
@@ -396,8 +422,12 @@ impl Shared {
             return;
         }
         match consumer.commit(&tpl, mode) {
-            Ok(()) => debug!(source = %self.name, partitions = tpl.count(), "offsets committed"),
+            Ok(()) => {
+                self.metrics.commits.inc();
+                debug!(source = %self.name, partitions = tpl.count(), "offsets committed");
+            }
             Err(e) => {
+                self.metrics.error("commit");
                 warn!(source = %self.name, error = %e, "offset commit failed; retrying at the next interval");
                 let mut committable = self
                     .committable
@@ -498,6 +528,7 @@ impl PartitionTask {
                     let first = match message {
                         Ok(m) => to_event(&m, &self.topic, self.assignment),
                         Err(e) => {
+                            self.shared.metrics.error("fetch");
                             warn!(source = %self.shared.name, topic = %self.topic, partition = self.partition, error = %e, "fetch error");
                             continue;
                         }
@@ -514,7 +545,8 @@ impl PartitionTask {
                                 events.push(event);
                             }
                             Some(Err(e)) => {
-                                warn!(source = %self.shared.name, topic = %self.topic, partition = self.partition, error = %e, "fetch error");
+                                self.shared.metrics.error("fetch");
+                            warn!(source = %self.shared.name, topic = %self.topic, partition = self.partition, error = %e, "fetch error");
                                 break;
                             }
                             None => break,

@@ -1,0 +1,225 @@
+//! Kafka metrics: per topic-partition offsets and lag from librdkafka's statistics, and
+//! the source's and sink's own counts. Registered in the component's registry, so every
+//! series also carries `pipeline` and `component`.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use rdkafka::Statistics;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabels {
+    pub topic: String,
+    pub partition: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+/// The consumer side.
+pub struct SourceMetrics {
+    pub lag: Family<PartitionLabels, Gauge>,
+    pub committed: Family<PartitionLabels, Gauge>,
+    pub position: Family<PartitionLabels, Gauge>,
+    pub high_watermark: Family<PartitionLabels, Gauge>,
+    pub errors: Family<KindLabels, Counter>,
+    pub commits: Counter,
+    pub rebalances: Family<KindLabels, Counter>,
+    pub assigned: Gauge,
+    /// The partitions whose series exist, to remove them when revoked.
+    known: Mutex<HashSet<PartitionLabels>>,
+}
+
+impl SourceMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            lag: Family::default(),
+            committed: Family::default(),
+            position: Family::default(),
+            high_watermark: Family::default(),
+            errors: Family::default(),
+            commits: Counter::default(),
+            rebalances: Family::default(),
+            assigned: Gauge::default(),
+            known: Mutex::new(HashSet::new()),
+        };
+        // Every kind exists from the start, at zero: an error rate is then 0, not absent.
+        for kind in ["fetch", "commit", "client"] {
+            m.error_counter(kind);
+        }
+        for kind in ["assign", "revoke"] {
+            drop(m.rebalances.get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            }));
+        }
+        registry.register(
+            "salesflow_kafka_consumer_lag",
+            "Messages between a partition's high watermark and the group's committed offset",
+            m.lag.clone(),
+        );
+        registry.register(
+            "salesflow_kafka_committed_offset",
+            "The group's committed offset of a partition",
+            m.committed.clone(),
+        );
+        registry.register(
+            "salesflow_kafka_current_offset",
+            "The next offset the source will read from a partition",
+            m.position.clone(),
+        );
+        registry.register(
+            "salesflow_kafka_high_watermark",
+            "A partition's high watermark (end offset)",
+            m.high_watermark.clone(),
+        );
+        registry.register(
+            "salesflow_kafka_consumer_errors",
+            "Consumer errors by kind (fetch, commit, client)",
+            m.errors.clone(),
+        );
+        registry.register(
+            "salesflow_kafka_commits",
+            "Successful offset commits",
+            m.commits.clone(),
+        );
+        registry.register(
+            "salesflow_kafka_rebalances",
+            "Rebalance events by kind (assign, revoke)",
+            m.rebalances.clone(),
+        );
+        registry.register(
+            "salesflow_kafka_assigned_partitions",
+            "Partitions assigned to this source",
+            m.assigned.clone(),
+        );
+        m
+    }
+
+    fn error_counter(&self, kind: &str) -> Counter {
+        self.errors
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .clone()
+    }
+
+    pub fn error(&self, kind: &str) {
+        self.error_counter(kind).inc();
+    }
+
+    pub fn rebalance(&self, kind: &str) {
+        self.rebalances
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Updates the per-partition series from statistics, for the partitions this source
+    /// has (`owned`).
+    pub fn update(&self, stats: &Statistics, owned: &HashSet<(String, i32)>) {
+        for (topic_name, topic) in &stats.topics {
+            for (id, p) in &topic.partitions {
+                if *id < 0 || !owned.contains(&(topic_name.clone(), *id)) {
+                    continue;
+                }
+                let labels = PartitionLabels {
+                    topic: topic_name.clone(),
+                    partition: id.to_string(),
+                };
+                // librdkafka reports -1 (or -1001) when it does not know yet.
+                if p.hi_offset >= 0 {
+                    self.high_watermark.get_or_create(&labels).set(p.hi_offset);
+                }
+                if p.committed_offset >= 0 {
+                    self.committed
+                        .get_or_create(&labels)
+                        .set(p.committed_offset);
+                }
+                if p.next_offset >= 0 {
+                    self.position.get_or_create(&labels).set(p.next_offset);
+                }
+                if p.consumer_lag >= 0 {
+                    self.lag.get_or_create(&labels).set(p.consumer_lag);
+                }
+                self.known
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(labels);
+            }
+        }
+    }
+
+    /// Drops a revoked partition's series: another member reports it now.
+    pub fn forget(&self, topic: &str, partition: i32) {
+        let labels = PartitionLabels {
+            topic: topic.to_owned(),
+            partition: partition.to_string(),
+        };
+        self.lag.remove(&labels);
+        self.committed.remove(&labels);
+        self.position.remove(&labels);
+        self.high_watermark.remove(&labels);
+        self.known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&labels);
+    }
+}
+
+/// The producer side.
+pub struct SinkMetrics {
+    pub delivered: Counter,
+    pub failed: Counter,
+    pub in_flight: Gauge,
+    pub queue: Gauge,
+    pub errors: Family<KindLabels, Counter>,
+}
+
+impl SinkMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self {
+            delivered: Counter::default(),
+            failed: Counter::default(),
+            in_flight: Gauge::default(),
+            queue: Gauge::default(),
+            errors: Family::default(),
+        };
+        drop(m.errors.get_or_create(&KindLabels {
+            kind: "client".into(),
+        }));
+        registry.register(
+            "salesflow_kafka_produced_messages",
+            "Messages acknowledged by the brokers",
+            m.delivered.clone(),
+        );
+        registry.register(
+            "salesflow_kafka_produce_failures",
+            "Messages whose delivery failed",
+            m.failed.clone(),
+        );
+        registry.register(
+            "salesflow_kafka_producer_in_flight_messages",
+            "Messages handed to the producer and not yet reported",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            "salesflow_kafka_producer_queue_messages",
+            "Messages in the producer's queues (librdkafka msg_cnt)",
+            m.queue.clone(),
+        );
+        registry.register(
+            "salesflow_kafka_producer_errors",
+            "Producer client errors by kind",
+            m.errors.clone(),
+        );
+        m
+    }
+}
