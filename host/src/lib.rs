@@ -185,6 +185,10 @@ pub fn init_logging(level: &str, format: LogFormat) {
 /// `salesflow run`: serves and runs the plan until SIGTERM/Ctrl-C or a fatal error, then
 /// shuts down within the grace period. Returns whether everything ended cleanly.
 pub async fn run(plan: Plan) -> Result<bool> {
+    // The address is taken first: if it is not free, nothing has started.
+    let listener = tokio::net::TcpListener::bind(plan.server.address)
+        .await
+        .with_context(|| format!("binding the HTTP server to {}", plan.server.address))?;
     let mut registry = MetricsRegistry::default();
     let runtime_metrics = metrics::RuntimeMetrics::register(&mut registry);
     let sources_stop = CancellationToken::new();
@@ -197,9 +201,6 @@ pub async fn run(plan: Plan) -> Result<bool> {
         healthchecks,
     } = started;
 
-    let listener = tokio::net::TcpListener::bind(plan.server.address)
-        .await
-        .with_context(|| format!("binding the HTTP server to {}", plan.server.address))?;
     let address = listener.local_addr()?;
     server::monitor_health(
         healthchecks.clone(),

@@ -64,8 +64,27 @@ enum GraphFormat {
     Dot,
 }
 
+/// Every `--set` in the order given, before or after the subcommand (clap keeps only one
+/// level's values of a global argument).
+fn all_sets() -> Vec<String> {
+    let mut sets = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--" {
+            break;
+        }
+        if arg == "--set" {
+            sets.extend(args.next());
+        } else if let Some(value) = arg.strip_prefix("--set=") {
+            sets.push(value.to_owned());
+        }
+    }
+    sets
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    cli.sets = all_sets();
     if let Command::Plugins = cli.command {
         // The plugins of this binary, plus the configured folder's when the config loads.
         let registry = salesflow_host::load_plan(&cli.config, &cli.sets).map_or_else(

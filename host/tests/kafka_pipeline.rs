@@ -7,6 +7,8 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use support::{Host, Record, committed_and_end, create_topic, produce, read_all, unique};
@@ -238,7 +240,6 @@ async fn the_same_topology_runs_in_one_process_or_two() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_stream_loses_nothing() {
-    const CHUNKS: i64 = 30;
     const PER_CHUNK: usize = 1000;
     let (input, output, group) = (unique("kill-in"), unique("kill-out"), unique("kill"));
     create_topic(&input, 4).await;
@@ -252,20 +253,24 @@ async fn sigkill_mid_stream_loses_nothing() {
         })
         .await;
     }
+    // More input keeps arriving, a chunk every 300 ms, until the restart is done.
+    let stop = Arc::new(AtomicBool::new(false));
     let producer = {
         let input = input.clone();
+        let stop = Arc::clone(&stop);
         tokio::spawn(async move {
-            for chunk in 20..CHUNKS {
+            let mut chunk = 20;
+            while !stop.load(Ordering::SeqCst) {
                 produce(&input, PER_CHUNK, 50, move |i| {
                     format!(",\"chunk\":{chunk},\"i\":{i}")
                 })
                 .await;
+                chunk += 1;
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
+            chunk
         })
     };
-    // Slowed down (small batches, one write in flight per lane, a long linger) so that
-    // when it is killed there are batches sent but not yet acknowledged or committed.
     let slow = [
         "run",
         "--set",
@@ -280,6 +285,11 @@ async fn sigkill_mid_stream_loses_nothing() {
     let host = Host::start(&config, &slow);
     let seen = read_all(&output, Duration::from_secs(60), |r| r.len() >= 3000);
     let killed_at = seen.len();
+    assert!(
+        killed_at >= 3000,
+        "the slowed relay made no progress:\n{}",
+        host.log()
+    );
     let (committed_at_kill, _) = committed_and_end(&input, &group);
     let log = host.kill();
     assert!(
@@ -293,10 +303,11 @@ async fn sigkill_mid_stream_loses_nothing() {
     );
 
     let host = Host::start(&config, &["run"]);
-    producer.await.unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let chunks = producer.await.unwrap();
     // Every input message, identified by (chunk, i), reaches the output.
     let per_chunk = i64::try_from(PER_CHUNK).unwrap();
-    let expected: BTreeSet<(i64, i64)> = (0..CHUNKS)
+    let expected: BTreeSet<(i64, i64)> = (0..chunks)
         .flat_map(|c| (0..per_chunk).map(move |i| (c, i)))
         .collect();
     let ids = |records: &[Record]| -> BTreeSet<(i64, i64)> {

@@ -236,17 +236,20 @@ fn consumer_thread(
     consumer: &Arc<StreamConsumer<SourceContext>>,
     stop: &CancellationToken,
 ) {
-    let _runtime = shared.runtime.enter();
     let interval = shared.settings.commit_interval;
     let mut next_commit = std::time::Instant::now() + interval;
     while !stop.is_cancelled() {
-        let polled = futures::executor::block_on(async {
-            tokio::select! {
-                message = consumer.recv() => Some(message.map(|m| (m.topic().to_owned(), m.partition(), m.offset()))),
-                () = tokio::time::sleep(Duration::from_millis(100)) => None,
-                () = stop.cancelled() => None,
-            }
-        });
+        // Polling the main queue without waiting serves the group protocol (rebalance
+        // callbacks run here), errors and statistics; messages never come here (each
+        // partition has its own queue). No async timer: this thread must not depend on
+        // the runtime, which may be stopping while it commits the last offsets.
+        let polled = consumer
+            .recv()
+            .now_or_never()
+            .map(|message| message.map(|m| (m.topic().to_owned(), m.partition(), m.offset())));
+        if polled.is_none() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
         match polled {
             // Every assigned partition has its own queue; a message here was fetched before
             // its queue was split. Seek back so that the partition queue delivers it.
