@@ -49,6 +49,21 @@ enum Command {
     },
     /// List every plugin with its settings, defaults and docs.
     Plugins,
+    /// Run a load profile against the APIs (see load/profiles/); the exit code says
+    /// whether its thresholds held and every accepted order was found.
+    Load {
+        /// The profile, e.g. load/profiles/smoke.toml.
+        profile: PathBuf,
+        /// The API base URL (default: the profile's).
+        #[arg(long)]
+        target: Option<String>,
+        /// Compare with a previous JSON report.
+        #[arg(long)]
+        compare: Option<PathBuf>,
+        /// A salesflow /metrics URL to sample resident memory from.
+        #[arg(long)]
+        monitor: Option<String>,
+    },
     /// Rebuild the read models from the event store into new indices, then switch the
     /// aliases (queries keep answering from the old ones meanwhile).
     Replay {
@@ -85,6 +100,43 @@ fn all_sets() -> Vec<String> {
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
     cli.sets = all_sets();
+    if let Command::Load {
+        profile,
+        target,
+        compare,
+        monitor,
+    } = &cli.command
+    {
+        let options = salesflow_load::Options {
+            target: target.clone(),
+            compare: compare.clone(),
+            monitor: monitor.clone(),
+            ..salesflow_load::Options::default()
+        };
+        let runtime = match tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("salesflow: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return match runtime.block_on(salesflow_load::run(profile, &options)) {
+            Ok(outcome) if outcome.passed => ExitCode::SUCCESS,
+            Ok(_) => {
+                eprintln!(
+                    "salesflow load: the run did not pass (thresholds, reconciliation or invalid orders accepted)"
+                );
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("salesflow load: {e:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Command::Plugins = cli.command {
         // The plugins of this binary, plus the configured folder's when the config loads.
         let registry = salesflow_host::load_plan(&cli.config, &cli.sets).map_or_else(
@@ -170,6 +222,6 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Plugins => ExitCode::SUCCESS,
+        Command::Plugins | Command::Load { .. } => ExitCode::SUCCESS,
     }
 }

@@ -152,6 +152,7 @@ impl KafkaSourceSettings {
             .set("bootstrap.servers", &self.bootstrap_servers)
             .set("group.id", &self.group_id)
             .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("socket.nagle.disable", "true")
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "false")
@@ -300,6 +301,8 @@ impl KafkaSinkSettings {
             .set("bootstrap.servers", &self.bootstrap_servers)
             .set("enable.idempotence", "true")
             .set("acks", "all")
+            // Small produce requests must not wait for Nagle's algorithm.
+            .set("socket.nagle.disable", "true")
             .set("linger.ms", self.linger_ms.to_string())
             .set("batch.size", self.batch_size.to_string())
             .set("batch.num.messages", self.batch_num_messages.to_string())

@@ -1,0 +1,165 @@
+//! Realistic, seeded orders: carts with skewed popularity (Zipf), several orders each,
+//! one currency and user per cart, exact decimal amounts.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::profile::Data;
+
+const PRODUCTS: [&str; 12] = [
+    "trail running shoes",
+    "wool socks",
+    "rain jacket",
+    "water bottle",
+    "head torch",
+    "camping stove",
+    "sleeping bag",
+    "map case",
+    "walking poles",
+    "sun hat",
+    "first aid kit",
+    "thermal mug",
+];
+const PAYMENT: [&str; 3] = ["card", "paypal", "invoice"];
+const SHIPPING: [&str; 3] = ["standard", "express", "pickup"];
+
+#[derive(Clone, Debug)]
+pub struct Cart {
+    pub id: Uuid,
+    pub user: String,
+    pub currency: String,
+    pub shipping_address: String,
+    pub billing_address: String,
+    pub payment: &'static str,
+    pub shipping: &'static str,
+}
+
+/// An order to send, and what it is.
+#[derive(Clone, Debug)]
+pub struct GeneratedOrder {
+    pub order_id: Uuid,
+    pub cart: usize,
+    pub body: Value,
+    /// Made invalid on purpose: the API must refuse it.
+    pub invalid: bool,
+}
+
+pub struct Generator {
+    rng: StdRng,
+    zipf: Zipf<f64>,
+    pub carts: Vec<Cart>,
+    settings: Data,
+    sent: u64,
+}
+
+impl Generator {
+    /// Carts and orders derived from `seed` and `run_id` (so that two runs of one profile
+    /// use new carts, and a run can be reproduced by giving both).
+    pub fn new(settings: &Data, seed: u64, run_id: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed ^ run_id.rotate_left(17));
+        let carts = (0..settings.carts)
+            .map(|n| Cart {
+                id: Uuid::from_u64_pair(rng.random(), rng.random()),
+                user: format!("user-{run_id:x}-{n}"),
+                currency: settings.currencies[n % settings.currencies.len()].clone(),
+                shipping_address: format!(
+                    "{} Harbour Road, {}",
+                    n + 1,
+                    ["Leeds", "Porto", "Graz", "Lyon"][n % 4]
+                ),
+                billing_address: format!(
+                    "{} Mill Lane, {}",
+                    n + 1,
+                    ["York", "Braga", "Linz", "Nice"][n % 4]
+                ),
+                payment: PAYMENT[n % PAYMENT.len()],
+                shipping: SHIPPING[n % SHIPPING.len()],
+            })
+            .collect();
+        #[allow(clippy::cast_precision_loss)]
+        let zipf = Zipf::new(settings.carts as f64, settings.zipf_exponent.max(0.000_1))
+            .expect("valid Zipf parameters");
+        Self {
+            rng,
+            zipf,
+            carts,
+            settings: settings.clone(),
+            sent: 0,
+        }
+    }
+
+    /// A cart, popular ones more often.
+    pub fn pick_cart(&mut self) -> usize {
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let k = self.zipf.sample(&mut self.rng) as usize;
+        k.saturating_sub(1).min(self.carts.len() - 1)
+    }
+
+    pub fn chance(&mut self, share: f64) -> bool {
+        share > 0.0 && self.rng.random::<f64>() < share
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        self.rng.random_range(0..n.max(1))
+    }
+
+    fn money(&mut self, max_cents: i64) -> Decimal {
+        Decimal::new(self.rng.random_range(0..max_cents), 2)
+    }
+
+    /// A new order for a cart chosen by popularity.
+    pub fn order(&mut self) -> GeneratedOrder {
+        let cart_index = self.pick_cart();
+        self.order_for(cart_index)
+    }
+
+    pub fn order_for(&mut self, cart_index: usize) -> GeneratedOrder {
+        self.sent += 1;
+        let cart = self.carts[cart_index].clone();
+        let quantity: u32 = self.rng.random_range(1..=5);
+        let amount = self.money(50_000);
+        let discounts = self.money(1_000).min(amount * Decimal::from(quantity));
+        let tax = self.money(5_000);
+        let subtotal = amount * Decimal::from(quantity) - discounts + tax;
+        let order_id = Uuid::from_u64_pair(self.rng.random(), self.rng.random());
+        let product = PRODUCTS[self.rng.random_range(0..PRODUCTS.len())];
+        let invalid = self.chance(self.settings.invalid_share);
+        let mut body = json!({
+            "order_id": order_id,
+            "cart_id": cart.id,
+            "user_id": cart.user,
+            "product_name": product,
+            "product_info": format!("lot {}", self.sent),
+            "quantity": quantity,
+            "payment_method": cart.payment,
+            "shipping_address": cart.shipping_address,
+            "billing_address": cart.billing_address,
+            "amount": amount.to_string(),
+            "discounts": discounts.to_string(),
+            "tax_amount": tax.to_string(),
+            "subtotal": subtotal.to_string(),
+            "shipping_method": cart.shipping,
+            "currency": cart.currency,
+            "seller_info": "Acme Outdoor",
+            "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        });
+        if invalid {
+            match self.rng.random_range(0..4) {
+                0 => body["quantity"] = json!(0),
+                1 => body["currency"] = json!("XXX"),
+                2 => body["amount"] = json!("-3.00"),
+                _ => body["created_at"] = json!("yesterday"),
+            }
+        }
+        GeneratedOrder {
+            order_id,
+            cart: cart_index,
+            body,
+            invalid,
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! The salesflow load generator: runs a load profile (`load/profiles/*.toml`) against the
+//! Command and Query APIs (or straight into Kafka), measures latency from each request's
+//! scheduled start in HDR histograms, follows a sample of orders until they are
+//! queryable, reconciles every accepted order against the read models and the event
+//! store, and writes reports (terminal, JSON, Markdown, HTML).
+
+pub mod data;
+pub mod engine;
+pub mod profile;
+pub mod reconcile;
+pub mod report;
+pub mod stats;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+
+use crate::engine::Engine;
+use crate::profile::{Metric, Profile, Threshold};
+use crate::report::{FreshnessReport, RunReport, ThresholdResult};
+use crate::stats::Stats;
+
+/// Options given on the command line.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Reproduce a run: with the profile's seed, the same carts and orders.
+    pub run_id: Option<u64>,
+    /// Compare with this JSON report (overrides the profile's).
+    pub compare: Option<PathBuf>,
+    /// Where reports go (overrides the profile's).
+    pub report_dir: Option<PathBuf>,
+    /// The Command and Query API base URL (overrides the profile's).
+    pub target: Option<String>,
+    /// A salesflow `/metrics` URL whose resident memory is sampled during the run.
+    pub monitor: Option<String>,
+}
+
+/// How a run ended.
+pub struct Outcome {
+    pub report: RunReport,
+    pub files: Vec<PathBuf>,
+    /// Thresholds held, nothing lost or duplicated, no invalid order accepted.
+    pub passed: bool,
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// The value a threshold looks at, in its unit.
+fn measure(t: &Threshold, profile: &Profile, stats: &Stats, seconds: f64) -> f64 {
+    let s = match &t.scenario {
+        Some(name) => profile
+            .scenarios
+            .iter()
+            .position(|x| &x.name == name)
+            .map_or(&stats.total, |i| &stats.scenarios[i]),
+        None => &stats.total,
+    };
+    #[allow(clippy::cast_precision_loss)]
+    match t.metric {
+        Metric::P50 => s.quantile_ms(0.5),
+        Metric::P90 => s.quantile_ms(0.9),
+        Metric::P99 => s.quantile_ms(0.99),
+        Metric::Max => s.quantile_ms(1.0),
+        Metric::ErrorRate => s.error_rate(),
+        Metric::Rps => {
+            if seconds > 0.0 {
+                s.ok() as f64 / seconds
+            } else {
+                0.0
+            }
+        }
+        Metric::FreshnessP99 => stats.freshness.quantile_ms(0.99),
+    }
+}
+
+fn judge(t: &Threshold, value: f64) -> bool {
+    let below = t.below.as_deref().and_then(|b| Threshold::bound(b).ok());
+    let above = t.above.as_deref().and_then(|a| Threshold::bound(a).ok());
+    below.is_none_or(|b| value < b) && above.is_none_or(|a| value > a)
+}
+
+async fn resident_mib(client: &reqwest::Client, url: &str) -> Option<f64> {
+    let text = client.get(url).send().await.ok()?.text().await.ok()?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("salesflow_process_resident_memory_bytes"))?;
+    let bytes: f64 = line.rsplit(' ').next()?.parse().ok()?;
+    Some(bytes / 1024.0 / 1024.0)
+}
+
+/// Runs a profile.
+pub async fn run(path: &Path, options: &Options) -> Result<Outcome> {
+    let mut profile = Profile::load(path)?;
+    if let Some(target) = &options.target {
+        profile.target.command_api.clone_from(target);
+        profile.target.query_api.clone_from(target);
+    }
+    let run_id = options
+        .run_id
+        .unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0 >> 16);
+    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let load_before = loadavg();
+    println!(
+        "salesflow load: profile {} (seed {}, run {run_id:x}) against {}",
+        profile.name, profile.seed, profile.target.command_api
+    );
+    let engine = Engine::new(profile.clone(), run_id)?;
+
+    // Live progress, abort on broken thresholds, memory sampling.
+    let watcher = {
+        let engine = Arc::clone(&engine);
+        let monitor = options.monitor.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut memory = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut last = 0u64;
+            loop {
+                tick.tick().await;
+                let elapsed = engine.elapsed().as_secs_f64();
+                let (ok, errors, p99, accepted) = {
+                    let stats = engine
+                        .stats
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let accepted = engine
+                        .ledger
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .orders
+                        .len();
+                    (
+                        stats.total.ok(),
+                        stats.total.requests() - stats.total.ok(),
+                        stats.total.quantile_ms(0.99),
+                        accepted,
+                    )
+                };
+                println!(
+                    "  {elapsed:>5.0}s  {:>6} ok/s  {errors:>6} not ok  p99 {p99:>8.1} ms  in flight {:>4}  orders accepted {accepted}",
+                    ok - last,
+                    engine.in_flight.load(std::sync::atomic::Ordering::Relaxed)
+                );
+                last = ok;
+                if let Some(url) = &monitor
+                    && let Some(mib) = resident_mib(&client, url).await
+                {
+                    memory.push((elapsed, mib));
+                }
+                if engine.recording() {
+                    let stats = engine
+                        .stats
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    for t in engine
+                        .profile
+                        .thresholds
+                        .iter()
+                        .filter(|t| t.abort && t.metric != Metric::Rps)
+                    {
+                        let value = measure(t, &engine.profile, &stats, elapsed);
+                        if !judge(t, value) {
+                            *engine
+                                .aborted
+                                .lock()
+                                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                                Some(format!("threshold {} broken ({value:.3})", t.describe()));
+                        }
+                    }
+                }
+                if engine
+                    .aborted
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .is_some()
+                    && engine.in_flight.load(std::sync::atomic::Ordering::Relaxed) == 0
+                {
+                    return memory;
+                }
+                if engine.elapsed() > Duration::from_secs(60 * 60 * 24) {
+                    return memory;
+                }
+            }
+        })
+    };
+    engine.run().await;
+    let seconds = engine.elapsed().as_secs_f64() - profile.warmup.as_secs_f64();
+    engine.settle_followers().await;
+    watcher.abort();
+    let memory = watcher.await.unwrap_or_default();
+
+    let (accepted, invalid_refused, invalid_accepted, duplicates_posted) = {
+        let ledger = engine
+            .ledger
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let carts = &engine
+            .generator
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .carts;
+        let accepted: HashMap<uuid::Uuid, uuid::Uuid> = ledger
+            .orders
+            .iter()
+            .map(|(o, c)| (*o, carts[*c].id))
+            .collect();
+        (
+            accepted,
+            ledger.invalid_refused,
+            ledger.invalid_accepted,
+            ledger.duplicates_posted,
+        )
+    };
+    let reconciliation = if profile.reconcile.enabled {
+        println!("reconciling {} accepted orders...", accepted.len());
+        Some(reconcile::reconcile(&profile, &accepted).await?)
+    } else {
+        None
+    };
+
+    let aborted = engine
+        .aborted
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let stats = engine
+        .stats
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let thresholds: Vec<ThresholdResult> = profile
+        .thresholds
+        .iter()
+        .map(|t| {
+            let value = measure(t, &profile, &stats, seconds);
+            ThresholdResult {
+                threshold: t.describe(),
+                value,
+                passed: judge(t, value),
+            }
+        })
+        .collect();
+    let knee_latency = profile
+        .thresholds
+        .iter()
+        .find(|t| t.metric == Metric::P99 && t.scenario.is_none())
+        .and_then(|t| t.below.as_deref().and_then(|b| Threshold::bound(b).ok()));
+    let report = RunReport {
+        profile: profile.name.clone(),
+        description: profile.description.clone(),
+        seed: profile.seed,
+        run_id,
+        started_at,
+        seconds,
+        cpus: std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+        load_before,
+        load_after: loadavg(),
+        scenarios: profile
+            .scenarios
+            .iter()
+            .zip(&stats.scenarios)
+            .map(|(s, st)| report::scenario_report(&s.name, &format!("{:?}", s.kind), st, seconds))
+            .collect(),
+        total: report::scenario_report("all", "all", &stats.total, seconds),
+        timeline: report::timeline(&stats),
+        freshness: FreshnessReport {
+            samples: stats.freshness.ok(),
+            timeouts: stats.freshness_timeouts,
+            p50_ms: stats.freshness.quantile_ms(0.5),
+            p99_ms: stats.freshness.quantile_ms(0.99),
+            max_ms: stats.freshness.quantile_ms(1.0),
+            points: stats.freshness_timeline.clone(),
+        },
+        thresholds,
+        aborted,
+        knee_rps: knee_latency.and_then(|ms| report::knee(&stats, ms)),
+        memory_mib: memory,
+        reconciliation: reconciliation
+            .as_ref()
+            .map(|r| serde_json::to_value(r).unwrap_or_default()),
+        invalid_refused,
+        invalid_accepted,
+        duplicates_posted,
+    };
+    drop(stats);
+    let compare = options
+        .compare
+        .clone()
+        .or_else(|| profile.report.compare.clone());
+    let previous = match &compare {
+        Some(path) if path.exists() => Some(report::load_previous(path)?),
+        _ => None,
+    };
+    print!("{}", report::summary(&report, previous.as_ref()));
+    let dir = options
+        .report_dir
+        .clone()
+        .unwrap_or_else(|| profile.report.dir.clone());
+    let files = report::write(&dir, &report, previous.as_ref())?;
+    for f in &files {
+        println!("report: {}", f.display());
+    }
+    let passed = report.thresholds.iter().all(|t| t.passed)
+        && report.aborted.is_none()
+        && report.invalid_accepted == 0
+        && reconciliation
+            .as_ref()
+            .is_none_or(reconcile::Reconciliation::clean);
+    Ok(Outcome {
+        report,
+        files,
+        passed,
+    })
+}

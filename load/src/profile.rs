@@ -1,0 +1,424 @@
+//! Load profiles: TOML files under `load/profiles/`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use serde::Deserialize;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Seeds the generated data (carts, orders, scenario choices); with the same seed and
+    /// `run_id`, a run sends the same requests.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Sent but not recorded before the first step, at the first step's load.
+    #[serde(default, with = "humantime_serde")]
+    pub warmup: Duration,
+    #[serde(default)]
+    pub target: Target,
+    #[serde(default)]
+    pub data: Data,
+    pub scenarios: Vec<Scenario>,
+    pub steps: Vec<Step>,
+    #[serde(default)]
+    pub thresholds: Vec<Threshold>,
+    #[serde(default)]
+    pub freshness: Freshness,
+    #[serde(default)]
+    pub reconcile: Reconcile,
+    #[serde(default)]
+    pub report: Report,
+}
+
+fn default_seed() -> u64 {
+    42
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    #[serde(default = "default_api")]
+    pub command_api: String,
+    #[serde(default = "default_api")]
+    pub query_api: String,
+    #[serde(default = "default_kafka")]
+    pub kafka_bootstrap: String,
+    #[serde(default = "default_orders_topic")]
+    pub orders_topic: String,
+    #[serde(default = "default_cassandra")]
+    pub cassandra: Vec<String>,
+    #[serde(default = "default_keyspace")]
+    pub keyspace: String,
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Most requests in flight at once (open model): beyond it a scheduled request is
+    /// counted as `dropped` rather than queued without bound.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+}
+
+fn default_api() -> String {
+    "http://127.0.0.1:8080".into()
+}
+fn default_kafka() -> String {
+    "127.0.0.1:9092".into()
+}
+fn default_orders_topic() -> String {
+    "orders".into()
+}
+fn default_cassandra() -> Vec<String> {
+    vec!["127.0.0.1:9042".into()]
+}
+fn default_keyspace() -> String {
+    "salesflow".into()
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_in_flight() -> usize {
+    2048
+}
+
+impl Default for Target {
+    fn default() -> Self {
+        Self {
+            command_api: default_api(),
+            query_api: default_api(),
+            kafka_bootstrap: default_kafka(),
+            orders_topic: default_orders_topic(),
+            cassandra: default_cassandra(),
+            keyspace: default_keyspace(),
+            request_timeout: default_timeout(),
+            max_in_flight: default_max_in_flight(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Data {
+    /// Carts orders are spread over.
+    #[serde(default = "default_carts")]
+    pub carts: usize,
+    /// Popularity skew: cart k (from 1) is chosen with weight 1/k^s.
+    #[serde(default = "default_zipf")]
+    pub zipf_exponent: f64,
+    #[serde(default = "default_currencies")]
+    pub currencies: Vec<String>,
+    /// Orders per `post-batch` request.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Share of single orders posted a second time (must count once).
+    #[serde(default)]
+    pub duplicate_share: f64,
+    /// Share of single orders made invalid on purpose (must be refused with 400).
+    #[serde(default)]
+    pub invalid_share: f64,
+}
+
+fn default_carts() -> usize {
+    1000
+}
+fn default_zipf() -> f64 {
+    1.1
+}
+fn default_currencies() -> Vec<String> {
+    vec!["EUR".into(), "USD".into(), "GBP".into()]
+}
+fn default_batch_size() -> usize {
+    20
+}
+
+impl Default for Data {
+    fn default() -> Self {
+        Self {
+            carts: default_carts(),
+            zipf_exponent: default_zipf(),
+            currencies: default_currencies(),
+            batch_size: default_batch_size(),
+            duplicate_share: 0.0,
+            invalid_share: 0.0,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScenarioKind {
+    /// POST /orders, one order.
+    PostOrder,
+    /// POST /orders/batch, `data.batch_size` orders.
+    PostBatch,
+    /// `GET /carts/{id}` of a cart orders were posted to.
+    GetCart,
+    /// `GET /carts?user_id=...`
+    Search,
+    /// Produce one order straight to the orders topic (loads the domain side alone).
+    ProduceKafka,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    pub name: String,
+    pub kind: ScenarioKind,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+/// One step of the load simulation, in order (like `NBomber`'s load simulations).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "kebab-case")]
+pub enum Step {
+    /// Open model: start `rate` requests per second, whatever the responses do.
+    Inject {
+        rate: f64,
+        #[serde(with = "humantime_serde")]
+        duration: Duration,
+    },
+    /// Open model, the rate moving linearly from `from` to `to`.
+    RampInject {
+        from: f64,
+        to: f64,
+        #[serde(with = "humantime_serde")]
+        duration: Duration,
+    },
+    /// Closed model: `copies` clients, each sending its next request when the last ends.
+    KeepConcurrent {
+        copies: usize,
+        #[serde(with = "humantime_serde")]
+        duration: Duration,
+    },
+    /// Closed model, the number of clients moving linearly.
+    RampConcurrent {
+        from: usize,
+        to: usize,
+        #[serde(with = "humantime_serde")]
+        duration: Duration,
+    },
+}
+
+impl Step {
+    pub fn duration(&self) -> Duration {
+        match self {
+            Step::Inject { duration, .. }
+            | Step::RampInject { duration, .. }
+            | Step::KeepConcurrent { duration, .. }
+            | Step::RampConcurrent { duration, .. } => *duration,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Step::Inject { rate, duration } => format!("inject {rate}/s for {duration:?}"),
+            Step::RampInject { from, to, duration } => {
+                format!("ramp inject {from}->{to}/s over {duration:?}")
+            }
+            Step::KeepConcurrent { copies, duration } => {
+                format!("keep {copies} concurrent for {duration:?}")
+            }
+            Step::RampConcurrent { from, to, duration } => {
+                format!("ramp concurrent {from}->{to} over {duration:?}")
+            }
+        }
+    }
+}
+
+/// What a threshold measures.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Metric {
+    P50,
+    P90,
+    P99,
+    Max,
+    /// Share of requests that failed (errors, sheds, timeouts, dropped).
+    ErrorRate,
+    /// Successful requests per second.
+    Rps,
+    /// p99 time from POST to queryable, over the sampled orders.
+    FreshnessP99,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Threshold {
+    /// A scenario's name; none: all scenarios together.
+    #[serde(default)]
+    pub scenario: Option<String>,
+    pub metric: Metric,
+    /// Upper bound: a duration ("50ms") for latencies, a share ("0.1%") or a number.
+    #[serde(default)]
+    pub below: Option<String>,
+    /// Lower bound (for `rps`).
+    #[serde(default)]
+    pub above: Option<String>,
+    /// Stop the run as soon as the threshold is broken (checked every second after warm-up).
+    #[serde(default)]
+    pub abort: bool,
+}
+
+impl Threshold {
+    /// The bound in the metric's unit (milliseconds, a fraction, or per second).
+    pub fn bound(text: &str) -> Result<f64> {
+        let text = text.trim();
+        if let Some(percent) = text.strip_suffix('%') {
+            return Ok(percent.trim().parse::<f64>().context("a percentage")? / 100.0);
+        }
+        if let Ok(d) = humantime_serde::re::humantime::parse_duration(text) {
+            return Ok(d.as_secs_f64() * 1000.0);
+        }
+        text.parse::<f64>()
+            .with_context(|| format!("{text:?} is neither a duration, a percentage nor a number"))
+    }
+
+    pub fn describe(&self) -> String {
+        let scope = self.scenario.as_deref().unwrap_or("all");
+        let bound = match (&self.below, &self.above) {
+            (Some(b), _) => format!("< {b}"),
+            (_, Some(a)) => format!("> {a}"),
+            _ => String::new(),
+        };
+        format!("{scope} {:?} {bound}", self.metric).to_lowercase()
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Freshness {
+    /// Follow every n-th accepted single order until the Query API shows it (0: none).
+    #[serde(default = "default_sample_every")]
+    pub sample_every: usize,
+    #[serde(default = "default_fresh_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+fn default_sample_every() -> usize {
+    25
+}
+fn default_fresh_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl Default for Freshness {
+    fn default() -> Self {
+        Self {
+            sample_every: default_sample_every(),
+            timeout: default_fresh_timeout(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reconcile {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How long to wait for the pipeline to catch up before counting what is missing.
+    #[serde(default = "default_settle", with = "humantime_serde")]
+    pub settle_timeout: Duration,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_settle() -> Duration {
+    Duration::from_secs(60)
+}
+
+impl Default for Reconcile {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            settle_timeout: default_settle(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Report {
+    /// Where reports go (JSON, Markdown, HTML), relative to the working directory.
+    #[serde(default = "default_dir")]
+    pub dir: PathBuf,
+    /// A previous JSON report to compare against.
+    #[serde(default)]
+    pub compare: Option<PathBuf>,
+}
+
+fn default_dir() -> PathBuf {
+    PathBuf::from("load/reports")
+}
+
+impl Default for Report {
+    fn default() -> Self {
+        Self {
+            dir: default_dir(),
+            compare: None,
+        }
+    }
+}
+
+impl Profile {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let profile: Profile =
+            toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
+        profile
+            .check()
+            .with_context(|| format!("{}", path.display()))?;
+        Ok(profile)
+    }
+
+    fn check(&self) -> Result<()> {
+        if self.scenarios.is_empty() || self.scenarios.iter().all(|s| s.weight == 0) {
+            bail!("scenarios: at least one with a weight above 0");
+        }
+        if self.steps.is_empty() {
+            bail!("steps: at least one");
+        }
+        for (i, step) in self.steps.iter().enumerate() {
+            let bad = match step {
+                Step::Inject { rate, .. } => *rate <= 0.0,
+                Step::RampInject { from, to, .. } => {
+                    *from < 0.0 || *to < 0.0 || (*from == 0.0 && *to == 0.0)
+                }
+                Step::KeepConcurrent { copies, .. } => *copies == 0,
+                Step::RampConcurrent { from, to, .. } => *from == 0 && *to == 0,
+            };
+            if bad || step.duration().is_zero() {
+                bail!("steps.{i}: needs a positive load and duration");
+            }
+        }
+        if self.data.carts == 0 || self.data.currencies.is_empty() || self.data.batch_size == 0 {
+            bail!("data: carts, currencies and batch_size must not be empty or zero");
+        }
+        for t in &self.thresholds {
+            if t.below.is_none() == t.above.is_none() {
+                bail!(
+                    "thresholds: {} needs exactly one of below, above",
+                    t.describe()
+                );
+            }
+            for bound in t.below.iter().chain(&t.above) {
+                Threshold::bound(bound)?;
+            }
+            if let Some(s) = &t.scenario
+                && !self.scenarios.iter().any(|x| &x.name == s)
+            {
+                bail!("thresholds: no scenario named {s:?}");
+            }
+        }
+        Ok(())
+    }
+}

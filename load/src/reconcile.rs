@@ -1,0 +1,209 @@
+//! After a run: every order the system accepted is looked for in the read models (Query
+//! API) and in the event store (Cassandra, read directly), and what is lost, duplicated
+//! or out of order is counted.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use serde::Serialize;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::profile::Profile;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Reconciliation {
+    pub accepted: usize,
+    pub carts: usize,
+    /// Accepted orders found in their cart's read model.
+    pub projected: usize,
+    /// Accepted orders found in the event store.
+    pub stored: usize,
+    pub lost_read_model: usize,
+    pub lost_event_store: usize,
+    pub duplicated_read_model: usize,
+    pub duplicated_event_store: usize,
+    /// Carts whose event numbers are not 1, 2, 3, ... without a gap.
+    pub out_of_order_carts: usize,
+    /// How long the read models took to show every accepted order after the load ended.
+    pub settle_seconds: f64,
+    pub examples: Vec<String>,
+}
+
+impl Reconciliation {
+    pub fn clean(&self) -> bool {
+        self.lost_read_model == 0
+            && self.lost_event_store == 0
+            && self.duplicated_read_model == 0
+            && self.duplicated_event_store == 0
+            && self.out_of_order_carts == 0
+    }
+}
+
+async fn read_model(client: &reqwest::Client, base: &str, cart: Uuid) -> Option<Vec<String>> {
+    let r = client
+        .get(format!("{base}/carts/{cart}"))
+        .send()
+        .await
+        .ok()?;
+    if r.status() != 200 {
+        return Some(Vec::new());
+    }
+    let doc: Value = r.json().await.ok()?;
+    Some(
+        doc["items"]
+            .as_array()?
+            .iter()
+            .filter_map(|i| i["order_id"].as_str().map(str::to_owned))
+            .collect(),
+    )
+}
+
+/// Checks every accepted order (order id -> cart id).
+pub async fn reconcile<S: std::hash::BuildHasher>(
+    profile: &Profile,
+    accepted: &HashMap<Uuid, Uuid, S>,
+) -> Result<Reconciliation> {
+    let mut by_cart: BTreeMap<Uuid, BTreeSet<String>> = BTreeMap::new();
+    for (order, cart) in accepted {
+        by_cart.entry(*cart).or_default().insert(order.to_string());
+    }
+    let mut report = Reconciliation {
+        accepted: accepted.len(),
+        carts: by_cart.len(),
+        ..Reconciliation::default()
+    };
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    let base = profile.target.query_api.clone();
+
+    // Wait for the read models to catch up (or the settle timeout).
+    let started = Instant::now();
+    let mut pending: Vec<Uuid> = by_cart.keys().copied().collect();
+    let mut views: HashMap<Uuid, Vec<String>> = HashMap::new();
+    loop {
+        let fetched: Vec<(Uuid, Option<Vec<String>>)> = futures::stream::iter(pending.clone())
+            .map(|cart| {
+                let client = client.clone();
+                let base = base.clone();
+                async move { (cart, read_model(&client, &base, cart).await) }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        pending.clear();
+        for (cart, items) in fetched {
+            let items = items.unwrap_or_default();
+            let present: BTreeSet<&String> = items.iter().collect();
+            if !by_cart[&cart].iter().all(|o| present.contains(o)) {
+                pending.push(cart);
+            }
+            views.insert(cart, items);
+        }
+        if pending.is_empty() || started.elapsed() > profile.reconcile.settle_timeout {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    report.settle_seconds = started.elapsed().as_secs_f64();
+
+    for (cart, wanted) in &by_cart {
+        let items = views.get(cart).cloned().unwrap_or_default();
+        let mut counts: HashMap<&str, usize> = HashMap::new();
+        for i in &items {
+            *counts.entry(i.as_str()).or_default() += 1;
+        }
+        for order in wanted {
+            match counts.get(order.as_str()) {
+                None => {
+                    report.lost_read_model += 1;
+                    if report.examples.len() < 10 {
+                        report.examples.push(format!(
+                            "order {order} of cart {cart} is not in the read model"
+                        ));
+                    }
+                }
+                Some(n) => {
+                    report.projected += 1;
+                    if *n > 1 {
+                        report.duplicated_read_model += n - 1;
+                    }
+                }
+            }
+        }
+    }
+
+    // The event store, read directly.
+    let session = scylla::client::session_builder::SessionBuilder::new()
+        .known_nodes(&profile.target.cassandra)
+        .build()
+        .await
+        .context("connecting to Cassandra for reconciliation")?;
+    let cql = format!(
+        "SELECT seq, order_id FROM {}.cart_events WHERE cart_id = ? AND bucket = ?",
+        profile.target.keyspace
+    );
+    let statement = session
+        .prepare(cql.as_str())
+        .await
+        .context("preparing the event store read")?;
+    for (cart, wanted) in &by_cart {
+        let mut events: Vec<(i64, Uuid)> = Vec::new();
+        for bucket in 0..i32::MAX {
+            let rows = session
+                .execute_unpaged(&statement, (*cart, bucket))
+                .await
+                .context("reading the event store")?
+                .into_rows_result()
+                .context("reading the event store")?;
+            let before = events.len();
+            for row in rows
+                .rows::<(i64, Uuid)>()
+                .context("reading the event store")?
+            {
+                events.push(row.context("reading the event store")?);
+            }
+            if events.len() == before {
+                break;
+            }
+        }
+        if events
+            .iter()
+            .enumerate()
+            .any(|(i, (seq, _))| i64::try_from(i + 1).ok() != Some(*seq))
+        {
+            report.out_of_order_carts += 1;
+            if report.examples.len() < 10 {
+                report
+                    .examples
+                    .push(format!("cart {cart}: event numbers are not 1..n"));
+            }
+        }
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for (_, order) in &events {
+            *counts.entry(order.to_string()).or_default() += 1;
+        }
+        for order in wanted {
+            match counts.get(order) {
+                None => {
+                    report.lost_event_store += 1;
+                    if report.examples.len() < 10 {
+                        report.examples.push(format!(
+                            "order {order} of cart {cart} is not in the event store"
+                        ));
+                    }
+                }
+                Some(n) => {
+                    report.stored += 1;
+                    if *n > 1 {
+                        report.duplicated_event_store += n - 1;
+                    }
+                }
+            }
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,584 @@
+//! Reports: a summary in the terminal, and JSON, Markdown and a self-contained HTML file
+//! (charts drawn as inline SVG) — with a comparison against a previous JSON report.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::stats::{ScenarioStats, Stats};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScenarioReport {
+    pub name: String,
+    pub kind: String,
+    pub requests: u64,
+    pub ok: u64,
+    pub outcomes: std::collections::BTreeMap<String, u64>,
+    pub statuses: std::collections::BTreeMap<String, u64>,
+    pub rps: f64,
+    pub error_rate: f64,
+    pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Point {
+    pub t: f64,
+    pub ok: u64,
+    pub errors: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, Default)]
+pub struct FreshnessReport {
+    pub samples: u64,
+    pub timeouts: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub points: Vec<(f64, f64)>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ThresholdResult {
+    pub threshold: String,
+    pub value: f64,
+    pub passed: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunReport {
+    pub profile: String,
+    pub description: String,
+    pub seed: u64,
+    pub run_id: u64,
+    pub started_at: String,
+    pub seconds: f64,
+    pub cpus: usize,
+    pub load_before: String,
+    pub load_after: String,
+    pub scenarios: Vec<ScenarioReport>,
+    pub total: ScenarioReport,
+    pub timeline: Vec<Point>,
+    pub freshness: FreshnessReport,
+    pub thresholds: Vec<ThresholdResult>,
+    pub aborted: Option<String>,
+    pub knee_rps: Option<f64>,
+    pub memory_mib: Vec<(f64, f64)>,
+    pub reconciliation: Option<serde_json::Value>,
+    pub invalid_refused: u64,
+    pub invalid_accepted: u64,
+    pub duplicates_posted: u64,
+}
+
+#[allow(clippy::cast_precision_loss)]
+pub fn scenario_report(name: &str, kind: &str, s: &ScenarioStats, seconds: f64) -> ScenarioReport {
+    ScenarioReport {
+        name: name.to_owned(),
+        kind: kind.to_owned(),
+        requests: s.requests(),
+        ok: s.ok(),
+        outcomes: s
+            .outcomes
+            .iter()
+            .map(|(k, v)| (format!("{k:?}").to_lowercase(), *v))
+            .collect(),
+        statuses: s
+            .statuses
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
+        rps: if seconds > 0.0 {
+            s.ok() as f64 / seconds
+        } else {
+            0.0
+        },
+        error_rate: s.error_rate(),
+        p50_ms: s.quantile_ms(0.5),
+        p90_ms: s.quantile_ms(0.9),
+        p99_ms: s.quantile_ms(0.99),
+        max_ms: s.quantile_ms(1.0),
+    }
+}
+
+#[allow(clippy::cast_precision_loss)]
+pub fn timeline(stats: &Stats) -> Vec<Point> {
+    stats
+        .timeline
+        .iter()
+        .enumerate()
+        .map(|(t, s)| Point {
+            t: t as f64,
+            ok: s.ok,
+            errors: s.errors,
+            p50_ms: if s.latency.is_empty() {
+                0.0
+            } else {
+                s.latency.value_at_quantile(0.5) as f64 / 1000.0
+            },
+            p99_ms: if s.latency.is_empty() {
+                0.0
+            } else {
+                s.latency.value_at_quantile(0.99) as f64 / 1000.0
+            },
+        })
+        .collect()
+}
+
+/// The highest sustained rate: the best 5-second window with under 1 % errors and a p99
+/// under `latency_ms`.
+#[allow(clippy::cast_precision_loss)]
+pub fn knee(stats: &Stats, latency_ms: f64) -> Option<f64> {
+    let mut best: Option<f64> = None;
+    for window in stats.timeline.windows(5) {
+        let ok: u64 = window.iter().map(|s| s.ok).sum();
+        let errors: u64 = window.iter().map(|s| s.errors).sum();
+        if ok == 0 || errors as f64 / (ok + errors) as f64 >= 0.01 {
+            continue;
+        }
+        let mut merged = window[0].latency.clone();
+        for s in &window[1..] {
+            let _ = merged.add(&s.latency);
+        }
+        if merged.value_at_quantile(0.99) as f64 / 1000.0 < latency_ms {
+            let rate = ok as f64 / 5.0;
+            best = Some(best.map_or(rate, |b| b.max(rate)));
+        }
+    }
+    best
+}
+
+fn fmt_ms(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0} ms")
+    } else {
+        format!("{v:.1} ms")
+    }
+}
+
+pub fn summary(report: &RunReport, previous: Option<&RunReport>) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n{} — {:.1} s, seed {}, run {:x}, {} cores, load {} -> {}",
+        report.profile,
+        report.seconds,
+        report.seed,
+        report.run_id,
+        report.cpus,
+        report.load_before,
+        report.load_after
+    );
+    let _ = writeln!(
+        out,
+        "{:<16} {:>9} {:>9} {:>9} {:>7} {:>10} {:>10} {:>10} {:>10}",
+        "scenario", "requests", "ok", "ok/s", "errors", "p50", "p90", "p99", "max"
+    );
+    for s in report
+        .scenarios
+        .iter()
+        .chain(std::iter::once(&report.total))
+    {
+        let _ = writeln!(
+            out,
+            "{:<16} {:>9} {:>9} {:>9.1} {:>6.2}% {:>10} {:>10} {:>10} {:>10}",
+            s.name,
+            s.requests,
+            s.ok,
+            s.rps,
+            s.error_rate * 100.0,
+            fmt_ms(s.p50_ms),
+            fmt_ms(s.p90_ms),
+            fmt_ms(s.p99_ms),
+            fmt_ms(s.max_ms)
+        );
+    }
+    let errors: Vec<String> = report
+        .total
+        .outcomes
+        .iter()
+        .filter(|(k, _)| k.as_str() != "ok")
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    if !errors.is_empty() {
+        let _ = writeln!(out, "not ok: {}", errors.join(", "));
+    }
+    let f = &report.freshness;
+    let _ = writeln!(
+        out,
+        "freshness (POST to queryable): {} samples, p50 {}, p99 {}, max {}, {} timed out",
+        f.samples,
+        fmt_ms(f.p50_ms),
+        fmt_ms(f.p99_ms),
+        fmt_ms(f.max_ms),
+        f.timeouts
+    );
+    if let Some(k) = report.knee_rps {
+        let _ = writeln!(
+            out,
+            "knee: {k:.0} ok/s sustained with p99 under the profile's latency"
+        );
+    }
+    if let Some(max) = report.memory_mib.iter().map(|(_, m)| *m).reduce(f64::max) {
+        let first = report.memory_mib.first().map_or(0.0, |p| p.1);
+        let last = report.memory_mib.last().map_or(0.0, |p| p.1);
+        let _ = writeln!(
+            out,
+            "salesflow resident memory: {first:.0} -> {last:.0} MiB, max {max:.0} MiB"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "invalid orders refused {}, accepted {}; duplicates posted {}",
+        report.invalid_refused, report.invalid_accepted, report.duplicates_posted
+    );
+    if let Some(r) = &report.reconciliation {
+        let _ = writeln!(
+            out,
+            "reconciliation: {} accepted over {} carts; read models {} (lost {}, duplicated {}); event store {} (lost {}, duplicated {}, carts out of order {}); settled in {:.1} s",
+            r["accepted"],
+            r["carts"],
+            r["projected"],
+            r["lost_read_model"],
+            r["duplicated_read_model"],
+            r["stored"],
+            r["lost_event_store"],
+            r["duplicated_event_store"],
+            r["out_of_order_carts"],
+            r["settle_seconds"].as_f64().unwrap_or(0.0)
+        );
+        if let Some(examples) = r["examples"].as_array() {
+            for e in examples {
+                let _ = writeln!(out, "  {}", e.as_str().unwrap_or_default());
+            }
+        }
+    }
+    for t in &report.thresholds {
+        let _ = writeln!(
+            out,
+            "threshold {}: {} ({:.3})",
+            t.threshold,
+            if t.passed { "passed" } else { "FAILED" },
+            t.value
+        );
+    }
+    if let Some(reason) = &report.aborted {
+        let _ = writeln!(out, "ABORTED: {reason}");
+    }
+    if let Some(prev) = previous {
+        let _ = writeln!(
+            out,
+            "compared with run {:x} ({}):",
+            prev.run_id, prev.started_at
+        );
+        for line in compare(report, prev) {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
+    out
+}
+
+/// One line per scenario present in both runs: rates and latencies, and their ratios.
+pub fn compare(now: &RunReport, before: &RunReport) -> Vec<String> {
+    let ratio = |a: f64, b: f64| {
+        if b > 0.0 {
+            format!("{:.2}x", a / b)
+        } else {
+            "-".into()
+        }
+    };
+    now.scenarios
+        .iter()
+        .chain(std::iter::once(&now.total))
+        .filter_map(|s| {
+            let p = before
+                .scenarios
+                .iter()
+                .chain(std::iter::once(&before.total))
+                .find(|p| p.name == s.name)?;
+            Some(format!(
+                "{}: ok/s {:.1} vs {:.1} ({}), p99 {} vs {} ({}), errors {:.2}% vs {:.2}%",
+                s.name,
+                s.rps,
+                p.rps,
+                ratio(s.rps, p.rps),
+                fmt_ms(s.p99_ms),
+                fmt_ms(p.p99_ms),
+                ratio(s.p99_ms, p.p99_ms),
+                s.error_rate * 100.0,
+                p.error_rate * 100.0
+            ))
+        })
+        .collect()
+}
+
+fn markdown(report: &RunReport, previous: Option<&RunReport>) -> String {
+    let mut out = format!(
+        "# Load run: {}\n\n{}\n\n",
+        report.profile, report.description
+    );
+    let _ = writeln!(
+        out,
+        "Seed {}, run {:x}, started {}, {:.1} s; {} cores; load average {} before, {} after.\n",
+        report.seed,
+        report.run_id,
+        report.started_at,
+        report.seconds,
+        report.cpus,
+        report.load_before,
+        report.load_after
+    );
+    out.push_str("| scenario | requests | ok | ok/s | errors | p50 | p90 | p99 | max |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for s in report
+        .scenarios
+        .iter()
+        .chain(std::iter::once(&report.total))
+    {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {:.1} | {:.2}% | {} | {} | {} | {} |",
+            s.name,
+            s.requests,
+            s.ok,
+            s.rps,
+            s.error_rate * 100.0,
+            fmt_ms(s.p50_ms),
+            fmt_ms(s.p90_ms),
+            fmt_ms(s.p99_ms),
+            fmt_ms(s.max_ms)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nFreshness (POST to queryable): {} samples, p50 {}, p99 {}, max {}, {} timed out.\n",
+        report.freshness.samples,
+        fmt_ms(report.freshness.p50_ms),
+        fmt_ms(report.freshness.p99_ms),
+        fmt_ms(report.freshness.max_ms),
+        report.freshness.timeouts
+    );
+    if let Some(r) = &report.reconciliation {
+        let _ = writeln!(
+            out,
+            "Reconciliation:\n\n```json\n{}\n```\n",
+            serde_json::to_string_pretty(r).unwrap_or_default()
+        );
+    }
+    if !report.thresholds.is_empty() {
+        out.push_str("| threshold | value | result |\n|---|---:|---|\n");
+        for t in &report.thresholds {
+            let _ = writeln!(
+                out,
+                "| {} | {:.3} | {} |",
+                t.threshold,
+                t.value,
+                if t.passed { "passed" } else { "**failed**" }
+            );
+        }
+    }
+    if let Some(prev) = previous {
+        let _ = writeln!(out, "\nCompared with run {:x}:\n", prev.run_id);
+        for line in compare(report, prev) {
+            let _ = writeln!(out, "- {line}");
+        }
+    }
+    out
+}
+
+/// A named, coloured series of (x, y) points.
+type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
+/// A line chart as inline SVG.
+#[allow(clippy::cast_precision_loss)]
+fn chart(title: &str, unit: &str, series: &[Series<'_>]) -> String {
+    let (w, h, left, bottom, top, right) = (720.0, 260.0, 60.0, 30.0, 28.0, 110.0);
+    let xs = series.iter().flat_map(|s| s.2.iter().map(|p| p.0));
+    let x_max = xs.clone().fold(1.0_f64, f64::max);
+    let y_max = series
+        .iter()
+        .flat_map(|s| s.2.iter().map(|p| p.1))
+        .filter(|v| v.is_finite())
+        .fold(0.0_f64, f64::max)
+        .max(1e-9)
+        * 1.1;
+    let px = |x: f64| left + (x / x_max) * (w - left - right);
+    let py = |y: f64| h - bottom - (y / y_max) * (h - bottom - top);
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{title}\">\
+         <rect width=\"100%\" height=\"100%\" fill=\"#fff\"/>\
+         <text x=\"{left}\" y=\"18\" font-size=\"14\" font-family=\"sans-serif\" font-weight=\"bold\">{title}</text>"
+    );
+    for i in 0..=4 {
+        let y = y_max * f64::from(i) / 4.0;
+        let _ = write!(
+            svg,
+            "<line x1=\"{left}\" x2=\"{}\" y1=\"{py:.1}\" y2=\"{py:.1}\" stroke=\"#ddd\"/>\
+             <text x=\"{}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"end\" font-family=\"sans-serif\">{:.1}{unit}</text>",
+            w - right,
+            left - 4.0,
+            py(y) + 3.0,
+            y,
+            py = py(y)
+        );
+    }
+    for i in 0..=5 {
+        let x = x_max * f64::from(i) / 5.0;
+        let _ = write!(
+            svg,
+            "<text x=\"{:.1}\" y=\"{}\" font-size=\"10\" text-anchor=\"middle\" font-family=\"sans-serif\">{:.0}s</text>",
+            px(x),
+            h - 10.0,
+            x
+        );
+    }
+    for (i, (name, color, points)) in series.iter().enumerate() {
+        let path: Vec<String> = points
+            .iter()
+            .filter(|p| p.1.is_finite())
+            .map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y)))
+            .collect();
+        if points.len() > 1 && *name != "samples" {
+            let _ = write!(
+                svg,
+                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.8\" points=\"{}\"/>",
+                path.join(" ")
+            );
+        } else {
+            for p in &path {
+                let (x, y) = p.split_once(',').unwrap_or(("0", "0"));
+                let _ = write!(
+                    svg,
+                    "<circle cx=\"{x}\" cy=\"{y}\" r=\"2.5\" fill=\"{color}\"/>"
+                );
+            }
+        }
+        let _ = write!(
+            svg,
+            "<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{color}\"/>\
+             <text x=\"{}\" y=\"{}\" font-size=\"11\" font-family=\"sans-serif\">{name}</text>",
+            w - right + 10.0,
+            top + 16.0 * i as f64,
+            w - right + 24.0,
+            top + 16.0 * i as f64 + 9.0
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+#[allow(clippy::cast_precision_loss)]
+fn html(report: &RunReport, previous: Option<&RunReport>) -> String {
+    let t = &report.timeline;
+    let throughput = chart(
+        "Throughput (requests per second)",
+        "",
+        &[
+            (
+                "ok",
+                "#2b7bb9",
+                t.iter().map(|p| (p.t, p.ok as f64)).collect(),
+            ),
+            (
+                "errors",
+                "#d62728",
+                t.iter().map(|p| (p.t, p.errors as f64)).collect(),
+            ),
+        ],
+    );
+    let latency = chart(
+        "Latency from scheduled start (ms)",
+        "",
+        &[
+            (
+                "p50",
+                "#2ca02c",
+                t.iter().map(|p| (p.t, p.p50_ms)).collect(),
+            ),
+            (
+                "p99",
+                "#ff7f0e",
+                t.iter().map(|p| (p.t, p.p99_ms)).collect(),
+            ),
+        ],
+    );
+    let freshness = chart(
+        "Freshness: POST to queryable (ms)",
+        "",
+        &[("samples", "#9467bd", report.freshness.points.clone())],
+    );
+    let memory = if report.memory_mib.is_empty() {
+        String::new()
+    } else {
+        chart(
+            "salesflow resident memory (MiB)",
+            "",
+            &[("rss", "#8c564b", report.memory_mib.clone())],
+        )
+    };
+    let md = markdown(report, previous);
+    let mut body = String::new();
+    let mut in_code = false;
+    for line in md.lines() {
+        if line.starts_with("```") {
+            body.push_str(if in_code { "</pre>\n" } else { "<pre>" });
+            in_code = !in_code;
+        } else if in_code {
+            let _ = writeln!(body, "{}", escape(line));
+        } else if let Some(title) = line.strip_prefix("# ") {
+            let _ = writeln!(body, "<h1>{}</h1>", escape(title));
+        } else if line.starts_with('|') {
+            if line.contains("---") {
+                continue;
+            }
+            let cells: Vec<String> = line
+                .trim_matches('|')
+                .split('|')
+                .map(|c| format!("<td>{}</td>", escape(c.trim())))
+                .collect();
+            let _ = writeln!(body, "<tr>{}</tr>", cells.join(""));
+        } else if !line.trim().is_empty() {
+            let _ = writeln!(body, "<p>{}</p>", escape(line));
+        }
+    }
+    let body = body
+        .replace("</p>\n<tr>", "</p>\n<table><tr>")
+        .replace("</tr>\n<p>", "</tr></table>\n<p>");
+    format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>salesflow load: {}</title>\
+         <style>body{{font-family:sans-serif;max-width:980px;margin:24px auto;color:#222}}table{{border-collapse:collapse;margin:12px 0}}\
+         td{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}tr:first-child td{{font-weight:bold;background:#f4f4f4}}svg{{margin:8px 0;border:1px solid #eee}}</style>\
+         </head><body>{body}<h2>Charts</h2>{throughput}{latency}{freshness}{memory}</body></html>\n",
+        escape(&report.profile)
+    )
+}
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+pub fn load_previous(path: &Path) -> Result<RunReport> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not a load report", path.display()))
+}
+
+/// Writes the JSON, Markdown and HTML reports; returns their paths.
+pub fn write(dir: &Path, report: &RunReport, previous: Option<&RunReport>) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let stem = format!("{}-{:x}", report.profile, report.run_id);
+    let json = dir.join(format!("{stem}.json"));
+    std::fs::write(&json, serde_json::to_string_pretty(report)?)?;
+    let md = dir.join(format!("{stem}.md"));
+    std::fs::write(&md, markdown(report, previous))?;
+    let page = dir.join(format!("{stem}.html"));
+    std::fs::write(&page, html(report, previous))?;
+    Ok(vec![json, md, page])
+}
