@@ -5,6 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// mimalloc: fewer cycles per allocation than glibc's malloc on the hot paths (bodies,
+/// events, batches) and less fragmentation, so resident memory stays lower and flatter.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "salesflow",
@@ -57,6 +62,9 @@ enum Command {
         /// The API base URL (default: the profile's).
         #[arg(long)]
         target: Option<String>,
+        /// The Query API base URL, when it is served elsewhere than `--target`.
+        #[arg(long)]
+        query: Option<String>,
         /// Compare with a previous JSON report.
         #[arg(long)]
         compare: Option<PathBuf>,
@@ -103,12 +111,14 @@ fn main() -> ExitCode {
     if let Command::Load {
         profile,
         target,
+        query,
         compare,
         monitor,
     } = &cli.command
     {
         let options = salesflow_load::Options {
             target: target.clone(),
+            query: query.clone(),
             compare: compare.clone(),
             monitor: monitor.clone(),
             ..salesflow_load::Options::default()

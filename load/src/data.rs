@@ -54,6 +54,8 @@ pub struct Generator {
     pub carts: Vec<Cart>,
     settings: Data,
     sent: u64,
+    /// Orders generated per cart, to stay under `max_orders_per_cart`.
+    per_cart: Vec<u32>,
 }
 
 impl Generator {
@@ -87,16 +89,22 @@ impl Generator {
             rng,
             zipf,
             carts,
+            per_cart: vec![0; settings.carts],
             settings: settings.clone(),
             sent: 0,
         }
     }
 
-    /// A cart, popular ones more often.
+    /// A cart, popular ones more often; a full cart (`max_orders_per_cart`) gives its
+    /// turn to the next one.
     pub fn pick_cart(&mut self) -> usize {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let k = self.zipf.sample(&mut self.rng) as usize;
-        k.saturating_sub(1).min(self.carts.len() - 1)
+        let first = k.saturating_sub(1).min(self.carts.len() - 1);
+        (0..self.carts.len())
+            .map(|step| (first + step) % self.carts.len())
+            .find(|&c| self.per_cart[c] < self.settings.max_orders_per_cart)
+            .unwrap_or(first)
     }
 
     pub fn chance(&mut self, share: f64) -> bool {
@@ -119,6 +127,7 @@ impl Generator {
 
     pub fn order_for(&mut self, cart_index: usize) -> GeneratedOrder {
         self.sent += 1;
+        self.per_cart[cart_index] += 1;
         let cart = self.carts[cart_index].clone();
         let quantity: u32 = self.rng.random_range(1..=5);
         let amount = self.money(50_000);

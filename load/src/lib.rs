@@ -34,6 +34,8 @@ pub struct Options {
     pub report_dir: Option<PathBuf>,
     /// The Command and Query API base URL (overrides the profile's).
     pub target: Option<String>,
+    /// The Query API base URL, when it is served elsewhere than `target`.
+    pub query: Option<String>,
     /// A salesflow `/metrics` URL whose resident memory is sampled during the run.
     pub monitor: Option<String>,
 }
@@ -101,6 +103,9 @@ pub async fn run(path: &Path, options: &Options) -> Result<Outcome> {
     if let Some(target) = &options.target {
         profile.target.command_api.clone_from(target);
         profile.target.query_api.clone_from(target);
+    }
+    if let Some(query) = &options.query {
+        profile.target.query_api.clone_from(query);
     }
     let run_id = options
         .run_id

@@ -26,6 +26,9 @@ struct Cli {
     /// The API base URL, e.g. `http://127.0.0.1:8080`.
     #[arg(long)]
     target: Option<String>,
+    /// The Query API base URL, when it is served elsewhere than `--target`.
+    #[arg(long)]
+    query: Option<String>,
     /// A salesflow /metrics URL to sample resident memory from.
     #[arg(long)]
     monitor: Option<String>,
@@ -42,6 +45,7 @@ fn main() -> ExitCode {
         compare: cli.compare,
         report_dir: cli.report_dir,
         target: cli.target,
+        query: cli.query,
         monitor: cli.monitor,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -119,6 +119,15 @@ pub struct Data {
     /// Share of single orders made invalid on purpose (must be refused with 400).
     #[serde(default)]
     pub invalid_share: f64,
+    /// Most orders one cart receives (the domain refuses a cart's 1001st order); a cart
+    /// that has them is not picked again. Real carts hold a handful; every cart update
+    /// carries the whole cart, so very large carts make each order costlier downstream.
+    #[serde(default = "default_max_orders_per_cart")]
+    pub max_orders_per_cart: u32,
+}
+
+fn default_max_orders_per_cart() -> u32 {
+    50
 }
 
 fn default_carts() -> usize {
@@ -143,6 +152,7 @@ impl Default for Data {
             batch_size: default_batch_size(),
             duplicate_share: 0.0,
             invalid_share: 0.0,
+            max_orders_per_cart: default_max_orders_per_cart(),
         }
     }
 }
@@ -402,6 +412,9 @@ impl Profile {
         }
         if self.data.carts == 0 || self.data.currencies.is_empty() || self.data.batch_size == 0 {
             bail!("data: carts, currencies and batch_size must not be empty or zero");
+        }
+        if !(1..=1000).contains(&self.data.max_orders_per_cart) {
+            bail!("data.max_orders_per_cart: between 1 and 1000 (the cart's own limit)");
         }
         for t in &self.thresholds {
             if t.below.is_none() == t.above.is_none() {

@@ -95,7 +95,15 @@ impl Client {
                 body.push(Bytes::from(action.to_string()));
                 body.push(d.source.clone());
             }
-            let response = self.es.bulk(BulkParts::None).body(body).send().await;
+            // Only what is read back: a bulk response otherwise repeats every document's
+            // index, id, version, shards and sequence number.
+            let response = self
+                .es
+                .bulk(BulkParts::None)
+                .filter_path(&["errors", "items.*.status", "items.*.error"])
+                .body(body)
+                .send()
+                .await;
             let retry: Vec<usize> = match response {
                 Err(e) => {
                     if give_up {

@@ -38,6 +38,10 @@ pub struct KafkaSourceSettings {
     /// Most records in one batch (Kafka's `max.poll.records`).
     #[serde(default = "default_max_batch_records")]
     pub max_batch_records: usize,
+    /// Most payload bytes in one batch: a batch closes at whichever limit comes first, so
+    /// large records (a big cart's update) do not multiply memory by `max_batch_records`.
+    #[serde(default = "default_max_batch_bytes")]
+    pub max_batch_bytes: usize,
     /// `fetch.min.bytes`: the broker waits for this much data before answering a fetch.
     #[serde(default = "default_fetch_min_bytes")]
     pub fetch_min_bytes: u32,
@@ -71,6 +75,9 @@ pub struct KafkaSourceSettings {
 
 fn default_statistics_interval_ms() -> u32 {
     5000
+}
+fn default_max_batch_bytes() -> usize {
+    4 << 20
 }
 fn default_max_batch_records() -> usize {
     500
@@ -134,6 +141,12 @@ impl Settings for KafkaSourceSettings {
                 "must be between 1 and 1000000",
             ));
         }
+        if !(1024..=1 << 30).contains(&self.max_batch_bytes) {
+            return Err(ConfigError::at(
+                &["max_batch_bytes"],
+                "must be between 1024 (1 KiB) and 1073741824 (1 GiB)",
+            ));
+        }
         if self.commit_interval.is_zero() {
             return Err(ConfigError::at(
                 &["commit_interval"],
@@ -162,7 +175,7 @@ impl KafkaSourceSettings {
             .set("session.timeout.ms", self.session_timeout_ms.to_string())
             // Bound what librdkafka prefetches per partition: backpressure reaches the
             // broker instead of filling memory.
-            .set("queued.max.messages.kbytes", "16384")
+            .set("queued.max.messages.kbytes", "4096")
             .set(
                 "statistics.interval.ms",
                 self.statistics_interval_ms.to_string(),
@@ -303,6 +316,9 @@ impl KafkaSinkSettings {
             .set("acks", "all")
             // Small produce requests must not wait for Nagle's algorithm.
             .set("socket.nagle.disable", "true")
+            // Bound what waits in the producer (librdkafka's default is 1 GiB): past it a
+            // write waits for room, which is backpressure.
+            .set("queue.buffering.max.kbytes", "32768")
             .set("linger.ms", self.linger_ms.to_string())
             .set("batch.size", self.batch_size.to_string())
             .set("batch.num.messages", self.batch_num_messages.to_string())
@@ -396,6 +412,7 @@ mod tests {
             Some("cooperative-sticky")
         );
         assert_eq!(s.max_batch_records, 500);
+        assert_eq!(s.max_batch_bytes, 4 << 20);
     }
 
     #[test]

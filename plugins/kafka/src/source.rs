@@ -7,9 +7,9 @@
 //!   `commit_interval`;
 //! - when a partition is assigned, its messages are split into their own queue and a
 //!   task reads it: it groups what is available into a batch of up to
-//!   `max_batch_records`, sends it downstream on the partition's lane (waiting while the
-//!   lane's bounded channel is full — backpressure), and tracks the batch's
-//!   acknowledgement;
+//!   `max_batch_records` or `max_batch_bytes`, sends it downstream on the partition's
+//!   lane (waiting while the lane's bounded channel is full — backpressure), and tracks
+//!   the batch's acknowledgement;
 //! - when a partition is revoked, the rebalance callback stops its task, lets it drain
 //!   (its in-flight batches acknowledged, up to `drain_timeout`), and commits its final
 //!   offset synchronously before the partition moves to another member.
@@ -519,6 +519,7 @@ impl PartitionTask {
         let key: PartitionKey = (Arc::clone(&self.topic), self.partition);
         let lane = self.shared.lane(&self.topic, self.partition);
         let max = self.shared.settings.max_batch_records;
+        let max_bytes = self.shared.settings.max_batch_bytes;
         let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<(u64, Status)>();
         let mut tracker = OffsetTracker::default();
 
@@ -537,14 +538,16 @@ impl PartitionTask {
                         }
                     };
                     let mut last = offset_of(&first);
+                    let mut bytes = first.payload.len();
                     let mut events = Vec::with_capacity(max.min(1024));
                     events.push(first);
-                    // Take what is already fetched, up to the batch limit, without waiting.
-                    while events.len() < max {
+                    // Take what is already fetched, up to the batch limits, without waiting.
+                    while events.len() < max && bytes < max_bytes {
                         match self.queue.recv().now_or_never() {
                             Some(Ok(m)) => {
                                 let event = to_event(&m, &self.topic, self.assignment);
                                 last = offset_of(&event);
+                                bytes += event.payload.len();
                                 events.push(event);
                             }
                             Some(Err(e)) => {

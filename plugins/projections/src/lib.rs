@@ -7,6 +7,7 @@ mod replay;
 
 pub use replay::{ReplayReport, replay};
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use salesflow_plugin_api::bytes::Bytes;
@@ -93,6 +94,31 @@ struct Updated {
     cart: Cart,
 }
 
+/// Just enough of a `CartUpdated` to see which cart and version it carries.
+#[derive(Deserialize)]
+struct Header {
+    cart: CartHeader,
+}
+
+#[derive(Deserialize)]
+struct CartHeader {
+    cart_id: uuid::Uuid,
+    version: u64,
+}
+
+/// A record of `cart-events` that is not a cart update, marked for the dead-letter output.
+fn not_an_update(mut event: Event, e: &serde_json::Error) -> Event {
+    event.headers.push((
+        "salesflow.error".into(),
+        Bytes::from(format!("not a cart update: {e}")),
+    ));
+    event.headers.push((
+        "salesflow.origin".into(),
+        Bytes::from(event.origin.describe()),
+    ));
+    event
+}
+
 /// A document event for the elasticsearch sink.
 pub fn document(index: &str, cart: &Cart, source: &serde_json::Value, like: &Event) -> Event {
     Event {
@@ -117,9 +143,36 @@ impl Stage for ReadModels {
         let Batch {
             events, acks, lane, ..
         } = batch;
-        let mut docs = Vec::with_capacity(events.len() * 2);
+        // Every update carries the whole cart, so only the newest version of each cart in
+        // the batch needs documents: the older ones would be superseded (external
+        // versions) in the same bulk request anyway.
+        let mut newest: HashMap<uuid::Uuid, (u64, usize)> = HashMap::with_capacity(events.len());
         let mut rejected = Vec::new();
+        let mut parsed = Vec::with_capacity(events.len());
         for event in events {
+            match serde_json::from_slice::<Header>(&event.payload) {
+                Ok(Header { cart }) => {
+                    let index = parsed.len();
+                    newest
+                        .entry(cart.cart_id)
+                        .and_modify(|best| {
+                            if cart.version >= best.0 {
+                                *best = (cart.version, index);
+                            }
+                        })
+                        .or_insert((cart.version, index));
+                    parsed.push(Some(event));
+                }
+                Err(e) => rejected.push(not_an_update(event, &e)),
+            }
+        }
+        let mut winners: Vec<usize> = newest.into_values().map(|(_, index)| index).collect();
+        winners.sort_unstable();
+        let mut docs = Vec::with_capacity(winners.len() * 2);
+        for index in winners {
+            let Some(event) = parsed[index].take() else {
+                continue;
+            };
             match serde_json::from_slice::<Updated>(&event.payload) {
                 Ok(Updated { cart }) => {
                     docs.push(document(
@@ -135,18 +188,7 @@ impl Stage for ReadModels {
                         &event,
                     ));
                 }
-                Err(e) => {
-                    let mut event = event;
-                    event.headers.push((
-                        "salesflow.error".into(),
-                        Bytes::from(format!("not a cart update: {e}")),
-                    ));
-                    event.headers.push((
-                        "salesflow.origin".into(),
-                        Bytes::from(event.origin.describe()),
-                    ));
-                    rejected.push(event);
-                }
+                Err(e) => rejected.push(not_an_update(event, &e)),
             }
         }
         if rejected.is_empty() {
@@ -158,5 +200,75 @@ impl Stage for ReadModels {
             out.push(Batch::new(rejected, acks, lane).to_output("rejected"));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use salesflow_plugin_api::AckSet;
+    use serde_json::json;
+
+    use super::*;
+
+    fn update(cart_id: &str, version: u64) -> Event {
+        let cart = json!({
+            "cart_id": cart_id, "version": version, "user_id": "u", "currency": "EUR",
+            "created_at": "2026-11-26T00:00:00Z", "updated_at": "2026-11-26T00:00:00Z",
+            "payment_method": "card", "shipping_address": "a", "billing_address": "b",
+            "shipping_method": "post", "tax_amount": "0", "subtotal": "0",
+            "discounts": "0", "items": []
+        });
+        Event::new(json!({ "event": null, "cart": cart }).to_string()).with_key(cart_id.to_owned())
+    }
+
+    fn versions(batch: &Batch) -> Vec<(String, String, String)> {
+        let text = |e: &Event, h: &str| String::from_utf8_lossy(e.header(h).unwrap()).into_owned();
+        batch
+            .events
+            .iter()
+            .map(|e| {
+                (
+                    text(e, "salesflow.index"),
+                    text(e, "salesflow.id"),
+                    text(e, "salesflow.version"),
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn only_the_newest_version_of_each_cart_becomes_documents() {
+        let a = "00000000-0000-0000-0000-00000000000a";
+        let b = "00000000-0000-0000-0000-00000000000b";
+        let events = vec![
+            update(a, 1),
+            update(b, 7),
+            update(a, 3),
+            Event::new("not json"),
+            update(a, 2),
+        ];
+        let mut stage = ReadModels(Arc::new(ReadModelSettings {
+            detailed_alias: "d".into(),
+            summary_alias: "s".into(),
+        }));
+        let mut out = Vec::new();
+        stage
+            .process(Batch::new(events, AckSet::none(), 0), &mut out)
+            .await
+            .unwrap();
+        assert_eq!(out.len(), 2, "documents and rejected");
+        assert_eq!(
+            versions(&out[0]),
+            vec![
+                ("d".into(), b.into(), "7".into()),
+                ("s".into(), b.into(), "7".into()),
+                ("d".into(), a.into(), "3".into()),
+                ("s".into(), a.into(), "3".into()),
+            ]
+        );
+        assert_eq!(out[1].output, Some("rejected"));
+        assert_eq!(out[1].events.len(), 1);
+        let error = out[1].events[0].header("salesflow.error").unwrap();
+        assert!(String::from_utf8_lossy(error).starts_with("not a cart update"));
     }
 }

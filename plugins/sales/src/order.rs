@@ -61,12 +61,13 @@ impl OrderValidator {
         Ok(Self { validator })
     }
 
-    /// The order, or every problem with it (`field: why`), sorted by field.
-    pub fn validate(&self, payload: &[u8]) -> Result<Order, Vec<String>> {
-        let value: serde_json::Value = serde_json::from_slice(payload)
-            .map_err(|e| vec![format!("(body): not valid JSON: {e}")])?;
+    /// Every way `value` breaks the schema (`field: why`), sorted; empty when it holds.
+    fn schema_problems(&self, value: &serde_json::Value) -> Vec<String> {
+        if self.validator.is_valid(value) {
+            return Vec::new();
+        }
         let mut problems: Vec<String> = Vec::new();
-        for error in self.validator.iter_errors(&value) {
+        for error in self.validator.iter_errors(value) {
             let path = error.instance_path.to_string();
             let field = path.trim_start_matches('/').to_owned();
             let message = if MONEY_FIELDS.contains(&field.as_str()) {
@@ -83,25 +84,68 @@ impl OrderValidator {
             };
             problems.push(format!("{field}: {message}"));
         }
-        if !problems.is_empty() {
-            problems.sort();
-            problems.dedup();
-            return Err(problems);
-        }
-        // The schema holds: now read the money exactly, from the JSON text itself.
-        let raw: HashMap<String, &RawValue> =
-            serde_json::from_slice(payload).map_err(|e| vec![format!("(body): {e}")])?;
+        problems.sort();
+        problems.dedup();
+        problems
+    }
+
+    /// The four amounts, exactly: a string is exact by the schema's pattern; a number is
+    /// read from its digits in the JSON text.
+    fn money(value: &serde_json::Value, payload: &[u8]) -> Result<[Decimal; 4], Vec<String>> {
         let mut money = [Decimal::ZERO; 4];
+        let mut raw: Option<HashMap<String, &RawValue>> = None;
+        let mut problems = Vec::new();
         for (slot, field) in money.iter_mut().zip(MONEY_FIELDS) {
-            match raw.get(field).map(|v| exact_decimal(v.get())) {
-                Some(Ok(d)) => *slot = d,
-                Some(Err(why)) => problems.push(format!("{field}: {why}")),
-                None => problems.push(format!("{field}: is required")),
+            let text = match &value[field] {
+                serde_json::Value::String(s) => Ok(s.clone()),
+                serde_json::Value::Null => Err("is required".to_owned()),
+                _ => {
+                    if raw.is_none() {
+                        raw = Some(
+                            serde_json::from_slice(payload)
+                                .map_err(|e| vec![format!("(body): {e}")])?,
+                        );
+                    }
+                    raw.as_ref()
+                        .and_then(|r| r.get(field))
+                        .map(|v| v.get().to_owned())
+                        .ok_or_else(|| "is required".to_owned())
+                }
+            };
+            match text.and_then(|t| exact_decimal(&t)) {
+                Ok(d) => *slot = d,
+                Err(why) => problems.push(format!("{field}: {why}")),
             }
         }
+        if problems.is_empty() {
+            Ok(money)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Checks an order without building it: its cart id, or every problem with it.
+    pub fn check(&self, payload: &[u8]) -> Result<Uuid, Vec<String>> {
+        let value: serde_json::Value = serde_json::from_slice(payload)
+            .map_err(|e| vec![format!("(body): not valid JSON: {e}")])?;
+        let problems = self.schema_problems(&value);
         if !problems.is_empty() {
             return Err(problems);
         }
+        Self::money(&value, payload)?;
+        Uuid::parse_str(value["cart_id"].as_str().unwrap_or_default())
+            .map_err(|_| vec!["cart_id: not a UUID although the schema holds".to_owned()])
+    }
+
+    /// The order, or every problem with it (`field: why`), sorted by field.
+    pub fn validate(&self, payload: &[u8]) -> Result<Order, Vec<String>> {
+        let value: serde_json::Value = serde_json::from_slice(payload)
+            .map_err(|e| vec![format!("(body): not valid JSON: {e}")])?;
+        let problems = self.schema_problems(&value);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let money = Self::money(&value, payload)?;
         let text = |name: &str| value[name].as_str().unwrap_or_default().to_owned();
         let uuid = |name: &str| Uuid::parse_str(value[name].as_str().unwrap_or_default());
         let created_at =

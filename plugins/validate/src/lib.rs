@@ -150,9 +150,9 @@ impl Stage for Validate {
         let mut invalid = Vec::new();
         let mut rejections = Vec::new();
         for (position, mut event) in events.into_iter().enumerate() {
-            match self.validator.validate(&event.payload) {
-                Ok(order) => {
-                    event.key = Some(Bytes::from(order.cart_id.to_string()));
+            match self.validator.check(&event.payload) {
+                Ok(cart_id) => {
+                    event.key = Some(Bytes::from(cart_id.to_string()));
                     valid.push(event);
                 }
                 Err(reasons) => {

@@ -1,0 +1,174 @@
+//! Cassandra: the event store's writes (what the event-store sink does with each batch)
+//! vs latte writing rows of the same shape with the same number of requests in flight.
+
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use salesflow_plugin_cassandra::{CassandraSettings, EventStore};
+use salesflow_sales::{CartEvent, Order};
+use uuid::Uuid;
+
+use crate::Row;
+use crate::common::{cassandra_nodes, repo};
+
+/// Requests in flight, for both.
+const IN_FLIGHT: usize = 64;
+/// Events per append (a domain batch reaching the sink).
+const BATCH: usize = 50;
+
+fn latte() -> std::path::PathBuf {
+    std::env::var_os("LATTE").map_or_else(
+        || {
+            std::env::var_os("HOME")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_default()
+                .join(".cache/salesflow/tools/bin/latte")
+        },
+        std::path::PathBuf::from,
+    )
+}
+
+fn event(n: u64) -> CartEvent {
+    let cart = Uuid::from_u64_pair(0x5a1e_5f10, n % 100_000);
+    CartEvent {
+        cart_id: cart,
+        seq: n + 1,
+        recorded_at: Utc::now(),
+        order: Order {
+            order_id: Uuid::new_v4(),
+            cart_id: cart,
+            user_id: "user-17".into(),
+            product_name: "trail running shoes".into(),
+            product_info: format!("lot {n}"),
+            quantity: 2,
+            payment_method: "card".into(),
+            shipping_address: "12 Harbour Road, Leeds".into(),
+            billing_address: "12 Mill Lane, York".into(),
+            amount: "119.90".parse().unwrap_or_default(),
+            discounts: "10.00".parse().unwrap_or_default(),
+            tax_amount: "21.98".parse().unwrap_or_default(),
+            subtotal: "251.78".parse().unwrap_or_default(),
+            shipping_method: "standard".into(),
+            currency: "EUR".into(),
+            seller_info: "Acme Outdoor".into(),
+            created_at: Utc::now(),
+        },
+    }
+}
+
+async fn ours(duration: Duration) -> Result<f64> {
+    let settings: CassandraSettings = toml::from_str(&format!(
+        "nodes = {:?}\nconcurrency = {}",
+        cassandra_nodes(),
+        IN_FLIGHT / 8
+    ))?;
+    let store = EventStore::connect(&settings)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let counter = Arc::new(AtomicU64::new(0));
+    let written = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    // 8 appends in flight, each with up to IN_FLIGHT / 8 partition writes at once.
+    for _ in 0..8 {
+        let (store, counter, written, stop) = (
+            store.clone(),
+            Arc::clone(&counter),
+            Arc::clone(&written),
+            Arc::clone(&stop),
+        );
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let base = counter.fetch_add(BATCH as u64, Ordering::Relaxed);
+                let events: Vec<CartEvent> = (0..BATCH as u64).map(|k| event(base + k)).collect();
+                store
+                    .append(&events)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                written.fetch_add(BATCH as u64, Ordering::Relaxed);
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await??;
+    }
+    #[allow(clippy::cast_precision_loss)]
+    Ok(written.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+fn run_latte(duration: Duration) -> Result<f64> {
+    let workload = repo().join("load/bench/latte/event_store.rn");
+    let node = cassandra_nodes()[0]
+        .split(':')
+        .next()
+        .unwrap_or("127.0.0.1")
+        .to_owned();
+    let dir = tempfile::tempdir()?;
+    let status = Command::new(latte())
+        .current_dir(dir.path())
+        .arg("schema")
+        .arg(&workload)
+        .arg(&node)
+        .status()
+        .with_context(|| {
+            format!(
+                "running {} (install: cargo install latte-cli --root ~/.cache/salesflow/tools)",
+                latte().display()
+            )
+        })?;
+    anyhow::ensure!(status.success(), "latte schema failed");
+    let report = dir.path().join("latte.json");
+    let out = Command::new(latte())
+        .current_dir(dir.path())
+        .arg("run")
+        .arg(&workload)
+        .args([
+            "-d",
+            &format!("{}s", duration.as_secs()),
+            "-t",
+            "1",
+            "-p",
+            &IN_FLIGHT.to_string(),
+            "-o",
+        ])
+        .arg(&report)
+        .arg(&node)
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "latte run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report)?)?;
+    json["result"]["cycle_throughput"]["value"]
+        .as_f64()
+        .context("latte's report has no throughput")
+}
+
+pub async fn run(duration: Duration) -> Result<Row> {
+    let ceiling = tokio::task::spawn_blocking(move || run_latte(duration)).await??;
+    let rate = ours(duration).await?;
+    println!("  latte {ceiling:.0} events/s; event store appends {rate:.0} events/s");
+    let mut row = Row::new(
+        "Cassandra writes",
+        "events/s",
+        rate,
+        ceiling,
+        Some(0.9),
+        "event store appends (the event-store sink's writes)",
+        "latte, same rows",
+    );
+    row.note = format!(
+        "an event is a cart_events row (~600 bytes of JSON) and its events_by_hour row; {IN_FLIGHT} requests in flight for both; \
+         appends of {BATCH} events, one unlogged batch per partition"
+    );
+    Ok(row)
+}

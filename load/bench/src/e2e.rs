@@ -1,0 +1,347 @@
+//! End to end: sustained orders/s from POST to queryable, with every lag drained, against
+//! the smallest ceiling; latency at half the sustainable rate; salesflow's memory.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::Row;
+use crate::common::{
+    Salesflow, drive, drop_isolated, isolated, isolated_topics, order, rss_mib, tag,
+};
+
+/// How many of an area's units one order costs: a Kafka record on `orders` and one on
+/// `cart-events`; two documents; one event; one request.
+pub fn events_per_order(area: &str) -> f64 {
+    match area {
+        "Kafka produce" | "Elasticsearch bulk" => 2.0,
+        _ => 1.0,
+    }
+}
+
+/// Per component: seconds spent processing (stages) or writing (sinks), and seconds
+/// its producers waited for room in its channels, from salesflow's own metrics.
+async fn busy(address: &str) -> std::collections::BTreeMap<String, (f64, f64)> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(response) = reqwest::get(format!("http://{address}/metrics")).await else {
+        return out;
+    };
+    let Ok(text) = response.text().await else {
+        return out;
+    };
+    let label = |l: &str, k: &str| -> Option<String> {
+        let start = l.find(&format!("{k}=\""))? + k.len() + 2;
+        Some(l[start..start + l[start..].find('"')?].to_owned())
+    };
+    for l in text.lines() {
+        let value = l
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        let key = || {
+            Some(format!(
+                "{}/{}",
+                label(l, "pipeline")?,
+                label(l, "component")?
+            ))
+        };
+        if l.starts_with("salesflow_processing_seconds_sum{")
+            && let Some(k) = key()
+        {
+            out.entry(k).or_insert((0.0, 0.0)).0 += value;
+        } else if l.starts_with("salesflow_send_wait_seconds_total{")
+            && let Some(k) = key()
+        {
+            out.entry(k).or_insert((0.0, 0.0)).1 += value;
+        }
+    }
+    out
+}
+
+async fn busy_all(addresses: &[&str]) -> std::collections::BTreeMap<String, (f64, f64)> {
+    let mut all = std::collections::BTreeMap::new();
+    for a in addresses {
+        all.extend(busy(a).await);
+    }
+    all
+}
+
+/// Waits until every consumer's lag is 0 (twice in a row).
+async fn drained(consumers: &[String]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut zero = 0;
+    while zero < 2 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut total = 0.0;
+        let mut known = true;
+        for c in consumers {
+            match lag(c).await {
+                Some(l) => total += l,
+                None => known = false,
+            }
+        }
+        zero = if known && total == 0.0 { zero + 1 } else { 0 };
+        anyhow::ensure!(Instant::now() < deadline, "the pipelines did not catch up");
+    }
+    Ok(())
+}
+
+async fn lag(address: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{address}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("salesflow_kafka_consumer_lag{"))
+        .collect();
+    if lines.is_empty() {
+        return None;
+    }
+    Some(
+        lines
+            .iter()
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum(),
+    )
+}
+
+pub async fn run(
+    clients: usize,
+    duration: Duration,
+    ceilings: &[(String, f64)],
+) -> Result<(Row, Vec<(String, String)>)> {
+    let t = tag();
+    isolated_topics(&t).await?;
+    let mut sets = isolated(&t);
+    for source in [
+        "pipelines.domain.sources.orders",
+        "pipelines.projections.sources.cart-events",
+    ] {
+        sets.push(format!("{source}.statistics_interval_ms=1000"));
+    }
+    // As in production: one process per pipeline.
+    let mut processes = Vec::new();
+    for pipeline in ["command-api", "domain", "projections", "query-api"] {
+        processes.push((pipeline, Salesflow::start(&[pipeline], &sets).await?));
+    }
+    let address = processes[0].1.address.clone();
+    let query = processes[3].1.address.clone();
+    let consumers = [
+        processes[1].1.address.clone(),
+        processes[2].1.address.clone(),
+    ];
+    let pids: Vec<(&str, u32)> = processes.iter().map(|(p, s)| (*p, s.pid())).collect();
+    let mut figures = Vec::new();
+
+    // Sustained: batches of 20 orders over 5000 carts, back to back, then drain.
+    let carts: Vec<Uuid> = (0..5000).map(|_| Uuid::new_v4()).collect();
+    let batch = move |n: u64| -> Value {
+        let orders: Vec<Value> = (0..20)
+            .map(|k| {
+                let i = usize::try_from((n * 20 + k) % 5000).unwrap_or(0);
+                order(carts[i], &format!("user-{i}"), n * 20 + k)
+            })
+            .collect();
+        Value::Array(orders)
+    };
+    let sampler = tokio::spawn(async move {
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); pids.len()];
+        loop {
+            let now: Vec<f64> = pids.iter().map(|(_, pid)| rss_mib(*pid)).collect();
+            if now.iter().all(|m| *m == 0.0) {
+                return (pids, samples);
+            }
+            for (s, m) in samples.iter_mut().zip(now) {
+                if m > 0.0 {
+                    s.push(m);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    });
+    let before = busy_all(&[&address, &consumers[0], &consumers[1]]).await;
+    let started = Instant::now();
+    let posted = drive(
+        &format!("http://{address}/orders/batch"),
+        clients / 4 + 1,
+        duration,
+        batch,
+    )
+    .await?;
+    let orders = (posted.requests - posted.errors) * 20;
+    let post_seconds = started.elapsed().as_secs_f64();
+    drained(&consumers).await?;
+    let total_seconds = started.elapsed().as_secs_f64() - 0.5;
+    // Where the time went: each component's busy time per second of the run (over all
+    // its lanes), and how long its upstream waited for room in its channels.
+    let after = busy_all(&[&address, &consumers[0], &consumers[1]]).await;
+    let mut shares: Vec<(String, f64, f64)> = after
+        .iter()
+        .map(|(k, (p, w))| {
+            let (p0, w0) = before.get(k).copied().unwrap_or((0.0, 0.0));
+            (
+                k.clone(),
+                (p - p0) / total_seconds,
+                (w - w0) / total_seconds,
+            )
+        })
+        .collect();
+    shares.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let bottleneck: Vec<String> = shares
+        .iter()
+        .take(4)
+        .map(|(k, p, w)| format!("{k} busy {p:.2} s/s, upstream waited {w:.2} s/s"))
+        .collect();
+    println!("  busiest: {}", bottleneck.join("; "));
+    #[allow(clippy::cast_precision_loss)]
+    let sustained = orders as f64 / total_seconds;
+    println!(
+        "  {orders} orders posted in {post_seconds:.1} s, all queryable after {total_seconds:.1} s: {sustained:.0} orders/s end to end"
+    );
+
+    // Single orders back to back, then drained: what the whole system sustains with
+    // single orders (the Command API alone takes them faster than the rest keeps up).
+    let single_carts: Vec<Uuid> = (0..5000).map(|_| Uuid::new_v4()).collect();
+    let started = Instant::now();
+    let single = drive(
+        &format!("http://{address}/orders"),
+        clients,
+        Duration::from_secs(10),
+        move |n| {
+            let i = usize::try_from(n % 5000).unwrap_or(0);
+            order(single_carts[i], &format!("single-{i}"), n)
+        },
+    )
+    .await?;
+    drained(&consumers).await?;
+    #[allow(clippy::cast_precision_loss)]
+    let single_sustained =
+        (single.requests - single.errors) as f64 / (started.elapsed().as_secs_f64() - 0.5);
+    let half = (single_sustained / 2.0).max(1.0);
+    println!(
+        "  single orders: accepted {:.0}/s, {single_sustained:.0}/s POST to queryable; latency at half: {half:.0}/s",
+        single.rps()
+    );
+
+    // Latency at half the sustainable single-order rate, with the load generator.
+    let dir = tempfile::tempdir()?;
+    let profile = dir.path().join("half.toml");
+    std::fs::write(
+        &profile,
+        format!(
+            r#"
+name = "half-rate"
+description = "Single orders at half the sustainable rate."
+warmup = "2s"
+[data]
+carts = 5000
+[[scenarios]]
+name = "post-order"
+kind = "post-order"
+weight = 1
+[[steps]]
+kind = "inject"
+rate = {half:.1}
+duration = "20s"
+[freshness]
+sample_every = 10
+[reconcile]
+enabled = true
+settle_timeout = "60s"
+"#
+        ),
+    )?;
+    let options = salesflow_load::Options {
+        target: Some(format!("http://{address}")),
+        query: Some(format!("http://{query}")),
+        report_dir: Some(dir.path().to_path_buf()),
+        ..salesflow_load::Options::default()
+    };
+    let outcome = salesflow_load::run(&profile, &options)
+        .await
+        .context("the half-rate load run")?;
+    let report = &outcome.report;
+    let (pids, rss_samples) = {
+        for (_, process) in processes {
+            process.stop();
+        }
+        sampler.await?
+    };
+    drop_isolated(&t).await;
+
+    let (smallest_area, smallest) = ceilings
+        .iter()
+        .cloned()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap_or_else(|| ("none measured".into(), 0.0));
+    figures.push((
+        "sustained orders/s, POST to queryable (batches of 20)".into(),
+        format!("{sustained:.0}"),
+    ));
+    figures.push((
+        "single orders/s, POST to queryable".into(),
+        format!("{single_sustained:.0} (accepted at {:.0}/s)", single.rps()),
+    ));
+    figures.push((
+        format!("p99 POST to 202 at {half:.0} orders/s (target < 10 ms)"),
+        format!("{:.1} ms", report.scenarios[0].p99_ms),
+    ));
+    figures.push((
+        format!("p50 POST to 202 at {half:.0} orders/s"),
+        format!("{:.1} ms", report.scenarios[0].p50_ms),
+    ));
+    figures.push((
+        format!("p99 POST to queryable at {half:.0} orders/s (target < 2 s)"),
+        format!("{:.0} ms", report.freshness.p99_ms),
+    ));
+    figures.push((
+        "p50 POST to queryable".into(),
+        format!("{:.0} ms", report.freshness.p50_ms),
+    ));
+    let reconciliation = report.reconciliation.clone().unwrap_or_default();
+    figures.push((
+        "half-rate run reconciliation".into(),
+        format!(
+            "{} accepted, lost {} / {}, duplicated {} / {}",
+            reconciliation["accepted"],
+            reconciliation["lost_read_model"],
+            reconciliation["lost_event_store"],
+            reconciliation["duplicated_read_model"],
+            reconciliation["duplicated_event_store"]
+        ),
+    ));
+    for ((pipeline, _), s) in pids.iter().zip(&rss_samples) {
+        let peak = s.iter().copied().fold(0.0, f64::max);
+        let quarter = s.get(s.len() / 4).copied().unwrap_or_default();
+        let last = s.last().copied().unwrap_or_default();
+        figures.push((
+            format!("resident memory of the {pipeline} process (target < 256 MiB)"),
+            format!("peak {peak:.0} MiB; a quarter in {quarter:.0} -> end {last:.0} MiB"),
+        ));
+    }
+    figures.push((
+        "smallest ceiling (orders/s)".into(),
+        format!("{smallest:.0} ({smallest_area})"),
+    ));
+    figures.push((
+        "busiest components in the sustained run (salesflow's metrics)".into(),
+        bottleneck.join("; "),
+    ));
+    let mut row = Row::new(
+        "End to end",
+        "orders/s",
+        sustained,
+        smallest,
+        Some(0.8),
+        "POST /orders/batch to queryable, lag drained",
+        &format!("smallest ceiling: {smallest_area}"),
+    );
+    row.note = "the ceilings are converted to orders/s: an order is one request, one event, two Kafka records and two documents".into();
+    Ok((row, figures))
+}

@@ -1,0 +1,81 @@
+//! HTTP ingest: the Command API vs a bare hyper server answering the same requests.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use axum::Json;
+use axum::http::StatusCode;
+use axum::routing::post;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::Row;
+use crate::common::{Salesflow, drive, drop_isolated, isolated, isolated_topics, order, tag};
+
+/// What a bare server does with an order: parse it and answer 202 with its id.
+async fn bare(Json(order): Json<Value>) -> (StatusCode, Json<Value>) {
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "accepted": 1, "ids": [order["order_id"]] })),
+    )
+}
+
+pub async fn run(clients: usize, duration: Duration) -> Result<Row> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let bare_address = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        let app = axum::Router::new().route("/orders", post(bare));
+        axum::serve(listener, app).await
+    });
+    let carts: Vec<Uuid> = (0..1000).map(|_| Uuid::new_v4()).collect();
+    let body = move |n: u64| {
+        let i = usize::try_from(n % 1000).unwrap_or(0);
+        order(carts[i], &format!("user-{i}"), n)
+    };
+    let ceiling = drive(
+        &format!("http://{bare_address}/orders"),
+        clients,
+        duration,
+        body.clone(),
+    )
+    .await?;
+    server.abort();
+
+    let t = tag();
+    isolated_topics(&t).await?;
+    let salesflow = Salesflow::start(&["command-api"], &isolated(&t)).await?;
+    let ours = drive(
+        &format!("http://{}/orders", salesflow.address),
+        clients,
+        duration,
+        body,
+    )
+    .await?;
+    salesflow.stop();
+    drop_isolated(&t).await;
+
+    println!(
+        "  bare hyper {:.0} req/s (p99 {:.1} ms); Command API {:.0} req/s (p99 {:.1} ms, {} errors)",
+        ceiling.rps(),
+        ceiling.p99_ms(),
+        ours.rps(),
+        ours.p99_ms(),
+        ours.errors
+    );
+    let mut row = Row::new(
+        "HTTP ingest",
+        "req/s",
+        ours.rps(),
+        ceiling.rps(),
+        Some(0.6),
+        "Command API: POST /orders -> validate -> Kafka acks=all",
+        "bare hyper server, same requests",
+    );
+    row.note = format!(
+        "{clients} closed-loop clients for {} s each; p99 {:.1} ms vs {:.1} ms",
+        duration.as_secs(),
+        ours.p99_ms(),
+        ceiling.p99_ms()
+    );
+    Ok(row)
+}

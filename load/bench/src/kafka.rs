@@ -1,0 +1,212 @@
+//! Kafka: a Kafka -> batch -> Kafka pipeline's produce rate vs `ProducerPerformance`.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+
+use crate::Row;
+use crate::common::{bootstrap, create_topics, delete_topics, repo, salesflow_bin, tag};
+
+const RECORDS: usize = 600_000;
+const SIZE: usize = 600;
+const PARTITIONS: i32 = 6;
+
+fn end_offsets(consumer: &BaseConsumer, topic: &str) -> i64 {
+    (0..PARTITIONS)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(5))
+                .map_or(0, |w| w.1)
+        })
+        .sum()
+}
+
+/// Kafka's own producer benchmark, with the sink's settings.
+fn producer_performance(topic: &str) -> Result<f64> {
+    let classpath = std::fs::read_to_string(repo().join(".stack/classpath/kafka.cp"))
+        .context("the local stack's Kafka classpath (scripts/stack up)")?;
+    let out = Command::new("java")
+        .args([
+            "-Xmx512m",
+            "-cp",
+            classpath.trim(),
+            "org.apache.kafka.tools.ProducerPerformance",
+        ])
+        .args([
+            "--topic",
+            topic,
+            "--num-records",
+            &RECORDS.to_string(),
+            "--record-size",
+            &SIZE.to_string(),
+        ])
+        .args(["--throughput", "-1", "--producer-props"])
+        .arg(format!("bootstrap.servers={}", bootstrap()))
+        .args([
+            "acks=all",
+            "enable.idempotence=true",
+            "linger.ms=5",
+            "batch.size=1000000",
+            "compression.type=lz4",
+        ])
+        .output()
+        .context("running ProducerPerformance")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "600000 records sent, 123456.7 records/sec (70.6 MB/sec), ..."
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("records sent"))
+        .with_context(|| {
+            format!(
+                "unexpected ProducerPerformance output: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    let rate = line
+        .split(',')
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .context("parsing the rate")?;
+    Ok(rate)
+}
+
+fn preload(topic: &str) -> Result<()> {
+    let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4")
+        .create()?;
+    let pad = "x".repeat(SIZE - 60);
+    for i in 0..RECORDS {
+        let key = format!("cart-{}", i % 1000);
+        let payload = format!("{{\"n\":{i},\"cart_id\":\"{key}\",\"pad\":\"{pad}\"}}");
+        let mut record = BaseRecord::to(topic).key(&key).payload(&payload);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60))?;
+    Ok(())
+}
+
+/// The relay pipeline's steady output rate (10 % to 90 % of the records).
+fn relay(input: &str, output: &str) -> Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("pipeline.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[log]
+level = "warn"
+
+[kafka]
+bootstrap_servers = "{b}"
+
+[pipelines.relay.sources.in]
+type = "kafka"
+topics = ["{input}"]
+group_id = "{input}-relay"
+max_batch_records = 500
+
+[pipelines.relay.stages.batch]
+type = "batch"
+inputs = ["in"]
+max_events = 500
+max_wait = "5ms"
+lanes = {PARTITIONS}
+
+[pipelines.relay.sinks.out]
+type = "kafka"
+inputs = ["batch"]
+topic = "{output}"
+lanes = {PARTITIONS}
+concurrency = 8
+"#,
+            b = bootstrap()
+        ),
+    )?;
+    let mut child = Command::new(salesflow_bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["--set", "server.address=127.0.0.1:0", "run"])
+        .spawn()
+        .context("starting salesflow")?;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()?;
+    let total = i64::try_from(RECORDS)?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut start = None;
+    let rate = loop {
+        let n = end_offsets(&consumer, output);
+        let now = Instant::now();
+        if n >= total / 10 && start.is_none() {
+            start = Some((now, n));
+        }
+        if n >= total * 9 / 10 {
+            let (t0, n0) = start.context("no start")?;
+            #[allow(clippy::cast_precision_loss)]
+            break (n - n0) as f64 / (now - t0).as_secs_f64();
+        }
+        if now > deadline {
+            let _ = child.kill();
+            bail!("the relay did not finish");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let _ = child.wait();
+    Ok(rate)
+}
+
+pub async fn run() -> Result<Row> {
+    let t = tag();
+    let (perf, input, output) = (format!("{t}-perf"), format!("{t}-in"), format!("{t}-out"));
+    create_topics(&[&perf, &input, &output], PARTITIONS).await?;
+    let ceiling = tokio::task::spawn_blocking({
+        let perf = perf.clone();
+        move || producer_performance(&perf)
+    })
+    .await??;
+    tokio::task::spawn_blocking({
+        let input = input.clone();
+        move || preload(&input)
+    })
+    .await??;
+    let ours = tokio::task::spawn_blocking({
+        let (input, output) = (input.clone(), output.clone());
+        move || relay(&input, &output)
+    })
+    .await??;
+    delete_topics(&[&perf, &input, &output]).await;
+    println!("  ProducerPerformance {ceiling:.0} rec/s; salesflow relay produce {ours:.0} rec/s");
+    let mut row = Row::new(
+        "Kafka produce",
+        "records/s",
+        ours,
+        ceiling,
+        None,
+        "kafka -> batch -> kafka pipeline",
+        "ProducerPerformance",
+    );
+    row.note = format!(
+        "{RECORDS} records of {SIZE} bytes, {PARTITIONS} partitions, acks=all, idempotent, lz4, linger 5 ms; \
+         the pipeline also consumes what it produces"
+    );
+    Ok(row)
+}

@@ -1,0 +1,206 @@
+//! `salesflow-bench`: measures salesflow against the raw ceiling of each part it depends
+//! on, in one run on one machine, and writes a table of figures and ratios (Markdown and
+//! JSON) with the machine's CPU count and load.
+//!
+//! ```text
+//! scripts/bench            (the local stack up, release builds, then this)
+//! ```
+//!
+//! - HTTP ingest: the Command API (validated, to Kafka with acks=all) vs a bare hyper
+//!   (axum) server answering the same requests, driven by the same closed-loop clients;
+//! - Kafka: a Kafka -> Kafka pipeline's produce rate vs Kafka's own `ProducerPerformance`,
+//!   same record size, acks=all, idempotence;
+//! - Cassandra: the event store's writes vs latte writing the same rows with the same
+//!   concurrency;
+//! - Elasticsearch: the projection sink's bulk (external versions) vs a raw `_bulk` loop
+//!   at its best batch size (doubled until the rate stops growing);
+//! - end to end: sustained orders/s from POST to queryable with lag drained, vs the
+//!   smallest ceiling; latency at half that rate; resident memory of salesflow.
+
+mod cassandra;
+mod common;
+mod e2e;
+mod es;
+mod http;
+mod kafka;
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::Parser;
+use serde::Serialize;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "salesflow-bench",
+    about = "salesflow against the raw ceilings of its servers"
+)]
+struct Cli {
+    /// Seconds each measured phase lasts.
+    #[arg(long, default_value_t = 15)]
+    seconds: u64,
+    /// Concurrent clients for HTTP phases.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// Only these parts (http, kafka, cassandra, elasticsearch, e2e); default all.
+    #[arg(long = "only")]
+    only: Vec<String>,
+    /// Where the report goes.
+    #[arg(long, default_value = "load/reports")]
+    out: std::path::PathBuf,
+}
+
+/// One line of the table.
+#[derive(Clone, Debug, Serialize)]
+pub struct Row {
+    pub area: String,
+    pub salesflow: String,
+    pub ceiling: String,
+    pub unit: String,
+    pub salesflow_value: f64,
+    pub ceiling_value: f64,
+    pub ratio: f64,
+    pub target: Option<f64>,
+    pub note: String,
+}
+
+impl Row {
+    pub fn new(
+        area: &str,
+        unit: &str,
+        ours: f64,
+        ceiling: f64,
+        target: Option<f64>,
+        salesflow: &str,
+        ceiling_name: &str,
+    ) -> Self {
+        Self {
+            area: area.to_owned(),
+            salesflow: salesflow.to_owned(),
+            ceiling: ceiling_name.to_owned(),
+            unit: unit.to_owned(),
+            salesflow_value: ours,
+            ceiling_value: ceiling,
+            ratio: if ceiling > 0.0 { ours / ceiling } else { 0.0 },
+            target,
+            note: String::new(),
+        }
+    }
+
+    pub fn passed(&self) -> Option<bool> {
+        self.target.map(|t| self.ratio >= t)
+    }
+}
+
+#[derive(Serialize)]
+struct Report {
+    started_at: String,
+    cpus: usize,
+    load_before: String,
+    load_after: String,
+    rows: Vec<Row>,
+    figures: Vec<(String, String)>,
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let wants = |part: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == part);
+    let duration = Duration::from_secs(cli.seconds);
+    let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let load_before = loadavg();
+    let mut rows = Vec::new();
+    let mut figures: Vec<(String, String)> = Vec::new();
+
+    if wants("http") {
+        println!("== HTTP ingest");
+        rows.push(http::run(cli.clients * 8, duration).await?);
+    }
+    if wants("kafka") {
+        println!("== Kafka produce");
+        rows.push(kafka::run().await?);
+    }
+    if wants("cassandra") {
+        println!("== Cassandra writes");
+        rows.push(cassandra::run(duration).await?);
+    }
+    if wants("elasticsearch") {
+        println!("== Elasticsearch bulk");
+        rows.push(es::run().await?);
+    }
+    if wants("e2e") {
+        println!("== End to end");
+        let ceilings: Vec<(String, f64)> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.area.clone(),
+                    r.ceiling_value / e2e::events_per_order(&r.area),
+                )
+            })
+            .collect();
+        let (row, more) = e2e::run(cli.clients, duration, &ceilings).await?;
+        rows.push(row);
+        figures.extend(more);
+    }
+
+    let report = Report {
+        started_at,
+        cpus: std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+        load_before,
+        load_after: loadavg(),
+        rows,
+        figures,
+    };
+    let mut md = format!(
+        "# salesflow benchmark\n\n{} — {} cores, load average {} before, {} after.\n\n\
+         | area | salesflow | ceiling | ratio | target |\n|---|---:|---:|---:|---|\n",
+        report.started_at, report.cpus, report.load_before, report.load_after
+    );
+    for r in &report.rows {
+        let verdict = match r.passed() {
+            Some(true) => format!(">= {:.2}: met", r.target.unwrap_or_default()),
+            Some(false) => format!(">= {:.2}: **missed**", r.target.unwrap_or_default()),
+            None => "-".into(),
+        };
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} {} ({}) | {:.0} {} ({}) | {:.2} | {} |",
+            r.area,
+            r.salesflow_value,
+            r.unit,
+            r.salesflow,
+            r.ceiling_value,
+            r.unit,
+            r.ceiling,
+            r.ratio,
+            verdict
+        );
+    }
+    for r in report.rows.iter().filter(|r| !r.note.is_empty()) {
+        let _ = writeln!(md, "\n{}: {}", r.area, r.note);
+    }
+    if !report.figures.is_empty() {
+        md.push_str("\n| figure | value |\n|---|---|\n");
+        for (k, v) in &report.figures {
+            let _ = writeln!(md, "| {k} | {v} |");
+        }
+    }
+    std::fs::create_dir_all(&cli.out)?;
+    let stem = format!("bench-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"));
+    std::fs::write(cli.out.join(format!("{stem}.md")), &md)?;
+    std::fs::write(
+        cli.out.join(format!("{stem}.json")),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    println!("\n{md}");
+    println!("report: {}", cli.out.join(format!("{stem}.md")).display());
+    Ok(())
+}
