@@ -172,3 +172,70 @@ impl Generator {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(carts: usize, max: u32) -> Data {
+        Data {
+            carts,
+            max_orders_per_cart: max,
+            ..Data::default()
+        }
+    }
+
+    #[test]
+    fn the_same_seed_and_run_give_the_same_orders() {
+        let mut first = Generator::new(&settings(50, 50), 7, 99);
+        let mut again = Generator::new(&settings(50, 50), 7, 99);
+        let mut other = Generator::new(&settings(50, 50), 7, 100);
+        for _ in 0..100 {
+            let (one, two, three) = (first.order(), again.order(), other.order());
+            assert_eq!(one.order_id, two.order_id);
+            assert_eq!(one.cart, two.cart);
+            assert_eq!(one.body["amount"], two.body["amount"]);
+            assert_ne!(one.order_id, three.order_id, "another run, other orders");
+        }
+    }
+
+    #[test]
+    fn popular_carts_get_more_orders_but_never_more_than_the_limit() {
+        let mut g = Generator::new(&settings(100, 30), 1, 1);
+        let mut counts = vec![0u32; 100];
+        for _ in 0..2000 {
+            counts[g.order().cart] += 1;
+        }
+        assert!(counts.iter().all(|&n| n <= 30), "{counts:?}");
+        // Zipf: the first carts fill up first, the last ones get the least.
+        assert_eq!(counts[0], 30);
+        let tail: u32 = counts[80..].iter().sum();
+        let head: u32 = counts[..20].iter().sum();
+        assert!(head > tail, "head {head}, tail {tail}");
+    }
+
+    #[test]
+    fn orders_are_valid_unless_made_invalid() {
+        let validator = salesflow_sales::OrderValidator::new();
+        let mut g = Generator::new(
+            &Data {
+                invalid_share: 0.5,
+                ..settings(10, 50)
+            },
+            3,
+            3,
+        );
+        let (mut valid, mut invalid) = (0, 0);
+        for _ in 0..200 {
+            let order = g.order();
+            let bytes = serde_json::to_vec(&order.body).unwrap();
+            let ok = validator.check(&bytes).is_ok();
+            assert_eq!(ok, !order.invalid, "{}", order.body);
+            if ok { valid += 1 } else { invalid += 1 }
+        }
+        assert!(
+            valid > 50 && invalid > 50,
+            "{valid} valid, {invalid} invalid"
+        );
+    }
+}

@@ -435,3 +435,112 @@ impl Profile {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Profile> {
+        let profile: Profile = toml::from_str(text)?;
+        profile.check()?;
+        Ok(profile)
+    }
+
+    const MINIMAL: &str = r#"
+name = "t"
+[[scenarios]]
+name = "post-order"
+kind = "post-order"
+[[steps]]
+kind = "inject"
+rate = 10
+duration = "2s"
+"#;
+
+    #[test]
+    fn bounds_are_durations_percentages_or_numbers() {
+        let close = |text: &str, expected: f64| {
+            let got = Threshold::bound(text).unwrap();
+            assert!((got - expected).abs() < 1e-12, "{text}: {got}");
+        };
+        close("50ms", 50.0);
+        close(" 2s ", 2000.0);
+        close("0.1%", 0.001);
+        close("250", 250.0);
+        let e = Threshold::bound("fast").unwrap_err().to_string();
+        assert!(e.contains("\"fast\" is neither"), "{e}");
+    }
+
+    #[test]
+    fn every_shipped_profile_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            Profile::load(&path).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            n += 1;
+        }
+        assert!(n >= 5, "smoke, steady, ramp-to-knee, spike, soak");
+    }
+
+    #[test]
+    fn defaults_fill_what_is_left_out() {
+        let p = parse(MINIMAL).unwrap();
+        assert_eq!(p.seed, 42);
+        assert_eq!(p.data.max_orders_per_cart, 50);
+        assert_eq!(p.target.command_api, "http://127.0.0.1:8080");
+        assert!(p.reconcile.enabled);
+        assert_eq!(p.steps[0].duration(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn bad_profiles_say_what_is_wrong() {
+        let cases = [
+            (
+                MINIMAL.replace("rate = 10", "rate = 0"),
+                "steps.0: needs a positive",
+            ),
+            (
+                MINIMAL.replace("\"2s\"", "\"0s\""),
+                "steps.0: needs a positive",
+            ),
+            (
+                format!("{MINIMAL}[[thresholds]]\nmetric = \"p99\"\n"),
+                "needs exactly one of below, above",
+            ),
+            (
+                format!("{MINIMAL}[[thresholds]]\nmetric = \"p99\"\nbelow = \"soon\"\n"),
+                "neither a duration",
+            ),
+            (
+                format!(
+                    "{MINIMAL}[[thresholds]]\nscenario = \"nope\"\nmetric = \"p99\"\nbelow = \"1s\"\n"
+                ),
+                "no scenario named \"nope\"",
+            ),
+            (
+                format!("{MINIMAL}[data]\nmax_orders_per_cart = 1001\n"),
+                "max_orders_per_cart",
+            ),
+            (
+                MINIMAL.replace(
+                    "post-order\"\n[[steps]]",
+                    "post-order\"\nweight = 0\n[[steps]]",
+                ),
+                "at least one with a weight",
+            ),
+            (
+                MINIMAL.replace("kind = \"inject\"", "kind = \"teleport\""),
+                "unknown variant `teleport`",
+            ),
+            (
+                format!("{MINIMAL}colour = \"red\"\n"),
+                "unknown field `colour`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let e = format!("{:#}", parse(&text).unwrap_err());
+            assert!(e.contains(expected), "expected {expected:?} in {e:?}");
+        }
+    }
+}

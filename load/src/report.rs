@@ -363,11 +363,38 @@ fn markdown(report: &RunReport, previous: Option<&RunReport>) -> String {
         report.freshness.timeouts
     );
     if let Some(r) = &report.reconciliation {
+        let n = |key: &str| r[key].as_u64().unwrap_or(0);
         let _ = writeln!(
             out,
-            "Reconciliation:\n\n```json\n{}\n```\n",
-            serde_json::to_string_pretty(r).unwrap_or_default()
+            "Reconciliation ({} accepted orders over {} carts, settled in {:.1} s):\n",
+            n("accepted"),
+            n("carts"),
+            r["settle_seconds"].as_f64().unwrap_or(0.0)
         );
+        out.push_str("| where | found | lost | duplicated |\n|---|---:|---:|---:|\n");
+        let _ = writeln!(
+            out,
+            "| read models (Query API) | {} | {} | {} |",
+            n("projected"),
+            n("lost_read_model"),
+            n("duplicated_read_model")
+        );
+        let _ = writeln!(
+            out,
+            "| event store (Cassandra) | {} | {} | {} |",
+            n("stored"),
+            n("lost_event_store"),
+            n("duplicated_event_store")
+        );
+        let _ = writeln!(
+            out,
+            "\nCarts with events out of order: {}.\n",
+            n("out_of_order_carts")
+        );
+        for example in r["examples"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "- {}", example.as_str().unwrap_or_default());
+        }
+        out.push('\n');
     }
     if !report.thresholds.is_empty() {
         out.push_str("| threshold | value | result |\n|---|---:|---|\n");
@@ -523,7 +550,13 @@ fn html(report: &RunReport, previous: Option<&RunReport>) -> String {
     let md = markdown(report, previous);
     let mut body = String::new();
     let mut in_code = false;
+    let mut in_table = false;
     for line in md.lines() {
+        let table_line = !in_code && line.starts_with('|');
+        if in_table && !table_line {
+            body.push_str("</table>\n");
+            in_table = false;
+        }
         if line.starts_with("```") {
             body.push_str(if in_code { "</pre>\n" } else { "<pre>" });
             in_code = !in_code;
@@ -531,23 +564,29 @@ fn html(report: &RunReport, previous: Option<&RunReport>) -> String {
             let _ = writeln!(body, "{}", escape(line));
         } else if let Some(title) = line.strip_prefix("# ") {
             let _ = writeln!(body, "<h1>{}</h1>", escape(title));
-        } else if line.starts_with('|') {
+        } else if table_line {
             if line.contains("---") {
                 continue;
+            }
+            if !in_table {
+                body.push_str("<table>");
+                in_table = true;
             }
             let cells: Vec<String> = line
                 .trim_matches('|')
                 .split('|')
-                .map(|c| format!("<td>{}</td>", escape(c.trim())))
+                .map(|c| format!("<td>{}</td>", escape(c.trim().trim_matches('*'))))
                 .collect();
             let _ = writeln!(body, "<tr>{}</tr>", cells.join(""));
+        } else if let Some(item) = line.strip_prefix("- ") {
+            let _ = writeln!(body, "<p>&bull; {}</p>", escape(item));
         } else if !line.trim().is_empty() {
             let _ = writeln!(body, "<p>{}</p>", escape(line));
         }
     }
-    let body = body
-        .replace("</p>\n<tr>", "</p>\n<table><tr>")
-        .replace("</tr>\n<p>", "</tr></table>\n<p>");
+    if in_table {
+        body.push_str("</table>\n");
+    }
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>salesflow load: {}</title>\
          <style>body{{font-family:sans-serif;max-width:980px;margin:24px auto;color:#222}}table{{border-collapse:collapse;margin:12px 0}}\
@@ -581,4 +620,119 @@ pub fn write(dir: &Path, report: &RunReport, previous: Option<&RunReport>) -> Re
     let page = dir.join(format!("{stem}.html"));
     std::fs::write(&page, html(report, previous))?;
     Ok(vec![json, md, page])
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::stats::{Outcome, Stats};
+
+    #[test]
+    fn the_knee_is_the_best_five_seconds_under_the_latency_and_error_limits() {
+        let mut stats = Stats::new(1);
+        // 10 s at 100/s fast, 5 s at 300/s fast, 5 s at 500/s slow, 5 s at 600/s failing.
+        let mut second = |s: u64, n: u64, ms: u64, outcome: Outcome| {
+            for i in 0..n {
+                let at = Duration::from_secs(s) + Duration::from_micros(i);
+                stats.record(0, at, outcome, 202, Duration::from_millis(ms));
+            }
+        };
+        for s in 0..10 {
+            second(s, 100, 5, Outcome::Ok);
+        }
+        for s in 10..15 {
+            second(s, 300, 8, Outcome::Ok);
+        }
+        for s in 15..20 {
+            second(s, 500, 400, Outcome::Ok);
+        }
+        for s in 20..25 {
+            second(s, 580, 5, Outcome::Ok);
+            second(s, 20, 5, Outcome::Shed);
+        }
+        let knee = knee(&stats, 50.0).unwrap();
+        assert!((knee - 300.0).abs() < 1e-9, "{knee}");
+        assert_eq!(knee_of_nothing(), None);
+    }
+
+    #[test]
+    fn the_html_report_is_self_contained_with_balanced_tables_and_charts() {
+        let mut stats = Stats::new(1);
+        for s in 0..6 {
+            stats.record(
+                0,
+                Duration::from_secs(s),
+                Outcome::Ok,
+                202,
+                Duration::from_millis(3),
+            );
+        }
+        stats.record_freshness(Duration::from_secs(1), Some(Duration::from_millis(80)));
+        let scenario = scenario_report("post-order", "post-order", &stats.scenarios[0], 6.0);
+        let report = RunReport {
+            profile: "t<1>".into(),
+            description: "a test".into(),
+            seed: 1,
+            run_id: 0xabc,
+            started_at: "2026-11-26T00:00:00Z".into(),
+            seconds: 6.0,
+            cpus: 2,
+            load_before: "0".into(),
+            load_after: "0".into(),
+            scenarios: vec![scenario.clone()],
+            total: scenario,
+            timeline: timeline(&stats),
+            freshness: FreshnessReport {
+                samples: 1,
+                points: vec![(1.0, 80.0)],
+                ..FreshnessReport::default()
+            },
+            thresholds: vec![ThresholdResult {
+                threshold: "all p99 < 50ms".into(),
+                value: 3.0,
+                passed: true,
+            }],
+            aborted: None,
+            knee_rps: None,
+            memory_mib: vec![],
+            reconciliation: Some(serde_json::json!({
+                "accepted": 6, "carts": 2, "projected": 6, "stored": 6,
+                "lost_read_model": 0, "lost_event_store": 0,
+                "duplicated_read_model": 0, "duplicated_event_store": 0,
+                "out_of_order_carts": 0, "settle_seconds": 0.5, "examples": []
+            })),
+            invalid_refused: 0,
+            invalid_accepted: 0,
+            duplicates_posted: 0,
+        };
+        let page = html(&report, Some(&report));
+        assert_eq!(
+            page.matches("<table>").count(),
+            page.matches("</table>").count()
+        );
+        assert_eq!(
+            page.matches("<table>").count(),
+            3,
+            "scenarios, reconciliation, thresholds"
+        );
+        assert!(page.contains("<td>read models (Query API)</td><td>6</td><td>0</td><td>0</td>"));
+        assert!(page.contains("<td>all p99 &lt; 50ms</td>"), "escaped");
+        assert!(page.contains("t&lt;1&gt;"));
+        assert_eq!(
+            page.matches("<svg").count(),
+            3,
+            "throughput, latency, freshness"
+        );
+        assert!(
+            !page.contains("<script src") && !page.contains("<link"),
+            "self-contained"
+        );
+        assert!(page.contains("Compared with run abc"));
+    }
+
+    fn knee_of_nothing() -> Option<f64> {
+        knee(&Stats::new(1), 50.0)
+    }
 }
