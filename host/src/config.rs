@@ -191,6 +191,43 @@ pub struct ServerSettings {
     /// An `OpenAPI` document served at `/openapi.json` (relative to the config file).
     #[serde(default)]
     pub openapi: Option<std::path::PathBuf>,
+    /// A client must send a request's head (line and headers) within this, or the
+    /// connection is closed: slow clients cannot hold connections by trickling bytes.
+    /// With TLS it also bounds the handshake.
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A whole request, body included, must be answered within this; past it the answer
+    /// is 408. Longer than any source's own request timeout.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Most connections open at once; more are closed at once.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Serve HTTPS: PEM files, relative to the config file.
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
+}
+
+/// `[server.tls]`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The certificate chain (PEM), leaf first.
+    pub certificate: std::path::PathBuf,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub private_key: std::path::PathBuf,
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_max_connections() -> usize {
+    10_000
 }
 
 fn default_address() -> std::net::SocketAddr {
@@ -207,6 +244,10 @@ impl Default for ServerSettings {
             address: default_address(),
             shutdown_grace: default_grace(),
             openapi: None,
+            header_read_timeout: default_header_read_timeout(),
+            request_timeout: default_request_timeout(),
+            max_connections: default_max_connections(),
+            tls: None,
         }
     }
 }

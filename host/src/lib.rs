@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod dynamic;
+pub mod listener;
 pub mod metrics;
 pub mod registry;
 pub mod runtime;
@@ -191,6 +192,7 @@ pub async fn run(plan: Plan) -> Result<bool> {
         .with_context(|| format!("binding the HTTP server to {}", plan.server.address))?;
     let mut registry = MetricsRegistry::default();
     let runtime_metrics = metrics::RuntimeMetrics::register(&mut registry);
+    let listener_metrics = listener::Metrics::register(&mut registry);
     let sources_stop = CancellationToken::new();
     let started = runtime::start(&plan, &mut registry, &runtime_metrics, &sources_stop)
         .await
@@ -214,12 +216,25 @@ pub async fn run(plan: Plan) -> Result<bool> {
         Arc::new(Mutex::new(registry)),
         plan.openapi.clone(),
     );
+    let app = app.layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        salesflow_plugin_api::axum::http::StatusCode::REQUEST_TIMEOUT,
+        plan.server.request_timeout,
+    ));
     let server_stop = sources_stop.clone();
-    let server = tokio::spawn(async move {
-        salesflow_plugin_api::axum::serve(listener, app)
-            .with_graceful_shutdown(server_stop.cancelled_owned())
-            .await
-    });
+    let options = listener::Options {
+        header_read_timeout: plan.server.header_read_timeout,
+        max_connections: plan.server.max_connections,
+        tls: plan.tls.clone(),
+    };
+    let grace = plan.server.shutdown_grace;
+    let server = tokio::spawn(listener::serve(
+        listener,
+        app,
+        options,
+        listener_metrics,
+        server_stop,
+        grace,
+    ));
     for plugin in &plan.loaded_plugins {
         info!(plugin = %plugin, "run-time plugin loaded");
     }
@@ -267,11 +282,7 @@ pub async fn run(plan: Plan) -> Result<bool> {
         clean = false;
     }
     match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => {
-            error!(error = %e, "HTTP server failed");
-            clean = false;
-        }
+        Ok(Ok(())) => {}
         Ok(Err(e)) => bail!("HTTP server task: {e}"),
         Err(_) => warn!("HTTP server did not stop within 5 s"),
     }

@@ -43,6 +43,8 @@ pub struct Plan {
     pub server: ServerSettings,
     /// The `OpenAPI` document's text, when `server.openapi` names one.
     pub openapi: Option<String>,
+    /// The TLS identity, when `[server.tls]` is set.
+    pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     pub log: LogSettings,
     pub registry: Registry,
     pub pipelines: Vec<PipelinePlan>,
@@ -113,6 +115,30 @@ pub fn plan(loaded: &Loaded, mut registry: Registry) -> Result<Plan, Vec<String>
             }
         }
     });
+    let tls = server.tls.as_ref().and_then(|tls| {
+        match crate::listener::tls_config(
+            &config_dir.join(&tls.certificate),
+            &config_dir.join(&tls.private_key),
+        ) {
+            Ok(config) => Some(std::sync::Arc::new(config)),
+            Err(e) => {
+                problems.push(Problem::new(path(&["server", "tls"]), e));
+                None
+            }
+        }
+    });
+    if server.header_read_timeout.is_zero() || server.request_timeout.is_zero() {
+        problems.push(Problem::new(
+            path(&["server"]),
+            "header_read_timeout and request_timeout must be more than zero",
+        ));
+    }
+    if server.max_connections == 0 {
+        problems.push(Problem::new(
+            path(&["server", "max_connections"]),
+            "must be at least 1",
+        ));
+    }
     let mut loaded_plugins = Vec::new();
     if let Some(dir) = &plugin_dir.dir {
         let dir = if dir.is_relative() {
@@ -181,6 +207,7 @@ pub fn plan(loaded: &Loaded, mut registry: Registry) -> Result<Plan, Vec<String>
         Ok(Plan {
             server,
             openapi,
+            tls,
             log,
             registry,
             pipelines,

@@ -199,7 +199,13 @@ pub struct Host {
 impl Host {
     /// Starts `salesflow <args>` with `--config config`, logging JSON, on a free port.
     pub fn start(config: &Path, args: &[&str]) -> Self {
+        Self::start_with_env(config, args, &[])
+    }
+
+    /// The same with environment variables set for the process.
+    pub fn start_with_env(config: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_salesflow"));
+        command.envs(env.iter().copied());
         command
             .arg("--config")
             .arg(config)

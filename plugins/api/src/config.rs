@@ -5,8 +5,9 @@ use std::fmt;
 use serde::{Deserialize, Deserializer};
 
 /// A secret (password, API key, token). Never printed: `Debug` and `Display` show
-/// `<redacted>`, so it cannot leak into logs, errors or `salesflow check` output. Set it in
-/// `pipeline.toml` or, better, from the environment (`SALESFLOW__...`).
+/// `<redacted>`, so it cannot leak into logs, errors or `salesflow check` output. Written
+/// as `{ env = "NAME" }` it is read from that environment variable (or give the value
+/// through `SALESFLOW__...`).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -33,9 +34,34 @@ impl fmt::Display for Secret {
     }
 }
 
+/// A secret as written in the configuration: the value itself, or `{ env = "NAME" }` to
+/// read it from the environment when the configuration is loaded (keeping it out of
+/// files and of `--set` arguments that `ps` shows).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SecretSource {
+    Value(String),
+    Env { env: String },
+}
+
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Secret)
+        match SecretSource::deserialize(deserializer).map_err(|_| {
+            serde::de::Error::custom(
+                "a secret is a string or { env = \"NAME\" } (an environment variable)",
+            )
+        })? {
+            SecretSource::Value(value) => Ok(Secret(value)),
+            SecretSource::Env { env } => match std::env::var(&env) {
+                Ok(value) if !value.is_empty() => Ok(Secret(value)),
+                Ok(_) => Err(serde::de::Error::custom(format!(
+                    "the environment variable {env} is empty"
+                ))),
+                Err(_) => Err(serde::de::Error::custom(format!(
+                    "the environment variable {env} is not set"
+                ))),
+            },
+        }
     }
 }
 
@@ -46,9 +72,17 @@ impl schemars::JsonSchema for Secret {
 
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         schemars::json_schema!({
-            "type": "string",
+            "anyOf": [
+                { "type": "string" },
+                {
+                    "type": "object",
+                    "properties": { "env": { "type": "string" } },
+                    "required": ["env"],
+                    "additionalProperties": false
+                }
+            ],
             "writeOnly": true,
-            "description": "A secret: never logged or printed."
+            "description": "A secret: the value, or { env = \"NAME\" } to read it from the environment. Never logged or printed."
         })
     }
 }
@@ -73,6 +107,32 @@ pub fn is_secret_key(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_come_from_the_value_or_the_environment() {
+        #[derive(Deserialize)]
+        struct S {
+            password: Secret,
+        }
+        let direct: S = toml::from_str("password = \"p\"").unwrap();
+        assert_eq!(direct.password.expose(), "p");
+        // PATH is set in every test environment; its value is not shown on error either.
+        let from_env: S = toml::from_str("password = { env = \"PATH\" }").unwrap();
+        assert_eq!(from_env.password.expose(), std::env::var("PATH").unwrap());
+        let missing = toml::from_str::<S>("password = { env = \"SALESFLOW_NO_SUCH_VAR\" }")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            missing.contains("SALESFLOW_NO_SUCH_VAR is not set"),
+            "{missing}"
+        );
+        let wrong = toml::from_str::<S>("password = 3")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(wrong.contains("a secret is a string or"), "{wrong}");
+    }
 
     #[test]
     fn secrets_never_print() {

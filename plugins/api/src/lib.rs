@@ -11,6 +11,7 @@
 //! cross the C ABI of `salesflow-plugin-abi`.
 
 pub mod ack;
+pub mod auth;
 pub mod component;
 pub mod config;
 pub mod event;

@@ -57,6 +57,10 @@ pub struct HttpSourceSettings {
     /// A top-level field whose value becomes the event's key (e.g. `cart_id`).
     #[serde(default)]
     pub key_field: Option<String>,
+    /// Require an API key (`api_keys_env` names the environment variable holding the
+    /// keys); requests without one are answered 401 and reach nothing.
+    #[serde(default)]
+    pub auth: Option<salesflow_plugin_api::auth::AuthSettings>,
 }
 
 fn default_body() -> BodyMode {
@@ -118,6 +122,9 @@ impl Settings for HttpSourceSettings {
                 &["request_timeout"],
                 "must be longer than accept_timeout",
             ));
+        }
+        if let Some(auth) = &self.auth {
+            auth.keys()?;
         }
         Ok(())
     }

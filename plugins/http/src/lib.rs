@@ -108,6 +108,10 @@ impl Plugin for HttpSourcePlugin {
         let settings = HttpSourceSettings::from_table(&settings)
             .map_err(|e| PluginError::context("http source settings", e))?;
         let path = settings.path.clone();
+        let keys = match &settings.auth {
+            Some(auth) => Some(auth.keys().map_err(|e| PluginError::new(e.message))?),
+            None => None,
+        };
         let shed = Family::<ReasonLabel, Counter>::default();
         let mut endpoint = Endpoint::new(settings);
         endpoint.shed_backpressure = shed
@@ -126,7 +130,12 @@ impl Plugin for HttpSourcePlugin {
             shed,
         );
         let endpoint = Arc::new(endpoint);
-        ctx.add_route(path, router(Arc::clone(&endpoint)));
+        let routes = router(Arc::clone(&endpoint));
+        let routes = match keys {
+            Some(keys) => salesflow_plugin_api::auth::protect(routes, keys),
+            None => routes,
+        };
+        ctx.add_route(path, routes);
         Ok(Component::Source(Box::new(HttpSource { endpoint })))
     }
 }

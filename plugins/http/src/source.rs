@@ -205,6 +205,18 @@ async fn parse(
             serde_json::Value::Null,
         )));
     };
+    // A declared length over the limit is refused before a byte of the body is read.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > settings.max_body_bytes as u64) {
+        return Err(Box::new(error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the body is larger than {} bytes", settings.max_body_bytes),
+            serde_json::Value::Null,
+        )));
+    }
     let bytes: BodyBytes = body::to_bytes(body, settings.max_body_bytes)
         .await
         .map_err(|e| {

@@ -55,6 +55,10 @@ pub struct QuerySettings {
     /// Largest `size` accepted.
     #[serde(default = "default_max_page")]
     pub max_page_size: u32,
+    /// Require an API key on every query route (`api_keys_env` names the environment
+    /// variable holding the keys; use another than the ingest API's).
+    #[serde(default)]
+    pub auth: Option<salesflow_plugin_api::auth::AuthSettings>,
 }
 
 fn default_detailed() -> String {
@@ -88,6 +92,9 @@ impl Settings for QuerySettings {
         }
         if self.max_page_size > 10_000 {
             return Err(ConfigError::at(&["max_page_size"], "must be at most 10000"));
+        }
+        if let Some(auth) = &self.auth {
+            auth.keys()?;
         }
         Ok(())
     }
@@ -177,6 +184,13 @@ impl Plugin for QueryApiPlugin {
             .route("/carts/{id}/summary", get(summary))
             .route("/carts/{id}/events", get(events))
             .with_state(Arc::clone(&api));
+        let router = match &api.settings.auth {
+            Some(auth) => salesflow_plugin_api::auth::protect(
+                router,
+                auth.keys().map_err(|e| PluginError::new(e.message))?,
+            ),
+            None => router,
+        };
         ctx.add_route("/carts", router);
         Ok(Component::Source(Box::new(QuerySource)))
     }
