@@ -27,6 +27,9 @@ pub struct Reconciliation {
     pub duplicated_event_store: usize,
     /// Carts whose event numbers are not 1, 2, 3, ... without a gap.
     pub out_of_order_carts: usize,
+    /// Carts whose read model does not list exactly the orders of their event store
+    /// events, in event order (a replay of the event store would give another document).
+    pub read_model_mismatches: usize,
     /// How long the read models took to show every accepted order after the load ended.
     pub settle_seconds: f64,
     pub examples: Vec<String>,
@@ -39,6 +42,7 @@ impl Reconciliation {
             && self.duplicated_read_model == 0
             && self.duplicated_event_store == 0
             && self.out_of_order_carts == 0
+            && self.read_model_mismatches == 0
     }
 }
 
@@ -150,6 +154,7 @@ pub async fn reconcile<S: std::hash::BuildHasher>(
         .prepare(cql.as_str())
         .await
         .context("preparing the event store read")?;
+    let mut mismatched: Vec<(Uuid, Vec<String>)> = Vec::new();
     for (cart, wanted) in &by_cart {
         let mut events: Vec<(i64, Uuid)> = Vec::new();
         for bucket in 0..i32::MAX {
@@ -182,6 +187,10 @@ pub async fn reconcile<S: std::hash::BuildHasher>(
                     .push(format!("cart {cart}: event numbers are not 1..n"));
             }
         }
+        let replayed: Vec<String> = events.iter().map(|(_, o)| o.to_string()).collect();
+        if views.get(cart) != Some(&replayed) {
+            mismatched.push((*cart, replayed));
+        }
         let mut counts: HashMap<String, usize> = HashMap::new();
         for (_, order) in &events {
             *counts.entry(order.to_string()).or_default() += 1;
@@ -203,6 +212,30 @@ pub async fn reconcile<S: std::hash::BuildHasher>(
                     }
                 }
             }
+        }
+    }
+
+    // Read models equal to a replay of the event store: each cart's document lists the
+    // orders of its events in event order. Orders stored but never acknowledged (a
+    // client gave up) may still be on their way, so a mismatch gets time to settle.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !mismatched.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut still = Vec::new();
+        for (cart, replayed) in mismatched {
+            if read_model(&client, &base, cart).await.as_ref() != Some(&replayed) {
+                still.push((cart, replayed));
+            }
+        }
+        mismatched = still;
+    }
+    report.read_model_mismatches = mismatched.len();
+    for (cart, replayed) in mismatched.iter().take(3) {
+        if report.examples.len() < 10 {
+            report.examples.push(format!(
+                "cart {cart}: the read model differs from a replay of its {} events",
+                replayed.len()
+            ));
         }
     }
     Ok(report)

@@ -240,7 +240,7 @@ pub fn summary(report: &RunReport, previous: Option<&RunReport>) -> String {
     if let Some(r) = &report.reconciliation {
         let _ = writeln!(
             out,
-            "reconciliation: {} accepted over {} carts; read models {} (lost {}, duplicated {}); event store {} (lost {}, duplicated {}, carts out of order {}); settled in {:.1} s",
+            "reconciliation: {} accepted over {} carts; read models {} (lost {}, duplicated {}); event store {} (lost {}, duplicated {}, carts out of order {}); read models unlike a replay {}; settled in {:.1} s",
             r["accepted"],
             r["carts"],
             r["projected"],
@@ -250,6 +250,7 @@ pub fn summary(report: &RunReport, previous: Option<&RunReport>) -> String {
             r["lost_event_store"],
             r["duplicated_event_store"],
             r["out_of_order_carts"],
+            r["read_model_mismatches"].as_u64().unwrap_or(0),
             r["settle_seconds"].as_f64().unwrap_or(0.0)
         );
         if let Some(examples) = r["examples"].as_array() {
@@ -388,8 +389,9 @@ fn markdown(report: &RunReport, previous: Option<&RunReport>) -> String {
         );
         let _ = writeln!(
             out,
-            "\nCarts with events out of order: {}.\n",
-            n("out_of_order_carts")
+            "\nCarts with events out of order: {}; carts whose read model differs from a replay of the event store: {}.\n",
+            n("out_of_order_carts"),
+            n("read_model_mismatches")
         );
         for example in r["examples"].as_array().into_iter().flatten() {
             let _ = writeln!(out, "- {}", example.as_str().unwrap_or_default());

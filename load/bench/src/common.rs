@@ -1,5 +1,5 @@
-//! Shared by the benchmarks: the local stack's addresses, salesflow as a child process,
-//! topics, orders, and a closed-loop HTTP driver.
+//! Shared by the benchmark and fault suites: the local stack's addresses, salesflow as
+//! child processes, topics, orders, and a closed-loop HTTP driver.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -76,6 +76,14 @@ pub fn salesflow_bin() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// A free loopback address (`127.0.0.1:port`).
+pub fn free_address() -> Result<String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    Ok(format!("127.0.0.1:{port}"))
+}
+
 /// A salesflow process.
 pub struct Salesflow {
     child: Child,
@@ -86,9 +94,11 @@ impl Salesflow {
     /// Runs the default pipeline.toml with `sets` (`key=value`) on a free port; waits until
     /// it is ready.
     pub async fn start(pipelines: &[&str], sets: &[String]) -> Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
+        Self::start_at(&free_address()?, pipelines, sets).await
+    }
+
+    /// The same on a given address (a restarted API keeps its address).
+    pub async fn start_at(address: &str, pipelines: &[&str], sets: &[String]) -> Result<Self> {
         let mut command = Command::new(salesflow_bin());
         command
             .current_dir(repo())
@@ -96,7 +106,7 @@ impl Salesflow {
             .arg(repo().join("pipeline.toml"))
             .args([
                 "--set",
-                &format!("server.address=127.0.0.1:{port}"),
+                &format!("server.address={address}"),
                 "--set",
                 "log.level=warn",
             ]);
@@ -117,9 +127,9 @@ impl Salesflow {
                     salesflow_bin().display()
                 )
             })?;
-        let me = Self {
+        let mut me = Self {
             child,
-            address: format!("127.0.0.1:{port}"),
+            address: address.to_owned(),
         };
         let client = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -132,6 +142,12 @@ impl Salesflow {
             {
                 return Ok(me);
             }
+            if let Ok(Some(status)) = me.child.try_wait() {
+                bail!(
+                    "salesflow ({}) exited while starting: {status}",
+                    pipelines.join(", ")
+                );
+            }
             if Instant::now() > deadline {
                 bail!("salesflow did not become ready");
             }
@@ -141,6 +157,17 @@ impl Salesflow {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// SIGKILL: no shutdown of any kind.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Whether the process has exited (and how).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     pub fn stop(mut self) {

@@ -18,7 +18,7 @@
 //!   smallest ceiling; latency at half that rate; resident memory of salesflow.
 
 mod cassandra;
-mod common;
+use salesflow_bench::common;
 mod e2e;
 mod es;
 mod http;
