@@ -2,6 +2,7 @@
 //! draws or documents it.
 
 pub mod config;
+pub mod dlq;
 pub mod dynamic;
 pub mod listener;
 pub mod metrics;

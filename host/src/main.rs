@@ -72,12 +72,49 @@ enum Command {
         #[arg(long)]
         monitor: Option<String>,
     },
+    /// Dead letters: list them with their reasons, or send chosen ones back to their
+    /// source topic after a fix (idempotent: downstream counts each order once).
+    Dlq {
+        #[command(subcommand)]
+        action: DlqAction,
+    },
     /// Rebuild the read models from the event store into new indices, then switch the
     /// aliases (queries keep answering from the old ones meanwhile).
     Replay {
         /// The pipeline whose read-models stage and elasticsearch sink to use.
         #[arg(long, default_value = "projections")]
         pipeline: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DlqAction {
+    /// Every dead letter of a topic: id (partition:offset), when, source, who, reason.
+    List {
+        /// The dead-letter topic (the domain's refusals: orders-dlq; the projections':
+        /// cart-events-dlq).
+        #[arg(long, default_value = "orders-dlq")]
+        topic: String,
+        /// One JSON object per dead letter, payload included.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send dead letters back to their source topic (or --to).
+    Replay {
+        #[arg(long, default_value = "orders-dlq")]
+        topic: String,
+        /// Which: PARTITION:OFFSET or PARTITION:FROM-TO, repeatable.
+        #[arg(long = "offset", required_unless_present = "all")]
+        offsets: Vec<String>,
+        /// Every dead letter of the topic.
+        #[arg(long, conflicts_with = "offsets")]
+        all: bool,
+        /// Another topic to send them to.
+        #[arg(long)]
+        to: Option<String>,
+        /// Show what would be sent; send nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -232,6 +269,78 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Dlq { action } => dlq(&loaded.table, action),
         Command::Plugins | Command::Load { .. } => ExitCode::SUCCESS,
+    }
+}
+
+fn dlq(table: &toml::Table, action: DlqAction) -> ExitCode {
+    use salesflow_host::dlq;
+    let result = (|| -> anyhow::Result<bool> {
+        let config = dlq::client_config(table)?;
+        match action {
+            DlqAction::List { topic, json } => {
+                let letters = dlq::read(&config, &topic)?;
+                if json {
+                    for l in &letters {
+                        println!("{}", serde_json::to_string(l)?);
+                    }
+                } else {
+                    print!("{}", dlq::table(&letters));
+                }
+                Ok(true)
+            }
+            DlqAction::Replay {
+                topic,
+                offsets,
+                all,
+                to,
+                dry_run,
+            } => {
+                let wanted = dlq::parse_selection(&offsets)?;
+                let letters = dlq::read(&config, &topic)?;
+                let chosen: Vec<dlq::DeadLetter> = letters
+                    .into_iter()
+                    .filter(|l| {
+                        all || wanted.iter().any(|(p, from, to)| {
+                            l.partition == *p && (*from..=*to).contains(&l.offset)
+                        })
+                    })
+                    .collect();
+                if chosen.is_empty() {
+                    anyhow::bail!("no dead letter of {topic} matches");
+                }
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                let done = runtime.block_on(dlq::replay(
+                    &config,
+                    &topic,
+                    &chosen,
+                    to.as_deref(),
+                    dry_run,
+                ))?;
+                for line in &done.sent {
+                    println!("replayed {line}");
+                }
+                for line in &done.problems {
+                    eprintln!("not replayed: {line}");
+                }
+                println!(
+                    "{} of {} dead letters replayed",
+                    done.sent.len(),
+                    chosen.len()
+                );
+                Ok(done.problems.is_empty())
+            }
+        }
+    })();
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("salesflow dlq: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }

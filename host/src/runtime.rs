@@ -183,13 +183,19 @@ pub async fn start(
                 let rxs = receivers
                     .remove(&(pipeline.clone(), node.name.clone()))
                     .unwrap_or_default();
+                let failed_port = format!("{}.{}", node.name, crate::topology::FAILED);
+                let dead_letters = consumers.contains_key(&(pipeline.clone(), failed_port.clone()));
                 for (lane, (sink, rx)) in sinks.into_iter().zip(rxs).enumerate() {
                     let lane_metrics = LaneMetrics::new(metrics, &labels, lane, node.buffer);
+                    let failed = dead_letters.then(|| outputs(&pipeline, &failed_port, &labels));
                     tasks.spawn(run_sink(
                         label.clone(),
                         sink,
                         rx,
-                        node.concurrency,
+                        SinkOutputs {
+                            concurrency: node.concurrency,
+                            failed,
+                        },
                         lane_metrics,
                     ));
                 }
@@ -380,29 +386,71 @@ async fn run_stage(
     }
 }
 
+/// How a sink lane works: writes in flight, and where batches it gives up on go.
+struct SinkOutputs {
+    concurrency: usize,
+    /// The `<sink>.failed` output, when another sink reads it.
+    failed: Option<Output>,
+}
+
+/// A finished write: its outcome, and what is needed to settle or dead-letter it.
+type Written = (
+    Result<(), PluginError>,
+    salesflow_plugin_api::AckSet,
+    Instant,
+    std::sync::Arc<[salesflow_plugin_api::Event]>,
+    u64,
+);
+
 async fn run_sink(
     label: String,
     mut sink: Box<dyn Sink>,
     mut rx: mpsc::Receiver<Batch>,
-    concurrency: usize,
+    outputs: SinkOutputs,
     metrics: LaneMetrics,
 ) -> TaskResult {
+    let SinkOutputs {
+        concurrency,
+        failed,
+    } = outputs;
     let mut in_flight = FuturesUnordered::new();
-    let settle = |(result, acks, started): (
-        Result<(), PluginError>,
-        salesflow_plugin_api::AckSet,
-        Instant,
-    )| {
-        metrics.in_flight.dec();
+    // Settles a finished write: delivered, dead-lettered (when `<sink>.failed` is read),
+    // or failed back to its sources.
+    let settle = async |(result, acks, started, events, lane): Written| {
         metrics.processing.observe(started.elapsed().as_secs_f64());
-        match result {
+        let e = match result {
             Ok(()) => {
                 metrics.delivered.inc();
                 acks.finish(&Status::Delivered);
+                return;
             }
-            Err(e) => {
-                metrics.failed.inc();
-                metrics.errors.inc();
+            Err(e) => e,
+        };
+        metrics.failed.inc();
+        metrics.errors.inc();
+        match &failed {
+            Some(output) if !output.is_empty() => {
+                error!(component = %label, error = %e, events = events.len(), "sink write failed after its retries; the batch goes to the dead letters");
+                let reason = format!("{label}: {e}");
+                let letters: Vec<salesflow_plugin_api::Event> = events
+                    .iter()
+                    .map(|event| {
+                        let mut letter = event.clone().dead_letter(&reason, &label);
+                        letter.headers.push((
+                            salesflow_plugin_api::event::headers::PAYLOAD.to_owned(),
+                            salesflow_plugin_api::bytes::Bytes::from_static(
+                                crate::dlq::TRANSFORMED.as_bytes(),
+                            ),
+                        ));
+                        letter
+                    })
+                    .collect();
+                metrics.dead_lettered.inc_by(letters.len() as u64);
+                if output.send(Batch::new(letters, acks, lane)).await.is_err() {
+                    warn!(component = %label, "the dead-letter sink is closed; the batch fails back to its source");
+                }
+            }
+            _ => {
                 error!(component = %label, error = %e, "sink write failed");
                 acks.finish(&Status::Failed(e.to_string()));
             }
@@ -411,29 +459,30 @@ async fn run_sink(
     loop {
         tokio::select! {
             biased;
-            Some(done) = in_flight.next(), if !in_flight.is_empty() => settle(done),
+            Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                metrics.in_flight.dec();
+                settle(done).await;
+            }
             batch = rx.recv(), if in_flight.len() < concurrency => {
                 let Some(batch) = batch else { break };
                 metrics.received(&batch, &rx);
                 let started = Instant::now();
+                let lane = batch.lane;
                 let (events, acks) = batch.into_parts();
+                let kept = std::sync::Arc::clone(&events);
                 match sink.write(events).await {
                     Ok(write) => {
                         metrics.in_flight.inc();
-                        in_flight.push(async move { (write.await, acks, started) });
+                        in_flight.push(async move { (write.await, acks, started, kept, lane) });
                     }
-                    Err(e) => {
-                        metrics.failed.inc();
-                        metrics.errors.inc();
-                        error!(component = %label, error = %e, "sink refused a batch");
-                        acks.finish(&Status::Failed(e.to_string()));
-                    }
+                    Err(e) => settle((Err(e), acks, started, kept, lane)).await,
                 }
             }
         }
     }
     while let Some(done) = in_flight.next().await {
-        settle(done);
+        metrics.in_flight.dec();
+        settle(done).await;
     }
     let result = sink.flush().await;
     (label, result)

@@ -489,6 +489,10 @@ fn component_node(
     })
 }
 
+/// The output of every sink: batches it could not write after its retries, as dead
+/// letters. When no other sink reads it, a failed write fails its source batch instead.
+pub const FAILED: &str = "failed";
+
 /// `component` or `component.output`.
 pub fn split_input(input: &str) -> (&str, Option<&str>) {
     match input.split_once('.') {
@@ -552,9 +556,16 @@ fn check_graph(pipeline: &str, nodes: &mut Vec<Node>, problems: &mut Vec<Problem
                     at(node, "inputs"),
                     format!("no source or stage named {component:?} in pipeline {pipeline}"),
                 )),
+                Some((ComponentKind::Sink, _))
+                    if port == Some(FAILED)
+                        && node.kind == ComponentKind::Sink
+                        && component != node.name => {}
                 Some((ComponentKind::Sink, _)) => problems.push(Problem::new(
                     at(node, "inputs"),
-                    format!("{component:?} is a sink; sinks have no output"),
+                    format!(
+                        "{component:?} is a sink; its only output is \"{component}.{FAILED}\" \
+                         (the batches it could not write after its retries), read by another sink"
+                    ),
                 )),
                 Some(_) if component == node.name => {
                     problems.push(Problem::new(

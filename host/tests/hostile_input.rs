@@ -683,7 +683,7 @@ async fn query_parameters_cannot_change_the_query() {
     let base = format!("http://{}", host.address());
     let client = reqwest::Client::new();
     ready(&client, &base).await;
-    let mut rng = Rng::new(77);
+    let mut rng = support::sales::fresh_rng("query parameters");
     let a = valid(&mut rng, 1);
     let b = valid(&mut rng, 2);
     for o in [&a, &b] {

@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::sales::{CartSpec, Rng, Sales, order};
+use support::sales::{CartSpec, Sales, order};
 use support::{Host, read_all};
 
 const INGEST_KEY: &str = "ingest-7f3c9a1e5b2d4c6e8a0f";
@@ -30,7 +30,7 @@ fn auth_sets() -> Vec<String> {
 }
 
 fn an_order(n: usize) -> Value {
-    let mut rng = Rng::new(n as u64 + 1);
+    let mut rng = support::sales::fresh_rng("an order");
     let cart = CartSpec::new(n, &mut rng);
     order(n, &cart, &mut rng, n).json
 }

@@ -309,3 +309,11 @@ pub fn expected_carts(orders: &[OrderSpec]) -> BTreeMap<usize, Vec<&OrderSpec>> 
     }
     carts
 }
+
+/// A generator seeded afresh for each run (cart ids must not meet carts an earlier run
+/// left in the shared event store); the seed is printed so that a failure reproduces.
+pub fn fresh_rng(test: &str) -> Rng {
+    let seed = uuid::Uuid::new_v4().as_u64_pair().0;
+    println!("{test}: seed {seed}");
+    Rng::new(seed)
+}

@@ -38,6 +38,40 @@ impl Event {
         self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v)
     }
 
+    /// The event marked as a dead letter: why (`salesflow.error`), which component gave
+    /// up on it (`salesflow.failed.by`), when (`salesflow.failed.at`, ms since the epoch),
+    /// and where it came from (`salesflow.origin`, and for a Kafka record
+    /// `salesflow.source.topic`, `.partition`, `.offset`) — what `salesflow dlq list`
+    /// shows and `salesflow dlq replay` needs. Earlier marks are replaced.
+    #[must_use]
+    pub fn dead_letter(mut self, reason: &str, by: &str) -> Self {
+        self.headers
+            .retain(|(name, _)| !DEAD_LETTER_HEADERS.contains(&name.as_str()));
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let mut add = |name: &str, value: String| {
+            self.headers.push((name.to_owned(), Bytes::from(value)));
+        };
+        add(headers::ERROR, reason.to_owned());
+        add(headers::FAILED_BY, by.to_owned());
+        add(headers::FAILED_AT, now_ms.to_string());
+        add(headers::ORIGIN, self.origin.describe());
+        if let Origin::Kafka {
+            topic,
+            partition,
+            offset,
+            ..
+        } = &self.origin
+        {
+            let (topic, partition, offset) = (topic.to_string(), *partition, *offset);
+            add(headers::SOURCE_TOPIC, topic);
+            add(headers::SOURCE_PARTITION, partition.to_string());
+            add(headers::SOURCE_OFFSET, offset.to_string());
+        }
+        self
+    }
+
     /// An estimate of the memory the event holds, for byte-based batching limits.
     pub fn byte_size(&self) -> usize {
         self.payload.len()
@@ -49,6 +83,32 @@ impl Event {
                 .sum::<usize>()
     }
 }
+
+/// The headers of a dead letter (see [`Event::dead_letter`]).
+pub mod headers {
+    pub const ERROR: &str = "salesflow.error";
+    pub const FAILED_BY: &str = "salesflow.failed.by";
+    pub const FAILED_AT: &str = "salesflow.failed.at";
+    pub const ORIGIN: &str = "salesflow.origin";
+    pub const SOURCE_TOPIC: &str = "salesflow.source.topic";
+    pub const SOURCE_PARTITION: &str = "salesflow.source.partition";
+    pub const SOURCE_OFFSET: &str = "salesflow.source.offset";
+    /// `transformed` on a dead letter whose payload is not its source record (a sink gave
+    /// up on what a stage made of it): replay re-reads the source record instead.
+    pub const PAYLOAD: &str = "salesflow.payload";
+    /// Set on a record `salesflow dlq replay` sent back: the dead letter it came from.
+    pub const REPLAYED_FROM: &str = "salesflow.replayed.from";
+}
+
+const DEAD_LETTER_HEADERS: [&str; 7] = [
+    headers::ERROR,
+    headers::FAILED_BY,
+    headers::FAILED_AT,
+    headers::ORIGIN,
+    headers::SOURCE_TOPIC,
+    headers::SOURCE_PARTITION,
+    headers::SOURCE_OFFSET,
+];
 
 /// Where an event entered the pipeline; dead letters and rejections name it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -220,15 +220,8 @@ fn assignment_of(origin: &Origin) -> Option<u64> {
     }
 }
 
-fn refuse(mut event: Event, reason: &str) -> Event {
-    event
-        .headers
-        .push(("salesflow.error".into(), Bytes::from(reason.to_owned())));
-    event.headers.push((
-        "salesflow.origin".into(),
-        Bytes::from(event.origin.describe()),
-    ));
-    event
+fn refuse(event: Event, reason: &str) -> Event {
+    event.dead_letter(reason, "domain cart stage")
 }
 
 #[async_trait]

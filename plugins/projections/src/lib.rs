@@ -107,16 +107,8 @@ struct CartHeader {
 }
 
 /// A record of `cart-events` that is not a cart update, marked for the dead-letter output.
-fn not_an_update(mut event: Event, e: &serde_json::Error) -> Event {
-    event.headers.push((
-        "salesflow.error".into(),
-        Bytes::from(format!("not a cart update: {e}")),
-    ));
-    event.headers.push((
-        "salesflow.origin".into(),
-        Bytes::from(event.origin.describe()),
-    ));
-    event
+fn not_an_update(event: Event, e: &serde_json::Error) -> Event {
+    event.dead_letter(&format!("not a cart update: {e}"), "read-models stage")
 }
 
 /// A document event for the elasticsearch sink.

@@ -1,0 +1,367 @@
+//! `salesflow dlq list` and `salesflow dlq replay`: the dead-letter topics, read and sent
+//! back. A dead letter carries its reason and where it came from (see
+//! `Event::dead_letter`); replay sends it to its source topic — the record itself when a
+//! stage refused it, or, when a sink gave up on what a stage made of it
+//! (`salesflow.payload = transformed`), the original record re-read from its source
+//! partition and offset. Replaying is idempotent because everything downstream is: the
+//! domain counts an order id once, the read models take a cart version once.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use salesflow_plugin_api::event::headers;
+
+/// The `salesflow.payload` value of a dead letter whose payload is not its source record.
+pub const TRANSFORMED: &str = "transformed";
+
+/// A dead letter as read from its topic.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct DeadLetter {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub headers: BTreeMap<String, String>,
+    pub payload: String,
+}
+
+impl DeadLetter {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    /// `partition:offset`, as `--offset` takes it.
+    pub fn id(&self) -> String {
+        format!("{}:{}", self.partition, self.offset)
+    }
+}
+
+/// The Kafka client settings of the configuration's `[kafka]` section.
+pub fn client_config(table: &toml::Table) -> Result<ClientConfig> {
+    let kafka = table
+        .get("kafka")
+        .and_then(toml::Value::as_table)
+        .context("the configuration has no [kafka] section")?;
+    let bootstrap = kafka
+        .get("bootstrap_servers")
+        .and_then(toml::Value::as_str)
+        .context("[kafka] bootstrap_servers is not set")?;
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    if let Some(properties) = kafka.get("properties").and_then(toml::Value::as_table) {
+        for (k, v) in properties {
+            let value = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+            config.set(k, value);
+        }
+    }
+    Ok(config)
+}
+
+fn text(bytes: Option<&[u8]>) -> String {
+    String::from_utf8_lossy(bytes.unwrap_or_default()).into_owned()
+}
+
+/// Every record of `topic`, up to its end when called.
+pub fn read(config: &ClientConfig, topic: &str) -> Result<Vec<DeadLetter>> {
+    let consumer: BaseConsumer = config
+        .clone()
+        .set(
+            "group.id",
+            format!("salesflow-dlq-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .context("creating a Kafka consumer")?;
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .context("reading the topic's metadata")?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| {
+            t.partitions()
+                .iter()
+                .map(rdkafka::metadata::MetadataPartition::id)
+        })
+        .collect();
+    if partitions.is_empty() {
+        bail!("no topic named {topic}");
+    }
+    let mut ends = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in &partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(topic, *p, Duration::from_secs(10))
+            .context("reading the topic's offsets")?;
+        if high > low {
+            ends.insert(*p, high);
+            tpl.add_partition_offset(topic, *p, Offset::Offset(low))?;
+        }
+    }
+    let mut letters = Vec::new();
+    if ends.is_empty() {
+        return Ok(letters);
+    }
+    consumer.assign(&tpl)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut done: BTreeMap<i32, bool> = ends.keys().map(|p| (*p, false)).collect();
+    while done.values().any(|d| !d) {
+        if std::time::Instant::now() > deadline {
+            bail!("reading {topic} took longer than 60 s");
+        }
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let m = message.context("reading a dead letter")?;
+        let mut hs = BTreeMap::new();
+        if let Some(h) = m.headers() {
+            for header in h.iter() {
+                hs.insert(header.key.to_owned(), text(header.value));
+            }
+        }
+        letters.push(DeadLetter {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(|k| text(Some(k))),
+            headers: hs,
+            payload: text(m.payload()),
+        });
+        if m.offset() + 1 >= ends[&m.partition()] {
+            done.insert(m.partition(), true);
+        }
+    }
+    letters.sort_by_key(|l| (l.partition, l.offset));
+    Ok(letters)
+}
+
+fn time(ms: Option<&str>) -> String {
+    ms.and_then(|v| v.parse::<i64>().ok())
+        .and_then(chrono::DateTime::from_timestamp_millis)
+        .map_or_else(
+            || "-".into(),
+            |t| t.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        )
+}
+
+/// The table `dlq list` prints.
+pub fn table(letters: &[DeadLetter]) -> String {
+    let mut out = format!(
+        "{:<12} {:<20} {:<28} {:<28} REASON\n",
+        "ID", "FAILED AT", "SOURCE", "BY"
+    );
+    for l in letters {
+        let _ = writeln!(
+            out,
+            "{:<12} {:<20} {:<28} {:<28} {}",
+            l.id(),
+            time(l.header(headers::FAILED_AT)),
+            l.header(headers::ORIGIN).unwrap_or("-"),
+            l.header(headers::FAILED_BY).unwrap_or("-"),
+            l.header(headers::ERROR).unwrap_or("(no reason recorded)")
+        );
+    }
+    let _ = writeln!(out, "{} dead letters", letters.len());
+    out
+}
+
+/// Parses `--offset` values: `P:O` or `P:FROM-TO`.
+pub fn parse_selection(values: &[String]) -> Result<Vec<(i32, i64, i64)>> {
+    values
+        .iter()
+        .map(|v| {
+            let bad = || format!("--offset {v:?}: expected PARTITION:OFFSET or PARTITION:FROM-TO");
+            let (p, o) = v.split_once(':').with_context(bad)?;
+            let p: i32 = p.trim().parse().ok().with_context(bad)?;
+            let (from, to) = match o.split_once('-') {
+                Some((a, b)) => (a.trim().parse().ok(), b.trim().parse().ok()),
+                None => (o.trim().parse().ok(), o.trim().parse().ok()),
+            };
+            match (from, to) {
+                (Some(from), Some(to)) if from <= to && from >= 0 => Ok((p, from, to)),
+                _ => bail!(bad()),
+            }
+        })
+        .collect()
+}
+
+/// The source record a transformed dead letter came from.
+fn original(config: &ClientConfig, topic: &str, partition: i32, offset: i64) -> Result<DeadLetter> {
+    let consumer: BaseConsumer = config
+        .clone()
+        .set(
+            "group.id",
+            format!("salesflow-dlq-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    consumer.assign(&tpl)?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(500)) {
+            let m = message?;
+            if m.offset() != offset {
+                bail!(
+                    "{topic}/{partition}@{offset} is gone (retention); the first record left is at {}",
+                    m.offset()
+                );
+            }
+            let mut hs = BTreeMap::new();
+            if let Some(h) = m.headers() {
+                for header in h.iter() {
+                    hs.insert(header.key.to_owned(), text(header.value));
+                }
+            }
+            return Ok(DeadLetter {
+                partition,
+                offset,
+                key: m.key().map(|k| text(Some(k))),
+                headers: hs,
+                payload: text(m.payload()),
+            });
+        }
+    }
+    bail!("{topic}/{partition}@{offset} could not be read within 30 s")
+}
+
+/// What `replay` did.
+pub struct Replayed {
+    pub sent: Vec<String>,
+    pub problems: Vec<String>,
+}
+
+/// Sends the chosen dead letters of `topic` back to their source topics (or `to`).
+pub async fn replay(
+    config: &ClientConfig,
+    topic: &str,
+    chosen: &[DeadLetter],
+    to: Option<&str>,
+    dry_run: bool,
+) -> Result<Replayed> {
+    let producer: FutureProducer = config
+        .clone()
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .create()
+        .context("creating a Kafka producer")?;
+    let mut done = Replayed {
+        sent: Vec::new(),
+        problems: Vec::new(),
+    };
+    // A sink's batch may hold several documents of one source record: it is sent once.
+    let mut originals_sent = std::collections::BTreeSet::new();
+    for letter in chosen {
+        let source_topic = letter.header(headers::SOURCE_TOPIC);
+        let Some(target) = to.or(source_topic) else {
+            done.problems.push(format!(
+                "{}: no source topic recorded; give --to",
+                letter.id()
+            ));
+            continue;
+        };
+        let record = if letter.header(headers::PAYLOAD) == Some(TRANSFORMED) {
+            let position = (
+                source_topic,
+                letter
+                    .header(headers::SOURCE_PARTITION)
+                    .and_then(|p| p.parse().ok()),
+                letter
+                    .header(headers::SOURCE_OFFSET)
+                    .and_then(|o| o.parse().ok()),
+            );
+            let (Some(t), Some(p), Some(o)) = position else {
+                done.problems.push(format!(
+                    "{}: a sink's dead letter without its source position",
+                    letter.id()
+                ));
+                continue;
+            };
+            if !originals_sent.insert((t.to_owned(), p, o)) {
+                continue;
+            }
+            match original(config, t, p, o) {
+                Ok(original) => original,
+                Err(e) => {
+                    done.problems.push(format!("{}: {e:#}", letter.id()));
+                    continue;
+                }
+            }
+        } else {
+            letter.clone()
+        };
+        let from = format!("{topic}/{}", letter.id());
+        let description = format!("{from} -> {target}");
+        if dry_run {
+            done.sent.push(format!("{description} (dry run)"));
+            continue;
+        }
+        let mut hs = OwnedHeaders::new();
+        for (k, v) in &record.headers {
+            if !k.starts_with("salesflow.") {
+                hs = hs.insert(Header {
+                    key: k,
+                    value: Some(v.as_bytes()),
+                });
+            }
+        }
+        hs = hs.insert(Header {
+            key: headers::REPLAYED_FROM,
+            value: Some(from.as_bytes()),
+        });
+        let mut out = FutureRecord::to(target)
+            .payload(record.payload.as_bytes())
+            .headers(hs);
+        if let Some(key) = &record.key {
+            out = out.key(key.as_bytes());
+        }
+        match producer.send(out, Duration::from_secs(30)).await {
+            Ok(_) => done.sent.push(description),
+            Err((e, _)) => done.problems.push(format!("{description}: {e}")),
+        }
+    }
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selections_are_partition_offset_or_ranges() {
+        let s = parse_selection(&["0:5".into(), "2:7-9".into()]).unwrap();
+        assert_eq!(s, vec![(0, 5, 5), (2, 7, 9)]);
+        for bad in ["5", "a:1", "0:x", "0:9-7", "0:-1"] {
+            let e = parse_selection(&[bad.into()]).unwrap_err().to_string();
+            assert!(e.contains("expected PARTITION:OFFSET"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_table_shows_reason_source_and_time() {
+        let mut hs = BTreeMap::new();
+        hs.insert(headers::ERROR.into(), "quantity: must be at least 1".into());
+        hs.insert(headers::ORIGIN.into(), "orders/3@17".into());
+        hs.insert(headers::FAILED_BY.into(), "domain cart stage".into());
+        hs.insert(headers::FAILED_AT.into(), "1795651200000".into());
+        let t = table(&[DeadLetter {
+            partition: 0,
+            offset: 4,
+            key: None,
+            headers: hs,
+            payload: "{}".into(),
+        }]);
+        assert!(t.contains("0:4"), "{t}");
+        assert!(t.contains("orders/3@17"), "{t}");
+        assert!(t.contains("quantity: must be at least 1"), "{t}");
+        assert!(t.contains("2026-11-26T00:00:00Z"), "{t}");
+        assert!(t.ends_with("1 dead letters\n"), "{t}");
+    }
+}
