@@ -390,3 +390,61 @@ mod tests {
         }
     }
 }
+
+/// Property tests of body splitting: arbitrary bytes never panic and are refused with
+/// a message, and N JSON objects as an array or as NDJSON are N events, each JSON.
+/// 3 x 2000 generated cases.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn object() -> impl Strategy<Value = serde_json::Value> {
+        prop::collection::btree_map("[a-z]{1,8}", ".{0,20}", 0..5)
+            .prop_map(|m| serde_json::json!(m))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_bodies_split_or_are_refused(body in prop::collection::vec(any::<u8>(), 0..300), ndjson in any::<bool>()) {
+            for mode in [BodyMode::Single, BodyMode::Many, BodyMode::Auto] {
+                match split_body(mode, ndjson, &body) {
+                    Ok(events) => {
+                        prop_assert!(!events.is_empty());
+                        for e in &events {
+                            prop_assert!(serde_json::from_slice::<serde_json::Value>(e).is_ok());
+                        }
+                    }
+                    Err(response) => prop_assert_eq!(response.status(), StatusCode::BAD_REQUEST),
+                }
+            }
+        }
+
+        #[test]
+        fn arrays_split_into_their_objects(objects in prop::collection::vec(object(), 1..20)) {
+            let body = serde_json::to_vec(&objects).unwrap();
+            let events = split_body(BodyMode::Auto, false, &body).map_err(|_| "refused").unwrap();
+            prop_assert_eq!(events.len(), objects.len());
+            for (e, o) in events.iter().zip(&objects) {
+                prop_assert_eq!(&serde_json::from_slice::<serde_json::Value>(e).unwrap(), o);
+            }
+        }
+
+        #[test]
+        fn ndjson_splits_into_its_lines(objects in prop::collection::vec(object(), 1..20)) {
+            let body: Vec<u8> = objects
+                .iter()
+                .flat_map(|o| {
+                    let mut line = serde_json::to_vec(o).unwrap();
+                    line.push(b'\n');
+                    line
+                })
+                .collect();
+            let events = split_body(BodyMode::Many, true, &body).map_err(|_| "refused").unwrap();
+            prop_assert_eq!(events.len(), objects.len());
+        }
+    }
+}

@@ -39,13 +39,16 @@ pub fn parse(query: Option<&str>, default_size: u32, max_size: u32) -> Result<Se
     {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         let key = decode(key).map_err(|e| format!("a parameter name is not valid: {e}"))?;
-        let value = decode(value).map_err(|e| format!("{key}: {e}"))?;
+        if key.is_empty() {
+            return Err("a parameter name is not valid: it is empty (write name=value)".into());
+        }
         if !PARAMETERS.contains(&key.as_str()) {
             return Err(format!(
                 "{key}: unknown parameter; known: {}",
                 PARAMETERS.join(", ")
             ));
         }
+        let value = decode(value).map_err(|e| format!("{key}: {e}"))?;
         if values.insert(key.clone(), value).is_some() {
             return Err(format!("{key}: given more than once"));
         }
@@ -270,5 +273,88 @@ mod tests {
             decode_cursor(&c).unwrap(),
             (1_800_000_000_000, id.to_owned())
         );
+    }
+}
+
+/// Property tests: any query string is parsed or refused naming a parameter, and a
+/// parsed search's values only ever appear as JSON values in a query of fixed shape.
+/// 2 x 3000 generated cases.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The keys of a JSON tree, at every depth: the query's shape.
+    fn keys(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    out.push(k.clone());
+                    keys(v, out);
+                }
+            }
+            Value::Array(a) => a.iter().for_each(|v| keys(v, out)),
+            _ => {}
+        }
+    }
+
+    const SHAPE: [&str; 17] = [
+        "size",
+        "query",
+        "bool",
+        "filter",
+        "must",
+        "term",
+        "user_id",
+        "range",
+        "created_at",
+        "gte",
+        "lte",
+        "match",
+        "products",
+        "operator",
+        "sort",
+        "cart_id",
+        "track_total_hits",
+    ];
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn any_query_string_is_parsed_or_refused_by_name(raw in ".{0,120}") {
+            match parse(Some(&raw), 20, 100) {
+                Ok(s) => prop_assert!((1..=100).contains(&s.size)),
+                Err(e) => prop_assert!(
+                    PARAMETERS.iter().any(|p| e.starts_with(&format!("{p}:")))
+                        || e.contains("unknown parameter")
+                        || e.starts_with("a parameter name"),
+                    "{}", e
+                ),
+            }
+        }
+
+        #[test]
+        fn parameters_never_change_the_query_shape(user in ".{1,60}", product in ".{1,60}", size in 1u32..=100) {
+            let encode = |t: &str| -> String {
+                t.bytes().fold(String::new(), |mut out, b| {
+                    let _ = std::fmt::Write::write_fmt(&mut out, format_args!("%{b:02X}"));
+                    out
+                })
+            };
+            let raw = format!("user_id={}&product={}&size={size}", encode(&user), encode(&product));
+            let Ok(search) = parse(Some(&raw), 20, 100) else {
+                // Control characters are refused; that is the other allowed outcome.
+                prop_assert!(user.chars().chain(product.chars()).any(char::is_control));
+                return Ok(());
+            };
+            let q = query(&search);
+            let mut found = Vec::new();
+            keys(&q, &mut found);
+            prop_assert!(found.iter().all(|k| SHAPE.contains(&k.as_str())), "{:?}", found);
+            prop_assert_eq!(&q["query"]["bool"]["filter"][0]["term"]["user_id"], &Value::from(user));
+            prop_assert_eq!(&q["query"]["bool"]["must"][0]["match"]["products"]["query"], &Value::from(product));
+        }
     }
 }

@@ -307,3 +307,114 @@ mod tests {
         );
     }
 }
+
+/// Property tests of the decoder on hostile input: arbitrary bytes, arbitrary JSON, and
+/// valid orders with fields replaced by arbitrary values. 3 x 2000 generated cases.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            ".{0,40}".prop_map(Value::from),
+            "[0-9]{1,20}(\\.[0-9]{0,8})?".prop_map(Value::from),
+            "-?[0-9]{1,3}(e[0-9]{1,3})?".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::from),
+                prop::collection::btree_map(".{0,12}", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    const FIELDS: [&str; 17] = [
+        "order_id",
+        "cart_id",
+        "user_id",
+        "product_name",
+        "product_info",
+        "quantity",
+        "payment_method",
+        "shipping_address",
+        "billing_address",
+        "amount",
+        "discounts",
+        "tax_amount",
+        "subtotal",
+        "shipping_method",
+        "currency",
+        "seller_info",
+        "created_at",
+    ];
+
+    /// What every accepted order satisfies, whatever it was built from.
+    fn sound(order: &Order) {
+        assert!((1..=10_000).contains(&order.quantity));
+        for m in [
+            order.amount,
+            order.discounts,
+            order.tax_amount,
+            order.subtotal,
+        ] {
+            assert!(!m.is_sign_negative() || m.is_zero());
+            assert!(m.scale() <= 4);
+        }
+        assert_eq!(order.currency.len(), 3);
+        assert!(order.currency.chars().all(|c| c.is_ascii_uppercase()));
+        assert!(!order.user_id.is_empty() && order.user_id.chars().count() <= 128);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn arbitrary_bytes_are_refused_with_reasons_never_a_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let v = OrderValidator::new();
+            match v.validate(&bytes) {
+                Ok(order) => sound(&order),
+                Err(reasons) => prop_assert!(!reasons.is_empty() && reasons.iter().all(|r| !r.is_empty())),
+            }
+            prop_assert_eq!(v.check(&bytes).is_ok(), v.validate(&bytes).is_ok());
+        }
+
+        #[test]
+        fn arbitrary_json_is_refused_with_reasons(value in any_json()) {
+            let v = OrderValidator::new();
+            let bytes = serde_json::to_vec(&value).unwrap();
+            match v.validate(&bytes) {
+                Ok(order) => sound(&order),
+                Err(reasons) => prop_assert!(!reasons.is_empty()),
+            }
+        }
+
+        #[test]
+        fn a_replaced_field_is_accepted_soundly_or_named(field in 0..FIELDS.len(), value in any_json(), remove in any::<bool>()) {
+            let v = OrderValidator::new();
+            let mut order = super::tests::sample();
+            let name = FIELDS[field];
+            if remove {
+                order.as_object_mut().unwrap().remove(name);
+            } else {
+                order[name] = value;
+            }
+            let bytes = serde_json::to_vec(&order).unwrap();
+            match v.validate(&bytes) {
+                Ok(accepted) => sound(&accepted),
+                Err(reasons) => prop_assert!(
+                    reasons.iter().any(|r| r.contains(name)),
+                    "{} not named in {:?}", name, reasons
+                ),
+            }
+            prop_assert_eq!(v.check(&bytes).is_ok(), v.validate(&bytes).is_ok());
+        }
+    }
+}
