@@ -13,7 +13,7 @@ mod config;
 mod source;
 
 pub use config::{BodyMode, HttpSourceSettings};
-pub use source::{Endpoint, HttpSource};
+pub use source::{Endpoint, HttpSource, split_body};
 
 use std::sync::Arc;
 

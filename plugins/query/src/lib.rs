@@ -12,7 +12,7 @@
 //! values in the Elasticsearch query and bound values of prepared CQL statements: they
 //! cannot change the shape of either (no injection).
 
-mod search;
+pub mod search;
 
 use std::sync::Arc;
 

@@ -1,0 +1,23 @@
+//! Any request body: split into JSON events or refused with 400, never a panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use salesflow_plugin_http::{BodyMode, split_body};
+
+fuzz_target!(|data: &[u8]| {
+    for (mode, ndjson) in [
+        (BodyMode::Single, false),
+        (BodyMode::Many, false),
+        (BodyMode::Many, true),
+        (BodyMode::Auto, false),
+    ] {
+        match split_body(mode, ndjson, data) {
+            Ok(events) => {
+                for e in events {
+                    assert!(serde_json::from_slice::<serde_json::Value>(&e).is_ok());
+                }
+            }
+            Err(answer) => assert_eq!(answer.status().as_u16(), 400),
+        }
+    }
+});
