@@ -55,8 +55,12 @@ pub fn client_config(table: &toml::Table) -> Result<ClientConfig> {
     config.set("bootstrap.servers", bootstrap);
     if let Some(properties) = kafka.get("properties").and_then(toml::Value::as_table) {
         for (k, v) in properties {
-            let value = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
-            config.set(k, value);
+            // A value, or { env = "NAME" } as the kafka plugins take it.
+            let value: salesflow_plugin_api::Secret = v
+                .clone()
+                .try_into()
+                .with_context(|| format!("[kafka] properties.{k}"))?;
+            config.set(k, value.expose());
         }
     }
     Ok(config)

@@ -118,11 +118,7 @@ fn retry_later(endpoint: &Endpoint, status: StatusCode, message: &str) -> Respon
 /// What the body held: one payload per event.
 /// The events of a body: one JSON value, a JSON array's items, or NDJSON lines; or the
 /// 400 answer saying why not. Public for the fuzz targets.
-pub fn split_body(
-    mode: BodyMode,
-    ndjson: bool,
-    body: &[u8],
-) -> Result<Vec<Bytes>, Box<Response>> {
+pub fn split_body(mode: BodyMode, ndjson: bool, body: &[u8]) -> Result<Vec<Bytes>, Box<Response>> {
     let bad = |message: String| {
         Box::new(error(
             StatusCode::BAD_REQUEST,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use salesflow_plugin_api::{ConfigError, Settings, is_secret_key, schemars};
+use salesflow_plugin_api::{ConfigError, Secret, Settings, is_secret_key, schemars};
 use serde::Deserialize;
 
 /// Where a new consumer group starts reading a partition.
@@ -67,10 +67,11 @@ pub struct KafkaSourceSettings {
     #[serde(default = "default_statistics_interval_ms")]
     pub statistics_interval_ms: u32,
     /// Any other librdkafka consumer property (`security.protocol`, `sasl.mechanism`,
-    /// `sasl.username`, `sasl.password`, `ssl.ca.location`, ...). Values of secret-looking
-    /// keys are never printed.
+    /// `sasl.username`, `sasl.password`, `ssl.ca.location`, ...). Any value may be
+    /// `{ env = "NAME" }`; values of secret-looking keys are never printed.
     #[serde(default)]
-    pub properties: BTreeMap<String, String>,
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub properties: BTreeMap<String, Secret>,
 }
 
 fn default_statistics_interval_ms() -> u32 {
@@ -181,7 +182,7 @@ impl KafkaSourceSettings {
                 self.statistics_interval_ms.to_string(),
             );
         for (key, value) in &self.properties {
-            config.set(key, value);
+            config.set(key, value.expose());
         }
         config
     }
@@ -247,10 +248,11 @@ pub struct KafkaSinkSettings {
     /// How often librdkafka reports statistics (queue length for the metrics).
     #[serde(default = "default_statistics_interval_ms")]
     pub statistics_interval_ms: u32,
-    /// Any other librdkafka producer property. Values of secret-looking keys are never
-    /// printed.
+    /// Any other librdkafka producer property. Any value may be `{ env = "NAME" }`;
+    /// values of secret-looking keys are never printed.
     #[serde(default)]
-    pub properties: BTreeMap<String, String>,
+    #[schemars(with = "BTreeMap<String, String>")]
+    pub properties: BTreeMap<String, Secret>,
 }
 
 fn default_linger_ms() -> u32 {
@@ -333,7 +335,7 @@ impl KafkaSinkSettings {
                 self.statistics_interval_ms.to_string(),
             );
         for (key, value) in &self.properties {
-            config.set(key, value);
+            config.set(key, value.expose());
         }
         config
     }
@@ -350,7 +352,7 @@ fn valid_topic(name: &str) -> bool {
 }
 
 fn check_properties(
-    properties: &BTreeMap<String, String>,
+    properties: &BTreeMap<String, Secret>,
     fixed: &[&str],
 ) -> Result<(), ConfigError> {
     for key in properties.keys() {
@@ -372,14 +374,14 @@ fn check_properties(
 }
 
 /// The properties as `key=value` lines with secret values redacted, for logs.
-pub fn redacted(properties: &BTreeMap<String, String>) -> String {
+pub fn redacted(properties: &BTreeMap<String, Secret>) -> String {
     properties
         .iter()
         .map(|(k, v)| {
             if is_secret_key(k) {
                 format!("{k}=<redacted>")
             } else {
-                format!("{k}={v}")
+                format!("{k}={}", v.expose())
             }
         })
         .collect::<Vec<_>>()
@@ -467,8 +469,8 @@ mod tests {
     #[test]
     fn secrets_are_redacted() {
         let mut p = BTreeMap::new();
-        p.insert("sasl.password".to_owned(), "hunter2".to_owned());
-        p.insert("sasl.mechanism".to_owned(), "PLAIN".to_owned());
+        p.insert("sasl.password".to_owned(), Secret::new("hunter2"));
+        p.insert("sasl.mechanism".to_owned(), Secret::new("PLAIN"));
         let shown = redacted(&p);
         assert!(!shown.contains("hunter2"));
         assert!(shown.contains("sasl.mechanism=PLAIN"));
