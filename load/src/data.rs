@@ -56,6 +56,10 @@ pub struct Generator {
     sent: u64,
     /// Orders generated per cart, to stay under `max_orders_per_cart`.
     per_cart: Vec<u32>,
+    /// The cart each shopper (by popularity rank) currently fills: a full one is
+    /// replaced by a new cart of the same shopper, so no cart outgrows the limit however
+    /// long the run.
+    slots: Vec<usize>,
 }
 
 impl Generator {
@@ -82,6 +86,7 @@ impl Generator {
                 shipping: SHIPPING[n % SHIPPING.len()],
             })
             .collect();
+        let slots = (0..settings.carts).collect();
         #[allow(clippy::cast_precision_loss)]
         let zipf = Zipf::new(settings.carts as f64, settings.zipf_exponent.max(0.000_1))
             .expect("valid Zipf parameters");
@@ -90,21 +95,31 @@ impl Generator {
             zipf,
             carts,
             per_cart: vec![0; settings.carts],
+            slots,
             settings: settings.clone(),
             sent: 0,
         }
     }
 
-    /// A cart, popular ones more often; a full cart (`max_orders_per_cart`) gives its
-    /// turn to the next one.
+    /// A cart, popular shoppers' more often. A cart that has `max_orders_per_cart`
+    /// orders is done: its shopper starts a new cart (same user, currency and addresses),
+    /// so a long run goes on over new carts instead of overfilling the popular ones.
     pub fn pick_cart(&mut self) -> usize {
         #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
         let k = self.zipf.sample(&mut self.rng) as usize;
-        let first = k.saturating_sub(1).min(self.carts.len() - 1);
-        (0..self.carts.len())
-            .map(|step| (first + step) % self.carts.len())
-            .find(|&c| self.per_cart[c] < self.settings.max_orders_per_cart)
-            .unwrap_or(first)
+        let slot = k.saturating_sub(1).min(self.slots.len() - 1);
+        let current = self.slots[slot];
+        if self.per_cart[current] < self.settings.max_orders_per_cart {
+            return current;
+        }
+        let next = Cart {
+            id: Uuid::from_u64_pair(self.rng.random(), self.rng.random()),
+            ..self.carts[current].clone()
+        };
+        self.carts.push(next);
+        self.per_cart.push(0);
+        self.slots[slot] = self.carts.len() - 1;
+        self.slots[slot]
     }
 
     pub fn chance(&mut self, share: f64) -> bool {
@@ -204,14 +219,36 @@ mod tests {
         let mut g = Generator::new(&settings(100, 30), 1, 1);
         let mut counts = vec![0u32; 100];
         for _ in 0..2000 {
-            counts[g.order().cart] += 1;
+            let cart = g.order().cart;
+            if cart >= counts.len() {
+                counts.resize(cart + 1, 0);
+            }
+            counts[cart] += 1;
         }
         assert!(counts.iter().all(|&n| n <= 30), "{counts:?}");
         // Zipf: the first carts fill up first, the last ones get the least.
         assert_eq!(counts[0], 30);
-        let tail: u32 = counts[80..].iter().sum();
+        let tail: u32 = counts[80..100].iter().sum();
         let head: u32 = counts[..20].iter().sum();
         assert!(head > tail, "head {head}, tail {tail}");
+        // Full carts were followed by new ones of the same shoppers.
+        assert!(g.carts.len() > 100, "{} carts", g.carts.len());
+        assert_eq!(g.carts[100].user, g.carts[0].user);
+    }
+
+    #[test]
+    fn a_run_longer_than_the_carts_hold_goes_on_over_new_carts() {
+        // 10 carts of at most 5 orders hold 50; 1000 orders need at least 200 carts.
+        let mut g = Generator::new(&settings(10, 5), 2, 2);
+        let mut counts: std::collections::HashMap<Uuid, u32> = std::collections::HashMap::new();
+        for _ in 0..1000 {
+            let order = g.order();
+            let cart = g.carts[order.cart].id;
+            assert_eq!(order.body["cart_id"], json!(cart));
+            *counts.entry(cart).or_default() += 1;
+        }
+        assert!(counts.values().all(|&n| n <= 5), "{counts:?}");
+        assert!(counts.len() >= 200, "{} carts", counts.len());
     }
 
     #[test]

@@ -102,10 +102,10 @@ impl Default for Target {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Data {
-    /// Carts orders are spread over.
+    /// Shoppers (each filling one cart at a time) orders are spread over.
     #[serde(default = "default_carts")]
     pub carts: usize,
-    /// Popularity skew: cart k (from 1) is chosen with weight 1/k^s.
+    /// Popularity skew: shopper k (from 1) is chosen with weight 1/k^s.
     #[serde(default = "default_zipf")]
     pub zipf_exponent: f64,
     #[serde(default = "default_currencies")]
@@ -119,8 +119,8 @@ pub struct Data {
     /// Share of single orders made invalid on purpose (must be refused with 400).
     #[serde(default)]
     pub invalid_share: f64,
-    /// Most orders one cart receives (the domain refuses a cart's 1001st order); a cart
-    /// that has them is not picked again. Real carts hold a handful; every cart update
+    /// Most orders one cart receives (the domain refuses a cart's 1001st order); a full
+    /// cart's shopper starts a new one. Real carts hold a handful; every cart update
     /// carries the whole cart, so very large carts make each order costlier downstream.
     #[serde(default = "default_max_orders_per_cart")]
     pub max_orders_per_cart: u32,

@@ -7,8 +7,9 @@
 //! every order, in partition order:
 //!
 //! - a new order id becomes the cart's next event: the main output carries a
-//!   `CartUpdated` (the event and the cart after it), which the pipeline writes to the
-//!   event store and publishes on `cart-events`;
+//!   `CartUpdated` (the event, and the cart after it on the last update of each cart in
+//!   the batch), which the pipeline writes to the event store and publishes on
+//!   `cart-events`;
 //! - a repeated order id is a no-op; its stored event is emitted again (writing and
 //!   publishing it again changes nothing downstream), so a crash between the two sinks
 //!   heals on redelivery;
@@ -32,7 +33,7 @@ use salesflow_plugin_api::{
     Settings, Stage, StageFactory, async_trait, schemars, toml,
 };
 use salesflow_plugin_cassandra::{CassandraSettings, EventStore};
-use salesflow_sales::{CartState, CartUpdated, Decision, OrderValidator};
+use salesflow_sales::{CartState, CartUpdatedRef, Decision, OrderValidator};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -280,7 +281,7 @@ impl Stage for CartStage {
 
         // Apply in order.
         let now = Utc::now();
-        let mut updates = Vec::with_capacity(orders.len());
+        let mut published = Vec::with_capacity(orders.len());
         for (order, event) in orders {
             let Some(cached) = self.carts.get_mut(&order.cart_id) else {
                 return Err(PluginError::new(format!(
@@ -288,7 +289,7 @@ impl Stage for CartStage {
                     order.cart_id
                 )));
             };
-            let published = match cached.state.decide(&order, now) {
+            let cart_event = match cached.state.decide(&order, now) {
                 Decision::Accepted(cart_event) => {
                     self.accepted.inc();
                     cached.state.apply(cart_event.clone());
@@ -304,18 +305,37 @@ impl Stage for CartStage {
                     continue;
                 }
             };
-            let cart = cached
-                .state
-                .cart
-                .clone()
-                .ok_or_else(|| PluginError::new("a cart without state"))?;
-            let payload = serde_json::to_vec(&CartUpdated {
-                event: published,
+            published.push((cart_event, event));
+        }
+
+        // Encode: each event, and with the last one of each cart in the batch the cart as
+        // it stands after the batch. The earlier ones of that cart leave it out: a later
+        // record of the same partition carries it, so a hot cart costs one copy of the
+        // cart per batch instead of one per order.
+        let mut last_of_cart: HashMap<Uuid, usize> = HashMap::with_capacity(published.len());
+        for (i, (cart_event, _)) in published.iter().enumerate() {
+            last_of_cart.insert(cart_event.cart_id, i);
+        }
+        let mut updates = Vec::with_capacity(published.len());
+        for (i, (cart_event, event)) in published.into_iter().enumerate() {
+            let cart_id = cart_event.cart_id;
+            let cart = if last_of_cart.get(&cart_id) == Some(&i) {
+                Some(
+                    self.carts
+                        .peek(&cart_id)
+                        .and_then(|c| c.state.cart.as_ref())
+                        .ok_or_else(|| PluginError::new(format!("cart {cart_id} has no state")))?,
+                )
+            } else {
+                None
+            };
+            let payload = serde_json::to_vec(&CartUpdatedRef {
+                event: &cart_event,
                 cart,
             })
             .map_err(|e| PluginError::context("encoding a cart update", e))?;
             updates.push(Event {
-                key: Some(Bytes::from(order.cart_id.to_string())),
+                key: Some(Bytes::from(cart_id.to_string())),
                 payload: Bytes::from(payload),
                 headers: Vec::new(),
                 timestamp_ms: event.timestamp_ms,

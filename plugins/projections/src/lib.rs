@@ -94,10 +94,23 @@ struct Updated {
     cart: Cart,
 }
 
-/// Just enough of a `CartUpdated` to see which cart and version it carries.
+/// Just enough of a `CartUpdated` to see which cart and version it carries. An update
+/// without a cart is superseded by a later record of the same cart (the domain leaves
+/// the cart out of all but the last update of a cart in its batch).
 #[derive(Deserialize)]
 struct Header {
-    cart: CartHeader,
+    #[serde(default)]
+    event: Option<EventHeader>,
+    #[serde(default)]
+    cart: Option<CartHeader>,
+}
+
+#[derive(Deserialize)]
+struct EventHeader {
+    #[serde(rename = "cart_id")]
+    _cart_id: uuid::Uuid,
+    #[serde(rename = "seq")]
+    _seq: u64,
 }
 
 #[derive(Deserialize)]
@@ -135,7 +148,7 @@ impl Stage for ReadModels {
         let Batch {
             events, acks, lane, ..
         } = batch;
-        // Every update carries the whole cart, so only the newest version of each cart in
+        // An update carries the whole cart, so only the newest version of each cart in
         // the batch needs documents: the older ones would be superseded (external
         // versions) in the same bulk request anyway.
         let mut newest: HashMap<uuid::Uuid, (u64, usize)> = HashMap::with_capacity(events.len());
@@ -143,7 +156,22 @@ impl Stage for ReadModels {
         let mut parsed = Vec::with_capacity(events.len());
         for event in events {
             match serde_json::from_slice::<Header>(&event.payload) {
-                Ok(Header { cart }) => {
+                Ok(Header {
+                    event: Some(_),
+                    cart: None,
+                }) => {
+                    // Superseded: a later record brings this cart.
+                }
+                Ok(Header {
+                    event: None,
+                    cart: None,
+                }) => rejected.push(event.dead_letter(
+                    "not a cart update: neither an event nor a cart",
+                    "read-models stage",
+                )),
+                Ok(Header {
+                    cart: Some(cart), ..
+                }) => {
                     let index = parsed.len();
                     newest
                         .entry(cart.cart_id)
@@ -262,5 +290,33 @@ mod tests {
         assert_eq!(out[1].events.len(), 1);
         let error = out[1].events[0].header("salesflow.error").unwrap();
         assert!(String::from_utf8_lossy(error).starts_with("not a cart update"));
+    }
+
+    #[tokio::test]
+    async fn updates_without_a_cart_are_superseded_and_empty_records_refused() {
+        let a = "00000000-0000-0000-0000-00000000000a";
+        let event_only =
+            Event::new(json!({ "event": { "cart_id": a, "seq": 4 } }).to_string()).with_key(a);
+        let events = vec![update(a, 3), event_only, update(a, 5), Event::new("{}")];
+        let mut stage = ReadModels(Arc::new(ReadModelSettings {
+            detailed_alias: "d".into(),
+            summary_alias: "s".into(),
+        }));
+        let mut out = Vec::new();
+        stage
+            .process(Batch::new(events, AckSet::none(), 0), &mut out)
+            .await
+            .unwrap();
+        assert_eq!(
+            versions(&out[0]),
+            vec![
+                ("d".into(), a.into(), "5".into()),
+                ("s".into(), a.into(), "5".into()),
+            ]
+        );
+        assert_eq!(out[1].output, Some("rejected"));
+        assert_eq!(out[1].events.len(), 1, "only the empty record");
+        let error = out[1].events[0].header("salesflow.error").unwrap();
+        assert!(String::from_utf8_lossy(error).contains("neither an event nor a cart"));
     }
 }

@@ -144,6 +144,17 @@ pub async fn replay(
     info!(carts = carts.len(), "replaying the event store");
     let mut events = index_carts(store, es, &carts, &targets[0].1, &targets[1].1).await?;
 
+    // Make what was indexed searchable before queries are sent to it.
+    for (_, index) in &targets {
+        let (status, body) = es
+            .call(Method::Post, &format!("/{index}/_refresh"), None)
+            .await
+            .map_err(|e| fail("refreshing an index", e))?;
+        if !(200..300).contains(&status) {
+            return Err(format!("refreshing {index} answered {status}: {body}"));
+        }
+    }
+
     // Switch both aliases at once.
     let mut actions = Vec::new();
     let mut replaced = Vec::new();

@@ -38,11 +38,23 @@ pub fn bucket_of(seq: u64) -> i32 {
 }
 
 /// What the domain worker publishes on `cart-events` for every accepted order (and again
-/// for a redelivered one): the event and the cart as it stands after it.
+/// for a redelivered one): the event, and the cart as it stands after it. Of several
+/// updates of one cart in one batch only the last carries the cart (the others have no
+/// `cart` field): a later record of the same partition always brings it, and a hot
+/// cart's orders do not each copy the whole cart.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CartUpdated {
     pub event: CartEvent,
-    pub cart: Cart,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cart: Option<Cart>,
+}
+
+/// A `CartUpdated` by reference: encodes the same JSON without copying the cart.
+#[derive(Debug, Serialize)]
+pub struct CartUpdatedRef<'a> {
+    pub event: &'a CartEvent,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cart: Option<&'a Cart>,
 }
 
 /// One line of a cart: an order.
@@ -288,6 +300,29 @@ mod tests {
             Decision::Refused(Refusal::UserMismatch { .. })
         ));
         assert_eq!(accept(&mut state, &order(cart, 4, "EUR", "0.05")).seq, 2);
+    }
+
+    #[test]
+    fn an_update_carries_the_cart_or_leaves_the_field_out() {
+        let cart = Uuid::from_u128(5);
+        let mut state = CartState::default();
+        let event = accept(&mut state, &order(cart, 1, "EUR", "10.00"));
+        let full = serde_json::to_vec(&CartUpdatedRef {
+            event: &event,
+            cart: state.cart.as_ref(),
+        })
+        .unwrap();
+        let back: CartUpdated = serde_json::from_slice(&full).unwrap();
+        assert_eq!(back.cart, state.cart);
+        assert_eq!(back.event, event);
+        let bare = serde_json::to_value(CartUpdatedRef {
+            event: &event,
+            cart: None,
+        })
+        .unwrap();
+        assert!(bare.get("cart").is_none(), "{bare}");
+        let back: CartUpdated = serde_json::from_value(bare).unwrap();
+        assert_eq!((back.event, back.cart), (event, None));
     }
 
     proptest! {

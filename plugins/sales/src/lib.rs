@@ -7,7 +7,7 @@ pub mod order;
 pub mod read_model;
 
 pub use cart::{
-    BUCKET_SIZE, Cart, CartEvent, CartState, CartUpdated, Decision, Item, MAX_ORDERS_PER_CART,
-    Refusal, bucket_of,
+    BUCKET_SIZE, Cart, CartEvent, CartState, CartUpdated, CartUpdatedRef, Decision, Item,
+    MAX_ORDERS_PER_CART, Refusal, bucket_of,
 };
 pub use order::{MONEY_FIELDS, ORDER_SCHEMA, Order, OrderValidator};
