@@ -18,6 +18,7 @@ use salesflow_plugin_api::axum::routing::get;
 use salesflow_plugin_api::axum::{Json, Router};
 use salesflow_plugin_api::{Healthcheck, Route};
 use serde_json::json;
+use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::trace::TraceLayer;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -313,5 +314,17 @@ pub fn router(
         app = app.merge(route.router);
     }
     app.layer(middleware::from_fn_with_state(http_metrics, track))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().on_failure(log_failure))
+}
+
+/// A 503 is load shed on purpose (counted in `salesflow_http_requests_total` and the
+/// sources' shed counters): one error line per shed request would flood the log exactly
+/// when the process is busiest. Other server errors are logged as errors.
+fn log_failure(class: ServerErrorsFailureClass, latency: Duration, _span: &tracing::Span) {
+    match class {
+        ServerErrorsFailureClass::StatusCode(StatusCode::SERVICE_UNAVAILABLE) => {
+            tracing::debug!(?latency, "request shed (503)");
+        }
+        class => tracing::error!(%class, ?latency, "response failed"),
+    }
 }

@@ -236,6 +236,17 @@ impl<'a> Server<'a> {
             .arg(format!("-Xmx{heap}"))
             .arg("-XX:+UseG1GC")
             .arg("-XX:+ExitOnOutOfMemoryError")
+            // Kafka's own launcher's collector goals: its pauses are every producer's
+            // latency (G1's default goal is 200 ms).
+            .args(if kind == ServerKind::Kafka {
+                &[
+                    "-XX:MaxGCPauseMillis=20",
+                    "-XX:InitiatingHeapOccupancyPercent=35",
+                    "-XX:+ExplicitGCInvokesConcurrent",
+                ][..]
+            } else {
+                &[][..]
+            })
             .arg("-Djava.awt.headless=true")
             .arg(format!(
                 "-Djava.io.tmpdir={}",
