@@ -67,12 +67,13 @@ async fn create_index(client: &reqwest::Client, index: &str) -> Result<()> {
     Ok(())
 }
 
-/// The projection sink's path: `Client::bulk` with external versions, batches of 1000.
+/// The projection sink's path: `Client::bulk` with external versions, batches of 500
+/// (the `batch` stage's `max_events` in pipeline.toml).
 async fn ours(docs: &[(String, Bytes)], index: &str) -> Result<f64> {
     let settings: ElasticsearchSettings = toml::from_str(&format!("url = \"{}\"", es_url()))?;
     let client = Client::new(&settings)?;
     let batches: Vec<Vec<Doc>> = docs
-        .chunks(1000)
+        .chunks(500)
         .map(|c| {
             c.iter()
                 .map(|(id, source)| Doc {
