@@ -78,14 +78,6 @@ fn dead_letters(sales: &Sales, topic: &str) -> Vec<Value> {
         .collect()
 }
 
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
 async fn cart_items(client: &reqwest::Client, base: &str, cart: Uuid) -> Option<Vec<String>> {
     let r = client
         .get(format!("{base}/carts/{cart}"))
@@ -161,7 +153,7 @@ async fn poison_records_are_dead_lettered_and_the_partition_moves_on() {
 
     // Three dead letters, each with its reason and where it came from.
     let mut letters = Vec::new();
-    wait_until("three dead letters", Duration::from_secs(30), || {
+    support::wait_for("three dead letters", Duration::from_secs(30), || {
         letters = dead_letters(&sales, &sales.orders_dlq);
         letters.len() >= 3
     });

@@ -52,20 +52,6 @@ type Case = (
     &'static str,
 );
 
-/// Waits until `base`/health/ready answers 200.
-async fn ready(client: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = client.get(format!("{base}/health/ready")).send().await
-            && r.status() == 200
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{base} never became ready");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// The order ids on `topic`, once every id in `expected` is there.
 fn order_ids_on(topic: &str, expected: &BTreeSet<String>) -> BTreeSet<String> {
     let records = read_all(topic, Duration::from_secs(60), |records| {
@@ -92,7 +78,7 @@ async fn bad_requests_get_clear_4xx_and_nothing_of_them_reaches_kafka() {
     let host = sales.start(&["command-api"]);
     let base = format!("http://{}", host.address());
     let client = reqwest::Client::new();
-    ready(&client, &base).await;
+    support::ready(&client, &base).await;
     let mut rng = Rng::new(11);
     let good = valid(&mut rng, 1);
 
@@ -475,7 +461,7 @@ async fn generated_mutations_keep_exactly_the_valid_orders() {
     let host = sales.start(&["command-api"]);
     let base = format!("http://{}", host.address());
     let client = reqwest::Client::new();
-    ready(&client, &base).await;
+    support::ready(&client, &base).await;
     let mut rng = Rng::new(20_261_126);
     let fields = [
         "order_id",
@@ -606,7 +592,7 @@ async fn slow_clients_are_cut_off_while_others_are_served() {
     let address = host.address();
     let base = format!("http://{address}");
     let client = reqwest::Client::new();
-    ready(&client, &base).await;
+    support::ready(&client, &base).await;
 
     // 100 connections that send half a request head and then nothing.
     let mut slow: Vec<TcpStream> = (0..100)
@@ -682,7 +668,7 @@ async fn query_parameters_cannot_change_the_query() {
     let host = sales.start(&[]);
     let base = format!("http://{}", host.address());
     let client = reqwest::Client::new();
-    ready(&client, &base).await;
+    support::ready(&client, &base).await;
     let mut rng = support::sales::fresh_rng("query parameters");
     let a = valid(&mut rng, 1);
     let b = valid(&mut rng, 2);

@@ -35,19 +35,6 @@ fn dec(v: &Value) -> Decimal {
     .unwrap()
 }
 
-async fn ready(client: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = client.get(format!("{base}/health/ready")).send().await
-            && r.status() == 200
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "not ready within 60 s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn cassandra() -> scylla::client::session::Session {
     let nodes =
         std::env::var("SALESFLOW_CASSANDRA_NODES").unwrap_or_else(|_| "127.0.0.1:9042".into());
@@ -260,7 +247,7 @@ async fn orders_become_carts_exactly_and_replay_rebuilds_them() {
     let host = sales.start(&[]);
     let base = format!("http://{}", host.address());
     let client = reqwest::Client::new();
-    ready(&client, &base).await;
+    support::ready(&client, &base).await;
     let session = cassandra().await;
 
     // Carts are new on every run (the keyspace outlives tests): a fresh seed, printed.
@@ -529,7 +516,7 @@ async fn two_domain_workers_share_partitions_and_survive_a_kill() {
     let second = sales.start(&["domain"]);
     let base = format!("http://{}", front.address());
     let client = reqwest::Client::new();
-    ready(&client, &base).await;
+    support::ready(&client, &base).await;
 
     // The group splits the 12 partitions between the two workers.
     // What a worker owns now: its assignments minus its revocations, in log order.

@@ -190,6 +190,20 @@ pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bo
     }
 }
 
+/// Waits (up to 60 s) until `base`/health/ready answers 200.
+pub async fn ready(client: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = client.get(format!("{base}/health/ready")).send().await
+            && r.status() == 200
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{base} never became ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// `salesflow` as a child process, with its JSON log lines collected.
 pub struct Host {
     child: Child,
