@@ -133,8 +133,31 @@ impl OrderValidator {
             return Err(problems);
         }
         Self::money(&value, payload)?;
-        Uuid::parse_str(value["cart_id"].as_str().unwrap_or_default())
-            .map_err(|_| vec!["cart_id: not a UUID although the schema holds".to_owned()])
+        Self::identity(&value).map(|(_, cart_id, _)| cart_id)
+    }
+
+    /// The ids and the time, read as the order will be: the schema's `format` checks are
+    /// looser than the parsers (its `date-time` took "202=-11-26T10:15:00Z"), so `check`
+    /// and `validate` both read them here and agree on every payload.
+    fn identity(value: &serde_json::Value) -> Result<(Uuid, Uuid, DateTime<Utc>), Vec<String>> {
+        let mut problems = Vec::new();
+        let mut uuid = |name: &str| {
+            Uuid::parse_str(value[name].as_str().unwrap_or_default())
+                .map_err(|e| problems.push(format!("{name}: not a UUID: {e}")))
+        };
+        let (order_id, cart_id) = (uuid("order_id"), uuid("cart_id"));
+        let created_at =
+            DateTime::parse_from_rfc3339(value["created_at"].as_str().unwrap_or_default())
+                .map(|d| d.with_timezone(&Utc))
+                .map_err(|e| {
+                    problems.push(format!(
+                        "created_at: not an RFC 3339 date-time like \"2026-11-26T10:15:00Z\": {e}"
+                    ));
+                });
+        match (order_id, cart_id, created_at) {
+            (Ok(order_id), Ok(cart_id), Ok(created_at)) => Ok((order_id, cart_id, created_at)),
+            _ => Err(problems),
+        }
     }
 
     /// The order, or every problem with it (`field: why`), sorted by field.
@@ -146,18 +169,8 @@ impl OrderValidator {
             return Err(problems);
         }
         let money = Self::money(&value, payload)?;
+        let (order_id, cart_id, created_at) = Self::identity(&value)?;
         let text = |name: &str| value[name].as_str().unwrap_or_default().to_owned();
-        let uuid = |name: &str| Uuid::parse_str(value[name].as_str().unwrap_or_default());
-        let created_at =
-            DateTime::parse_from_rfc3339(value["created_at"].as_str().unwrap_or_default())
-                .map(|d| d.with_timezone(&Utc));
-        let (Ok(order_id), Ok(cart_id), Ok(created_at)) =
-            (uuid("order_id"), uuid("cart_id"), created_at)
-        else {
-            return Err(vec![
-                "(order): ids or time do not parse although the schema holds".into(),
-            ]);
-        };
         Ok(Order {
             order_id,
             cart_id,
@@ -279,6 +292,25 @@ mod tests {
             "{problems:?}"
         );
         assert!(problems.iter().any(|p| p.contains("extra")), "{problems:?}");
+    }
+
+    /// Found by `cargo fuzz` (the `order_decoder` target): the schema's date-time format let a year
+    /// with a non-digit through, so the API's check accepted an order the domain refused.
+    #[test]
+    fn check_and_validate_refuse_a_time_only_the_schema_accepts() {
+        let v = OrderValidator::new();
+        for created_at in ["202=-11-26T10:15:00Z", "2026-02-30T10:15:00Z"] {
+            let mut o = sample();
+            o["created_at"] = serde_json::json!(created_at);
+            let bytes = o.to_string().into_bytes();
+            let checked = v.check(&bytes).unwrap_err();
+            let validated = v.validate(&bytes).unwrap_err();
+            assert_eq!(checked, validated);
+            assert!(
+                checked.len() == 1 && checked[0].starts_with("created_at:"),
+                "{created_at}: {checked:?}"
+            );
+        }
     }
 
     #[test]
