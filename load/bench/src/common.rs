@@ -170,11 +170,24 @@ impl Salesflow {
         self.child.try_wait().ok().flatten()
     }
 
-    pub fn stop(mut self) {
+    /// SIGTERM, then waits (without blocking the runtime) for the graceful shutdown; a
+    /// process still running after `STOP_GRACE` is killed and the overrun reported.
+    pub async fn stop(mut self) {
+        const STOP_GRACE: Duration = Duration::from_secs(60);
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        let _ = self.child.wait();
+        let deadline = Instant::now() + STOP_GRACE;
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if Instant::now() > deadline {
+                eprintln!(
+                    "salesflow (pid {}) still running {STOP_GRACE:?} after SIGTERM: killed",
+                    self.child.id()
+                );
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 }
 

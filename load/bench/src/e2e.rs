@@ -269,7 +269,7 @@ settle_timeout = "60s"
     let report = &outcome.report;
     let (pids, rss_samples) = {
         for (_, process) in processes {
-            process.stop();
+            process.stop().await;
         }
         sampler.await?
     };

@@ -254,7 +254,7 @@ impl Cluster {
 
     async fn stop(self) {
         for (_, process) in self.processes {
-            process.stop();
+            process.stop().await;
         }
         common::drop_isolated(&self.tag).await;
     }
@@ -534,7 +534,7 @@ async fn inject(
                 ));
                 tokio::time::sleep_until(t0 + plan.before + window).await;
                 lock(&cluster.pids).remove("domain (second)");
-                second.stop();
+                second.stop().await;
                 seen.notes.push(format!(
                     "and left at {:.1} s",
                     (Instant::now() - t0).as_secs_f64()
@@ -793,6 +793,27 @@ async fn main_async(cli: Cli) -> Result<bool> {
         }))?,
     )?;
     println!("report: {}.md", base.display());
+    // The failures again, last, so that a log's tail says what went wrong.
+    for r in results.iter().filter(|r| !r.passed()) {
+        eprintln!(
+            "salesflow-faults: {} FAILED: accepted {}, lost {} (event store {}, read models {}), duplicated {}, carts out of order {}, replay mismatches {}{}",
+            r.case,
+            r.accepted,
+            r.lost(),
+            r.lost_event_store,
+            r.lost_read_model,
+            r.duplicated(),
+            r.out_of_order_carts,
+            r.replay_mismatches,
+            r.error
+                .as_ref()
+                .map(|e| format!("; error: {e}"))
+                .unwrap_or_default()
+        );
+        for n in &r.notes {
+            eprintln!("salesflow-faults:   {}: {n}", r.case);
+        }
+    }
     Ok(results.iter().all(CaseResult::passed))
 }
 

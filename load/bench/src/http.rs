@@ -51,7 +51,7 @@ pub async fn run(clients: usize, duration: Duration) -> Result<Row> {
         body,
     )
     .await?;
-    salesflow.stop();
+    salesflow.stop().await;
     drop_isolated(&t).await;
 
     println!(
