@@ -15,8 +15,27 @@ use rdkafka::client::DefaultClientContext;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+/// The salesflow checkout the suites run in: the nearest folder at or above the current
+/// one holding `pipeline.toml` and `schemas/kafka/topics.toml` (the scripts run from the
+/// root), else the checkout this binary was built from. Found at run time: a target folder
+/// shared by two checkouts (a fresh clone for CI and a working tree) keeps whichever
+/// built last, and its compiled-in path may name the other one.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    static REPO: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    REPO.get_or_init(|| {
+        let is_checkout = |d: &Path| {
+            d.join("pipeline.toml").is_file() && d.join("schemas/kafka/topics.toml").is_file()
+        };
+        std::env::current_dir()
+            .ok()
+            .and_then(|cwd| {
+                cwd.ancestors()
+                    .find(|d| is_checkout(d))
+                    .map(Path::to_path_buf)
+            })
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+    })
+    .clone()
 }
 
 pub fn bootstrap() -> String {
