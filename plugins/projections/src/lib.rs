@@ -241,6 +241,20 @@ mod tests {
         Event::new(json!({ "event": null, "cart": cart }).to_string()).with_key(cart_id.to_owned())
     }
 
+    /// One batch through the stage (aliases "d" and "s"): what it emits.
+    async fn read_models(events: Vec<Event>) -> Vec<Batch> {
+        let mut stage = ReadModels(Arc::new(ReadModelSettings {
+            detailed_alias: "d".into(),
+            summary_alias: "s".into(),
+        }));
+        let mut out = Vec::new();
+        stage
+            .process(Batch::new(events, AckSet::none(), 0), &mut out)
+            .await
+            .unwrap();
+        out
+    }
+
     fn versions(batch: &Batch) -> Vec<(String, String, String)> {
         let text = |e: &Event, h: &str| String::from_utf8_lossy(e.header(h).unwrap()).into_owned();
         batch
@@ -267,15 +281,7 @@ mod tests {
             Event::new("not json"),
             update(a, 2),
         ];
-        let mut stage = ReadModels(Arc::new(ReadModelSettings {
-            detailed_alias: "d".into(),
-            summary_alias: "s".into(),
-        }));
-        let mut out = Vec::new();
-        stage
-            .process(Batch::new(events, AckSet::none(), 0), &mut out)
-            .await
-            .unwrap();
+        let out = read_models(events).await;
         assert_eq!(out.len(), 2, "documents and rejected");
         assert_eq!(
             versions(&out[0]),
@@ -298,15 +304,7 @@ mod tests {
         let event_only =
             Event::new(json!({ "event": { "cart_id": a, "seq": 4 } }).to_string()).with_key(a);
         let events = vec![update(a, 3), event_only, update(a, 5), Event::new("{}")];
-        let mut stage = ReadModels(Arc::new(ReadModelSettings {
-            detailed_alias: "d".into(),
-            summary_alias: "s".into(),
-        }));
-        let mut out = Vec::new();
-        stage
-            .process(Batch::new(events, AckSet::none(), 0), &mut out)
-            .await
-            .unwrap();
+        let out = read_models(events).await;
         assert_eq!(
             versions(&out[0]),
             vec![
