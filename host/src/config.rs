@@ -53,31 +53,47 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Loaded, String> {
     let document = toml_edit::Document::parse(text.clone())
         .map_err(|e| format!("{}: not valid TOML: {e}", path.display()))?;
 
-    let figment = Figment::new()
-        .merge(Toml::string(&text))
-        .merge(Env::prefixed(ENV_PREFIX).split("__"));
+    // Environment values are typed by figment (`12345` becomes a number), except a
+    // secret's: it stays the text it is, digits and leading zeros included.
+    let env = Env::prefixed(ENV_PREFIX)
+        .split("__")
+        .filter(|key| !is_secret_path(key.as_str()));
+    let figment = Figment::new().merge(Toml::string(&text)).merge(env);
     let mut table: toml::Table = figment
         .extract()
         .map_err(|e| format!("{}: {e}", path.display()))?;
 
     let mut overrides = Vec::new();
-    for (name, _) in std::env::vars() {
+    for (name, value) in std::env::vars() {
         if let Some(rest) = name.strip_prefix(ENV_PREFIX) {
             let key: Vec<String> = rest.split("__").map(str::to_lowercase).collect();
+            if is_secret_path(&key.join(".")) {
+                set_path(&mut table, &key, toml::Value::String(value))
+                    .map_err(|e| format!("environment variable {name}: {e}"))?;
+            }
             overrides.push((key, KeyOrigin::Env(name.clone())));
         }
     }
     for set in sets {
+        let shown = redact_set(set);
         let (key, value) = set
             .split_once('=')
-            .ok_or_else(|| format!("--set {set}: expected key.path=value"))?;
+            .ok_or_else(|| format!("--set {shown}: expected key.path=value"))?;
         let key: Vec<String> = key.trim().split('.').map(str::to_owned).collect();
         if key.iter().any(String::is_empty) {
-            return Err(format!("--set {set}: empty segment in the key path"));
+            return Err(format!("--set {shown}: empty segment in the key path"));
         }
-        let value = parse_value(value.trim());
-        set_path(&mut table, &key, value).map_err(|e| format!("--set {set}: {e}"))?;
-        overrides.push((key, KeyOrigin::Set(set.clone())));
+        let value = if is_secret_path(&key.join(".")) {
+            // A secret is its text; `{ env = "NAME" }` still names a variable.
+            match parse_value(value.trim()) {
+                table @ toml::Value::Table(_) => table,
+                _ => toml::Value::String(value.trim().to_owned()),
+            }
+        } else {
+            parse_value(value.trim())
+        };
+        set_path(&mut table, &key, value).map_err(|e| format!("--set {shown}: {e}"))?;
+        overrides.push((key, KeyOrigin::Set(shown)));
     }
     Ok(Loaded {
         path: path.to_path_buf(),
@@ -86,6 +102,25 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Loaded, String> {
         table,
         overrides,
     })
+}
+
+/// Whether a key path (dotted) names a secret: its last segment looks like one
+/// (`password`, `api_key`, `sasl.password` inside `properties`, ...).
+fn is_secret_path(path: &str) -> bool {
+    let path = path.to_ascii_lowercase();
+    let last = path.rsplit('.').next().unwrap_or(&path);
+    salesflow_plugin_api::is_secret_key(last)
+        || salesflow_plugin_api::is_secret_key(&path)
+        || last.ends_with("key")
+        || last.ends_with("keys")
+}
+
+/// A `--set` argument as it may be shown: the value of a secret's key replaced.
+fn redact_set(set: &str) -> String {
+    match set.split_once('=') {
+        Some((key, _)) if is_secret_path(key.trim()) => format!("{key}=<redacted>"),
+        _ => set.to_owned(),
+    }
 }
 
 /// A `--set` value: TOML when it parses as a TOML value (`5`, `true`, `["a"]`, `"x"`),
@@ -350,6 +385,53 @@ mod tests {
         );
         let problem = Problem::new(path(&["server", "address"]), "bad");
         assert_eq!(loaded.describe(&problem), "t.toml:2: server.address: bad");
+    }
+
+    #[test]
+    fn secrets_given_with_set_are_never_shown_and_stay_text() {
+        let dir = std::env::temp_dir().join(format!("salesflow-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("p.toml");
+        std::fs::write(
+            &path,
+            "[cassandra]\nnodes = [\"127.0.0.1:9042\"]\nusername = \"u\"\n",
+        )
+        .unwrap();
+        let loaded = load(
+            &path,
+            &[
+                "cassandra.password=0012345".into(),
+                "kafka.properties.sasl.password=hunter22".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            get(&loaded.table, &["cassandra", "password"]),
+            Some(&toml::Value::String("0012345".into())),
+            "digits stay the secret's text"
+        );
+        let problem = Problem::new(vec!["cassandra".into()], "bad");
+        let described = loaded.describe(&problem);
+        assert!(!described.contains("0012345"), "{described}");
+        assert!(
+            described.contains("--set cassandra.password=<redacted>"),
+            "{described}"
+        );
+        let problem = Problem::new(
+            vec![
+                "kafka".into(),
+                "properties".into(),
+                "sasl".into(),
+                "password".into(),
+            ],
+            "bad",
+        );
+        assert!(!loaded.describe(&problem).contains("hunter22"));
+        let e = load(&path, &["cassandra..password=hunter22".into()])
+            .err()
+            .unwrap();
+        assert!(!e.contains("hunter22"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

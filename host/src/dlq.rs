@@ -20,24 +20,89 @@ use salesflow_plugin_api::event::headers;
 /// The `salesflow.payload` value of a dead letter whose payload is not its source record.
 pub const TRANSFORMED: &str = "transformed";
 
-/// A dead letter as read from its topic.
-#[derive(Clone, Debug, serde::Serialize)]
+/// A record as read from a topic, byte for byte: key, payload and headers exactly as
+/// written (binary included; headers in order, a name repeated as often as it was).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeadLetter {
     pub partition: i32,
     pub offset: i64,
-    pub key: Option<String>,
-    pub headers: BTreeMap<String, String>,
-    pub payload: String,
+    pub key: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+    pub payload: Option<Vec<u8>>,
 }
 
 impl DeadLetter {
+    /// The first value of a header, as text.
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).map(String::as_str)
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| v.as_deref())
+            .and_then(|v| std::str::from_utf8(v).ok())
     }
 
     /// `partition:offset`, as `--offset` takes it.
     pub fn id(&self) -> String {
         format!("{}:{}", self.partition, self.offset)
+    }
+
+    fn from_message(m: &impl Message) -> Self {
+        let headers = m
+            .headers()
+            .map(|h| {
+                h.iter()
+                    .map(|header| (header.key.to_owned(), header.value.map(<[u8]>::to_vec)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Self {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(<[u8]>::to_vec),
+            headers,
+            payload: m.payload().map(<[u8]>::to_vec),
+        }
+    }
+}
+
+/// Bytes in JSON: the text when they are UTF-8, else `{"base64": "..."}`.
+fn bytes_json(bytes: Option<&[u8]>) -> serde_json::Value {
+    use base64::Engine as _;
+    match bytes {
+        None => serde_json::Value::Null,
+        Some(b) => match std::str::from_utf8(b) {
+            Ok(text) => serde_json::Value::String(text.to_owned()),
+            Err(_) => serde_json::json!({
+                "base64": base64::engine::general_purpose::STANDARD.encode(b)
+            }),
+        },
+    }
+}
+
+impl serde::Serialize for DeadLetter {
+    /// `headers` maps each name to its first value (what `dlq list` shows); `header_list`
+    /// keeps every header in order.
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut first = serde_json::Map::new();
+        for (name, value) in &self.headers {
+            first
+                .entry(name.clone())
+                .or_insert_with(|| bytes_json(value.as_deref()));
+        }
+        let list: Vec<serde_json::Value> = self
+            .headers
+            .iter()
+            .map(|(n, v)| serde_json::json!([n, bytes_json(v.as_deref())]))
+            .collect();
+        serde_json::json!({
+            "partition": self.partition,
+            "offset": self.offset,
+            "key": bytes_json(self.key.as_deref()),
+            "headers": first,
+            "header_list": list,
+            "payload": bytes_json(self.payload.as_deref()),
+        })
+        .serialize(serializer)
     }
 }
 
@@ -64,10 +129,6 @@ pub fn client_config(table: &toml::Table) -> Result<ClientConfig> {
         }
     }
     Ok(config)
-}
-
-fn text(bytes: Option<&[u8]>) -> String {
-    String::from_utf8_lossy(bytes.unwrap_or_default()).into_owned()
 }
 
 /// Every record of `topic`, up to its end when called.
@@ -124,19 +185,7 @@ pub fn read(config: &ClientConfig, topic: &str) -> Result<Vec<DeadLetter>> {
             continue;
         };
         let m = message.context("reading a dead letter")?;
-        let mut hs = BTreeMap::new();
-        if let Some(h) = m.headers() {
-            for header in h.iter() {
-                hs.insert(header.key.to_owned(), text(header.value));
-            }
-        }
-        letters.push(DeadLetter {
-            partition: m.partition(),
-            offset: m.offset(),
-            key: m.key().map(|k| text(Some(k))),
-            headers: hs,
-            payload: text(m.payload()),
-        });
+        letters.push(DeadLetter::from_message(&m));
         if m.offset() + 1 >= ends[&m.partition()] {
             done.insert(m.partition(), true);
         }
@@ -218,19 +267,7 @@ fn original(config: &ClientConfig, topic: &str, partition: i32, offset: i64) -> 
                     m.offset()
                 );
             }
-            let mut hs = BTreeMap::new();
-            if let Some(h) = m.headers() {
-                for header in h.iter() {
-                    hs.insert(header.key.to_owned(), text(header.value));
-                }
-            }
-            return Ok(DeadLetter {
-                partition,
-                offset,
-                key: m.key().map(|k| text(Some(k))),
-                headers: hs,
-                payload: text(m.payload()),
-            });
+            return Ok(DeadLetter::from_message(&m));
         }
     }
     bail!("{topic}/{partition}@{offset} could not be read within 30 s")
@@ -307,12 +344,14 @@ pub async fn replay(
             done.sent.push(format!("{description} (dry run)"));
             continue;
         }
-        let mut hs = OwnedHeaders::new();
+        // The record as it was: every header but salesflow's own marks, in order, values
+        // byte for byte; then where it was replayed from.
+        let mut hs = OwnedHeaders::new_with_capacity(record.headers.len() + 1);
         for (k, v) in &record.headers {
             if !k.starts_with("salesflow.") {
                 hs = hs.insert(Header {
                     key: k,
-                    value: Some(v.as_bytes()),
+                    value: v.as_deref(),
                 });
             }
         }
@@ -320,11 +359,12 @@ pub async fn replay(
             key: headers::REPLAYED_FROM,
             value: Some(from.as_bytes()),
         });
-        let mut out = FutureRecord::to(target)
-            .payload(record.payload.as_bytes())
-            .headers(hs);
+        let mut out: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(target).headers(hs);
+        if let Some(payload) = &record.payload {
+            out = out.payload(payload.as_slice());
+        }
         if let Some(key) = &record.key {
-            out = out.key(key.as_bytes());
+            out = out.key(key.as_slice());
         }
         match producer.send(out, Duration::from_secs(30)).await {
             Ok(_) => done.sent.push(description),
@@ -350,22 +390,48 @@ mod tests {
 
     #[test]
     fn the_table_shows_reason_source_and_time() {
-        let mut hs = BTreeMap::new();
-        hs.insert(headers::ERROR.into(), "quantity: must be at least 1".into());
-        hs.insert(headers::ORIGIN.into(), "orders/3@17".into());
-        hs.insert(headers::FAILED_BY.into(), "domain cart stage".into());
-        hs.insert(headers::FAILED_AT.into(), "1795651200000".into());
+        let hs = [
+            (headers::ERROR, "quantity: must be at least 1"),
+            (headers::ORIGIN, "orders/3@17"),
+            (headers::FAILED_BY, "domain cart stage"),
+            (headers::FAILED_AT, "1795651200000"),
+        ]
+        .map(|(k, v)| (k.to_owned(), Some(v.as_bytes().to_vec())))
+        .to_vec();
         let t = table(&[DeadLetter {
             partition: 0,
             offset: 4,
             key: None,
             headers: hs,
-            payload: "{}".into(),
+            payload: Some(b"{}".to_vec()),
         }]);
         assert!(t.contains("0:4"), "{t}");
         assert!(t.contains("orders/3@17"), "{t}");
         assert!(t.contains("quantity: must be at least 1"), "{t}");
         assert!(t.contains("2026-11-26T00:00:00Z"), "{t}");
         assert!(t.ends_with("1 dead letters\n"), "{t}");
+    }
+
+    #[test]
+    fn json_shows_text_as_text_and_other_bytes_as_base64_keeping_every_header() {
+        let letter = DeadLetter {
+            partition: 1,
+            offset: 2,
+            key: Some(vec![0xff, 0x00]),
+            headers: vec![
+                ("trace".into(), Some(b"a".to_vec())),
+                ("trace".into(), Some(vec![0x80])),
+                ("empty".into(), None),
+            ],
+            payload: Some(b"{}".to_vec()),
+        };
+        let json = serde_json::to_value(&letter).unwrap();
+        assert_eq!(json["key"]["base64"], "/wA=");
+        assert_eq!(json["payload"], "{}");
+        assert_eq!(json["headers"]["trace"], "a", "the first value");
+        assert_eq!(
+            json["header_list"],
+            serde_json::json!([["trace", "a"], ["trace", { "base64": "gA==" }], ["empty", null]])
+        );
     }
 }

@@ -108,7 +108,8 @@ pub fn describe_plugins(registry: &Registry) -> String {
     }
     out.push_str(
         "Every stage and sink also takes: inputs (required; names of sources or stages), \
-         lanes (default 1: parallel instances, a batch goes to lane `lane % lanes`), \
+         lanes (default 1: parallel instances, a batch goes to lane `lane % lanes`; \
+         \"auto\": one per input partition, made as partitions are assigned), \
          buffer (default 4: bounded channel size per lane, in batches); sinks take \
          concurrency (default 4: writes in flight per lane).\n",
     );
@@ -200,20 +201,23 @@ pub async fn run(plan: Plan) -> Result<bool> {
         .map_err(anyhow::Error::msg)?;
     let runtime::Started {
         mut tasks,
+        lanes,
         routes,
         healthchecks,
     } = started;
 
     let address = listener.local_addr()?;
-    server::monitor_health(
-        healthchecks.clone(),
+    // Readiness is checked in the background (at once, then every 2 s): probes read the
+    // last results instead of each costing three round trips to the servers.
+    let health = server::monitor_health(
+        healthchecks,
         &mut registry,
-        Duration::from_secs(5),
+        Duration::from_secs(2),
         sources_stop.clone(),
     );
     let app = server::router(
         routes,
-        healthchecks,
+        health,
         Arc::new(Mutex::new(registry)),
         plan.openapi.clone(),
     );
@@ -275,6 +279,9 @@ pub async fn run(plan: Plan) -> Result<bool> {
                 }
             }
         }
+        // Lanes made per key end once their inputs have closed.
+        lanes.close();
+        lanes.wait().await;
     })
     .await;
     if drained.is_err() {
@@ -310,9 +317,9 @@ async fn shutdown_signal() {
 }
 
 /// `salesflow replay`: rebuilds the read models from the event store, with the
-/// connection settings of a pipeline's `read-models` stage and `elasticsearch` sink and
-/// of the `[cassandra]` table.
-pub async fn replay(plan: &Plan, loaded: &Loaded, pipeline: &str) -> Result<String> {
+/// connection settings of a pipeline's `read-models` stage (its event store) and
+/// `elasticsearch` sink.
+pub async fn replay(plan: &Plan, pipeline: &str) -> Result<String> {
     use salesflow_plugin_api::Settings as _;
 
     let pipe = plan
@@ -343,14 +350,7 @@ pub async fn replay(plan: &Plan, loaded: &Loaded, pipeline: &str) -> Result<Stri
     let es_settings =
         salesflow_plugin_elasticsearch::ElasticsearchSettings::from_table(&connection)
             .map_err(|e| anyhow::anyhow!("elasticsearch settings: {e}"))?;
-    let cassandra = loaded
-        .table
-        .get("cassandra")
-        .and_then(toml::Value::as_table)
-        .context("replay needs the [cassandra] table")?;
-    let cassandra = salesflow_plugin_cassandra::CassandraSettings::from_table(cassandra)
-        .map_err(|e| anyhow::anyhow!("cassandra settings: {e}"))?;
-
+    let cassandra = models.cassandra.clone();
     let store = salesflow_plugin_cassandra::EventStore::connect(&cassandra)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -364,8 +364,17 @@ pub async fn replay(plan: &Plan, loaded: &Loaded, pipeline: &str) -> Result<Stri
     )
     .await
     .map_err(anyhow::Error::msg)?;
+    let unreadable = if report.unreadable.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; {} carts left out, their stored events not written by salesflow (the first: {})",
+            report.unreadable.len(),
+            report.unreadable[0]
+        )
+    };
     Ok(format!(
-        "replayed {} events of {} carts in {:.1} s into {}; aliases {} and {} switched; replaced {}",
+        "replayed {} events of {} carts in {:.1} s into {}; aliases {} and {} switched; replaced {}{unreadable}",
         report.events,
         report.carts,
         report.seconds,

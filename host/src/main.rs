@@ -258,7 +258,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(salesflow_host::replay(&plan, &loaded, &pipeline)) {
+            match runtime.block_on(salesflow_host::replay(&plan, &pipeline)) {
                 Ok(report) => {
                     println!("{report}");
                     ExitCode::SUCCESS

@@ -25,7 +25,6 @@ impl Registry {
         registry.add(Arc::new(salesflow_plugin_batch::BatchPlugin));
         registry.add(Arc::new(salesflow_plugin_validate::ValidatePlugin));
         registry.add(Arc::new(salesflow_plugin_cart::CartPlugin));
-        registry.add(Arc::new(salesflow_plugin_cassandra::CassandraSinkPlugin));
         registry.add(Arc::new(
             salesflow_plugin_elasticsearch::ElasticsearchSinkPlugin,
         ));

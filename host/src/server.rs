@@ -17,6 +17,7 @@ use salesflow_plugin_api::axum::response::{IntoResponse, Response};
 use salesflow_plugin_api::axum::routing::get;
 use salesflow_plugin_api::axum::{Json, Router};
 use salesflow_plugin_api::{Healthcheck, Route};
+
 use serde_json::json;
 use tower_http::classify::ServerErrorsFailureClass;
 use tower_http::trace::TraceLayer;
@@ -70,12 +71,31 @@ impl HttpMetrics {
     }
 }
 
+/// A request's method as a label: the standard ones by name, anything else `other`, so
+/// that clients cannot add series by inventing methods.
+fn method_label(method: &salesflow_plugin_api::axum::http::Method) -> &'static str {
+    use salesflow_plugin_api::axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
 async fn track(State(metrics): State<HttpMetrics>, request: Request, next: Next) -> Response {
+    // The route template the request matched (a bounded set), or `other`.
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().to_string();
+        .map_or_else(|| "other".to_owned(), |p| p.as_str().to_owned());
+    let method = method_label(request.method()).to_owned();
     let route_labels = RouteLabels {
         route: route.clone(),
     };
@@ -99,10 +119,31 @@ async fn track(State(metrics): State<HttpMetrics>, request: Request, next: Next)
     response
 }
 
-/// Health checks: each runs for real, with a timeout; readiness is 503 when any fails.
-#[derive(Clone)]
-struct Health {
-    checks: Arc<Vec<Healthcheck>>,
+/// Readiness as last checked: every check runs for real in the background (see
+/// [`monitor_health`]); `/health/ready` answers from this, so a burst of probes costs the
+/// dependencies nothing.
+#[derive(Clone, Default)]
+pub struct HealthState {
+    inner: Arc<Mutex<Option<CheckResults>>>,
+}
+
+/// Each check's name and outcome.
+type CheckResults = Vec<(String, Result<(), String>)>;
+
+impl HealthState {
+    fn set(&self, results: CheckResults) {
+        *self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(results);
+    }
+
+    fn get(&self) -> Option<CheckResults> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 async fn live() -> Response {
@@ -110,17 +151,27 @@ async fn live() -> Response {
 }
 
 /// Runs every check at once, each bounded by a timeout.
-async fn run_checks(checks: &[Healthcheck]) -> Vec<(String, Result<(), String>)> {
+async fn run_checks(checks: &[Healthcheck]) -> CheckResults {
     let runs = checks.iter().map(|check| {
         let f = Arc::clone(&check.check);
         async move {
             let result = tokio::time::timeout(Duration::from_secs(4), f())
                 .await
                 .unwrap_or_else(|_| Err("no answer within 4 s".into()));
-            (check.name.clone(), result)
+            (check.name.clone(), result.map_err(|e| shorten(&e)))
         }
     });
     futures::future::join_all(runs).await
+}
+
+/// A check's error as shown: its first line, at most 200 characters (the full text is
+/// logged, not served).
+fn shorten(error: &str) -> String {
+    let line = error.lines().next().unwrap_or_default();
+    match line.char_indices().nth(200) {
+        Some((cut, _)) => format!("{}...", &line[..cut]),
+        None => line.to_owned(),
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -128,14 +179,15 @@ struct CheckLabels {
     check: String,
 }
 
-/// Runs the readiness checks every `every` and exports them as
-/// `salesflow_dependency_up{check}` and `salesflow_ready`, for alerting.
+/// Runs the readiness checks at once and then every `every`, keeping the results for
+/// `/health/ready` and exporting them as `salesflow_dependency_up{check}` and
+/// `salesflow_ready`, for alerting.
 pub fn monitor_health(
     checks: Vec<Healthcheck>,
     registry: &mut Registry,
     every: Duration,
     stop: salesflow_plugin_api::CancellationToken,
-) {
+) -> HealthState {
     let up = Family::<CheckLabels, Gauge>::default();
     let ready = Gauge::<i64, std::sync::atomic::AtomicI64>::default();
     registry.register(
@@ -148,6 +200,8 @@ pub fn monitor_health(
         "Whether every dependency check passed (1) or not (0)",
         ready.clone(),
     );
+    let state = HealthState::default();
+    let shared = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
@@ -157,18 +211,31 @@ pub fn monitor_health(
             }
             let results = run_checks(&checks).await;
             let mut all = true;
-            for (name, result) in results {
+            for (name, result) in &results {
                 all &= result.is_ok();
-                up.get_or_create(&CheckLabels { check: name })
-                    .set(i64::from(result.is_ok()));
+                if let Err(e) = result {
+                    tracing::debug!(check = %name, error = %e, "readiness check failed");
+                }
+                up.get_or_create(&CheckLabels {
+                    check: name.clone(),
+                })
+                .set(i64::from(result.is_ok()));
             }
             ready.set(i64::from(all));
+            shared.set(results);
         }
     });
+    state
 }
 
-async fn ready(State(health): State<Health>) -> Response {
-    let results = run_checks(&health.checks).await;
+async fn ready(State(health): State<HealthState>) -> Response {
+    let Some(results) = health.get() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "starting", "checks": [] })),
+        )
+            .into_response();
+    };
     let ok = results.iter().all(|(_, r)| r.is_ok());
     let checks: Vec<_> = results
         .into_iter()
@@ -279,7 +346,7 @@ async fn metrics(State(state): State<MetricsState>) -> Response {
 /// The server's router.
 pub fn router(
     routes: Vec<Route>,
-    checks: Vec<Healthcheck>,
+    health: HealthState,
     registry: Arc<Mutex<Registry>>,
     openapi: Option<String>,
 ) -> Router {
@@ -294,12 +361,7 @@ pub fn router(
     };
     let mut app = Router::new()
         .route("/health/live", get(live))
-        .route(
-            "/health/ready",
-            get(ready).with_state(Health {
-                checks: Arc::new(checks),
-            }),
-        )
+        .route("/health/ready", get(ready).with_state(health))
         .route(
             "/metrics",
             get(metrics).with_state(MetricsState { registry, process }),

@@ -23,14 +23,34 @@ pub struct Node {
     pub kind: ComponentKind,
     pub type_name: String,
     pub inputs: Vec<String>,
-    /// Parallel instances; batches go to lane `batch.lane % lanes`.
-    pub lanes: usize,
+    /// Parallel instances: a fixed number (a batch goes to lane `batch.lane % lanes`), or
+    /// one per input lane key (`lanes = "auto"`: per Kafka partition), made when its
+    /// first batch arrives.
+    pub lanes: Lanes,
     /// Bounded channel size, in batches, of each lane.
     pub buffer: usize,
     /// Sinks: writes in flight per lane.
     pub concurrency: usize,
     pub settings: toml::Table,
     pub plugin: Arc<dyn Plugin>,
+}
+
+/// How many instances of a stage or sink run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lanes {
+    Fixed(usize),
+    /// One per lane key of the input (the Kafka source's key is its partition): the lanes
+    /// follow the partitions assigned, however many there are.
+    PerKey,
+}
+
+impl std::fmt::Display for Lanes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Lanes::Fixed(n) => write!(f, "{n}"),
+            Lanes::PerKey => f.write_str("auto (one per partition)"),
+        }
+    }
 }
 
 pub struct PipelinePlan {
@@ -392,7 +412,17 @@ fn component_node(
             }
         }
     };
-    let lanes = number("lanes", 1, 1024, problems);
+    let lanes = match spec.get("lanes") {
+        Some(toml::Value::String(s)) if s == "auto" => Lanes::PerKey,
+        Some(toml::Value::String(_)) => {
+            problems.push(Problem::new(
+                sub("lanes"),
+                "must be a whole number from 1 to 1024, or \"auto\" (one per partition)",
+            ));
+            Lanes::Fixed(1)
+        }
+        _ => Lanes::Fixed(number("lanes", 1, 1024, problems)),
+    };
     let buffer = number("buffer", 4, 65_536, problems);
     let concurrency = number("concurrency", 4, 1024, problems);
     if kind == ComponentKind::Source {

@@ -193,6 +193,33 @@ async fn bad_requests_get_clear_4xx_and_nothing_of_them_reaches_kafka() {
             "quantity",
         ),
         (
+            "quantity integral but written 2.0",
+            "/orders",
+            "application/json",
+            with(good.clone(), "quantity", json!(2.0)),
+            400,
+            "quantity",
+        ),
+        (
+            "quantity written with an exponent",
+            "/orders",
+            "application/json",
+            String::from_utf8(with(good.clone(), "quantity", json!(7)))
+                .unwrap()
+                .replace("\"quantity\":7", "\"quantity\":1e1")
+                .into_bytes(),
+            400,
+            "quantity",
+        ),
+        (
+            "quantity as a string of digits",
+            "/orders",
+            "application/json",
+            with(good.clone(), "quantity", json!("2")),
+            400,
+            "quantity",
+        ),
+        (
             "amount negative",
             "/orders",
             "application/json",
@@ -799,4 +826,74 @@ fn url_encode(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// Methods nobody uses and paths nobody serves cannot add metric series: they are counted
+/// under `other`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invented_methods_and_paths_add_no_metric_series() {
+    let sales = Sales::new().await;
+    let host = sales.start(&["command-api"]);
+    let base = format!("http://{}", host.address());
+    let client = reqwest::Client::new();
+    support::ready(&client, &base).await;
+    let series = || async {
+        let text = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("salesflow_http_"))
+            .map(|l| l.rsplit_once(' ').map_or(l, |(name, _)| name).to_owned())
+            .collect::<BTreeSet<String>>()
+    };
+    let mut rng = Rng::new(5);
+    let mut method = || {
+        let len = 3 + rng.below(10) as usize;
+        let name: String = (0..len)
+            .map(|_| char::from(b'A' + u8::try_from(rng.below(26)).unwrap()))
+            .collect();
+        reqwest::Method::from_bytes(name.as_bytes()).unwrap()
+    };
+    let paths = ["/orders", "/orders/batch", "/nowhere", "/metrics"];
+    // One of each kind first (and a scrape): those series exist from then on.
+    series().await;
+    for path in paths {
+        let _ = client
+            .request(method(), format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap();
+    }
+    let before = series().await;
+    for i in 0..1000 {
+        let path = if i % 5 == 4 {
+            format!("/made-up/{i}")
+        } else {
+            paths[i % 4].to_owned()
+        };
+        let status = client
+            .request(method(), format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert!(status.is_client_error(), "{path}: {status}");
+    }
+    let after = series().await;
+    let added: Vec<&String> = after.difference(&before).collect();
+    assert!(
+        added.is_empty(),
+        "1000 invented methods added series: {added:?}"
+    );
+    assert!(
+        before.iter().any(|s| s.contains("method=\"other\"")),
+        "{before:?}"
+    );
+    let (status, log) = host.stop(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
 }

@@ -451,3 +451,166 @@ topic = "{output}"
     assert!(status.success(), "{log}");
     support::delete_topics(&[&output]).await;
 }
+
+/// Records Kafka can never take (larger than the producer allows) become dead letters
+/// with the reason; the rest of their batches is written, and the source moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_kafka_refuses_for_good_become_dead_letters_and_the_rest_flows() {
+    let (input, output, dead, group) = (
+        unique("refuse-in"),
+        unique("refuse-out"),
+        unique("refuse-dlq"),
+        unique("refuse"),
+    );
+    create_topic(&input, 2).await;
+    create_topic(&output, 2).await;
+    create_topic(&dead, 1).await;
+    let big = "x".repeat(5000);
+    produce(&input, 200, 10, |i| {
+        if i % 10 == 3 {
+            format!(",\"pad\":\"{big}\"")
+        } else {
+            String::new()
+        }
+    })
+    .await;
+    let text = format!(
+        r#"
+[pipelines.relay.sources.in]
+type = "kafka"
+bootstrap_servers = "{bootstrap}"
+topics = ["{input}"]
+group_id = "{group}"
+commit_interval = "200ms"
+
+[pipelines.relay.sinks.out]
+type = "kafka"
+inputs = ["in"]
+bootstrap_servers = "{bootstrap}"
+topic = "{output}"
+properties = {{ "message.max.bytes" = "3000" }}
+
+[pipelines.relay.sinks.dead]
+type = "kafka"
+inputs = ["out.failed"]
+bootstrap_servers = "{bootstrap}"
+topic = "{dead}"
+"#,
+        bootstrap = support::bootstrap()
+    );
+    let (_dir, config) = support::config(&text);
+    let host = Host::start(&config, &["run"]);
+    let letters = tokio::task::spawn_blocking({
+        let dead = dead.clone();
+        move || read_all(&dead, Duration::from_secs(60), |r| r.len() >= 20)
+    })
+    .await
+    .unwrap();
+    let written = tokio::task::spawn_blocking({
+        let output = output.clone();
+        move || read_all(&output, Duration::from_secs(60), |r| r.len() >= 180)
+    })
+    .await
+    .unwrap();
+    assert_eq!(letters.len(), 20, "the 20 large records");
+    for letter in &letters {
+        assert_eq!(letter.payload["n"].as_i64().unwrap() % 10, 3);
+        let why = &letter.headers["salesflow.error"];
+        assert!(why.contains("too large"), "{why}");
+        assert_eq!(letter.headers["salesflow.source.topic"], input);
+    }
+    let small: BTreeSet<i64> = numbers(&written).into_iter().collect();
+    assert_eq!(small.len(), 180);
+    assert!(small.iter().all(|n| n % 10 != 3));
+    support::wait_for(
+        "the source to commit everything",
+        Duration::from_secs(30),
+        || {
+            let (committed, end) = committed_and_end(&input, &group);
+            committed == end
+        },
+    );
+    let (status, log) = host.stop(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
+    support::delete_topics(&[&input, &output, &dead]).await;
+}
+
+/// A sink that keeps failing (its topic does not exist yet) does not stop the process:
+/// the batch goes back to its partition, which reads it again after a backoff; once the
+/// topic exists, everything arrives and is committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_write_is_read_again_later_and_the_process_stays_up() {
+    let (input, output, group) = (unique("retry-in"), unique("retry-out"), unique("retry"));
+    create_topic(&input, 1).await;
+    produce(&input, 100, 5, |_| String::new()).await;
+    let text = format!(
+        r#"
+[pipelines.relay.sources.in]
+type = "kafka"
+bootstrap_servers = "{bootstrap}"
+topics = ["{input}"]
+group_id = "{group}"
+commit_interval = "200ms"
+
+[pipelines.relay.sinks.out]
+type = "kafka"
+inputs = ["in"]
+bootstrap_servers = "{bootstrap}"
+topic = "{output}"
+delivery_timeout_ms = 1000
+"#,
+        bootstrap = support::bootstrap()
+    );
+    let (_dir, config) = support::config(&text);
+    let host = Host::start(&config, &["run"]);
+    support::wait_for(
+        "a failed batch to be read again",
+        Duration::from_secs(60),
+        || {
+            host.log()
+                .contains("reading the partition again from it after a backoff")
+        },
+    );
+    support::wait_for("a second attempt", Duration::from_secs(60), || {
+        host.log()
+            .matches("reading the partition again from it after a backoff")
+            .count()
+            >= 2
+    });
+    create_topic(&output, 1).await;
+    let records = tokio::task::spawn_blocking({
+        let output = output.clone();
+        move || {
+            read_all(&output, Duration::from_secs(90), |r| {
+                numbers(r).into_iter().collect::<BTreeSet<_>>().len() >= 100
+            })
+        }
+    })
+    .await
+    .unwrap();
+    let got: BTreeSet<i64> = numbers(&records).into_iter().collect();
+    assert_eq!(got.len(), 100, "every record once the topic exists");
+    support::wait_for(
+        "the source to commit everything",
+        Duration::from_secs(30),
+        || {
+            let (committed, end) = committed_and_end(&input, &group);
+            committed == end
+        },
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", host.address()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("salesflow_kafka_redeliveries_total") && !l.ends_with(" 0")),
+        "{metrics}"
+    );
+    let (status, log) = host.stop(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
+    support::delete_topics(&[&input, &output]).await;
+}

@@ -3,10 +3,12 @@
 //! repository's pipeline.toml with `--set` overrides, as an operator would.
 
 #![allow(dead_code)]
-#![allow(clippy::cast_possible_truncation)]
+#![allow(clippy::cast_possible_truncation, clippy::cast_possible_wrap)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rust_decimal::Decimal;
@@ -15,6 +17,7 @@ use uuid::Uuid;
 
 use super::{Host, create_topic, unique};
 
+#[derive(Clone)]
 pub struct Sales {
     pub tag: String,
     pub orders: String,
@@ -316,4 +319,270 @@ pub fn fresh_rng(test: &str) -> Rng {
     let seed = uuid::Uuid::new_v4().as_u64_pair().0;
     println!("{test}: seed {seed}");
     Rng::new(seed)
+}
+
+pub fn dec(v: &Value) -> Decimal {
+    Decimal::from_str(
+        v.as_str()
+            .unwrap_or_else(|| panic!("not a decimal string: {v}")),
+    )
+    .unwrap()
+}
+
+pub async fn cassandra() -> scylla::client::session::Session {
+    let nodes =
+        std::env::var("SALESFLOW_CASSANDRA_NODES").unwrap_or_else(|_| "127.0.0.1:9042".into());
+    scylla::client::session_builder::SessionBuilder::new()
+        .known_nodes(nodes.split(','))
+        .build()
+        .await
+        .unwrap()
+}
+
+/// The event stream of a cart as Cassandra holds it: (seq, order id), in order.
+pub async fn stored_events(
+    session: &scylla::client::session::Session,
+    cart: Uuid,
+) -> Vec<(i64, Uuid)> {
+    let mut out = Vec::new();
+    for bucket in 0..10_i32 {
+        let rows = session
+            .query_unpaged(
+                "SELECT seq, order_id FROM salesflow.cart_events WHERE cart_id = ? AND bucket = ?",
+                (cart, bucket),
+            )
+            .await
+            .unwrap()
+            .into_rows_result()
+            .unwrap();
+        let part: Vec<(i64, Uuid)> = rows
+            .rows::<(i64, Uuid)>()
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        if part.is_empty() {
+            break;
+        }
+        out.extend(part);
+    }
+    out
+}
+
+/// Checks one cart everywhere against what was posted.
+pub async fn check_cart(
+    client: &reqwest::Client,
+    base: &str,
+    session: &scylla::client::session::Session,
+    spec: &CartSpec,
+    orders: &[&OrderSpec],
+) {
+    let n = orders.len() as u64;
+    let doc = cart_at(client, base, spec.id, n, Duration::from_secs(180)).await;
+    assert_eq!(doc["user_id"], spec.user.as_str());
+    assert_eq!(doc["currency"], spec.currency);
+    assert_eq!(doc["shipping_address"], spec.shipping.as_str());
+    assert_eq!(doc["billing_address"], spec.billing.as_str());
+    assert_eq!(doc["order_count"].as_u64(), Some(n));
+    let items: BTreeMap<String, &Value> = doc["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["order_id"].as_str().unwrap().to_owned(), i))
+        .collect();
+    assert_eq!(items.len(), orders.len(), "cart {}: items", spec.id);
+    for o in orders {
+        let item = items
+            .get(&o.order_id.to_string())
+            .unwrap_or_else(|| panic!("order {} missing from cart {}", o.order_id, spec.id));
+        assert_eq!(item["product_name"], o.product.as_str());
+        assert_eq!(item["quantity"].as_u64(), Some(u64::from(o.quantity)));
+        assert_eq!(
+            dec(&item["amount"]),
+            o.amount,
+            "order {} amount: {item}",
+            o.order_id
+        );
+        assert_eq!(
+            dec(&item["subtotal"]),
+            o.subtotal,
+            "order {} subtotal: {item}",
+            o.order_id
+        );
+        assert_eq!(
+            dec(&item["tax_amount"]),
+            o.tax,
+            "order {} tax: {item}",
+            o.order_id
+        );
+        assert_eq!(
+            dec(&item["discounts"]),
+            o.discounts,
+            "order {} discounts: {item}",
+            o.order_id
+        );
+    }
+    let sum = |f: fn(&OrderSpec) -> Decimal| orders.iter().map(|o| f(o)).sum::<Decimal>();
+    assert_eq!(
+        dec(&doc["subtotal"]),
+        sum(|o| o.subtotal),
+        "cart {} subtotal",
+        spec.id
+    );
+    assert_eq!(
+        dec(&doc["tax_amount"]),
+        sum(|o| o.tax),
+        "cart {} tax",
+        spec.id
+    );
+    assert_eq!(
+        dec(&doc["discounts"]),
+        sum(|o| o.discounts),
+        "cart {} discounts",
+        spec.id
+    );
+    let summary: Value = client
+        .get(format!("{base}/carts/{}/summary", spec.id))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(summary["subtotal"], doc["subtotal"]);
+    for o in orders {
+        assert!(summary["products"].as_str().unwrap().contains(&o.product));
+    }
+    // The event stream: 1..n, every order once.
+    let events = stored_events(session, spec.id).await;
+    let seqs: Vec<i64> = events.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        seqs,
+        (1..=n as i64).collect::<Vec<_>>(),
+        "cart {} event numbers",
+        spec.id
+    );
+    let ids: BTreeSet<Uuid> = events.iter().map(|(_, id)| *id).collect();
+    let expected: BTreeSet<Uuid> = orders.iter().map(|o| o.order_id).collect();
+    assert_eq!(ids, expected, "cart {} events", spec.id);
+    // The read model is the event store's history, in its order.
+    let in_model: Vec<Uuid> = doc["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| Uuid::parse_str(i["order_id"].as_str().unwrap()).unwrap())
+        .collect();
+    let in_store: Vec<Uuid> = events.iter().map(|(_, id)| *id).collect();
+    assert_eq!(
+        in_model, in_store,
+        "cart {}: read model and event store disagree",
+        spec.id
+    );
+    // The API's view of the stream agrees, in order.
+    let api: Value = client
+        .get(format!("{base}/carts/{}/events", spec.id))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let api_seqs: Vec<i64> = api["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(api_seqs, seqs);
+}
+
+/// Every document of the two read models, by index alias and id.
+/// The documents of `ids` under each alias. (A replay indexes every cart of the shared
+/// event store, so the test looks only at its own.)
+pub async fn documents(
+    es: &str,
+    aliases: &[&str],
+    ids: &BTreeSet<String>,
+) -> BTreeMap<(String, String), Value> {
+    let client = reqwest::Client::new();
+    let mut out = BTreeMap::new();
+    for alias in aliases {
+        let _ = client.post(format!("{es}/{alias}/_refresh")).send().await;
+        let body: Value = client
+            .post(format!("{es}/{alias}/_search"))
+            .json(&json!({ "size": ids.len(), "query": { "ids": { "values": ids } } }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for hit in body["hits"]["hits"].as_array().unwrap() {
+            out.insert(
+                ((*alias).to_owned(), hit["_id"].as_str().unwrap().to_owned()),
+                hit["_source"].clone(),
+            );
+        }
+    }
+    out
+}
+
+pub fn es_url() -> String {
+    std::env::var("SALESFLOW_ELASTICSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into())
+}
+
+/// Posts requests from a shared queue with `workers` concurrent clients.
+pub async fn post_all(base: &str, requests: Vec<Vec<Value>>, workers: usize) {
+    let queue = Arc::new(Mutex::new(requests));
+    let mut tasks = Vec::new();
+    for _ in 0..workers {
+        let queue = Arc::clone(&queue);
+        let base = base.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            loop {
+                let next = queue.lock().unwrap().pop();
+                let Some(request) = next else { break };
+                post_accepted(&client, &base, &request).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// Produces `key|value` lines with Kafka's own Java console producer (the kafka-tools jar
+/// the local stack resolved), as a user with Kafka's tools would: it hashes keys with
+/// murmur2, as every Java client does. Returns once the producer has exited.
+pub fn java_console_produce(topic: &str, records: &[(String, String)]) {
+    use std::io::Write as _;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let classpath = std::fs::read_to_string(root.join(".stack/classpath/kafka.cp"))
+        .expect("the local stack's Kafka classpath (scripts/stack up)");
+    let mut child = std::process::Command::new("java")
+        .args(["-Xmx256m", "-cp", classpath.trim()])
+        .arg("org.apache.kafka.tools.ConsoleProducer")
+        .args(["--bootstrap-server", &super::bootstrap(), "--topic", topic])
+        .args(["--property", "parse.key=true"])
+        .args(["--property", "key.separator=|"])
+        .args(["--producer-property", "acks=all"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start java");
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for (key, value) in records {
+            assert!(!value.contains('\n') && !key.contains('|'));
+            writeln!(stdin, "{key}|{value}").unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "ConsoleProducer failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -11,23 +11,62 @@ pub use tokio_util::sync::CancellationToken;
 
 use crate::event::{Batch, Event};
 
-/// An error inside a component. Plugins say what failed and with which input.
+/// An error inside a component. Plugins say what failed and with which input, and
+/// whether trying again can help: by default it can (a server down, a timeout) — the
+/// batch goes back to its source, which delivers it again later. A sink that knows some
+/// events can never be written (too large for the topic, refused by the index's
+/// mapping) says which with [`PluginError::refused`]: those become dead letters when the
+/// sink's `failed` output is read, and the rest of the batch counts as written.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct PluginError {
     pub message: String,
+    /// Events refused for good, if any.
+    pub refused: Option<Refused>,
+}
+
+/// Which events of a write were refused for good.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// Every event of the write (the error's message says why).
+    All,
+    /// These events, by position in the write, each with why; the others were written.
+    Some(Vec<(usize, String)>),
 }
 
 impl PluginError {
     pub fn new(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
+            refused: None,
         }
     }
 
     /// Wraps any error with a line of context: `context: error`.
     pub fn context(context: impl std::fmt::Display, error: impl std::fmt::Display) -> Self {
         Self::new(format!("{context}: {error}"))
+    }
+
+    /// Every event of the write is refused for good: writing it again cannot help.
+    pub fn refused_all(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            refused: Some(Refused::All),
+        }
+    }
+
+    /// Some events are refused for good (position in the write, why); the others were
+    /// written.
+    pub fn refused(message: impl Into<String>, events: Vec<(usize, String)>) -> Self {
+        Self {
+            message: message.into(),
+            refused: Some(Refused::Some(events)),
+        }
+    }
+
+    /// Whether trying the same write again cannot help.
+    pub fn is_permanent(&self) -> bool {
+        self.refused.is_some()
     }
 }
 
@@ -111,23 +150,59 @@ pub enum SendError {
     Closed(Batch),
 }
 
+/// Makes lanes on demand: for a node with one lane per input key (`lanes = "auto"`),
+/// the channel of a key's lane, made (with its task) when the key first appears. `None`
+/// when the node no longer takes batches (shutting down).
+pub trait LaneSource: Send + Sync + 'static {
+    fn lane(&self, key: u64) -> Option<mpsc::Sender<Batch>>;
+}
+
 /// The lanes of one downstream node.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Downstream {
-    lanes: Vec<mpsc::Sender<Batch>>,
+    lanes: Lanes,
+}
+
+#[derive(Clone)]
+enum Lanes {
+    Fixed(Vec<mpsc::Sender<Batch>>),
+    PerKey(Arc<dyn LaneSource>),
+}
+
+impl std::fmt::Debug for Downstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.lanes {
+            Lanes::Fixed(lanes) => write!(f, "Downstream({} lanes)", lanes.len()),
+            Lanes::PerKey(_) => f.write_str("Downstream(a lane per key)"),
+        }
+    }
 }
 
 impl Downstream {
     pub fn new(lanes: Vec<mpsc::Sender<Batch>>) -> Self {
         assert!(!lanes.is_empty(), "a node has at least one lane");
-        Self { lanes }
+        Self {
+            lanes: Lanes::Fixed(lanes),
+        }
     }
 
-    fn lane(&self, lane: u64) -> &mpsc::Sender<Batch> {
-        let count = self.lanes.len() as u64;
-        // Lossless: the remainder is below the lane count, a usize.
-        #[allow(clippy::cast_possible_truncation)]
-        &self.lanes[(lane % count) as usize]
+    /// A node with one lane per key, made by `source`.
+    pub fn per_key(source: Arc<dyn LaneSource>) -> Self {
+        Self {
+            lanes: Lanes::PerKey(source),
+        }
+    }
+
+    fn lane(&self, lane: u64) -> Option<mpsc::Sender<Batch>> {
+        match &self.lanes {
+            Lanes::Fixed(lanes) => {
+                let count = lanes.len() as u64;
+                // Lossless: the remainder is below the lane count, a usize.
+                #[allow(clippy::cast_possible_truncation)]
+                Some(lanes[(lane % count) as usize].clone())
+            }
+            Lanes::PerKey(source) => source.lane(lane),
+        }
     }
 }
 
@@ -177,7 +252,10 @@ impl Output {
             } else {
                 (current.clone(), Some(current))
             };
-            let sender = node.lane(this.lane);
+            let Some(sender) = node.lane(this.lane) else {
+                drop(rest);
+                return Err(SendError::Closed(this));
+            };
             let sent = match deadline {
                 None => sender.send(this).await.map_err(|e| SendError::Closed(e.0)),
                 Some(deadline) => match tokio::time::timeout_at(deadline, sender.reserve()).await {

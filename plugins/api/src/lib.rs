@@ -12,6 +12,7 @@
 
 pub mod ack;
 pub mod auth;
+pub mod cache;
 pub mod component;
 pub mod config;
 pub mod event;
@@ -19,9 +20,10 @@ pub mod json;
 pub mod plugin;
 
 pub use ack::{AckHandle, AckSet, Rejection, Status};
+pub use cache::{CacheBudget, SizedLru};
 pub use component::{
-    CancellationToken, Downstream, Output, OutputObserver, PluginError, SendError, Sink,
-    SinkFactory, Source, Stage, StageFactory, WriteFuture,
+    CancellationToken, Downstream, LaneSource, Output, OutputObserver, PluginError, Refused,
+    SendError, Sink, SinkFactory, Source, Stage, StageFactory, WriteFuture,
 };
 pub use config::{Secret, is_secret_key};
 pub use event::{Batch, Event, Origin};

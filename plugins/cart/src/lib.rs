@@ -1,39 +1,46 @@
-//! `type = "cart"`: the domain worker's stage — the actor of the original note.
+//! `type = "cart"`: the domain worker's stage — the actor of the original note, and the
+//! only writer of the event store.
 //!
-//! Each lane owns the carts of the partitions routed to it (run it with as many lanes as
-//! the topic has partitions, and each partition has its own task and bounded channel).
-//! A cart's state is rebuilt from the event store on first use, and again whenever its
-//! partition comes back after being away (another process may have changed it). For
-//! every order, in partition order:
+//! Each lane owns the carts of the partitions routed to it. A cart's state (who owns it,
+//! its currency, its totals, its order ids) is rebuilt from the event store on first use,
+//! and again whenever its partition comes back after being away. For every batch, the
+//! orders of each cart are decided in partition order and the new events are appended to
+//! the event store **fenced** by the version the decision was made on: when another
+//! writer got there first (a producer with another partitioner put the cart on a second
+//! partition, partitions were added, a revoked partition's write outlived its drain), the
+//! append is refused, the cart is reloaded and its orders decided again — a known order
+//! id becomes a no-op, a new one takes the next number. An event is never overwritten.
 //!
-//! - a new order id becomes the cart's next event: the main output carries a
-//!   `CartUpdated` (the event, and the cart after it on the last update of each cart in
-//!   the batch), which the pipeline writes to the event store and publishes on
-//!   `cart-events`;
-//! - a repeated order id is a no-op; its stored event is emitted again (writing and
-//!   publishing it again changes nothing downstream), so a crash between the two sinks
-//!   heals on redelivery;
+//! Then, in input order:
+//!
+//! - an accepted order, or one already in the cart (redelivered, or posted twice), goes
+//!   on the main output as a `CartUpdated`: its event and the cart's version and totals
+//!   after it (the pipeline publishes it on `cart-events`; publishing it again changes
+//!   nothing downstream);
 //! - an order breaking a rule (another currency or user than the cart's, a full cart), or
 //!   that is not an order at all, leaves on the `rejected` output with the reason in the
 //!   `salesflow.error` header and its origin in `salesflow.origin`.
+//!
+//! A batch that cannot be stored (the store failed past its retries) fails whole: the
+//! carts it touched are dropped from memory, and its orders come again.
 
 use std::collections::HashMap;
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
-use lru::LruCache;
 use prometheus_client::encoding::EncodeLabelSet;
 use salesflow_plugin_api::bytes::Bytes;
 use salesflow_plugin_api::prometheus_client::metrics::counter::Counter;
 use salesflow_plugin_api::prometheus_client::metrics::family::Family;
 use salesflow_plugin_api::{
-    Batch, BuildContext, Component, ComponentKind, ConfigError, Event, Origin, Plugin, PluginError,
-    Settings, Stage, StageFactory, async_trait, schemars, toml,
+    Batch, BuildContext, CacheBudget, Component, ComponentKind, ConfigError, Event, Origin, Plugin,
+    PluginError, Settings, SizedLru, Stage, StageFactory, async_trait, schemars, toml,
 };
-use salesflow_plugin_cassandra::{CassandraSettings, EventStore};
-use salesflow_sales::{CartState, CartUpdatedRef, Decision, OrderValidator};
+use salesflow_plugin_cassandra::{AppendError, CassandraSettings, EventStore};
+use salesflow_sales::{
+    CartEvent, CartState, CartTotals, CartUpdated, Decision, Order, OrderValidator, Refusal,
+};
 use serde::Deserialize;
 use uuid::Uuid;
 
@@ -45,27 +52,50 @@ pub struct CartSettings {
     /// rebuilt from the event store when they come back).
     #[serde(default = "default_max_carts")]
     pub max_carts: usize,
-    /// Carts a lane rebuilds from the event store at once.
+    /// Most bytes the carts in memory take, all lanes together (a cart's state is a few
+    /// dozen bytes per order).
+    #[serde(default = "default_max_cache_bytes")]
+    pub max_cache_bytes: usize,
+    /// Carts a lane rebuilds or appends to at once.
     #[serde(default = "default_load_concurrency")]
     pub load_concurrency: usize,
+    /// How many times a cart's orders are decided again after conflicting appends
+    /// (another writer appending to the same cart) before the batch fails.
+    #[serde(default = "default_max_conflicts")]
+    pub max_conflicts: usize,
 }
 
 fn default_max_carts() -> usize {
     100_000
 }
+fn default_max_cache_bytes() -> usize {
+    64 << 20
+}
 fn default_load_concurrency() -> usize {
     16
 }
+fn default_max_conflicts() -> usize {
+    20
+}
 
-const OWN_KEYS: [&str; 2] = ["max_carts", "load_concurrency"];
+const OWN_KEYS: [&str; 4] = [
+    "max_carts",
+    "max_cache_bytes",
+    "load_concurrency",
+    "max_conflicts",
+];
 
 impl Settings for CartSettings {
     fn check(&self) -> Result<(), ConfigError> {
-        if self.max_carts == 0 {
-            return Err(ConfigError::at(&["max_carts"], "must be at least 1"));
-        }
-        if self.load_concurrency == 0 {
-            return Err(ConfigError::at(&["load_concurrency"], "must be at least 1"));
+        for (key, value) in [
+            ("max_carts", self.max_carts),
+            ("max_cache_bytes", self.max_cache_bytes),
+            ("load_concurrency", self.load_concurrency),
+            ("max_conflicts", self.max_conflicts),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::at(&[key], "must be at least 1"));
+            }
         }
         Ok(())
     }
@@ -100,8 +130,9 @@ impl Plugin for CartPlugin {
     }
 
     fn summary(&self) -> &'static str {
-        "Per-partition cart actors: rebuilds carts from the event store, applies the cart's \
-         rules, emits cart updates; refused orders leave on `rejected`"
+        "Per-partition cart actors: rebuild carts from the event store, apply the cart's \
+         rules, append the new events fenced by the cart's version (a conflict is decided \
+         again, never overwritten), emit cart updates; refused orders leave on `rejected`"
     }
 
     fn shared_section(&self) -> Option<&'static str> {
@@ -137,7 +168,8 @@ impl Plugin for CartPlugin {
             split(&settings).map_err(|e| PluginError::context("cart settings", e))?;
         let store = EventStore::connect(&connection)
             .await
-            .map_err(|e| PluginError::new(e.to_string()))?;
+            .map_err(|e| PluginError::context("the event store", e))?;
+        salesflow_plugin_cassandra::register(&store, &connection, ctx);
         let outcomes = Family::<OutcomeLabel, Counter>::default();
         ctx.metrics.register(
             "salesflow_cart_orders",
@@ -147,15 +179,24 @@ impl Plugin for CartPlugin {
         let loads = Counter::default();
         ctx.metrics.register(
             "salesflow_cart_rebuilds",
-            "Carts rebuilt from the event store",
+            "Carts rebuilt from the event store (first use, a partition come back, a conflict)",
             loads.clone(),
         );
+        let redecided = Counter::default();
+        ctx.metrics.register(
+            "salesflow_cart_redecided",
+            "Times a cart's orders were decided again after another writer appended to it",
+            redecided.clone(),
+        );
+        let budget = CacheBudget::new(own.max_cache_bytes);
         Ok(Component::Stage(Arc::new(Factory {
             store,
             settings: own,
             validator: Arc::new(OrderValidator::new()),
             outcomes,
             loads,
+            redecided,
+            budget,
         })))
     }
 }
@@ -166,11 +207,12 @@ struct Factory {
     validator: Arc<OrderValidator>,
     outcomes: Family<OutcomeLabel, Counter>,
     loads: Counter,
+    redecided: Counter,
+    budget: Arc<CacheBudget>,
 }
 
 impl StageFactory for Factory {
     fn create(&self, _lane: usize) -> Result<Box<dyn Stage>, PluginError> {
-        let capacity = NonZeroUsize::new(self.settings.max_carts).unwrap_or(NonZeroUsize::MIN);
         let outcome = |name: &str| {
             self.outcomes
                 .get_or_create(&OutcomeLabel {
@@ -178,22 +220,33 @@ impl StageFactory for Factory {
                 })
                 .clone()
         };
-        let accepted = outcome("accepted");
-        let duplicate = outcome("duplicate");
-        let refused = outcome("refused");
-        let invalid = outcome("invalid");
+        let counters = Counters {
+            accepted: outcome("accepted"),
+            duplicate: outcome("duplicate"),
+            refused: outcome("refused"),
+            invalid: outcome("invalid"),
+            loads: self.loads.clone(),
+            redecided: self.redecided.clone(),
+        };
         Ok(Box::new(CartStage {
             store: self.store.clone(),
             validator: Arc::clone(&self.validator),
-            carts: LruCache::new(capacity),
+            carts: SizedLru::new(self.settings.max_carts, Arc::clone(&self.budget)),
             load_concurrency: self.settings.load_concurrency,
-            accepted,
-            duplicate,
-            refused,
-            invalid,
-            loads: self.loads.clone(),
+            max_conflicts: self.settings.max_conflicts,
+            counters,
         }))
     }
+}
+
+#[derive(Clone)]
+struct Counters {
+    accepted: Counter,
+    duplicate: Counter,
+    refused: Counter,
+    invalid: Counter,
+    loads: Counter,
+    redecided: Counter,
 }
 
 struct Cached {
@@ -205,13 +258,10 @@ struct Cached {
 struct CartStage {
     store: EventStore,
     validator: Arc<OrderValidator>,
-    carts: LruCache<Uuid, Cached>,
+    carts: SizedLru<Uuid, Cached>,
     load_concurrency: usize,
-    accepted: Counter,
-    duplicate: Counter,
-    refused: Counter,
-    invalid: Counter,
-    loads: Counter,
+    max_conflicts: usize,
+    counters: Counters,
 }
 
 fn assignment_of(origin: &Origin) -> Option<u64> {
@@ -225,6 +275,118 @@ fn refuse(event: Event, reason: &str) -> Event {
     event.dead_letter(reason, "domain cart stage")
 }
 
+/// What became of one order (one per order, held for the batch only).
+#[allow(clippy::large_enum_variant)]
+enum Outcome {
+    /// A new event, appended.
+    Stored(CartEvent, CartTotals),
+    /// Already in the cart as its `seq`-th event.
+    Known(u64, CartTotals),
+    Refused(Refusal),
+    /// The cart's stored history is not what salesflow writes: its orders cannot be
+    /// decided (they go to the dead letters with the reason; nothing is written).
+    Unreadable(String),
+}
+
+/// One cart's share of a batch: its orders (position in the batch, order) in order.
+struct CartWork {
+    cart_id: Uuid,
+    state: Option<CartState>,
+    assignment: Option<u64>,
+    orders: Vec<(usize, Order)>,
+}
+
+/// Decides a cart's orders and appends the new events, fenced by the version they were
+/// decided on; on a conflict, reloads the cart and decides again.
+async fn settle(
+    store: &EventStore,
+    work: CartWork,
+    now: DateTime<Utc>,
+    max_conflicts: usize,
+    counters: &Counters,
+) -> Result<Settled, PluginError> {
+    let CartWork {
+        cart_id,
+        state,
+        assignment,
+        orders,
+    } = work;
+    // A history salesflow did not write: the cart's orders are refused, naming it.
+    let unreadable =
+        |orders: &[(usize, Order)], e: &salesflow_plugin_cassandra::StoreError| Settled {
+            cart_id,
+            state: None,
+            assignment,
+            outcomes: orders
+                .iter()
+                .map(|(position, _)| (*position, Outcome::Unreadable(e.to_string())))
+                .collect(),
+        };
+    let mut state = if let Some(state) = state {
+        state
+    } else {
+        counters.loads.inc();
+        match store.load(cart_id).await {
+            Ok(events) => CartState::from_events(&events),
+            Err(e) if e.is_corrupt() => return Ok(unreadable(&orders, &e)),
+            Err(e) => return Err(PluginError::context("rebuilding a cart", e)),
+        }
+    };
+    for _ in 0..=max_conflicts {
+        let base = state.version();
+        let mut outcomes = Vec::with_capacity(orders.len());
+        let mut new_events = Vec::new();
+        for (position, order) in &orders {
+            let outcome = match state.decide(order, now) {
+                Decision::Accepted(event) => {
+                    let totals = state.apply(&event);
+                    new_events.push(event.clone());
+                    Outcome::Stored(event, totals)
+                }
+                Decision::Duplicate { seq, totals } => Outcome::Known(seq, totals),
+                Decision::Refused(refusal) => Outcome::Refused(refusal),
+            };
+            outcomes.push((*position, outcome));
+        }
+        match store.append(cart_id, base, &new_events).await {
+            Ok(()) => {
+                return Ok(Settled {
+                    cart_id,
+                    state: Some(state),
+                    assignment,
+                    outcomes,
+                });
+            }
+            Err(AppendError::Conflict { .. }) => {
+                // Another writer appended first: what the cart is now, then decide again.
+                counters.redecided.inc();
+                counters.loads.inc();
+                match store.load_serial(cart_id).await {
+                    Ok(events) => state = CartState::from_events(&events),
+                    Err(e) if e.is_corrupt() => return Ok(unreadable(&orders, &e)),
+                    Err(e) => {
+                        return Err(PluginError::context("reloading a cart after a conflict", e));
+                    }
+                }
+            }
+            Err(e) => return Err(PluginError::context("appending to the event store", e)),
+        }
+    }
+    Err(PluginError::new(format!(
+        "cart {cart_id}: appends conflicted {} times in a row (other writers keep appending to it)",
+        max_conflicts + 1
+    )))
+}
+
+/// What settling a cart's orders came to.
+struct Settled {
+    cart_id: Uuid,
+    /// Its state after them (None: not to be kept).
+    state: Option<CartState>,
+    assignment: Option<u64>,
+    outcomes: Vec<(usize, Outcome)>,
+}
+
 #[async_trait]
 impl Stage for CartStage {
     async fn process(&mut self, batch: Batch, out: &mut Vec<Batch>) -> Result<(), PluginError> {
@@ -232,108 +394,149 @@ impl Stage for CartStage {
             events, acks, lane, ..
         } = batch;
         // Read every order; what is not one is refused outright.
-        let mut orders = Vec::with_capacity(events.len());
-        let mut rejected = Vec::new();
-        for event in events {
-            match self.validator.validate(&event.payload) {
-                Ok(order) => orders.push((order, event)),
+        let mut orders: Vec<Option<Order>> = Vec::with_capacity(events.len());
+        let mut invalid: HashMap<usize, String> = HashMap::new();
+        for (position, event) in events.iter().enumerate() {
+            match self.validator.decode(&event.payload) {
+                Ok(order) => orders.push(Some(order)),
                 Err(reasons) => {
-                    self.invalid.inc();
-                    rejected.push(refuse(
-                        event,
-                        &format!("not a valid order: {}", reasons.join("; ")),
-                    ));
+                    self.counters.invalid.inc();
+                    invalid.insert(
+                        position,
+                        format!("not a valid order: {}", reasons.join("; ")),
+                    );
+                    orders.push(None);
                 }
             }
         }
 
-        // Rebuild, concurrently, the carts not in memory or cached under an older
-        // assignment of their partition.
-        let mut wanted: HashMap<Uuid, Option<u64>> = HashMap::new();
-        for (order, event) in &orders {
-            let assignment = assignment_of(&event.origin);
-            let fresh = self
-                .carts
-                .peek(&order.cart_id)
-                .is_some_and(|c| c.assignment == assignment);
-            if !fresh {
-                wanted.insert(order.cart_id, assignment);
+        // Each cart's orders, in order, with its state when it is in memory for the
+        // assignment that delivered them.
+        let mut work: Vec<CartWork> = Vec::new();
+        let mut index: HashMap<Uuid, usize> = HashMap::new();
+        for (position, order) in orders.into_iter().enumerate() {
+            let Some(order) = order else { continue };
+            let slot = *index.entry(order.cart_id).or_insert_with(|| {
+                work.push(CartWork {
+                    cart_id: order.cart_id,
+                    state: None,
+                    assignment: assignment_of(&events[position].origin),
+                    orders: Vec::new(),
+                });
+                work.len() - 1
+            });
+            work[slot].orders.push((position, order));
+        }
+        for cart in &mut work {
+            // Taken out while the batch is settled: if it fails, the cart is not kept.
+            if let Some(cached) = self.carts.take(&cart.cart_id)
+                && cached.assignment == cart.assignment
+            {
+                cart.state = Some(cached.state);
             }
         }
-        let store = &self.store;
-        let loaded: Vec<(Uuid, Option<u64>, CartState)> = futures::stream::iter(wanted)
-            .map(|(cart, assignment)| async move {
-                let events = store.load_retrying(cart).await?;
-                Ok::<_, salesflow_plugin_cassandra::StoreError>((
-                    cart,
-                    assignment,
-                    CartState::from_events(events),
-                ))
+
+        let now = Utc::now();
+        let (store, counters, max_conflicts) = (&self.store, &self.counters, self.max_conflicts);
+        let settled: Vec<_> = futures::stream::iter(work)
+            .map(|cart| settle(store, cart, now, max_conflicts, counters))
+            .buffer_unordered(self.load_concurrency)
+            .try_collect()
+            .await?;
+
+        let mut outcomes: Vec<Option<(Uuid, Outcome)>> = (0..events.len()).map(|_| None).collect();
+        for settled in settled {
+            let Settled {
+                cart_id,
+                state,
+                assignment,
+                outcomes: cart_outcomes,
+            } = settled;
+            if let Some(state) = state {
+                let size = state.approximate_bytes();
+                self.carts.put(cart_id, Cached { state, assignment }, size);
+            }
+            for (position, outcome) in cart_outcomes {
+                outcomes[position] = Some((cart_id, outcome));
+            }
+        }
+
+        // Orders already in their carts are published again with their stored events (an
+        // earlier delivery may have stored them and failed to publish them).
+        let mut stored_here: HashMap<(Uuid, u64), CartEvent> = HashMap::new();
+        let mut wanted: Vec<(Uuid, u64)> = Vec::new();
+        for (cart_id, outcome) in outcomes.iter().flatten() {
+            match outcome {
+                Outcome::Stored(event, _) => {
+                    stored_here.insert((*cart_id, event.seq), event.clone());
+                }
+                Outcome::Known(seq, _) => wanted.push((*cart_id, *seq)),
+                Outcome::Refused(_) | Outcome::Unreadable(_) => {}
+            }
+        }
+        wanted.retain(|key| !stored_here.contains_key(key));
+        wanted.sort_unstable();
+        wanted.dedup();
+        let fetched: Vec<((Uuid, u64), CartEvent)> = futures::stream::iter(wanted)
+            .map(|(cart_id, seq)| async move {
+                match store.event(cart_id, seq).await {
+                    Ok(Some(event)) => Ok(((cart_id, seq), event)),
+                    Ok(None) => Err(PluginError::new(format!(
+                        "cart {cart_id}: event {seq} is counted but not stored"
+                    ))),
+                    Err(e) => Err(PluginError::context("reading a stored event", e)),
+                }
             })
             .buffer_unordered(self.load_concurrency)
             .try_collect()
-            .await
-            .map_err(|e| PluginError::context("rebuilding carts", e))?;
-        for (cart, assignment, state) in loaded {
-            self.loads.inc();
-            self.carts.put(cart, Cached { state, assignment });
-        }
+            .await?;
+        stored_here.extend(fetched);
 
-        // Apply in order.
-        let now = Utc::now();
-        let mut published = Vec::with_capacity(orders.len());
-        for (order, event) in orders {
-            let Some(cached) = self.carts.get_mut(&order.cart_id) else {
+        let mut updates = Vec::with_capacity(events.len());
+        let mut rejected = Vec::new();
+        for (position, event) in events.into_iter().enumerate() {
+            if let Some(reason) = invalid.remove(&position) {
+                rejected.push(refuse(event, &reason));
+                continue;
+            }
+            let Some((cart_id, outcome)) = outcomes[position].take() else {
                 return Err(PluginError::new(format!(
-                    "cart {} was not loaded",
-                    order.cart_id
+                    "order {position} of the batch was not decided"
                 )));
             };
-            let cart_event = match cached.state.decide(&order, now) {
-                Decision::Accepted(cart_event) => {
-                    self.accepted.inc();
-                    cached.state.apply(cart_event.clone());
-                    cart_event
+            let update = match outcome {
+                Outcome::Stored(cart_event, totals) => {
+                    self.counters.accepted.inc();
+                    CartUpdated {
+                        event: cart_event,
+                        cart: totals,
+                    }
                 }
-                Decision::Duplicate(cart_event) => {
-                    self.duplicate.inc();
-                    cart_event
+                Outcome::Known(seq, totals) => {
+                    self.counters.duplicate.inc();
+                    let Some(cart_event) = stored_here.get(&(cart_id, seq)) else {
+                        return Err(PluginError::new(format!(
+                            "cart {cart_id}: event {seq} was not read back"
+                        )));
+                    };
+                    CartUpdated {
+                        event: cart_event.clone(),
+                        cart: totals,
+                    }
                 }
-                Decision::Refused(refusal) => {
-                    self.refused.inc();
+                Outcome::Refused(refusal) => {
+                    self.counters.refused.inc();
                     rejected.push(refuse(event, &refusal.to_string()));
                     continue;
                 }
+                Outcome::Unreadable(why) => {
+                    self.counters.refused.inc();
+                    rejected.push(refuse(event, &format!("the cart cannot be read: {why}")));
+                    continue;
+                }
             };
-            published.push((cart_event, event));
-        }
-
-        // Encode: each event, and with the last one of each cart in the batch the cart as
-        // it stands after the batch. The earlier ones of that cart leave it out: a later
-        // record of the same partition carries it, so a hot cart costs one copy of the
-        // cart per batch instead of one per order.
-        let mut last_of_cart: HashMap<Uuid, usize> = HashMap::with_capacity(published.len());
-        for (i, (cart_event, _)) in published.iter().enumerate() {
-            last_of_cart.insert(cart_event.cart_id, i);
-        }
-        let mut updates = Vec::with_capacity(published.len());
-        for (i, (cart_event, event)) in published.into_iter().enumerate() {
-            let cart_id = cart_event.cart_id;
-            let cart = if last_of_cart.get(&cart_id) == Some(&i) {
-                Some(
-                    self.carts
-                        .peek(&cart_id)
-                        .and_then(|c| c.state.cart.as_ref())
-                        .ok_or_else(|| PluginError::new(format!("cart {cart_id} has no state")))?,
-                )
-            } else {
-                None
-            };
-            let payload = serde_json::to_vec(&CartUpdatedRef {
-                event: &cart_event,
-                cart,
-            })
-            .map_err(|e| PluginError::context("encoding a cart update", e))?;
+            let payload = serde_json::to_vec(&update)
+                .map_err(|e| PluginError::context("encoding a cart update", e))?;
             updates.push(Event {
                 key: Some(Bytes::from(cart_id.to_string())),
                 payload: Bytes::from(payload),

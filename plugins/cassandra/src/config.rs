@@ -31,6 +31,72 @@ pub struct CassandraSettings {
     #[serde(default = "default_retry_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub retry_timeout: Duration,
+    /// Consistency of reads and writes: `local_quorum` (default) keeps a cart readable and
+    /// writable while a minority of its replicas in this data centre is down; `quorum`,
+    /// `each_quorum`, `all`, `local_one` and `one` are also taken.
+    #[serde(default)]
+    pub consistency: ConsistencySetting,
+    /// Serial consistency of the conditional appends (lightweight transactions) and of
+    /// the reads that follow a conflict: `local_serial` (default) or `serial`.
+    #[serde(default)]
+    pub serial_consistency: SerialSetting,
+    /// The data centre whose replicas are asked first (DC-aware, token-aware routing);
+    /// other data centres are never used. Default: the data centre of the contact points.
+    #[serde(default)]
+    pub local_datacenter: Option<String>,
+}
+
+/// `consistency` values.
+#[derive(Clone, Copy, Debug, Default, Deserialize, schemars::JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsistencySetting {
+    One,
+    LocalOne,
+    Quorum,
+    #[default]
+    LocalQuorum,
+    EachQuorum,
+    All,
+}
+
+impl ConsistencySetting {
+    pub fn to_driver(self) -> scylla::statement::Consistency {
+        use scylla::statement::Consistency as C;
+        match self {
+            Self::One => C::One,
+            Self::LocalOne => C::LocalOne,
+            Self::Quorum => C::Quorum,
+            Self::LocalQuorum => C::LocalQuorum,
+            Self::EachQuorum => C::EachQuorum,
+            Self::All => C::All,
+        }
+    }
+}
+
+/// `serial_consistency` values.
+#[derive(Clone, Copy, Debug, Default, Deserialize, schemars::JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SerialSetting {
+    Serial,
+    #[default]
+    LocalSerial,
+}
+
+impl SerialSetting {
+    pub fn to_driver(self) -> scylla::statement::SerialConsistency {
+        match self {
+            Self::Serial => scylla::statement::SerialConsistency::Serial,
+            Self::LocalSerial => scylla::statement::SerialConsistency::LocalSerial,
+        }
+    }
+
+    /// The consistency a read takes to see every applied conditional write.
+    pub fn as_read(self) -> scylla::statement::Consistency {
+        match self {
+            Self::Serial => scylla::statement::Consistency::Serial,
+            Self::LocalSerial => scylla::statement::Consistency::LocalSerial,
+        }
+    }
 }
 
 fn default_keyspace() -> String {
@@ -78,6 +144,12 @@ impl Settings for CassandraSettings {
         }
         if self.concurrency == 0 {
             return Err(ConfigError::at(&["concurrency"], "must be at least 1"));
+        }
+        if self.local_datacenter.as_deref().is_some_and(str::is_empty) {
+            return Err(ConfigError::at(
+                &["local_datacenter"],
+                "must name a data centre (or be left out to use the contact points' one)",
+            ));
         }
         Ok(())
     }

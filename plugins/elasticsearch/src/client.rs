@@ -43,6 +43,7 @@ pub struct Doc {
 pub struct Client {
     es: Elasticsearch,
     retry_timeout: Duration,
+    max_request_bytes: usize,
     /// Counts retried bulk requests (for the sink's metrics).
     pub retried: prometheus_client::metrics::counter::Counter,
 }
@@ -65,6 +66,7 @@ impl Client {
         Ok(Self {
             es: Elasticsearch::new(transport),
             retry_timeout: settings.retry_timeout,
+            max_request_bytes: settings.max_request_bytes,
             retried: prometheus_client::metrics::counter::Counter::default(),
         })
     }
@@ -73,11 +75,40 @@ impl Client {
         &self.es
     }
 
-    /// Indexes documents with external versions. A version conflict means the index
-    /// already holds this version or a newer one: that document is done. Retryable
-    /// failures (429, 5xx, transport errors) are retried with backoff; a document refused
-    /// for good (a mapping error) fails the write.
+    /// Indexes documents with external versions, in requests of at most
+    /// `max_request_bytes`. A version conflict means the index already holds this version
+    /// or a newer one: that document is done. Retryable failures (429, 5xx, transport
+    /// errors, and an index closed to writes or gone — an alias switched by a replay,
+    /// which the next attempt follows) are retried with backoff until the retry timeout;
+    /// documents refused for good (a mapping error) are reported in the outcome, and the
+    /// rest is written.
     pub async fn bulk(&self, docs: &[Doc]) -> Result<BulkOutcome, EsError> {
+        let mut outcome = BulkOutcome::default();
+        let mut start = 0;
+        while start < docs.len() {
+            let mut end = start;
+            let mut bytes = 0;
+            while end < docs.len() {
+                let size = docs[end].source.len() + docs[end].index.len() + docs[end].id.len() + 96;
+                if end > start && bytes + size > self.max_request_bytes {
+                    break;
+                }
+                bytes += size;
+                end += 1;
+            }
+            let part = self.bulk_request(&docs[start..end]).await?;
+            outcome.indexed += part.indexed;
+            outcome.stale += part.stale;
+            outcome
+                .refused
+                .extend(part.refused.into_iter().map(|(i, why)| (i + start, why)));
+            start = end;
+        }
+        Ok(outcome)
+    }
+
+    /// One bulk request, retried as [`Client::bulk`] says.
+    async fn bulk_request(&self, docs: &[Doc]) -> Result<BulkOutcome, EsError> {
         let mut pending: Vec<usize> = (0..docs.len()).collect();
         let mut outcome = BulkOutcome::default();
         let deadline = tokio::time::Instant::now() + self.retry_timeout;
@@ -116,7 +147,10 @@ impl Client {
                     let status = r.status_code();
                     let text = r.text().await.unwrap_or_default();
                     if give_up || !(status.as_u16() == 429 || status.is_server_error()) {
-                        return Err(EsError(format!("bulk request answered {status}: {text}")));
+                        return Err(EsError(format!(
+                            "bulk request answered {status}: {}",
+                            first_chars(&text, 500)
+                        )));
                     }
                     warn!(attempt, %status, "bulk request refused; retrying");
                     pending.clone()
@@ -135,16 +169,22 @@ impl Client {
                     for (item, &i) in items.iter().zip(&pending) {
                         let result = &item["index"];
                         let status = result["status"].as_u64().unwrap_or(0);
+                        let kind = result["error"]["type"].as_str().unwrap_or_default();
                         match status {
                             200..=299 => outcome.indexed += 1,
                             409 => outcome.stale += 1,
                             429 | 500..=599 => retry.push(i),
-                            _ => {
-                                return Err(EsError(format!(
+                            403 if kind == "cluster_block_exception" => retry.push(i),
+                            404 if kind == "index_not_found_exception" => retry.push(i),
+                            _ => outcome.refused.push((
+                                i,
+                                format!(
                                     "document {} refused by {}: {}",
-                                    docs[i].id, docs[i].index, result["error"]
-                                )));
-                            }
+                                    docs[i].id,
+                                    docs[i].index,
+                                    first_chars(&result["error"].to_string(), 500)
+                                ),
+                            )),
                         }
                     }
                     if !retry.is_empty() && give_up {
@@ -163,6 +203,7 @@ impl Client {
             }
             pending = retry;
         }
+        outcome.refused.sort_by_key(|(i, _)| *i);
         Ok(outcome)
     }
 
@@ -233,9 +274,18 @@ impl Client {
 }
 
 /// What a bulk write did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct BulkOutcome {
     pub indexed: usize,
     /// Documents whose version was not newer than the indexed one.
     pub stale: usize,
+    /// Documents refused for good (position in the write, why).
+    pub refused: Vec<(usize, String)>,
+}
+
+/// At most `n` characters of a text.
+fn first_chars(text: &str, n: usize) -> &str {
+    text.char_indices()
+        .nth(n)
+        .map_or(text, |(cut, _)| &text[..cut])
 }

@@ -25,6 +25,15 @@ pub struct ElasticsearchSettings {
     #[serde(default = "default_retry_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub retry_timeout: Duration,
+    /// Most bytes of one bulk request: a write holding more is sent as several requests
+    /// (a single larger document alone). Keep it under the cluster's
+    /// `http.max_content_length` (100 MiB by default).
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+}
+
+fn default_max_request_bytes() -> usize {
+    16 << 20
 }
 
 fn default_timeout() -> Duration {
@@ -45,6 +54,12 @@ impl Settings for ElasticsearchSettings {
             return Err(ConfigError::at(
                 &["username"],
                 "username and password go together",
+            ));
+        }
+        if self.max_request_bytes < 1024 {
+            return Err(ConfigError::at(
+                &["max_request_bytes"],
+                "must be at least 1024",
             ));
         }
         Ok(())

@@ -94,10 +94,15 @@ impl Plugin for ElasticsearchSinkPlugin {
                 let client = check_client.clone();
                 let path = format!("/{targets}/_count");
                 async move {
+                    // The status says enough; the body (which may echo cluster details)
+                    // stays out of the readiness answer.
                     match client.call(Method::Get, &path, None).await {
                         Ok((200, _)) => Ok(()),
-                        Ok((status, body)) => Err(format!("{path} answered {status}: {body}")),
-                        Err(e) => Err(e.to_string()),
+                        Ok((status, body)) => {
+                            let kind = body["error"]["type"].as_str().unwrap_or("unknown");
+                            Err(format!("{path} answered {status} ({kind})"))
+                        }
+                        Err(_) => Err(format!("{path}: Elasticsearch did not answer")),
                     }
                 }
                 .boxed()
@@ -155,27 +160,57 @@ fn header(event: &Event, name: &str) -> Result<String, PluginError> {
 #[async_trait]
 impl Sink for ElasticsearchSink {
     async fn write(&mut self, events: Arc<[Event]>) -> Result<WriteFuture, PluginError> {
+        // An event that does not say where it goes can never be written: refused alone.
         let mut docs = Vec::with_capacity(events.len());
-        for event in events.iter() {
-            let version = header(event, &self.settings.version_header)?;
-            docs.push(Doc {
-                index: header(event, &self.settings.index_header)?,
-                id: header(event, &self.settings.id_header)?,
-                version: version.parse().map_err(|_| {
-                    PluginError::new(format!("version {version:?} is not a number"))
-                })?,
-                source: event.payload.clone(),
-            });
+        let mut positions = Vec::with_capacity(events.len());
+        let mut refused = Vec::new();
+        for (position, event) in events.iter().enumerate() {
+            let doc = (|| {
+                let version = header(event, &self.settings.version_header)?;
+                Ok::<_, PluginError>(Doc {
+                    index: header(event, &self.settings.index_header)?,
+                    id: header(event, &self.settings.id_header)?,
+                    version: version.parse().map_err(|_| {
+                        PluginError::new(format!("version {version:?} is not a number"))
+                    })?,
+                    source: event.payload.clone(),
+                })
+            })();
+            match doc {
+                Ok(doc) => {
+                    docs.push(doc);
+                    positions.push(position);
+                }
+                Err(e) => refused.push((position, e.message)),
+            }
         }
         let client = self.client.clone();
         let stale = self.stale.clone();
+        let total = events.len();
         Ok(async move {
             let outcome = client
                 .bulk(&docs)
                 .await
                 .map_err(|e| PluginError::new(e.to_string()))?;
             stale.inc_by(outcome.stale as u64);
-            Ok(())
+            refused.extend(
+                outcome
+                    .refused
+                    .into_iter()
+                    .map(|(i, why)| (positions[i], why)),
+            );
+            if refused.is_empty() {
+                Ok(())
+            } else {
+                refused.sort_by_key(|(i, _)| *i);
+                Err(PluginError::refused(
+                    format!(
+                        "{} of {total} documents refused by the index",
+                        refused.len()
+                    ),
+                    refused,
+                ))
+            }
         }
         .boxed())
     }

@@ -66,6 +66,10 @@ pub struct KafkaSourceSettings {
     /// How often librdkafka reports statistics (partition offsets and lag for the metrics).
     #[serde(default = "default_statistics_interval_ms")]
     pub statistics_interval_ms: u32,
+    /// `topic.metadata.refresh.interval.ms`: how soon partitions added to a topic are
+    /// assigned and read.
+    #[serde(default = "default_metadata_refresh_ms")]
+    pub metadata_refresh_ms: u32,
     /// Any other librdkafka consumer property (`security.protocol`, `sasl.mechanism`,
     /// `sasl.username`, `sasl.password`, `ssl.ca.location`, ...). Any value may be
     /// `{ env = "NAME" }`; values of secret-looking keys are never printed.
@@ -178,6 +182,10 @@ impl KafkaSourceSettings {
             // broker instead of filling memory.
             .set("queued.max.messages.kbytes", "4096")
             .set(
+                "topic.metadata.refresh.interval.ms",
+                self.metadata_refresh_ms.to_string(),
+            )
+            .set(
                 "statistics.interval.ms",
                 self.statistics_interval_ms.to_string(),
             );
@@ -245,6 +253,18 @@ pub struct KafkaSinkSettings {
     /// Copy the events' headers onto the messages.
     #[serde(default = "default_true")]
     pub forward_headers: bool,
+    /// Which partition a key goes to. `murmur2_random` (the default) places keys where
+    /// Kafka's Java clients do (murmur2 of the key), so that records of one cart produced
+    /// by salesflow and by a Java producer land on the same partition; keyless records
+    /// spread at random. librdkafka's own default is `consistent_random` (CRC32), which
+    /// kcat and other librdkafka clients use unless told otherwise. Correctness never
+    /// depends on it (appends are fenced), only per-cart order across producers.
+    #[serde(default)]
+    pub partitioner: Partitioner,
+    /// `topic.metadata.refresh.interval.ms`: how soon new partitions of the topic are
+    /// used.
+    #[serde(default = "default_metadata_refresh_ms")]
+    pub metadata_refresh_ms: u32,
     /// How often librdkafka reports statistics (queue length for the metrics).
     #[serde(default = "default_statistics_interval_ms")]
     pub statistics_interval_ms: u32,
@@ -253,6 +273,38 @@ pub struct KafkaSinkSettings {
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, String>")]
     pub properties: BTreeMap<String, Secret>,
+}
+
+/// librdkafka's partitioners.
+#[derive(Clone, Copy, Debug, Default, Deserialize, schemars::JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Partitioner {
+    #[default]
+    Murmur2Random,
+    Murmur2,
+    ConsistentRandom,
+    Consistent,
+    Fnv1aRandom,
+    Fnv1a,
+    Random,
+}
+
+impl Partitioner {
+    fn as_str(self) -> &'static str {
+        match self {
+            Partitioner::Murmur2Random => "murmur2_random",
+            Partitioner::Murmur2 => "murmur2",
+            Partitioner::ConsistentRandom => "consistent_random",
+            Partitioner::Consistent => "consistent",
+            Partitioner::Fnv1aRandom => "fnv1a_random",
+            Partitioner::Fnv1a => "fnv1a",
+            Partitioner::Random => "random",
+        }
+    }
+}
+
+fn default_metadata_refresh_ms() -> u32 {
+    30_000
 }
 
 fn default_linger_ms() -> u32 {
@@ -325,6 +377,11 @@ impl KafkaSinkSettings {
             .set("batch.size", self.batch_size.to_string())
             .set("batch.num.messages", self.batch_num_messages.to_string())
             .set("compression.type", self.compression.as_str())
+            .set("partitioner", self.partitioner.as_str())
+            .set(
+                "topic.metadata.refresh.interval.ms",
+                self.metadata_refresh_ms.to_string(),
+            )
             .set("message.timeout.ms", self.delivery_timeout_ms.to_string())
             .set(
                 "queue.buffering.max.messages",

@@ -6,7 +6,9 @@ mod metrics;
 mod sink;
 mod source;
 
-pub use config::{Compression, KafkaSinkSettings, KafkaSourceSettings, OffsetReset, redacted};
+pub use config::{
+    Compression, KafkaSinkSettings, KafkaSourceSettings, OffsetReset, Partitioner, redacted,
+};
 
 use std::sync::Arc;
 

@@ -33,6 +33,10 @@ pub struct SourceMetrics {
     pub commits: Counter,
     pub rebalances: Family<KindLabels, Counter>,
     pub assigned: Gauge,
+    /// Times a partition went back to its first undelivered batch after a failure.
+    pub redeliveries: Counter,
+    /// Partitions waiting to deliver a failed batch again.
+    pub retrying: Gauge,
     /// The partitions whose series exist, to remove them when revoked.
     known: Mutex<HashSet<PartitionLabels>>,
 }
@@ -48,6 +52,8 @@ impl SourceMetrics {
             commits: Counter::default(),
             rebalances: Family::default(),
             assigned: Gauge::default(),
+            redeliveries: Counter::default(),
+            retrying: Gauge::default(),
             known: Mutex::new(HashSet::new()),
         };
         // Every kind exists from the start, at zero: an error rate is then 0, not absent.
@@ -98,6 +104,16 @@ impl SourceMetrics {
             "salesflow_kafka_assigned_partitions",
             "Partitions assigned to this source",
             m.assigned.clone(),
+        );
+        registry.register(
+            "salesflow_kafka_redeliveries",
+            "Times a partition was read again from its first undelivered batch after a batch failed",
+            m.redeliveries.clone(),
+        );
+        registry.register(
+            "salesflow_kafka_retrying_partitions",
+            "Partitions backing off before delivering a failed batch again",
+            m.retrying.clone(),
         );
         m
     }

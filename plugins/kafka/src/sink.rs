@@ -1,12 +1,19 @@
 //! The Kafka sink: an idempotent producer with `acks=all`. A write enqueues the batch's
 //! messages in order (waiting while the producer queue is full) and its future resolves
 //! once every message has its delivery report: the batch is acknowledged only then.
+//!
+//! A message Kafka can never take (larger than the topic or producer allows, an invalid
+//! record) is refused for good: the write reports which, so that they become dead letters
+//! (`<sink>.failed`) while the rest of the batch counts as written. Any other failure
+//! (brokers unreachable past `delivery_timeout_ms`) fails the whole write, which its
+//! source delivers again.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::ClientContext;
+use rdkafka::Message;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -25,51 +32,77 @@ pub type SinkProducer = ThreadedProducer<DeliveryContext>;
 /// the last delivery report completes the write.
 pub struct BatchDelivery {
     remaining: AtomicUsize,
-    error: Mutex<Option<String>>,
-    done: Mutex<Option<oneshot::Sender<Result<(), String>>>>,
+    state: Mutex<Failures>,
+    done: Mutex<Option<oneshot::Sender<Failures>>>,
+}
+
+/// What went wrong in one write.
+#[derive(Default)]
+pub struct Failures {
+    /// The first error that may pass if tried again.
+    pub transient: Option<String>,
+    /// Messages refused for good: their position in the write (when known) or their key
+    /// and payload (a delivery report names its message, not its position), and why.
+    pub refused: Vec<(Refusal, String)>,
+}
+
+/// Which message a permanent failure was about.
+pub enum Refusal {
+    At(usize),
+    Message(Option<Vec<u8>>, Vec<u8>),
+}
+
+/// Errors that no retry can cure for the message they name.
+pub fn is_permanent(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::MessageSizeTooLarge
+            | RDKafkaErrorCode::InvalidMessageSize
+            | RDKafkaErrorCode::InvalidRecord
+            | RDKafkaErrorCode::BadMessage
+    )
 }
 
 impl BatchDelivery {
-    fn new(messages: usize) -> (Arc<Self>, oneshot::Receiver<Result<(), String>>) {
+    fn new(messages: usize) -> (Arc<Self>, oneshot::Receiver<Failures>) {
         let (tx, rx) = oneshot::channel();
         let delivery = Arc::new(Self {
             // One extra count for the write itself, released once every message is queued.
             remaining: AtomicUsize::new(messages + 1),
-            error: Mutex::new(None),
+            state: Mutex::new(Failures::default()),
             done: Mutex::new(Some(tx)),
         });
         (delivery, rx)
     }
 
-    fn fail(&self, reason: String) {
-        let mut error = self
-            .error
+    fn lock(&self) -> std::sync::MutexGuard<'_, Failures> {
+        self.state
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if error.is_none() {
-            *error = Some(reason);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn fail(&self, reason: String) {
+        let mut state = self.lock();
+        if state.transient.is_none() {
+            state.transient = Some(reason);
         }
+    }
+
+    fn refuse(&self, which: Refusal, reason: String) {
+        self.lock().refused.push((which, reason));
     }
 
     /// One message (or the write itself) is settled.
     fn settle(&self) {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let result = match self
-                .error
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .take()
-            {
-                Some(reason) => Err(reason),
-                None => Ok(()),
-            };
+            let failures = std::mem::take(&mut *self.lock());
             if let Some(tx) = self
                 .done
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .take()
             {
-                let _ = tx.send(result);
+                let _ = tx.send(failures);
             }
         }
     }
@@ -105,9 +138,18 @@ impl ProducerContext for DeliveryContext {
 
     fn delivery(&self, result: &DeliveryResult<'_>, batch: Arc<BatchDelivery>) {
         self.metrics.in_flight.dec();
-        if let Err((e, _)) = result {
+        if let Err((e, message)) = result {
             self.metrics.failed.inc();
-            batch.fail(e.to_string());
+            match e.rdkafka_error_code() {
+                Some(code) if is_permanent(code) => batch.refuse(
+                    Refusal::Message(
+                        message.key().map(<[u8]>::to_vec),
+                        message.payload().unwrap_or_default().to_vec(),
+                    ),
+                    e.to_string(),
+                ),
+                _ => batch.fail(e.to_string()),
+            }
         } else {
             self.metrics.delivered.inc();
         }
@@ -167,6 +209,17 @@ impl Sink for KafkaSink {
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_millis(20));
                     }
+                    Err((KafkaError::MessageProduction(code), back)) if is_permanent(code) => {
+                        // Refused before it was sent (librdkafka checks the size itself):
+                        // this message only; the others go on.
+                        drop(back);
+                        batch.refuse(
+                            Refusal::At(queued),
+                            format!("producing to {}: {code}", self.settings.topic),
+                        );
+                        batch.settle();
+                        break;
+                    }
                     Err((e, back)) => {
                         // The messages queued so far still report; this one and the rest
                         // never will: the write fails.
@@ -187,13 +240,26 @@ impl Sink for KafkaSink {
         batch.settle();
         let topic = self.settings.topic.clone();
         Ok(Box::pin(async move {
-            match done.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(reason)) => Err(PluginError::new(format!("delivery to {topic}: {reason}"))),
-                Err(_) => Err(PluginError::new(format!(
+            let Ok(failures) = done.await else {
+                return Err(PluginError::new(format!(
                     "delivery to {topic}: the producer went away before reporting"
-                ))),
+                )));
+            };
+            if let Some(reason) = failures.transient {
+                return Err(PluginError::new(format!("delivery to {topic}: {reason}")));
             }
+            if failures.refused.is_empty() {
+                return Ok(());
+            }
+            let refused = locate(&events, failures.refused);
+            Err(PluginError::refused(
+                format!(
+                    "{} of {} records refused by {topic}",
+                    refused.len(),
+                    events.len()
+                ),
+                refused,
+            ))
         }))
     }
 
@@ -206,9 +272,67 @@ impl Sink for KafkaSink {
     }
 }
 
+/// The positions of refused messages: a delivery report names its message by content,
+/// so it is matched to the first event of the write with that key and payload not yet
+/// matched.
+fn locate(events: &[Event], refused: Vec<(Refusal, String)>) -> Vec<(usize, String)> {
+    let mut taken = vec![false; events.len()];
+    let mut out = Vec::with_capacity(refused.len());
+    for (which, why) in refused {
+        let position = match which {
+            Refusal::At(i) => Some(i),
+            Refusal::Message(key, payload) => events.iter().enumerate().position(|(i, e)| {
+                !taken[i]
+                    && e.payload.as_ref() == payload.as_slice()
+                    && e.key.as_deref() == key.as_deref()
+            }),
+        };
+        if let Some(i) = position.filter(|i| *i < events.len()) {
+            taken[i] = true;
+            out.push((i, why));
+        }
+    }
+    out.sort_by_key(|(i, _)| *i);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use salesflow_plugin_api::json::top_level_field as key_from_field;
+
+    #[test]
+    fn refused_messages_are_found_by_content_in_order() {
+        use salesflow_plugin_api::Event;
+
+        use super::{Refusal, locate};
+        let events = vec![
+            Event::new("a").with_key("k"),
+            Event::new("b"),
+            Event::new("a").with_key("k"),
+        ];
+        let found = locate(
+            &events,
+            vec![
+                (
+                    Refusal::Message(Some(b"k".to_vec()), b"a".to_vec()),
+                    "x".into(),
+                ),
+                (
+                    Refusal::Message(Some(b"k".to_vec()), b"a".to_vec()),
+                    "y".into(),
+                ),
+                (Refusal::At(1), "z".into()),
+            ],
+        );
+        assert_eq!(
+            found,
+            vec![
+                (0, "x".to_owned()),
+                (1, "z".to_owned()),
+                (2, "y".to_owned())
+            ]
+        );
+    }
 
     #[test]
     fn keys_come_from_top_level_fields() {

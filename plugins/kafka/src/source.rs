@@ -15,8 +15,11 @@
 //!   offset synchronously before the partition moves to another member.
 //!
 //! A batch that is acknowledged as not delivered stops its partition's commits at the
-//! batch before it and fails the source: nothing past an undelivered batch is ever
-//! committed, so it will be consumed again.
+//! batch before it: nothing past an undelivered batch is ever committed. The partition
+//! stops reading, lets its batches in flight settle, seeks back to the first undelivered
+//! batch and, after a backoff (1 s doubling to a minute while failures repeat), reads it
+//! again. Other partitions and pipelines go on; the process never exits for it, so a
+//! record that keeps failing costs retries, not a crash loop.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -462,17 +465,17 @@ impl Shared {
 #[derive(Default)]
 pub(crate) struct OffsetTracker {
     next_id: u64,
-    /// (batch id, offset after the batch, outcome once known)
-    pending: VecDeque<(u64, i64, Option<bool>)>,
+    /// (batch id, first offset, offset after the batch, outcome once known)
+    pending: VecDeque<(u64, i64, i64, Option<bool>)>,
     blocked: bool,
 }
 
 impl OffsetTracker {
-    /// Records an emitted batch ending before `next_offset`; returns its id.
-    pub(crate) fn push(&mut self, next_offset: i64) -> u64 {
+    /// Records an emitted batch from `first` to before `next_offset`; returns its id.
+    pub(crate) fn push(&mut self, first: i64, next_offset: i64) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        self.pending.push_back((id, next_offset, None));
+        self.pending.push_back((id, first, next_offset, None));
         id
     }
 
@@ -481,16 +484,16 @@ impl OffsetTracker {
         let front = self.pending.front()?.0;
         let index = usize::try_from(id.checked_sub(front)?).ok()?;
         if let Some(entry) = self.pending.get_mut(index) {
-            entry.2 = Some(delivered);
+            entry.3 = Some(delivered);
         }
         let mut advanced = None;
         while !self.blocked {
             match self.pending.front() {
-                Some(&(_, next, Some(true))) => {
+                Some(&(_, _, next, Some(true))) => {
                     advanced = Some(next);
                     self.pending.pop_front();
                 }
-                Some(&(_, _, Some(false))) => self.blocked = true,
+                Some(&(_, _, _, Some(false))) => self.blocked = true,
                 _ => break,
             }
         }
@@ -498,7 +501,21 @@ impl OffsetTracker {
     }
 
     pub(crate) fn outstanding(&self) -> usize {
-        self.pending.iter().filter(|e| e.2.is_none()).count()
+        self.pending.iter().filter(|e| e.3.is_none()).count()
+    }
+
+    /// Whether a batch failed: nothing after it may be committed until it is read again.
+    pub(crate) fn failed(&self) -> bool {
+        self.blocked
+    }
+
+    /// After a failure, once nothing is outstanding: the offset to read again from (the
+    /// first undelivered batch's first offset); the tracker starts afresh.
+    pub(crate) fn rewind(&mut self) -> Option<i64> {
+        let from = self.pending.iter().find(|e| e.3 != Some(true)).map(|e| e.1);
+        self.pending.clear();
+        self.blocked = false;
+        from
     }
 }
 
@@ -522,13 +539,32 @@ impl PartitionTask {
         let max_bytes = self.shared.settings.max_batch_bytes;
         let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<(u64, Status)>();
         let mut tracker = OffsetTracker::default();
+        // Failed batches in a row: the backoff before reading again grows with them.
+        let mut failures: u32 = 0;
 
         loop {
+            if tracker.failed() && tracker.outstanding() == 0 {
+                // Every batch in flight has settled: read again from the first
+                // undelivered one, after a backoff.
+                let Some(from) = tracker.rewind() else {
+                    continue;
+                };
+                failures = failures.saturating_add(1);
+                if !self.redeliver(from, failures).await {
+                    break;
+                }
+                continue;
+            }
             tokio::select! {
                 biased;
                 () = self.stop.cancelled() => break,
-                Some((id, status)) = ack_rx.recv() => self.on_ack(&key, &mut tracker, id, &status),
-                message = self.queue.recv() => {
+                Some((id, status)) = ack_rx.recv() => {
+                    if status.is_delivered() && !tracker.failed() {
+                        failures = 0;
+                    }
+                    self.on_ack(&key, &mut tracker, id, &status);
+                }
+                message = self.queue.recv(), if !tracker.failed() => {
                     let first = match message {
                         Ok(m) => to_event(&m, &self.topic, self.assignment),
                         Err(e) => {
@@ -537,7 +573,8 @@ impl PartitionTask {
                             continue;
                         }
                     };
-                    let mut last = offset_of(&first);
+                    let start = offset_of(&first);
+                    let mut last = start;
                     let mut bytes = first.payload.len();
                     let mut events = Vec::with_capacity(max.min(1024));
                     events.push(first);
@@ -558,7 +595,7 @@ impl PartitionTask {
                             None => break,
                         }
                     }
-                    let id = tracker.push(last + 1);
+                    let id = tracker.push(start, last + 1);
                     let tx = ack_tx.clone();
                     let ack = AckHandle::new(move |status| {
                         let _ = tx.send((id, status));
@@ -592,15 +629,71 @@ impl PartitionTask {
         }
     }
 
+    /// Backs off, then seeks the partition back to `from`; false when stopped meanwhile.
+    async fn redeliver(&self, from: i64, failures: u32) -> bool {
+        let backoff = Duration::from_secs(1)
+            .saturating_mul(1 << failures.saturating_sub(1).min(6))
+            .min(Duration::from_secs(60));
+        self.shared.metrics.redeliveries.inc();
+        self.shared.metrics.retrying.inc();
+        warn!(
+            source = %self.shared.name,
+            topic = %self.topic,
+            partition = self.partition,
+            offset = from,
+            failures,
+            backoff_ms = u64::try_from(backoff.as_millis()).unwrap_or(u64::MAX),
+            "a batch failed; reading the partition again from it after a backoff"
+        );
+        let stopped = tokio::select! {
+            () = self.stop.cancelled() => true,
+            () = tokio::time::sleep(backoff) => false,
+        };
+        self.shared.metrics.retrying.dec();
+        if stopped {
+            return false;
+        }
+        let Some(consumer) = self.shared.consumer.get().and_then(Weak::upgrade) else {
+            return false;
+        };
+        let (topic, partition) = (self.topic.to_string(), self.partition);
+        let sought = tokio::task::spawn_blocking(move || {
+            consumer.seek(
+                &topic,
+                partition,
+                Offset::Offset(from),
+                Duration::from_secs(10),
+            )
+        })
+        .await;
+        match sought {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                // The partition may be on its way to another member; if it stays, the next
+                // failure comes back here.
+                warn!(source = %self.shared.name, topic = %self.topic, partition = self.partition, error = %e, "seeking back failed");
+                self.shared.metrics.error("fetch");
+                true
+            }
+            Err(e) => {
+                warn!(source = %self.shared.name, error = %e, "seeking back did not finish");
+                true
+            }
+        }
+    }
+
     fn on_ack(&self, key: &PartitionKey, tracker: &mut OffsetTracker, id: u64, status: &Status) {
         if let Some(offset) = tracker.ack(id, status.is_delivered()) {
             self.shared.set_committable(key, offset);
         }
         if !status.is_delivered() && !self.stop.is_cancelled() {
-            self.shared.fail(format!(
-                "{}/{}: a batch was not delivered ({status:?}); offsets stop before it",
-                self.topic, self.partition
-            ));
+            warn!(
+                source = %self.shared.name,
+                topic = %self.topic,
+                partition = self.partition,
+                status = ?status,
+                "a batch was not delivered; offsets stop before it and it will be read again"
+            );
         }
     }
 }
@@ -648,9 +741,9 @@ mod tests {
     #[test]
     fn commits_only_the_delivered_prefix() {
         let mut t = OffsetTracker::default();
-        let a = t.push(10);
-        let b = t.push(20);
-        let c = t.push(30);
+        let a = t.push(0, 10);
+        let b = t.push(10, 20);
+        let c = t.push(20, 30);
         assert_eq!(t.ack(b, true), None, "b is done but a is not");
         assert_eq!(t.ack(a, true), Some(20), "a and b now form the prefix");
         assert_eq!(t.outstanding(), 1);
@@ -659,13 +752,26 @@ mod tests {
     }
 
     #[test]
-    fn an_undelivered_batch_blocks_everything_after_it() {
-        let mut t = OffsetTracker::default();
-        let a = t.push(10);
-        let b = t.push(20);
-        let c = t.push(30);
-        assert_eq!(t.ack(a, true), Some(10));
-        assert_eq!(t.ack(b, false), None);
-        assert_eq!(t.ack(c, true), None, "nothing past an undelivered batch");
+    fn an_undelivered_batch_blocks_everything_after_it_and_is_read_again() {
+        let mut tracker = OffsetTracker::default();
+        let first = tracker.push(0, 10);
+        let failed = tracker.push(10, 20);
+        let after = tracker.push(20, 30);
+        assert_eq!(tracker.ack(first, true), Some(10));
+        assert_eq!(tracker.ack(failed, false), None);
+        assert!(tracker.failed());
+        assert_eq!(
+            tracker.ack(after, true),
+            None,
+            "nothing past an undelivered batch"
+        );
+        assert_eq!(
+            tracker.rewind(),
+            Some(10),
+            "read again from its first offset"
+        );
+        assert!(!tracker.failed());
+        let again = tracker.push(10, 30);
+        assert_eq!(tracker.ack(again, true), Some(30));
     }
 }

@@ -1,18 +1,22 @@
 //! Rebuilding the read models from the event store, while queries keep answering from
 //! the current indices: new indices are filled from the events (walking history hour by
-//! hour), the aliases are switched to them in one atomic request, the hours since the
-//! replay began are replayed again into them (projections kept writing to the old ones
-//! until the switch), and the old indices are deleted.
+//! hour), and the aliases are switched to them in one atomic request. Until the switch,
+//! projections kept writing to the old indices, so a cart may have moved on there while
+//! its new document was written: the old indices are then blocked for writes (which waits
+//! for the writes in flight; a write that meets the block is retried by the sink through
+//! the alias, so it lands in the new index), and every document of the old indices whose
+//! version is above the new one's is rebuilt from the event store. Then the old indices
+//! are deleted. No clock is involved: a cart can never be left stale by the switch.
 
 use std::collections::HashSet;
 use std::time::Instant;
 
-use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use chrono::Utc;
 use elasticsearch::http::Method;
 use futures::{StreamExt, TryStreamExt};
 use salesflow_plugin_cassandra::EventStore;
 use salesflow_plugin_elasticsearch::{Client, Doc};
-use salesflow_sales::{CartState, read_model};
+use salesflow_sales::{Cart, read_model};
 use serde_json::json;
 use tracing::info;
 use uuid::Uuid;
@@ -22,6 +26,9 @@ use uuid::Uuid;
 pub struct ReplayReport {
     pub carts: usize,
     pub events: usize,
+    /// Carts whose stored history salesflow did not write (not seq 1, 2, 3, ...), left
+    /// out of the read models, with why.
+    pub unreadable: Vec<String>,
     pub indices: Vec<String>,
     pub replaced: Vec<String>,
     pub seconds: f64,
@@ -31,11 +38,8 @@ fn fail(context: &str, e: impl std::fmt::Display) -> String {
     format!("{context}: {e}")
 }
 
-/// The carts with events recorded in the hours from `since`, in order of first event.
-async fn carts_since(
-    store: &EventStore,
-    since: Option<DateTime<Utc>>,
-) -> Result<Vec<Uuid>, String> {
+/// Every cart with events, in order of first event.
+async fn all_carts(store: &EventStore) -> Result<Vec<Uuid>, String> {
     let mut seen = HashSet::new();
     let mut carts = Vec::new();
     let hours = store
@@ -43,9 +47,6 @@ async fn carts_since(
         .await
         .map_err(|e| fail("listing the event store's hours", e))?;
     for (hour, shard) in hours {
-        if since.is_some_and(|s| hour < s) {
-            continue;
-        }
         for (cart, _) in store
             .carts_in(hour, shard)
             .await
@@ -66,24 +67,34 @@ async fn index_carts(
     carts: &[Uuid],
     detailed: &str,
     summary: &str,
+    unreadable: &mut Vec<String>,
 ) -> Result<usize, String> {
     let mut events_read = 0;
     for chunk in carts.chunks(250) {
-        let states: Vec<(usize, CartState)> = futures::stream::iter(chunk.iter().copied())
-            .map(|cart| async move {
-                let events = store
-                    .load(cart)
-                    .await
-                    .map_err(|e| fail("reading a cart", e))?;
-                Ok::<_, String>((events.len(), CartState::from_events(events)))
-            })
-            .buffer_unordered(16)
-            .try_collect()
-            .await?;
+        let states: Vec<Result<(usize, Option<Cart>), String>> =
+            futures::stream::iter(chunk.iter().copied())
+                .map(|cart| async move {
+                    match store.load(cart).await {
+                        Ok(events) => Ok(Ok((events.len(), Cart::from_events(&events)))),
+                        // A history salesflow did not write: reported, not indexed.
+                        Err(e) if e.is_corrupt() => Ok(Err(e.to_string())),
+                        Err(e) => Err(fail("reading a cart", e)),
+                    }
+                })
+                .buffer_unordered(16)
+                .try_collect()
+                .await?;
         let mut docs = Vec::with_capacity(states.len() * 2);
-        for (count, state) in states {
+        for state in states {
+            let (count, cart) = match state {
+                Ok(state) => state,
+                Err(why) => {
+                    unreadable.push(why);
+                    continue;
+                }
+            };
             events_read += count;
-            let Some(cart) = state.cart else { continue };
+            let Some(cart) = cart else { continue };
             for (index, source) in [
                 (detailed, read_model::detailed(&cart)),
                 (summary, read_model::summary(&cart)),
@@ -96,7 +107,13 @@ async fn index_carts(
                 });
             }
         }
-        es.bulk(&docs).await.map_err(|e| fail("indexing", e))?;
+        let outcome = es.bulk(&docs).await.map_err(|e| fail("indexing", e))?;
+        if let Some((_, why)) = outcome.refused.first() {
+            return Err(format!(
+                "indexing: {} documents refused, the first: {why}",
+                outcome.refused.len()
+            ));
+        }
     }
     Ok(events_read)
 }
@@ -114,6 +131,72 @@ async fn alias_indices(es: &Client, alias: &str) -> Result<Vec<String>, String> 
         .as_object()
         .map(|o| o.keys().cloned().collect())
         .unwrap_or_default())
+}
+
+/// The replaced indices that belonged to `alias` (named `<alias>-...`).
+fn alias_pairs(replaced: &[String], alias: &str) -> Vec<String> {
+    replaced
+        .iter()
+        .filter(|old| old.starts_with(&format!("{alias}-")) || old.as_str() == alias)
+        .cloned()
+        .collect()
+}
+
+/// The carts whose document in `old` has a higher version than in `new` (or is missing
+/// there), read page by page: versions only, never the documents.
+async fn newer_in(es: &Client, old: &str, new: &str) -> Result<Vec<Uuid>, String> {
+    let mut out = Vec::new();
+    let mut after: Option<serde_json::Value> = None;
+    loop {
+        let mut query = json!({
+            "size": 1000,
+            "_source": false,
+            "version": true,
+            "sort": [{ "cart_id": "asc" }],
+            "query": { "match_all": {} }
+        });
+        if let Some(after) = &after {
+            query["search_after"] = after.clone();
+        }
+        let (status, body) = es
+            .call(Method::Post, &format!("/{old}/_search"), Some(query))
+            .await
+            .map_err(|e| fail("reading an old index", e))?;
+        if !(200..300).contains(&status) {
+            return Err(format!("searching {old} answered {status}: {body}"));
+        }
+        let hits = body["hits"]["hits"].as_array().cloned().unwrap_or_default();
+        if hits.is_empty() {
+            return Ok(out);
+        }
+        after = hits.last().map(|h| h["sort"].clone());
+        let ids: Vec<&str> = hits.iter().filter_map(|h| h["_id"].as_str()).collect();
+        let (status, body) = es
+            .call(
+                Method::Post,
+                &format!("/{new}/_mget?_source=false"),
+                Some(json!({ "ids": ids })),
+            )
+            .await
+            .map_err(|e| fail("reading the new index", e))?;
+        if !(200..300).contains(&status) {
+            return Err(format!("reading {new} answered {status}: {body}"));
+        }
+        let docs = body["docs"].as_array().cloned().unwrap_or_default();
+        for (hit, doc) in hits.iter().zip(&docs) {
+            let old_version = hit["_version"].as_u64().unwrap_or(0);
+            let new_version = if doc["found"] == true {
+                doc["_version"].as_u64().unwrap_or(0)
+            } else {
+                0
+            };
+            if old_version > new_version
+                && let Some(id) = hit["_id"].as_str().and_then(|i| Uuid::parse_str(i).ok())
+            {
+                out.push(id);
+            }
+        }
+    }
 }
 
 /// Rebuilds both read models from the event store and switches the aliases to them.
@@ -140,9 +223,18 @@ pub async fn replay(
             return Err(format!("creating {index} answered {status}: {body}"));
         }
     }
-    let carts = carts_since(store, None).await?;
+    let carts = all_carts(store).await?;
     info!(carts = carts.len(), "replaying the event store");
-    let mut events = index_carts(store, es, &carts, &targets[0].1, &targets[1].1).await?;
+    let mut unreadable = Vec::new();
+    let mut events = index_carts(
+        store,
+        es,
+        &carts,
+        &targets[0].1,
+        &targets[1].1,
+        &mut unreadable,
+    )
+    .await?;
 
     // Make what was indexed searchable before queries are sent to it.
     for (_, index) in &targets {
@@ -177,13 +269,45 @@ pub async fn replay(
         return Err(format!("switching aliases answered {status}: {body}"));
     }
 
-    // Until the switch, projections wrote to the old indices: replay what was recorded
-    // since the replay began (versions make this idempotent).
-    let since = started_at
-        .duration_trunc(TimeDelta::hours(1))
-        .unwrap_or(started_at);
-    let recent = carts_since(store, Some(since)).await?;
-    events += index_carts(store, es, &recent, &targets[0].1, &targets[1].1).await?;
+    // Until the switch, projections wrote to the old indices: block them for writes
+    // (this waits for the writes in flight), then rebuild every cart they hold at a newer
+    // version than the new indices.
+    for old in &replaced {
+        for (method, path) in [
+            (Method::Put, format!("/{old}/_block/write")),
+            (Method::Post, format!("/{old}/_refresh")),
+        ] {
+            let (status, body) = es
+                .call(method, &path, None)
+                .await
+                .map_err(|e| fail("closing an old index to writes", e))?;
+            if !(200..300).contains(&status) {
+                return Err(format!("{path} answered {status}: {body}"));
+            }
+        }
+    }
+    let mut behind = std::collections::BTreeSet::new();
+    for (alias, index) in &targets {
+        for old in alias_pairs(&replaced, alias) {
+            behind.extend(newer_in(es, &old, index).await?);
+        }
+    }
+    let behind: Vec<Uuid> = behind.into_iter().collect();
+    if !behind.is_empty() {
+        info!(
+            carts = behind.len(),
+            "carts that moved on while the replay ran: rebuilding them"
+        );
+    }
+    events += index_carts(
+        store,
+        es,
+        &behind,
+        &targets[0].1,
+        &targets[1].1,
+        &mut unreadable,
+    )
+    .await?;
 
     for old in &replaced {
         let (status, body) = es
@@ -194,9 +318,13 @@ pub async fn replay(
             return Err(format!("deleting {old} answered {status}: {body}"));
         }
     }
+    for why in &unreadable {
+        tracing::warn!(reason = %why, "a cart left out of the read models");
+    }
     Ok(ReplayReport {
         carts: carts.len(),
         events,
+        unreadable,
         indices: targets.iter().map(|(_, i)| i.clone()).collect(),
         replaced,
         seconds: started.elapsed().as_secs_f64(),

@@ -7,7 +7,7 @@ pub mod order;
 pub mod read_model;
 
 pub use cart::{
-    BUCKET_SIZE, Cart, CartEvent, CartState, CartUpdated, CartUpdatedRef, Decision, Item,
+    BUCKET_SIZE, Cart, CartEvent, CartState, CartTotals, CartUpdated, Decision, FoldError, Item,
     MAX_ORDERS_PER_CART, Refusal, bucket_of,
 };
-pub use order::{MONEY_FIELDS, ORDER_SCHEMA, Order, OrderValidator};
+pub use order::{MAX_QUANTITY, MONEY_FIELDS, ORDER_SCHEMA, Order, OrderValidator};

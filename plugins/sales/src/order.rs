@@ -2,7 +2,6 @@
 //! `schemas/order.schema.json` (the single source the API validates against and the docs
 //! show), with money as exact decimals.
 
-use std::collections::HashMap;
 use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
@@ -89,110 +88,157 @@ impl OrderValidator {
         problems
     }
 
-    /// The four amounts, exactly: a string is exact by the schema's pattern; a number is
-    /// read from its digits in the JSON text.
-    fn money(value: &serde_json::Value, payload: &[u8]) -> Result<[Decimal; 4], Vec<String>> {
-        let mut money = [Decimal::ZERO; 4];
-        let mut raw: Option<HashMap<String, &RawValue>> = None;
-        let mut problems = Vec::new();
-        for (slot, field) in money.iter_mut().zip(MONEY_FIELDS) {
-            let text = match &value[field] {
-                serde_json::Value::String(s) => Ok(s.clone()),
-                serde_json::Value::Null => Err("is required".to_owned()),
-                _ => {
-                    if raw.is_none() {
-                        raw = Some(
-                            serde_json::from_slice(payload)
-                                .map_err(|e| vec![format!("(body): {e}")])?,
-                        );
-                    }
-                    raw.as_ref()
-                        .and_then(|r| r.get(field))
-                        .map(|v| v.get().to_owned())
-                        .ok_or_else(|| "is required".to_owned())
-                }
-            };
-            match text.and_then(|t| exact_decimal(&t)) {
-                Ok(d) => *slot = d,
-                Err(why) => problems.push(format!("{field}: {why}")),
-            }
-        }
-        if problems.is_empty() {
-            Ok(money)
-        } else {
-            Err(problems)
-        }
-    }
-
-    /// Checks an order without building it: its cart id, or every problem with it.
+    /// Checks an order without keeping it: its cart id, or every problem with it. The
+    /// same decoder as [`OrderValidator::decode`], so the API accepts exactly what the
+    /// domain reads.
     pub fn check(&self, payload: &[u8]) -> Result<Uuid, Vec<String>> {
+        self.decode(payload).map(|order| order.cart_id)
+    }
+
+    /// The one decoder of an order: the schema's checks first (every failing field named),
+    /// then each field read strictly from its JSON text, with no defaults: ids and time
+    /// parsed as the order keeps them, a quantity written as a whole number (`2`, never
+    /// `2.0`, `1e1` or `"2"`), money from its digits. A repeated field is refused.
+    pub fn decode(&self, payload: &[u8]) -> Result<Order, Vec<String>> {
         let value: serde_json::Value = serde_json::from_slice(payload)
             .map_err(|e| vec![format!("(body): not valid JSON: {e}")])?;
         let problems = self.schema_problems(&value);
         if !problems.is_empty() {
             return Err(problems);
         }
-        Self::money(&value, payload)?;
-        Self::identity(&value).map(|(_, cart_id, _)| cart_id)
+        let wire: Wire<'_> = serde_json::from_slice(payload).map_err(|e| vec![wire_problem(&e)])?;
+        wire.into_order()
     }
+}
 
-    /// The ids and the time, read as the order will be: the schema's `format` checks are
-    /// looser than the parsers (its `date-time` took "202=-11-26T10:15:00Z"), so `check`
-    /// and `validate` both read them here and agree on every payload.
-    fn identity(value: &serde_json::Value) -> Result<(Uuid, Uuid, DateTime<Utc>), Vec<String>> {
+/// An order as written: strings as strings, numbers as their JSON text. Unknown and
+/// repeated fields are refused.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire<'a> {
+    order_id: String,
+    cart_id: String,
+    user_id: String,
+    product_name: String,
+    product_info: String,
+    #[serde(borrow)]
+    quantity: &'a RawValue,
+    payment_method: String,
+    shipping_address: String,
+    billing_address: String,
+    #[serde(borrow)]
+    amount: &'a RawValue,
+    #[serde(borrow)]
+    discounts: &'a RawValue,
+    #[serde(borrow)]
+    tax_amount: &'a RawValue,
+    #[serde(borrow)]
+    subtotal: &'a RawValue,
+    shipping_method: String,
+    currency: String,
+    seller_info: String,
+    created_at: String,
+}
+
+/// A problem serde found reading the order's fields, named by field where it says one.
+fn wire_problem(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let field = text
+        .split('`')
+        .nth(1)
+        .filter(|_| text.starts_with("duplicate field") || text.starts_with("unknown field"));
+    match field {
+        Some(field) => format!("{field}: {text}"),
+        None => format!("(order): {text}"),
+    }
+}
+
+impl Wire<'_> {
+    fn into_order(self) -> Result<Order, Vec<String>> {
         let mut problems = Vec::new();
-        let mut uuid = |name: &str| {
-            Uuid::parse_str(value[name].as_str().unwrap_or_default())
+        let mut uuid = |name: &str, text: &str| {
+            Uuid::try_parse(text)
                 .map_err(|e| problems.push(format!("{name}: not a UUID: {e}")))
+                .ok()
         };
-        let (order_id, cart_id) = (uuid("order_id"), uuid("cart_id"));
-        let created_at =
-            DateTime::parse_from_rfc3339(value["created_at"].as_str().unwrap_or_default())
-                .map(|d| d.with_timezone(&Utc))
-                .map_err(|e| {
-                    problems.push(format!(
-                        "created_at: not an RFC 3339 date-time like \"2026-11-26T10:15:00Z\": {e}"
-                    ));
-                });
-        match (order_id, cart_id, created_at) {
-            (Ok(order_id), Ok(cart_id), Ok(created_at)) => Ok((order_id, cart_id, created_at)),
-            _ => Err(problems),
-        }
-    }
-
-    /// The order, or every problem with it (`field: why`), sorted by field.
-    pub fn validate(&self, payload: &[u8]) -> Result<Order, Vec<String>> {
-        let value: serde_json::Value = serde_json::from_slice(payload)
-            .map_err(|e| vec![format!("(body): not valid JSON: {e}")])?;
-        let problems = self.schema_problems(&value);
-        if !problems.is_empty() {
+        let order_id = uuid("order_id", &self.order_id);
+        let cart_id = uuid("cart_id", &self.cart_id);
+        // The schema's `date-time` format is looser than the parser (it took
+        // "202=-11-26T10:15:00Z"): the parser decides.
+        let created_at = DateTime::parse_from_rfc3339(&self.created_at)
+            .map(|d| d.with_timezone(&Utc))
+            .map_err(|e| {
+                problems.push(format!(
+                    "created_at: not an RFC 3339 date-time like \"2026-11-26T10:15:00Z\": {e}"
+                ));
+            })
+            .ok();
+        let quantity = whole_number(self.quantity.get())
+            .map_err(|why| problems.push(format!("quantity: {why}")))
+            .ok();
+        let mut money = |name: &str, raw: &RawValue| {
+            exact_decimal(raw.get())
+                .map_err(|why| problems.push(format!("{name}: {why}")))
+                .ok()
+        };
+        let amount = money("amount", self.amount);
+        let discounts = money("discounts", self.discounts);
+        let tax_amount = money("tax_amount", self.tax_amount);
+        let subtotal = money("subtotal", self.subtotal);
+        let (
+            Some(order_id),
+            Some(cart_id),
+            Some(created_at),
+            Some(quantity),
+            Some(amount),
+            Some(discounts),
+            Some(tax_amount),
+            Some(subtotal),
+        ) = (
+            order_id, cart_id, created_at, quantity, amount, discounts, tax_amount, subtotal,
+        )
+        else {
+            problems.sort();
             return Err(problems);
-        }
-        let money = Self::money(&value, payload)?;
-        let (order_id, cart_id, created_at) = Self::identity(&value)?;
-        let text = |name: &str| value[name].as_str().unwrap_or_default().to_owned();
+        };
         Ok(Order {
             order_id,
             cart_id,
-            user_id: text("user_id"),
-            product_name: text("product_name"),
-            product_info: text("product_info"),
-            quantity: u32::try_from(value["quantity"].as_u64().unwrap_or_default())
-                .unwrap_or_default(),
-            payment_method: text("payment_method"),
-            shipping_address: text("shipping_address"),
-            billing_address: text("billing_address"),
-            amount: money[0],
-            discounts: money[1],
-            tax_amount: money[2],
-            subtotal: money[3],
-            shipping_method: text("shipping_method"),
-            currency: text("currency"),
-            seller_info: text("seller_info"),
+            user_id: self.user_id,
+            product_name: self.product_name,
+            product_info: self.product_info,
+            quantity,
+            payment_method: self.payment_method,
+            shipping_address: self.shipping_address,
+            billing_address: self.billing_address,
+            amount,
+            discounts,
+            tax_amount,
+            subtotal,
+            shipping_method: self.shipping_method,
+            currency: self.currency,
+            seller_info: self.seller_info,
             created_at,
         })
     }
 }
+
+/// A quantity from its JSON text: digits only (no sign, fraction or exponent), 1 to
+/// [`MAX_QUANTITY`].
+fn whole_number(raw: &str) -> Result<u32, String> {
+    if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "must be a whole number written without a fraction or an exponent, like 2 (got {raw})"
+        ));
+    }
+    match raw.parse::<u32>() {
+        Ok(n) if (1..=MAX_QUANTITY).contains(&n) => Ok(n),
+        _ => Err(format!("must be between 1 and {MAX_QUANTITY} (got {raw})")),
+    }
+}
+
+/// The most units one order may hold (the schema's maximum).
+pub const MAX_QUANTITY: u32 = 10_000;
 
 impl Default for OrderValidator {
     fn default() -> Self {
@@ -202,12 +248,29 @@ impl Default for OrderValidator {
 
 /// A decimal from its JSON text: a string's contents or a number's digits, exactly.
 fn exact_decimal(raw: &str) -> Result<Decimal, String> {
-    let text = raw
-        .strip_prefix('"')
-        .and_then(|r| r.strip_suffix('"'))
-        .unwrap_or(raw);
+    let unescaped;
+    let text = if raw.starts_with('"') {
+        unescaped =
+            serde_json::from_str::<String>(raw).map_err(|e| format!("not a string: {e}"))?;
+        unescaped.as_str()
+    } else {
+        raw
+    };
     if text.contains(['e', 'E']) {
         return Err("write decimals without an exponent".into());
+    }
+    // Digits, at most one point between digits, an optional minus: nothing else that
+    // `Decimal::from_str` would also take (underscores, a plus sign, spaces).
+    let digits = text.strip_prefix('-').unwrap_or(text);
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, "0"));
+    if whole.is_empty()
+        || fraction.is_empty()
+        || !whole
+            .bytes()
+            .chain(fraction.bytes())
+            .all(|b| b.is_ascii_digit())
+    {
+        return Err(format!("not a decimal: {text:?}"));
     }
     let d = Decimal::from_str(text).map_err(|e| format!("not a decimal: {e}"))?;
     if d.is_sign_negative() && !d.is_zero() {
@@ -248,7 +311,7 @@ mod tests {
     #[test]
     fn a_valid_order_reads_exactly() {
         let order = OrderValidator::new()
-            .validate(sample().to_string().as_bytes())
+            .decode(sample().to_string().as_bytes())
             .unwrap();
         assert_eq!(order.amount.to_string(), "119.90");
         assert_eq!(
@@ -271,7 +334,7 @@ mod tests {
         o.as_object_mut().unwrap().remove("seller_info");
         o["extra"] = serde_json::json!(1);
         let problems = OrderValidator::new()
-            .validate(o.to_string().as_bytes())
+            .decode(o.to_string().as_bytes())
             .unwrap_err();
         let fields: Vec<&str> = problems
             .iter()
@@ -304,13 +367,56 @@ mod tests {
             o["created_at"] = serde_json::json!(created_at);
             let bytes = o.to_string().into_bytes();
             let checked = v.check(&bytes).unwrap_err();
-            let validated = v.validate(&bytes).unwrap_err();
-            assert_eq!(checked, validated);
+            let decoded = v.decode(&bytes).unwrap_err();
+            assert_eq!(checked, decoded);
             assert!(
                 checked.len() == 1 && checked[0].starts_with("created_at:"),
                 "{created_at}: {checked:?}"
             );
         }
+    }
+
+    /// `"quantity": 2.0` was stored as 0: the schema's `integer` takes an integral float,
+    /// and the domain read it with a default. A quantity is a whole number as written.
+    #[test]
+    fn a_quantity_is_a_whole_number_as_written() {
+        let v = OrderValidator::new();
+        for bad in ["2.0", "1e1", "\"2\"", "2.5", "-1", "0", "10001", "1E0"] {
+            let text = sample()
+                .to_string()
+                .replace("\"quantity\":2", &format!("\"quantity\":{bad}"));
+            assert!(text.contains(bad));
+            let problems = v.decode(text.as_bytes()).unwrap_err();
+            assert!(
+                !problems.is_empty() && problems.iter().all(|p| p.starts_with("quantity:")),
+                "{bad}: {problems:?}"
+            );
+            assert_eq!(v.check(text.as_bytes()).unwrap_err(), problems);
+        }
+        let text = sample()
+            .to_string()
+            .replace("\"quantity\":2", "\"quantity\":10000");
+        assert_eq!(v.decode(text.as_bytes()).unwrap().quantity, 10_000);
+    }
+
+    #[test]
+    fn a_repeated_field_is_refused_naming_it() {
+        let text = sample().to_string().replacen('{', "{\"quantity\":3,", 1);
+        let problems = OrderValidator::new().decode(text.as_bytes()).unwrap_err();
+        assert!(
+            problems.len() == 1 && problems[0].starts_with("quantity: duplicate field"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn money_in_an_escaped_string_reads_as_its_text() {
+        let text = sample()
+            .to_string()
+            .replace("\"amount\":\"119.90\"", "\"amount\":\"\\u0031\\u0039.90\"");
+        assert!(text.contains("u0031"), "{text}");
+        let order = OrderValidator::new().decode(text.as_bytes()).unwrap();
+        assert_eq!(order.amount.to_string(), "19.90");
     }
 
     #[test]
@@ -320,7 +426,7 @@ mod tests {
                 .to_string()
                 .replace("\"amount\":\"119.90\"", &format!("\"amount\":{bad}"));
             assert!(text.contains(bad));
-            let problems = OrderValidator::new().validate(text.as_bytes()).unwrap_err();
+            let problems = OrderValidator::new().decode(text.as_bytes()).unwrap_err();
             assert!(
                 problems.iter().all(|p| p.starts_with("amount:")),
                 "{bad}: {problems:?}"
@@ -330,9 +436,7 @@ mod tests {
 
     #[test]
     fn malformed_json_is_named() {
-        let problems = OrderValidator::new()
-            .validate(b"{\"order_id\":")
-            .unwrap_err();
+        let problems = OrderValidator::new().decode(b"{\"order_id\":").unwrap_err();
         assert!(
             problems[0].starts_with("(body): not valid JSON"),
             "{problems:?}"
@@ -411,18 +515,18 @@ mod properties {
         #[test]
         fn arbitrary_bytes_are_refused_with_reasons_never_a_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
             let v = OrderValidator::new();
-            match v.validate(&bytes) {
+            match v.decode(&bytes) {
                 Ok(order) => sound(&order),
                 Err(reasons) => prop_assert!(!reasons.is_empty() && reasons.iter().all(|r| !r.is_empty())),
             }
-            prop_assert_eq!(v.check(&bytes).is_ok(), v.validate(&bytes).is_ok());
+            prop_assert_eq!(v.check(&bytes).is_ok(), v.decode(&bytes).is_ok());
         }
 
         #[test]
         fn arbitrary_json_is_refused_with_reasons(value in any_json()) {
             let v = OrderValidator::new();
             let bytes = serde_json::to_vec(&value).unwrap();
-            match v.validate(&bytes) {
+            match v.decode(&bytes) {
                 Ok(order) => sound(&order),
                 Err(reasons) => prop_assert!(!reasons.is_empty()),
             }
@@ -439,14 +543,14 @@ mod properties {
                 order[name] = value;
             }
             let bytes = serde_json::to_vec(&order).unwrap();
-            match v.validate(&bytes) {
+            match v.decode(&bytes) {
                 Ok(accepted) => sound(&accepted),
                 Err(reasons) => prop_assert!(
                     reasons.iter().any(|r| r.contains(name)),
                     "{} not named in {:?}", name, reasons
                 ),
             }
-            prop_assert_eq!(v.check(&bytes).is_ok(), v.validate(&bytes).is_ok());
+            prop_assert_eq!(v.check(&bytes).is_ok(), v.decode(&bytes).is_ok());
         }
     }
 }

@@ -1,0 +1,148 @@
+//! A least-recently-used cache bounded by entries and by bytes, for stages that keep
+//! state per key (carts): the byte budget can be shared by every lane of a stage, so that
+//! memory stays bounded however many lanes (partitions) there are.
+
+use std::hash::Hash;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use lru::LruCache;
+
+/// Bytes a set of caches may hold together.
+#[derive(Debug)]
+pub struct CacheBudget {
+    limit: usize,
+    used: AtomicUsize,
+}
+
+impl CacheBudget {
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            used: AtomicUsize::new(0),
+        })
+    }
+
+    /// Bytes held now by every cache sharing the budget.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    fn over(&self) -> bool {
+        self.used() > self.limit
+    }
+}
+
+/// An LRU cache whose entries declare their size. Past `max_entries`, or while the shared
+/// budget is exceeded, its least recently used entries are dropped (an entry larger than
+/// the whole budget is dropped at once: it is not kept).
+pub struct SizedLru<K: Hash + Eq, V> {
+    entries: LruCache<K, (V, usize)>,
+    budget: Arc<CacheBudget>,
+    held: usize,
+}
+
+impl<K: Hash + Eq, V> SizedLru<K, V> {
+    pub fn new(max_entries: usize, budget: Arc<CacheBudget>) -> Self {
+        Self {
+            entries: LruCache::new(NonZeroUsize::new(max_entries).unwrap_or(NonZeroUsize::MIN)),
+            budget,
+            held: 0,
+        }
+    }
+
+    /// Removes an entry and gives it to the caller.
+    pub fn take(&mut self, key: &K) -> Option<V> {
+        let (value, size) = self.entries.pop(key)?;
+        self.release(size);
+        Some(value)
+    }
+
+    /// Looks at an entry without touching its recency.
+    pub fn peek(&self, key: &K) -> Option<&V> {
+        self.entries.peek(key).map(|(v, _)| v)
+    }
+
+    pub fn contains(&self, key: &K) -> bool {
+        self.entries.contains(key)
+    }
+
+    /// Inserts (or replaces) an entry of `size` bytes, then evicts while over the limits.
+    pub fn put(&mut self, key: K, value: V, size: usize) {
+        self.budget.used.fetch_add(size, Ordering::Relaxed);
+        self.held += size;
+        if let Some((_, (_, old))) = self.entries.push(key, (value, size)) {
+            self.release(old);
+        }
+        while self.budget.over() {
+            match self.entries.pop_lru() {
+                Some((_, (_, size))) => self.release(size),
+                None => break,
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes this cache holds.
+    pub fn bytes(&self) -> usize {
+        self.held
+    }
+
+    fn release(&mut self, size: usize) {
+        self.held -= size;
+        self.budget.used.fetch_sub(size, Ordering::Relaxed);
+    }
+}
+
+impl<K: Hash + Eq, V> Drop for SizedLru<K, V> {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.held, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_and_bytes_are_bounded_and_shared() {
+        let budget = CacheBudget::new(100);
+        let mut a = SizedLru::new(3, Arc::clone(&budget));
+        let mut b = SizedLru::new(10, Arc::clone(&budget));
+        a.put(1, "one", 10);
+        a.put(2, "two", 10);
+        a.put(3, "three", 10);
+        a.put(4, "four", 10);
+        assert_eq!(a.len(), 3, "at most 3 entries");
+        assert!(a.peek(&1).is_none(), "the least recently used went");
+        assert_eq!(budget.used(), 30);
+        b.put(1, "big", 75);
+        assert_eq!(
+            budget.used(),
+            30,
+            "b cannot evict a's entries: it dropped its own"
+        );
+        assert!(b.is_empty());
+        a.put(2, "again", 20);
+        assert_eq!(a.bytes(), 40);
+        assert_eq!(a.take(&2), Some("again"));
+        assert_eq!(budget.used(), 20);
+        drop(a);
+        assert_eq!(budget.used(), 0);
+        b.put(9, "huge", 1000);
+        assert!(b.is_empty(), "an entry larger than the budget is not kept");
+        assert_eq!(budget.used(), 0);
+    }
+}
