@@ -374,13 +374,14 @@ pub async fn replay(plan: &Plan, pipeline: &str) -> Result<String> {
         )
     };
     Ok(format!(
-        "replayed {} events of {} carts in {:.1} s into {}; aliases {} and {} switched; replaced {}{unreadable}",
+        "replayed {} events of {} carts in {:.1} s into {}; aliases {} and {} switched; {} carts that moved on meanwhile rebuilt; replaced {}{unreadable}",
         report.events,
         report.carts,
         report.seconds,
         report.indices.join(", "),
         models.detailed_alias,
         models.summary_alias,
+        report.caught_up,
         if report.replaced.is_empty() {
             "nothing".to_owned()
         } else {

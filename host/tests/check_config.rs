@@ -199,6 +199,50 @@ fn secrets_never_show() {
     );
 }
 
+/// A secret given with `--set` is never echoed, even when the configuration around it is
+/// wrong; an all-digit secret (from the environment or `--set`) is its text, not a number.
+#[test]
+fn secrets_from_set_and_the_environment_stay_secret_and_stay_text() {
+    let default = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipeline.toml");
+    // username without password is an error at [cassandra]: the message names the
+    // override, never its value.
+    let (ok, stdout, stderr) = salesflow(
+        &default,
+        &["--set", "cassandra.password=93812hunter", "check"],
+        &[],
+    );
+    assert!(!ok, "{stdout}");
+    assert!(
+        stderr.contains("username and password go together"),
+        "{stderr}"
+    );
+    assert!(
+        !stdout.contains("93812hunter") && !stderr.contains("93812hunter"),
+        "{stderr}"
+    );
+    // Digits only, with a leading zero: accepted as the text it is.
+    for (args, env) in [
+        (
+            vec![
+                "--set",
+                "cassandra.username=app",
+                "--set",
+                "cassandra.password=007123",
+                "check",
+            ],
+            vec![],
+        ),
+        (
+            vec!["--set", "cassandra.username=app", "check"],
+            vec![("SALESFLOW__CASSANDRA__PASSWORD", "007123")],
+        ),
+    ] {
+        let (ok, stdout, stderr) = salesflow(&default, &args, &env);
+        assert!(ok, "{args:?} {env:?}: {stderr}");
+        assert!(!stdout.contains("007123") && !stderr.contains("007123"));
+    }
+}
+
 #[test]
 fn graph_draws_the_default_pipeline_toml() {
     let default = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipeline.toml");

@@ -352,3 +352,143 @@ async fn documents_the_index_refuses_are_dead_lettered_and_replayed_after_a_fix(
     wait_for_items(&client, &base, cart.id, &ids, &host).await;
     drop(host);
 }
+
+/// The first record of `topic`, exactly as stored: key, payload and headers in order.
+type RawRecord = (
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Vec<(String, Option<Vec<u8>>)>,
+);
+
+fn raw_records(topic: &str, count: usize) -> Vec<RawRecord> {
+    use rdkafka::Message as _;
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use rdkafka::message::Headers as _;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", support::unique("raw"))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut out = Vec::new();
+    while out.len() < count {
+        assert!(
+            Instant::now() < deadline,
+            "{topic}: {} of {count} records",
+            out.len()
+        );
+        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+            let m = m.unwrap();
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push((
+                m.key().map(<[u8]>::to_vec),
+                m.payload().map(<[u8]>::to_vec),
+                headers,
+            ));
+        }
+    }
+    out
+}
+
+/// A record that is not even text — a binary key, a payload that is not UTF-8, a header
+/// name given twice with binary values — is dead-lettered and replayed byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_replayed_byte_for_byte() {
+    let sales = Sales::new().await;
+    let host = sales.start(&["domain"]);
+    let key: &[u8] = &[0xff, 0x00, 0x80, b'k'];
+    let payload: &[u8] = b"\x00\xfe not an order \xff";
+    let trace: &[u8] = &[0x01, 0xff, 0x00];
+    let record = FutureRecord::to(&sales.orders)
+        .key(key)
+        .payload(payload)
+        .headers(
+            OwnedHeaders::new()
+                .insert(Header {
+                    key: "trace",
+                    value: Some(trace),
+                })
+                .insert(Header {
+                    key: "trace",
+                    value: Some(b"second".as_slice()),
+                }),
+        );
+    producer()
+        .send(record, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut letters = Vec::new();
+    support::wait_for("the dead letter", Duration::from_secs(60), || {
+        letters = dead_letters(&sales, &sales.orders_dlq);
+        !letters.is_empty()
+    });
+    assert_eq!(letters[0]["key"]["base64"], "/wCAaw==", "{:?}", letters[0]);
+    let listed: Vec<&Value> = letters[0]["header_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h[0] == "trace")
+        .collect();
+    assert_eq!(listed.len(), 2, "{:?}", letters[0]);
+
+    let target = support::unique("replayed");
+    support::create_topic(&target, 1).await;
+    let (ok, out, err) = salesflow(
+        &sales,
+        &[
+            "dlq",
+            "replay",
+            "--topic",
+            &sales.orders_dlq,
+            "--all",
+            "--to",
+            &target,
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let replayed = tokio::task::spawn_blocking({
+        let target = target.clone();
+        move || raw_records(&target, 1)
+    })
+    .await
+    .unwrap();
+    let (got_key, got_payload, got_headers) = &replayed[0];
+    assert_eq!(got_key.as_deref(), Some(key));
+    assert_eq!(got_payload.as_deref(), Some(payload));
+    let kept: Vec<(String, Option<Vec<u8>>)> = got_headers
+        .iter()
+        .filter(|(name, _)| !name.starts_with("salesflow."))
+        .cloned()
+        .collect();
+    assert_eq!(
+        kept,
+        vec![
+            ("trace".to_owned(), Some(trace.to_vec())),
+            ("trace".to_owned(), Some(b"second".to_vec())),
+        ]
+    );
+    assert!(
+        got_headers
+            .iter()
+            .any(|(name, _)| name == "salesflow.replayed.from"),
+        "{got_headers:?}"
+    );
+    drop(host);
+    support::delete_topics(&[
+        &target,
+        &sales.orders,
+        &sales.cart_events,
+        &sales.orders_dlq,
+        &sales.cart_events_dlq,
+    ])
+    .await;
+}

@@ -378,3 +378,83 @@ async fn two_domain_workers_share_partitions_and_survive_a_kill() {
     ])
     .await;
 }
+
+/// `salesflow replay` while orders flow: projections keep writing to the old indices until
+/// the aliases switch, so a cart can move on there while its new document is written.
+/// The load stops as soon as the replay returns: carts whose last orders were projected
+/// into the old indices during the replay are exactly what its catch-up must rebuild.
+/// Afterwards every cart is its event store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_under_load_leaves_no_cart_behind() {
+    let sales = Sales::new().await;
+    let host = sales.start(&[]);
+    let base = format!("http://{}", host.address());
+    let client = reqwest::Client::new();
+    support::ready(&client, &base).await;
+    let mut rng = support::sales::fresh_rng("replay-under-load");
+    let carts: Vec<CartSpec> = (0..150).map(|n| CartSpec::new(n, &mut rng)).collect();
+    let mut first = Vec::new();
+    for (i, cart) in carts.iter().enumerate() {
+        first.push(order(i, cart, &mut rng, i));
+    }
+    let requests: Vec<Vec<Value>> = first
+        .chunks(10)
+        .map(|c| c.iter().map(|o| o.json.clone()).collect())
+        .collect();
+    post_all(&base, requests, 4).await;
+
+    let replaying = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let poster = {
+        let (base, replaying, carts) = (base.clone(), replaying.clone(), carts.clone());
+        let mut rng = Rng::new(rng.next());
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut accepted = Vec::new();
+            let mut n = 1000;
+            while replaying.load(std::sync::atomic::Ordering::SeqCst) {
+                let i = rng.below(carts.len() as u64) as usize;
+                let o = order(i, &carts[i], &mut rng, n);
+                post_accepted(&client, &base, std::slice::from_ref(&o.json)).await;
+                accepted.push(o);
+                n += 1;
+            }
+            accepted
+        })
+    };
+    let mut args = sales.overrides();
+    args.push("replay".into());
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_salesflow"))
+            .arg("--config")
+            .arg(Sales::config())
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    replaying.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("{}", String::from_utf8_lossy(&out.stdout).trim());
+    let during = poster.await.unwrap();
+    println!("{} orders accepted while the replay ran", during.len());
+    assert!(!during.is_empty(), "the replay must run under load");
+    first.extend(during);
+    let session = cassandra().await;
+    for (i, orders) in &expected_carts(&first) {
+        check_cart(&client, &base, &session, &carts[*i], orders).await;
+    }
+    let (status, log) = host.stop(Duration::from_secs(60));
+    assert!(status.success(), "{log}");
+    support::delete_topics(&[
+        &sales.orders,
+        &sales.cart_events,
+        &sales.orders_dlq,
+        &sales.cart_events_dlq,
+    ])
+    .await;
+}

@@ -79,6 +79,8 @@ impl Engine {
                     .set("acks", "all")
                     .set("enable.idempotence", "true")
                     .set("linger.ms", "5")
+                    // Where salesflow's own producer (and Java's) put a cart's key.
+                    .set("partitioner", "murmur2_random")
                     .create()?,
             )
         } else {

@@ -29,6 +29,9 @@ pub struct ReplayReport {
     /// Carts whose stored history salesflow did not write (not seq 1, 2, 3, ...), left
     /// out of the read models, with why.
     pub unreadable: Vec<String>,
+    /// Carts that moved on in the old indices while the replay ran, rebuilt after the
+    /// switch.
+    pub caught_up: usize,
     pub indices: Vec<String>,
     pub replaced: Vec<String>,
     pub seconds: f64,
@@ -325,6 +328,7 @@ pub async fn replay(
         carts: carts.len(),
         events,
         unreadable,
+        caught_up: behind.len(),
         indices: targets.iter().map(|(_, i)| i.clone()).collect(),
         replaced,
         seconds: started.elapsed().as_secs_f64(),
