@@ -208,39 +208,7 @@ pub async fn start(
                     labels,
                     buffer: node.buffer,
                 };
-                match inbound.remove(&key) {
-                    Some(Inbound::Fixed(_, rxs)) => {
-                        for (index, rx) in rxs.into_iter().enumerate() {
-                            let stage = lane
-                                .factory
-                                .create(index)
-                                .map_err(|e| format!("building {label} lane {index}: {e}"))?;
-                            tasks.spawn(lane.clone().run(index as u64, stage, rx, None));
-                        }
-                    }
-                    Some(Inbound::PerKey(keyed)) => {
-                        let weak = Arc::downgrade(&keyed);
-                        let tracker = lanes.clone();
-                        let _ = keyed.make.set(Box::new(move |key| {
-                            let index = usize::try_from(key).unwrap_or(usize::MAX);
-                            let stage = match lane.factory.create(index) {
-                                Ok(stage) => stage,
-                                Err(e) => {
-                                    error!(component = %lane.label, key, error = %e, "cannot make a lane");
-                                    return None;
-                                }
-                            };
-                            let (tx, rx) = mpsc::channel(lane.buffer);
-                            let retire = Retire {
-                                lanes: weak.clone(),
-                                key,
-                            };
-                            tracker.spawn(report(lane.clone().run(key, stage, rx, Some(retire))));
-                            Some(tx)
-                        }));
-                    }
-                    None => return Err(format!("{label}: no channels were made")),
-                }
+                wire(lane, inbound.remove(&key), &mut tasks, &lanes)?;
             }
             Built::Sink(factory) => {
                 let failed_port = format!("{}.{}", node.name, crate::topology::FAILED);
@@ -254,39 +222,7 @@ pub async fn start(
                     labels,
                     buffer: node.buffer,
                 };
-                match inbound.remove(&key) {
-                    Some(Inbound::Fixed(_, rxs)) => {
-                        for (index, rx) in rxs.into_iter().enumerate() {
-                            let sink = lane
-                                .factory
-                                .create(index)
-                                .map_err(|e| format!("building {label} lane {index}: {e}"))?;
-                            tasks.spawn(lane.clone().run(index as u64, sink, rx, None));
-                        }
-                    }
-                    Some(Inbound::PerKey(keyed)) => {
-                        let weak = Arc::downgrade(&keyed);
-                        let tracker = lanes.clone();
-                        let _ = keyed.make.set(Box::new(move |key| {
-                            let index = usize::try_from(key).unwrap_or(usize::MAX);
-                            let sink = match lane.factory.create(index) {
-                                Ok(sink) => sink,
-                                Err(e) => {
-                                    error!(component = %lane.label, key, error = %e, "cannot make a lane");
-                                    return None;
-                                }
-                            };
-                            let (tx, rx) = mpsc::channel(lane.buffer);
-                            let retire = Retire {
-                                lanes: weak.clone(),
-                                key,
-                            };
-                            tracker.spawn(report(lane.clone().run(key, sink, rx, Some(retire))));
-                            Some(tx)
-                        }));
-                    }
-                    None => return Err(format!("{label}: no channels were made")),
-                }
+                wire(lane, inbound.remove(&key), &mut tasks, &lanes)?;
             }
         }
     }
@@ -307,6 +243,107 @@ pub async fn start(
         routes,
         healthchecks,
     })
+}
+
+/// A stage's or sink's lane: made from its factory, then run on its channel.
+trait Lane: Clone + Send + Sync + 'static {
+    type Instance: Send + 'static;
+    fn label(&self) -> &str;
+    fn buffer(&self) -> usize;
+    fn make(&self, index: usize) -> Result<Self::Instance, PluginError>;
+    fn run(
+        self,
+        key: u64,
+        instance: Self::Instance,
+        rx: mpsc::Receiver<Batch>,
+        retire: Option<Retire>,
+    ) -> impl std::future::Future<Output = TaskResult> + Send + 'static;
+}
+
+/// Starts a node's lanes: its fixed ones now, or teaches its keyed lanes how to make one.
+fn wire<L: Lane>(
+    lane: L,
+    inbound: Option<Inbound>,
+    tasks: &mut JoinSet<TaskResult>,
+    lanes: &TaskTracker,
+) -> Result<(), String> {
+    match inbound {
+        Some(Inbound::Fixed(_, rxs)) => {
+            for (index, rx) in rxs.into_iter().enumerate() {
+                let instance = lane
+                    .make(index)
+                    .map_err(|e| format!("building {} lane {index}: {e}", lane.label()))?;
+                tasks.spawn(lane.clone().run(index as u64, instance, rx, None));
+            }
+            Ok(())
+        }
+        Some(Inbound::PerKey(keyed)) => {
+            let weak = Arc::downgrade(&keyed);
+            let tracker = lanes.clone();
+            let _ = keyed.make.set(Box::new(move |key| {
+                let instance = match lane.make(usize::try_from(key).unwrap_or(usize::MAX)) {
+                    Ok(instance) => instance,
+                    Err(e) => {
+                        error!(component = %lane.label(), key, error = %e, "cannot make a lane");
+                        return None;
+                    }
+                };
+                let (tx, rx) = mpsc::channel(lane.buffer());
+                let retire = Retire {
+                    lanes: weak.clone(),
+                    key,
+                };
+                tracker.spawn(report(lane.clone().run(key, instance, rx, Some(retire))));
+                Some(tx)
+            }));
+            Ok(())
+        }
+        None => Err(format!("{}: no channels were made", lane.label())),
+    }
+}
+
+impl Lane for StageLane {
+    type Instance = Box<dyn Stage>;
+    fn label(&self) -> &str {
+        &self.label
+    }
+    fn buffer(&self) -> usize {
+        self.buffer
+    }
+    fn make(&self, index: usize) -> Result<Self::Instance, PluginError> {
+        self.factory.create(index)
+    }
+    fn run(
+        self,
+        key: u64,
+        instance: Self::Instance,
+        rx: mpsc::Receiver<Batch>,
+        retire: Option<Retire>,
+    ) -> impl std::future::Future<Output = TaskResult> + Send + 'static {
+        self.serve(key, instance, rx, retire)
+    }
+}
+
+impl Lane for SinkLane {
+    type Instance = Box<dyn Sink>;
+    fn label(&self) -> &str {
+        &self.label
+    }
+    fn buffer(&self) -> usize {
+        self.buffer
+    }
+    fn make(&self, index: usize) -> Result<Self::Instance, PluginError> {
+        self.factory.create(index)
+    }
+    fn run(
+        self,
+        key: u64,
+        instance: Self::Instance,
+        rx: mpsc::Receiver<Batch>,
+        retire: Option<Retire>,
+    ) -> impl std::future::Future<Output = TaskResult> + Send + 'static {
+        self.serve(key, instance, rx, retire)
+    }
 }
 
 /// Logs how a lane made per key ended (they are not joined one by one).
@@ -501,7 +538,7 @@ struct StageLane {
 }
 
 impl StageLane {
-    async fn run(
+    async fn serve(
         self,
         lane: u64,
         mut stage: Box<dyn Stage>,
@@ -689,7 +726,7 @@ impl SinkLane {
         }
     }
 
-    async fn run(
+    async fn serve(
         self,
         lane: u64,
         mut sink: Box<dyn Sink>,
@@ -828,7 +865,7 @@ mod tests {
         let out = Output::new(vec![Downstream::new(vec![down_tx])], None);
         let stage = factory.create(0).unwrap();
         let (tx, rx) = mpsc::channel(4);
-        let task = tokio::spawn(lane(factory, out).run(0, stage, rx, None));
+        let task = tokio::spawn(lane(factory, out).serve(0, stage, rx, None));
         let (boom, boom_ack) = batch("boom");
         let (fine, fine_ack) = batch("fine");
         tx.send(boom).await.unwrap();
@@ -851,30 +888,35 @@ mod tests {
         assert!(result.is_ok());
     }
 
+    /// A node with a lane per key, its lanes made by `factory`, sending on to `out`.
+    fn keyed(
+        factory: Arc<dyn StageFactory>,
+        out: Output,
+        tracker: &TaskTracker,
+    ) -> Arc<KeyedLanes> {
+        let keyed = Arc::new(KeyedLanes {
+            lanes: Mutex::new(HashMap::new()),
+            make: OnceLock::new(),
+        });
+        let mut tasks = JoinSet::new();
+        wire(
+            lane(factory, out),
+            Some(Inbound::PerKey(Arc::clone(&keyed))),
+            &mut tasks,
+            tracker,
+        )
+        .unwrap();
+        keyed
+    }
+
     #[tokio::test]
     async fn lanes_per_key_are_made_on_first_use_one_per_key() {
         let made = Arc::new(AtomicUsize::new(0));
         let factory: Arc<dyn StageFactory> = Arc::new(Counting(Arc::clone(&made)));
         let (down_tx, mut down_rx) = mpsc::channel(16);
         let out = Output::new(vec![Downstream::new(vec![down_tx])], None);
-        let keyed = Arc::new(KeyedLanes {
-            lanes: Mutex::new(HashMap::new()),
-            make: OnceLock::new(),
-        });
         let tracker = TaskTracker::new();
-        let lane = lane(factory, out);
-        let weak = Arc::downgrade(&keyed);
-        let spawner = tracker.clone();
-        let _ = keyed.make.set(Box::new(move |key| {
-            let stage = lane.factory.create(0).ok()?;
-            let (tx, rx) = mpsc::channel(4);
-            let retire = Retire {
-                lanes: weak.clone(),
-                key,
-            };
-            spawner.spawn(report(lane.clone().run(key, stage, rx, Some(retire))));
-            Some(tx)
-        }));
+        let keyed = keyed(factory, out, &tracker);
         let input = Output::new(
             vec![Downstream::per_key(
                 Arc::clone(&keyed) as Arc<dyn LaneSource>
@@ -882,9 +924,10 @@ mod tests {
             None,
         );
         for key in [3_u64, 7, 3, 7, 3, 24] {
-            let mut b = Batch::new(vec![Event::new("x")], AckSet::none(), key);
-            b.lane = key;
-            input.send(b).await.unwrap();
+            input
+                .send(Batch::new(vec![Event::new("x")], AckSet::none(), key))
+                .await
+                .unwrap();
         }
         for _ in 0..6 {
             down_rx.recv().await.unwrap();
@@ -896,5 +939,36 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), tracker.wait())
             .await
             .expect("the lanes end when their input closes");
+    }
+
+    /// A lane idle for a minute leaves its node (its state with it); its key's next batch
+    /// makes a new one.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_lane_retires_and_its_key_gets_a_new_one() {
+        let made = Arc::new(AtomicUsize::new(0));
+        let factory: Arc<dyn StageFactory> = Arc::new(Counting(Arc::clone(&made)));
+        let (down_tx, mut down_rx) = mpsc::channel(16);
+        let out = Output::new(vec![Downstream::new(vec![down_tx])], None);
+        let tracker = TaskTracker::new();
+        let keyed = keyed(factory, out, &tracker);
+        let input = Output::new(
+            vec![Downstream::per_key(
+                Arc::clone(&keyed) as Arc<dyn LaneSource>
+            )],
+            None,
+        );
+        let send = |key| input.send(Batch::new(vec![Event::new("x")], AckSet::none(), key));
+        send(3).await.unwrap();
+        down_rx.recv().await.unwrap();
+        tokio::time::sleep(IDLE_LANE / 2).await;
+        assert!(
+            keyed.lanes.lock().unwrap().contains_key(&3),
+            "not idle long enough"
+        );
+        tokio::time::sleep(IDLE_LANE).await;
+        assert!(!keyed.lanes.lock().unwrap().contains_key(&3), "retired");
+        send(3).await.unwrap();
+        down_rx.recv().await.unwrap();
+        assert_eq!(made.load(Ordering::SeqCst), 2, "a new lane for key 3");
     }
 }

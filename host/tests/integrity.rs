@@ -46,16 +46,6 @@ fn start(sales: &Sales, pipelines: &[&str], sets: &[String]) -> Host {
     Host::start(&Sales::config(), &args)
 }
 
-async fn cleanup(sales: &Sales) {
-    support::delete_topics(&[
-        &sales.orders,
-        &sales.cart_events,
-        &sales.orders_dlq,
-        &sales.cart_events_dlq,
-    ])
-    .await;
-}
-
 /// The partitions of `orders` each cart's records went to.
 fn partitions_by_cart(sales: &Sales, expected: usize) -> BTreeMap<String, BTreeSet<i32>> {
     let records = support::read_all(&sales.orders, Duration::from_secs(60), |r| {
@@ -133,7 +123,7 @@ async fn http_and_java_alternate(partitioner: &str) -> bool {
     );
     let (status, log) = host.stop(Duration::from_secs(60));
     assert!(status.success(), "{log}");
-    cleanup(&sales).await;
+    sales.cleanup().await;
     spread > 0
 }
 
@@ -267,7 +257,7 @@ async fn growing_the_orders_topic_under_load_loses_and_duplicates_nothing() {
     assert!(moved > 0, "growing the topic must move some carts");
     let (status, log) = host.stop(Duration::from_secs(60));
     assert!(status.success(), "{log}");
-    cleanup(&sales).await;
+    sales.cleanup().await;
 }
 
 /// Resumes a process stopped with SIGSTOP when dropped, whatever happens in between.
@@ -373,7 +363,7 @@ async fn a_partition_revoked_while_its_write_is_stalled_leaves_no_unfenced_write
         let (status, log) = host.stop(Duration::from_secs(60));
         assert!(status.success(), "{log}");
     }
-    cleanup(&sales).await;
+    sales.cleanup().await;
 }
 
 /// A string of `n` characters that JSON escapes worst (`\u0001`: six bytes each).
@@ -505,32 +495,15 @@ async fn the_largest_legal_cart_flows_and_every_pipeline_keeps_serving() {
     // Both stores hold every order once, in the same order.
     let session = cassandra().await;
     for (cart, posted) in [(wide, &wide_orders), (big, &big_orders)] {
-        let stored = support::sales::stored_events(&session, cart).await;
-        assert_eq!(
-            stored.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
-            (1..=posted.len() as i64).collect::<Vec<_>>()
-        );
-        let doc: Value = client
-            .get(format!("{base}/carts/{cart}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let in_model: Vec<String> = doc["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["order_id"].as_str().unwrap().to_owned())
-            .collect();
-        let in_store: Vec<String> = stored.iter().map(|(_, id)| id.to_string()).collect();
-        assert_eq!(in_model, in_store, "cart {cart}");
+        let (doc, in_store) =
+            support::sales::model_is_store(&client, &base, &session, cart, posted.len() as u64)
+                .await;
         let ids: BTreeSet<String> = posted
             .iter()
             .map(|o| o["order_id"].as_str().unwrap().to_owned())
             .collect();
-        assert_eq!(in_store.into_iter().collect::<BTreeSet<_>>(), ids);
+        let stored: BTreeSet<String> = in_store.iter().map(Uuid::to_string).collect();
+        assert_eq!(stored, ids);
         assert_eq!(doc["order_count"].as_u64(), Some(posted.len() as u64));
     }
     // The cart is full: the 1001st order is accepted by the API and refused by the cart,
@@ -551,5 +524,5 @@ async fn the_largest_legal_cart_flows_and_every_pipeline_keeps_serving() {
     );
     let (status, log) = host.stop(Duration::from_secs(120));
     assert!(status.success(), "{log}");
-    cleanup(&sales).await;
+    sales.cleanup().await;
 }

@@ -452,6 +452,30 @@ topic = "{output}"
     support::delete_topics(&[&output]).await;
 }
 
+/// A Kafka -> Kafka pipeline without stages: `sink` adds keys to the sink's table,
+/// `more` adds tables.
+fn straight(input: &str, output: &str, group: &str, sink: &str, more: &str) -> String {
+    format!(
+        r#"
+[pipelines.relay.sources.in]
+type = "kafka"
+bootstrap_servers = "{bootstrap}"
+topics = ["{input}"]
+group_id = "{group}"
+commit_interval = "200ms"
+
+[pipelines.relay.sinks.out]
+type = "kafka"
+inputs = ["in"]
+bootstrap_servers = "{bootstrap}"
+topic = "{output}"
+{sink}
+{more}
+"#,
+        bootstrap = support::bootstrap()
+    )
+}
+
 /// Records Kafka can never take (larger than the producer allows) become dead letters
 /// with the reason; the rest of their batches is written, and the source moves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -474,29 +498,15 @@ async fn records_kafka_refuses_for_good_become_dead_letters_and_the_rest_flows()
         }
     })
     .await;
-    let text = format!(
-        r#"
-[pipelines.relay.sources.in]
-type = "kafka"
-bootstrap_servers = "{bootstrap}"
-topics = ["{input}"]
-group_id = "{group}"
-commit_interval = "200ms"
-
-[pipelines.relay.sinks.out]
-type = "kafka"
-inputs = ["in"]
-bootstrap_servers = "{bootstrap}"
-topic = "{output}"
-properties = {{ "message.max.bytes" = "3000" }}
-
-[pipelines.relay.sinks.dead]
-type = "kafka"
-inputs = ["out.failed"]
-bootstrap_servers = "{bootstrap}"
-topic = "{dead}"
-"#,
-        bootstrap = support::bootstrap()
+    let text = straight(
+        &input,
+        &output,
+        &group,
+        r#"properties = { "message.max.bytes" = "3000" }"#,
+        &format!(
+            "[pipelines.relay.sinks.dead]\ntype = \"kafka\"\ninputs = [\"out.failed\"]\nbootstrap_servers = \"{}\"\ntopic = \"{dead}\"\n",
+            support::bootstrap()
+        ),
     );
     let (_dir, config) = support::config(&text);
     let host = Host::start(&config, &["run"]);
@@ -543,24 +553,7 @@ async fn a_failing_write_is_read_again_later_and_the_process_stays_up() {
     let (input, output, group) = (unique("retry-in"), unique("retry-out"), unique("retry"));
     create_topic(&input, 1).await;
     produce(&input, 100, 5, |_| String::new()).await;
-    let text = format!(
-        r#"
-[pipelines.relay.sources.in]
-type = "kafka"
-bootstrap_servers = "{bootstrap}"
-topics = ["{input}"]
-group_id = "{group}"
-commit_interval = "200ms"
-
-[pipelines.relay.sinks.out]
-type = "kafka"
-inputs = ["in"]
-bootstrap_servers = "{bootstrap}"
-topic = "{output}"
-delivery_timeout_ms = 1000
-"#,
-        bootstrap = support::bootstrap()
-    );
+    let text = straight(&input, &output, &group, "delivery_timeout_ms = 1000", "");
     let (_dir, config) = support::config(&text);
     let host = Host::start(&config, &["run"]);
     support::wait_for(

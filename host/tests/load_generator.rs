@@ -98,11 +98,5 @@ async fn the_smoke_profile_reconciles_every_order_and_a_broken_threshold_fails()
 
     let (status, log) = host.stop(Duration::from_secs(60));
     assert!(status.success(), "{log}");
-    support::delete_topics(&[
-        &sales.orders,
-        &sales.cart_events,
-        &sales.orders_dlq,
-        &sales.cart_events_dlq,
-    ])
-    .await;
+    sales.cleanup().await;
 }

@@ -357,11 +357,5 @@ async fn metrics_dashboards_alerts_and_readiness_on_a_live_run() {
     std::fs::remove_file(&targets).unwrap();
     let (status, log) = host.stop(Duration::from_secs(60));
     assert!(status.success(), "{log}");
-    support::delete_topics(&[
-        &sales.orders,
-        &sales.cart_events,
-        &sales.orders_dlq,
-        &sales.cart_events_dlq,
-    ])
-    .await;
+    sales.cleanup().await;
 }

@@ -283,13 +283,7 @@ async fn orders_become_carts_exactly_and_replay_rebuilds_them() {
             "{key:?} differs after replay"
         );
     }
-    support::delete_topics(&[
-        &sales.orders,
-        &sales.cart_events,
-        &sales.orders_dlq,
-        &sales.cart_events_dlq,
-    ])
-    .await;
+    sales.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,13 +364,7 @@ async fn two_domain_workers_share_partitions_and_survive_a_kill() {
         let (status, log) = host.stop(Duration::from_secs(60));
         assert!(status.success(), "{log}");
     }
-    support::delete_topics(&[
-        &sales.orders,
-        &sales.cart_events,
-        &sales.orders_dlq,
-        &sales.cart_events_dlq,
-    ])
-    .await;
+    sales.cleanup().await;
 }
 
 /// `salesflow replay` while orders flow: projections keep writing to the old indices until
@@ -450,11 +438,5 @@ async fn a_replay_under_load_leaves_no_cart_behind() {
     }
     let (status, log) = host.stop(Duration::from_secs(60));
     assert!(status.success(), "{log}");
-    support::delete_topics(&[
-        &sales.orders,
-        &sales.cart_events,
-        &sales.orders_dlq,
-        &sales.cart_events_dlq,
-    ])
-    .await;
+    sales.cleanup().await;
 }

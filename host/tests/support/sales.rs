@@ -107,6 +107,17 @@ impl Sales {
         .collect()
     }
 
+    /// Deletes the test's topics.
+    pub async fn cleanup(&self) {
+        super::delete_topics(&[
+            &self.orders,
+            &self.cart_events,
+            &self.orders_dlq,
+            &self.cart_events_dlq,
+        ])
+        .await;
+    }
+
     /// `salesflow run` of the named pipelines (all when empty).
     pub fn start(&self, pipelines: &[&str]) -> Host {
         let mut args: Vec<String> = self.overrides();
@@ -452,31 +463,12 @@ pub async fn check_cart(
     for o in orders {
         assert!(summary["products"].as_str().unwrap().contains(&o.product));
     }
-    // The event stream: 1..n, every order once.
-    let events = stored_events(session, spec.id).await;
-    let seqs: Vec<i64> = events.iter().map(|(s, _)| *s).collect();
-    assert_eq!(
-        seqs,
-        (1..=n as i64).collect::<Vec<_>>(),
-        "cart {} event numbers",
-        spec.id
-    );
-    let ids: BTreeSet<Uuid> = events.iter().map(|(_, id)| *id).collect();
+    // The event stream: 1..n, every order once, in the read model's order.
+    let (_, in_store) = model_is_store(client, base, session, spec.id, n).await;
+    let seqs: Vec<i64> = (1..=n as i64).collect();
+    let ids: BTreeSet<Uuid> = in_store.iter().copied().collect();
     let expected: BTreeSet<Uuid> = orders.iter().map(|o| o.order_id).collect();
     assert_eq!(ids, expected, "cart {} events", spec.id);
-    // The read model is the event store's history, in its order.
-    let in_model: Vec<Uuid> = doc["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| Uuid::parse_str(i["order_id"].as_str().unwrap()).unwrap())
-        .collect();
-    let in_store: Vec<Uuid> = events.iter().map(|(_, id)| *id).collect();
-    assert_eq!(
-        in_model, in_store,
-        "cart {}: read model and event store disagree",
-        spec.id
-    );
     // The API's view of the stream agrees, in order.
     let api: Value = client
         .get(format!("{base}/carts/{}/events", spec.id))
@@ -493,6 +485,43 @@ pub async fn check_cart(
         .map(|e| e["seq"].as_i64().unwrap())
         .collect();
     assert_eq!(api_seqs, seqs);
+}
+
+/// A cart's read model is its event store: events 1..n, and the model's items the
+/// store's orders in the same order. Returns the document and the stored order ids.
+pub async fn model_is_store(
+    client: &reqwest::Client,
+    base: &str,
+    session: &scylla::client::session::Session,
+    cart: Uuid,
+    n: u64,
+) -> (Value, Vec<Uuid>) {
+    let doc: Value = client
+        .get(format!("{base}/carts/{cart}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let events = stored_events(session, cart).await;
+    assert_eq!(
+        events.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        (1..=n as i64).collect::<Vec<_>>(),
+        "cart {cart} event numbers"
+    );
+    let in_model: Vec<Uuid> = doc["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| Uuid::parse_str(i["order_id"].as_str().unwrap()).unwrap())
+        .collect();
+    let in_store: Vec<Uuid> = events.iter().map(|(_, id)| *id).collect();
+    assert_eq!(
+        in_model, in_store,
+        "cart {cart}: read model and event store disagree"
+    );
+    (doc, in_store)
 }
 
 /// Every document of the two read models, by index alias and id.
