@@ -1,391 +1,267 @@
-//! The salesflow host: loads `pipeline.toml`, validates it into a plan, and runs, checks,
-//! draws or documents it.
+//! The `salesflow` command line: the engine's own commands (`run`, `check`, `graph`,
+//! `plugins`) and the ones plugin crates add (`dlq`, `replay`, `load`), over the built-in
+//! set of [`builtins`].
 
-pub mod config;
-pub mod dlq;
-pub mod dynamic;
-pub mod listener;
-pub mod metrics;
-pub mod registry;
-pub mod runtime;
-pub mod server;
-pub mod topology;
+mod builtins;
 
-use std::fmt::Write as _;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+pub use builtins::builtins;
 
-use anyhow::{Context, Result, bail};
-use prometheus_client::registry::Registry as MetricsRegistry;
-use salesflow_plugin_api::CancellationToken;
-use tracing::{error, info, warn};
+use std::path::PathBuf;
+use std::process::ExitCode;
 
-use crate::config::{Loaded, LogFormat};
-use crate::registry::Registry;
-use crate::topology::Plan;
+use clap::{Arg, ArgAction, ArgMatches, Command as Clap, value_parser};
+use salesflow_host::registry::Registry;
 
-/// Loads and validates; `Err` lists every problem, one per line.
-pub fn load_plan(config: &Path, sets: &[String]) -> Result<(Loaded, Plan), String> {
-    let loaded = config::load(config, sets)?;
-    let plan =
-        topology::plan(&loaded, Registry::builtin()).map_err(|problems| problems.join("\n"))?;
-    Ok((loaded, plan))
-}
-
-/// `salesflow check`: the summary printed for a valid configuration. Names and types
-/// only, never setting values (they may hold secrets).
-pub fn summary(loaded: &Loaded, plan: &Plan) -> String {
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{}: valid, {} pipeline(s); HTTP on {}",
-        loaded.path.display(),
-        plan.pipelines.len(),
-        plan.server.address
-    );
-    for name in &plan.loaded_plugins {
-        let _ = writeln!(out, "  run-time plugin: {name}");
-    }
-    for pipeline in &plan.pipelines {
-        let _ = writeln!(out, "  pipeline {}", pipeline.name);
-        for node in &pipeline.nodes {
-            let mut line = format!("    {} {} ({})", node.kind, node.name, node.type_name);
-            if !node.inputs.is_empty() {
-                let _ = write!(line, " <- {}", node.inputs.join(", "));
-            }
-            if node.kind != salesflow_plugin_api::ComponentKind::Source {
-                let _ = write!(line, "; lanes {}, buffer {}", node.lanes, node.buffer);
-            }
-            if node.kind == salesflow_plugin_api::ComponentKind::Sink {
-                let _ = write!(line, ", concurrency {}", node.concurrency);
-            }
-            let _ = writeln!(out, "{line}");
-        }
-    }
-    out
-}
-
-/// `salesflow plugins`: every plugin with its settings, defaults and docs.
-pub fn describe_plugins(registry: &Registry) -> String {
-    let mut out = String::new();
-    for plugin in registry.all() {
-        let _ = writeln!(
-            out,
-            "{} {:?}: {}",
-            plugin.kind(),
-            plugin.name(),
-            plugin.summary()
-        );
-        if let Some(section) = plugin.shared_section() {
-            let _ = writeln!(out, "  defaults come from the [{section}] table");
-        }
-        let schema = serde_json::to_value(plugin.settings_schema()).unwrap_or_default();
-        let required: Vec<&str> = schema["required"]
-            .as_array()
-            .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
-            .unwrap_or_default();
-        if let Some(properties) = schema["properties"].as_object() {
-            for (name, property) in properties {
-                let property = resolve(&schema, property);
-                let kind = type_of(&schema, property);
-                let mut line = format!("  {name} ({kind}");
-                if required.contains(&name.as_str()) {
-                    line.push_str(", required");
-                } else if let Some(default) = property.get("default") {
-                    let _ = write!(line, ", default {default}");
-                }
-                line.push(')');
-                if let Some(doc) = property["description"].as_str() {
-                    let _ = write!(line, ": {}", doc.replace('\n', " "));
-                }
-                let _ = writeln!(out, "{line}");
-            }
-        } else if let Some(doc) = schema["description"].as_str() {
-            let _ = writeln!(out, "  {doc}");
-        }
-        out.push('\n');
-    }
-    out.push_str(
-        "Every stage and sink also takes: inputs (required; names of sources or stages), \
-         lanes (default 1: parallel instances, a batch goes to lane `lane % lanes`; \
-         \"auto\": one per input partition, made as partitions are assigned), \
-         buffer (default 4: bounded channel size per lane, in batches); sinks take \
-         concurrency (default 4: writes in flight per lane).\n",
-    );
-    out
-}
-
-fn resolve<'a>(
-    root: &'a serde_json::Value,
-    property: &'a serde_json::Value,
-) -> &'a serde_json::Value {
-    let reference = property["$ref"]
-        .as_str()
-        .or_else(|| property["allOf"][0]["$ref"].as_str());
-    match reference.and_then(|r| r.strip_prefix("#/$defs/")) {
-        Some(name) if root["$defs"].get(name).is_some() => {
-            // Keep the property's own description and default over the definition's.
-            if property.get("description").is_some() || property.get("default").is_some() {
-                property
-            } else {
-                &root["$defs"][name]
-            }
-        }
-        _ => property,
-    }
-}
-
-fn type_of(root: &serde_json::Value, property: &serde_json::Value) -> String {
-    let reference = property["$ref"]
-        .as_str()
-        .or_else(|| property["allOf"][0]["$ref"].as_str())
-        .and_then(|r| r.strip_prefix("#/$defs/"));
-    let target = reference.map_or(property, |name| &root["$defs"][name]);
-    if let Some(values) = target["enum"].as_array() {
-        let names: Vec<String> = values
-            .iter()
-            .map(|v| v.as_str().unwrap_or("?").to_owned())
-            .collect();
-        return format!("one of {}", names.join("|"));
-    }
-    if let Some(variants) = target["oneOf"].as_array() {
-        let names: Vec<String> = variants
-            .iter()
-            .filter_map(|v| v["const"].as_str().or_else(|| v["enum"][0].as_str()))
-            .map(str::to_owned)
-            .collect();
-        if !names.is_empty() {
-            return format!("one of {}", names.join("|"));
-        }
-    }
-    match &target["type"] {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Array(types) => types
-            .iter()
-            .filter_map(|t| t.as_str())
-            .filter(|t| *t != "null")
-            .collect::<Vec<_>>()
-            .join("|"),
-        _ => "value".to_owned(),
-    }
-}
-
-/// Sets up logging as the config says.
-pub fn init_logging(level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SALESFLOW_LOG")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
-
-/// `salesflow run`: serves and runs the plan until SIGTERM/Ctrl-C or a fatal error, then
-/// shuts down within the grace period. Returns whether everything ended cleanly.
-pub async fn run(plan: Plan) -> Result<bool> {
-    // The address is taken first: if it is not free, nothing has started.
-    let listener = tokio::net::TcpListener::bind(plan.server.address)
-        .await
-        .with_context(|| format!("binding the HTTP server to {}", plan.server.address))?;
-    let mut registry = MetricsRegistry::default();
-    let runtime_metrics = metrics::RuntimeMetrics::register(&mut registry);
-    let listener_metrics = listener::Metrics::register(&mut registry);
-    let sources_stop = CancellationToken::new();
-    let started = runtime::start(&plan, &mut registry, &runtime_metrics, &sources_stop)
-        .await
-        .map_err(anyhow::Error::msg)?;
-    let runtime::Started {
-        mut tasks,
-        lanes,
-        routes,
-        healthchecks,
-    } = started;
-
-    let address = listener.local_addr()?;
-    // Readiness is checked in the background (at once, then every 2 s): probes read the
-    // last results instead of each costing three round trips to the servers.
-    let health = server::monitor_health(
-        healthchecks,
-        &mut registry,
-        Duration::from_secs(2),
-        sources_stop.clone(),
-    );
-    let app = server::router(
-        routes,
-        health,
-        Arc::new(Mutex::new(registry)),
-        plan.openapi.clone(),
-    );
-    let app = app.layer(tower_http::timeout::TimeoutLayer::with_status_code(
-        salesflow_plugin_api::axum::http::StatusCode::REQUEST_TIMEOUT,
-        plan.server.request_timeout,
-    ));
-    let server_stop = sources_stop.clone();
-    let options = listener::Options {
-        header_read_timeout: plan.server.header_read_timeout,
-        max_connections: plan.server.max_connections,
-        tls: plan.tls.clone(),
-    };
-    let grace = plan.server.shutdown_grace;
-    let server = tokio::spawn(listener::serve(
-        listener,
-        app,
-        options,
-        listener_metrics,
-        server_stop,
-        grace,
-    ));
-    for plugin in &plan.loaded_plugins {
-        info!(plugin = %plugin, "run-time plugin loaded");
-    }
-    let names: Vec<&str> = plan.pipelines.iter().map(|p| p.name.as_str()).collect();
-    info!(%address, pipelines = ?names, "salesflow running; listening on {address}");
-
-    let mut clean = true;
-    tokio::select! {
-        () = shutdown_signal() => info!("shutdown requested"),
-        Some(ended) = tasks.join_next() => {
-            match ended {
-                Ok((label, Ok(()))) => warn!(component = %label, "ended on its own; shutting down"),
-                Ok((label, Err(e))) => {
-                    error!(component = %label, error = %e, "failed; shutting down");
-                    clean = false;
-                }
-                Err(e) => {
-                    error!(error = %e, "a task panicked; shutting down");
-                    clean = false;
-                }
-            }
-        }
-    }
-    sources_stop.cancel();
-    let grace = plan.server.shutdown_grace;
-    let drained = tokio::time::timeout(grace, async {
-        while let Some(ended) = tasks.join_next().await {
-            match ended {
-                Ok((_, Ok(()))) => {}
-                Ok((label, Err(e))) => {
-                    error!(component = %label, error = %e, "failed while stopping");
-                    clean = false;
-                }
-                Err(e) => {
-                    error!(error = %e, "a task panicked while stopping");
-                    clean = false;
-                }
-            }
-        }
-        // Lanes made per key end once their inputs have closed.
-        lanes.close();
-        lanes.wait().await;
-    })
-    .await;
-    if drained.is_err() {
-        error!(remaining = tasks.len(), grace = ?grace, "shutdown grace period exceeded; aborting");
-        tasks.abort_all();
-        clean = false;
-    }
-    match tokio::time::timeout(Duration::from_secs(5), server).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => bail!("HTTP server task: {e}"),
-        Err(_) => warn!("HTTP server did not stop within 5 s"),
-    }
-    info!(clean, "salesflow stopped");
-    Ok(clean)
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => {}
-        () = term => {}
-    }
-}
-
-/// `salesflow replay`: rebuilds the read models from the event store, with the
-/// connection settings of a pipeline's `read-models` stage (its event store) and
-/// `elasticsearch` sink.
-pub async fn replay(plan: &Plan, pipeline: &str) -> Result<String> {
-    use salesflow_plugin_api::Settings as _;
-
-    let pipe = plan
-        .pipelines
-        .iter()
-        .find(|p| p.name == pipeline)
-        .with_context(|| format!("no pipeline named {pipeline:?} (replay reads its settings)"))?;
-    let stage = pipe
-        .nodes
-        .iter()
-        .find(|n| n.type_name == "read-models")
-        .with_context(|| format!("pipeline {pipeline} has no read-models stage"))?;
-    let sink = pipe
-        .nodes
-        .iter()
-        .find(|n| n.type_name == "elasticsearch")
-        .with_context(|| format!("pipeline {pipeline} has no elasticsearch sink"))?;
-    let models = salesflow_plugin_projections::ReadModelSettings::from_table(&stage.settings)
-        .map_err(|e| anyhow::anyhow!("read-models settings: {e}"))?;
-    let connection: toml::Table = sink
-        .settings
-        .iter()
-        .filter(|(k, _)| {
-            !["aliases", "index_header", "id_header", "version_header"].contains(&k.as_str())
-        })
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let es_settings =
-        salesflow_plugin_elasticsearch::ElasticsearchSettings::from_table(&connection)
-            .map_err(|e| anyhow::anyhow!("elasticsearch settings: {e}"))?;
-    let cassandra = models.cassandra.clone();
-    let store = salesflow_plugin_cassandra::EventStore::connect(&cassandra)
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let es = salesflow_plugin_elasticsearch::Client::new(&es_settings)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let report = salesflow_plugin_projections::replay(
-        &store,
-        &es,
-        &models.detailed_alias,
-        &models.summary_alias,
-    )
-    .await
-    .map_err(anyhow::Error::msg)?;
-    let unreadable = if report.unreadable.is_empty() {
-        String::new()
-    } else {
-        format!(
-            "; {} carts left out, their stored events not written by salesflow (the first: {})",
-            report.unreadable.len(),
-            report.unreadable[0]
+/// The command line, with a subcommand for every registered command. A registered
+/// command's arguments are passed on as given, so it parses (and documents) its own.
+fn cli(registry: &Registry) -> Clap {
+    let mut cli = Clap::new("salesflow")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Runs the pipelines of pipeline.toml")
+        .subcommand_required(true)
+        .arg(
+            Arg::new("config")
+                .long("config")
+                .short('c')
+                .global(true)
+                .env("SALESFLOW_CONFIG")
+                .default_value("pipeline.toml")
+                .value_parser(value_parser!(PathBuf))
+                .help("The pipeline configuration"),
         )
-    };
-    Ok(format!(
-        "replayed {} events of {} carts in {:.1} s into {}; aliases {} and {} switched; {} carts that moved on meanwhile rebuilt; replaced {}{unreadable}",
-        report.events,
-        report.carts,
-        report.seconds,
-        report.indices.join(", "),
-        models.detailed_alias,
-        models.summary_alias,
-        report.caught_up,
-        if report.replaced.is_empty() {
-            "nothing".to_owned()
-        } else {
-            report.replaced.join(", ")
+        .arg(
+            Arg::new("set")
+                .long("set")
+                .global(true)
+                .value_name("KEY=VALUE")
+                .action(ArgAction::Append)
+                .help(
+                    "Override a key of the configuration: `--set pipelines.domain.sinks.store.lanes=8`. \
+                     Applied after the file and the `SALESFLOW__...` environment variables",
+                ),
+        )
+        .subcommand(
+            Clap::new("run")
+                .about("Run pipelines (all of them, or the named ones) in this process")
+                .arg(
+                    Arg::new("pipeline")
+                        .long("pipeline")
+                        .short('p')
+                        .action(ArgAction::Append)
+                        .help("A pipeline to run; repeat for several. Default: all"),
+                ),
+        )
+        .subcommand(
+            Clap::new("check")
+                .about("Validate the configuration without connecting to anything; the exit code says"),
+        )
+        .subcommand(
+            Clap::new("graph")
+                .about("Draw the topology")
+                .arg(
+                    Arg::new("format")
+                        .long("format")
+                        .value_parser(["mermaid", "dot"])
+                        .default_value("mermaid")
+                        .help("Mermaid or Graphviz"),
+                )
+                .arg(
+                    Arg::new("pipeline")
+                        .long("pipeline")
+                        .short('p')
+                        .action(ArgAction::Append)
+                        .help("Only these pipelines"),
+                ),
+        )
+        .subcommand(Clap::new("plugins").about("List every plugin with its settings, defaults and docs"));
+    for command in registry.commands() {
+        cli = cli.subcommand(
+            Clap::new(command.name())
+                .about(command.about())
+                .disable_help_flag(true)
+                .arg(
+                    Arg::new("args")
+                        .num_args(0..)
+                        .trailing_var_arg(true)
+                        .allow_hyphen_values(true)
+                        .help("Its own arguments (`--help` shows them)"),
+                ),
+        );
+    }
+    cli
+}
+
+/// Every `--set` in the order given, before or after the subcommand (clap keeps only one
+/// level's values of a global argument).
+fn all_sets() -> Vec<String> {
+    let mut sets = Vec::new();
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        if arg == "--" {
+            break;
         }
-    ))
+        if arg == "--set" {
+            sets.extend(args.next());
+        } else if let Some(value) = arg.strip_prefix("--set=") {
+            sets.push(value.to_owned());
+        }
+    }
+    sets
+}
+
+/// The process: parses the command line and runs what it names.
+pub fn main() -> ExitCode {
+    let registry = builtins();
+    let matches = cli(&registry).get_matches();
+    let config: PathBuf = matches
+        .get_one::<PathBuf>("config")
+        .cloned()
+        .unwrap_or_else(|| PathBuf::from("pipeline.toml"));
+    let sets = all_sets();
+    let Some((name, sub)) = matches.subcommand() else {
+        return ExitCode::FAILURE;
+    };
+    if name == "plugins" {
+        // This binary's plugins, plus the configured folder's when the config loads.
+        let registry = salesflow_host::load_plan(&config, &sets, registry.clone())
+            .map_or(registry, |(_, plan)| plan.registry);
+        print!("{}", salesflow_host::describe_plugins(&registry));
+        return ExitCode::SUCCESS;
+    }
+    if let Some(command) = registry.command(name).cloned() {
+        let args: Vec<String> = sub
+            .get_many::<String>("args")
+            .map(|a| a.cloned().collect())
+            .unwrap_or_default();
+        let (args, config_after) = without_host_args(&args);
+        let config = config_after.unwrap_or(config);
+        if !command.needs_config() {
+            return command.run(&args, None);
+        }
+        let (loaded, plan) = match salesflow_host::load_plan(&config, &sets, registry) {
+            Ok(loaded) => loaded,
+            Err(problems) => return invalid(&config, &problems),
+        };
+        salesflow_host::init_logging(&plan.log.level, plan.log.format);
+        let view = salesflow_host::config_view(&loaded, &plan);
+        return command.run(&args, Some(&view));
+    }
+    let (loaded, mut plan) = match salesflow_host::load_plan(&config, &sets, registry) {
+        Ok(loaded) => loaded,
+        Err(problems) => return invalid(&config, &problems),
+    };
+    match name {
+        "check" => {
+            print!("{}", salesflow_host::summary(&loaded, &plan));
+            ExitCode::SUCCESS
+        }
+        "graph" => {
+            if let Err(e) = plan.select(&pipelines(sub)) {
+                eprintln!("{e}");
+                return ExitCode::FAILURE;
+            }
+            let drawing = match sub.get_one::<String>("format").map(String::as_str) {
+                Some("dot") => salesflow_host::topology::dot(&plan),
+                _ => salesflow_host::topology::mermaid(&plan),
+            };
+            print!("{drawing}");
+            ExitCode::SUCCESS
+        }
+        "run" => run(plan, sub),
+        _ => ExitCode::FAILURE,
+    }
+}
+
+fn pipelines(sub: &ArgMatches) -> Vec<String> {
+    sub.get_many::<String>("pipeline")
+        .map(|p| p.cloned().collect())
+        .unwrap_or_default()
+}
+
+/// A command's own arguments without the host's `--set`s and `--config` (given after
+/// its name, clap hands them over with the rest), and that `--config` if given.
+fn without_host_args(args: &[String]) -> (Vec<String>, Option<PathBuf>) {
+    let mut out = Vec::with_capacity(args.len());
+    let mut config = None;
+    let mut iter = args.iter();
+    while let Some(arg) = iter.next() {
+        match arg.as_str() {
+            "--set" => {
+                iter.next();
+            }
+            "--config" | "-c" => config = iter.next().map(PathBuf::from),
+            _ if arg.starts_with("--set=") => {}
+            _ if arg.starts_with("--config=") => {
+                config = arg.strip_prefix("--config=").map(PathBuf::from);
+            }
+            _ => out.push(arg.clone()),
+        }
+    }
+    (out, config)
+}
+
+fn invalid(config: &std::path::Path, problems: &str) -> ExitCode {
+    eprintln!("{problems}");
+    eprintln!("{}: invalid; nothing was started", config.display());
+    ExitCode::FAILURE
+}
+
+fn run(mut plan: salesflow_host::topology::Plan, sub: &ArgMatches) -> ExitCode {
+    if let Err(e) = plan.select(&pipelines(sub)) {
+        eprintln!("{e}");
+        return ExitCode::FAILURE;
+    }
+    salesflow_host::init_logging(&plan.log.level, plan.log.format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("salesflow: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(salesflow_host::run(plan)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "salesflow failed");
+            eprintln!("salesflow: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_lists_every_registered_command() {
+        let registry = builtins();
+        let help = cli(&registry).render_long_help().to_string();
+        for name in ["run", "check", "graph", "plugins", "dlq", "replay", "load"] {
+            assert!(help.contains(name), "{name} missing from:\n{help}");
+        }
+    }
+
+    #[test]
+    fn sets_and_config_after_a_commands_name_are_the_hosts() {
+        let args: Vec<String> = [
+            "list",
+            "--set",
+            "a.b=1",
+            "--json",
+            "--set=c=2",
+            "--config",
+            "p.toml",
+        ]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+        let (own, config) = without_host_args(&args);
+        assert_eq!(own, vec!["list", "--json"]);
+        assert_eq!(config, Some(PathBuf::from("p.toml")));
+    }
 }

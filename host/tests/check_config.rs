@@ -4,7 +4,10 @@
 
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
-mod support;
+use salesflow_testkit as support;
+
+/// The binary under test.
+const BIN: &str = env!("CARGO_BIN_EXE_salesflow");
 
 use std::process::Command;
 
@@ -13,7 +16,7 @@ fn salesflow(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_salesflow"))
+    let out = Command::new(BIN)
         .arg("--config")
         .arg(config)
         .args(args)
@@ -203,7 +206,7 @@ fn secrets_never_show() {
 /// wrong; an all-digit secret (from the environment or `--set`) is its text, not a number.
 #[test]
 fn secrets_from_set_and_the_environment_stay_secret_and_stay_text() {
-    let default = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipeline.toml");
+    let default = support::repo().join("pipeline.toml");
     // username without password is an error at [cassandra]: the message names the
     // override, never its value.
     let (ok, stdout, stderr) = salesflow(
@@ -245,7 +248,7 @@ fn secrets_from_set_and_the_environment_stay_secret_and_stay_text() {
 
 #[test]
 fn graph_draws_the_default_pipeline_toml() {
-    let default = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../pipeline.toml");
+    let default = support::repo().join("pipeline.toml");
     let (ok, stdout, stderr) = salesflow(&default, &["graph"], &[]);
     assert!(ok, "{stderr}");
     assert!(stdout.starts_with("flowchart LR"));

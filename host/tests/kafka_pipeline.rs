@@ -4,7 +4,10 @@
 
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
-mod support;
+use salesflow_testkit as support;
+
+/// The binary under test.
+const BIN: &str = env!("CARGO_BIN_EXE_salesflow");
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -86,7 +89,7 @@ async fn relays_everything_in_key_order_and_commits_after_the_sink() {
     produce(&input, 3000, 30, |_| String::new()).await;
 
     let (_dir, config) = support::config(&relay(&input, &output, &group, BATCH));
-    let host = Host::start(&config, &["run"]);
+    let host = Host::start(std::path::Path::new(BIN), &config, &["run"]);
     let records = tokio::task::spawn_blocking({
         let output = output.clone();
         move || read_all(&output, Duration::from_secs(60), |r| r.len() >= 3000)
@@ -130,7 +133,7 @@ async fn the_topology_changes_by_editing_only_toml() {
 
     // First as a plain relay: everything arrives.
     let (_dir, config) = support::config(&relay(&input, &output, &unique("edit-a"), BATCH));
-    let host = Host::start(&config, &["run"]);
+    let host = Host::start(std::path::Path::new(BIN), &config, &["run"]);
     let first = read_all(&output, Duration::from_secs(60), |r| r.len() >= 400);
     assert!(host.stop(Duration::from_secs(30)).0.success());
     assert_eq!(first.len(), 400);
@@ -149,7 +152,7 @@ async fn the_topology_changes_by_editing_only_toml() {
         relay(&input, &filtered_output, &unique("edit-b"), &middle)
     );
     let (_dir2, config2) = support::config(&text);
-    let host = Host::start(&config2, &["run"]);
+    let host = Host::start(std::path::Path::new(BIN), &config2, &["run"]);
     let second = read_all(&filtered_output, Duration::from_secs(60), |r| {
         r.len() >= 300
     });
@@ -220,11 +223,19 @@ async fn the_same_topology_runs_in_one_process_or_two() {
         let (_dir, config) = support::config(&two_stage(&input, &middle, &output, &tag));
         let hosts = if split {
             vec![
-                Host::start(&config, &["run", "--pipeline", "first"]),
-                Host::start(&config, &["run", "--pipeline", "second"]),
+                Host::start(
+                    std::path::Path::new(BIN),
+                    &config,
+                    &["run", "--pipeline", "first"],
+                ),
+                Host::start(
+                    std::path::Path::new(BIN),
+                    &config,
+                    &["run", "--pipeline", "second"],
+                ),
             ]
         } else {
-            vec![Host::start(&config, &["run"])]
+            vec![Host::start(std::path::Path::new(BIN), &config, &["run"])]
         };
         let records = read_all(&output, Duration::from_secs(90), |r| r.len() >= 1500);
         for host in hosts {
@@ -282,7 +293,7 @@ async fn sigkill_mid_stream_loses_nothing() {
         "--set",
         "pipelines.relay.sinks.out.concurrency=1",
     ];
-    let host = Host::start(&config, &slow);
+    let host = Host::start(std::path::Path::new(BIN), &config, &slow);
     let seen = read_all(&output, Duration::from_secs(60), |r| r.len() >= 3000);
     let killed_at = seen.len();
     assert!(
@@ -302,7 +313,7 @@ async fn sigkill_mid_stream_loses_nothing() {
         "the backlog was not yet through when killed ({committed_at_kill} committed)"
     );
 
-    let host = Host::start(&config, &["run"]);
+    let host = Host::start(std::path::Path::new(BIN), &config, &["run"]);
     stop.store(true, Ordering::SeqCst);
     let chunks = producer.await.unwrap();
     // Every input message, identified by (chunk, i), reaches the output.
@@ -374,7 +385,7 @@ fn a_plugin_of_another_abi_version_is_refused() {
         relay("a", "b", "g", BATCH)
     );
     let (_dir, config) = support::config(&text);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_salesflow"))
+    let out = std::process::Command::new(BIN)
         .arg("--config")
         .arg(&config)
         .arg("check")
@@ -422,7 +433,7 @@ topic = "{output}"
         bootstrap = support::bootstrap()
     );
     let (_dir, config) = support::config(&text);
-    let host = Host::start(&config, &["run"]);
+    let host = Host::start(std::path::Path::new(BIN), &config, &["run"]);
     let url = format!("http://{}/events", host.address());
     let client = reqwest::Client::new();
     let post = |body: &'static str| {
@@ -509,7 +520,7 @@ async fn records_kafka_refuses_for_good_become_dead_letters_and_the_rest_flows()
         ),
     );
     let (_dir, config) = support::config(&text);
-    let host = Host::start(&config, &["run"]);
+    let host = Host::start(std::path::Path::new(BIN), &config, &["run"]);
     let letters = tokio::task::spawn_blocking({
         let dead = dead.clone();
         move || read_all(&dead, Duration::from_secs(60), |r| r.len() >= 20)
@@ -555,7 +566,7 @@ async fn a_failing_write_is_read_again_later_and_the_process_stays_up() {
     produce(&input, 100, 5, |_| String::new()).await;
     let text = straight(&input, &output, &group, "delivery_timeout_ms = 1000", "");
     let (_dir, config) = support::config(&text);
-    let host = Host::start(&config, &["run"]);
+    let host = Host::start(std::path::Path::new(BIN), &config, &["run"]);
     support::wait_for(
         "a failed batch to be read again",
         Duration::from_secs(60),

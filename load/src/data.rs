@@ -10,7 +10,8 @@ use uuid::Uuid;
 
 use crate::profile::Data;
 
-const PRODUCTS: [&str; 12] = [
+/// The products orders are for.
+pub const PRODUCTS: [&str; 12] = [
     "trail running shoes",
     "wool socks",
     "rain jacket",
@@ -36,6 +37,85 @@ pub struct Cart {
     pub billing_address: String,
     pub payment: &'static str,
     pub shipping: &'static str,
+}
+
+impl Cart {
+    /// The `n`-th cart of a run: its addresses, payment and shipping follow from `n`.
+    pub fn new(n: usize, id: Uuid, user: String, currency: String) -> Self {
+        Self {
+            id,
+            user,
+            currency,
+            shipping_address: format!(
+                "{} Harbour Road, {}",
+                n + 1,
+                ["Leeds", "Porto", "Graz", "Lyon"][n % 4]
+            ),
+            billing_address: format!(
+                "{} Mill Lane, {}",
+                n + 1,
+                ["York", "Braga", "Linz", "Nice"][n % 4]
+            ),
+            payment: PAYMENT[n % PAYMENT.len()],
+            shipping: SHIPPING[n % SHIPPING.len()],
+        }
+    }
+}
+
+/// What one order buys, with its amounts: the subtotal is `amount × quantity −
+/// discounts + tax`, so a cart's totals are exact sums a test can check.
+#[derive(Clone, Debug)]
+pub struct Line<'a> {
+    pub product: &'a str,
+    pub info: &'a str,
+    pub quantity: u32,
+    pub amount: Decimal,
+    pub discounts: Decimal,
+    pub tax: Decimal,
+}
+
+impl Line<'_> {
+    pub fn subtotal(&self) -> Decimal {
+        self.amount * Decimal::from(self.quantity) - self.discounts + self.tax
+    }
+}
+
+/// The one order builder of the load generator, the tests and the benchmark: the JSON an
+/// order of `cart` is posted (or produced) as. `money_as_numbers` writes the amounts as
+/// JSON numbers instead of strings (both are read exactly).
+pub fn order_body(
+    cart: &Cart,
+    order_id: Uuid,
+    line: &Line<'_>,
+    created_at: &str,
+    money_as_numbers: bool,
+) -> Value {
+    let money = |d: Decimal| -> Value {
+        if money_as_numbers {
+            serde_json::from_str(&d.to_string()).unwrap_or_else(|_| json!(d.to_string()))
+        } else {
+            json!(d.to_string())
+        }
+    };
+    json!({
+        "order_id": order_id,
+        "cart_id": cart.id,
+        "user_id": cart.user,
+        "product_name": line.product,
+        "product_info": line.info,
+        "quantity": line.quantity,
+        "payment_method": cart.payment,
+        "shipping_address": cart.shipping_address,
+        "billing_address": cart.billing_address,
+        "amount": money(line.amount),
+        "discounts": money(line.discounts),
+        "tax_amount": money(line.tax),
+        "subtotal": money(line.subtotal()),
+        "shipping_method": cart.shipping,
+        "currency": cart.currency,
+        "seller_info": "Acme Outdoor",
+        "created_at": created_at,
+    })
 }
 
 /// An order to send, and what it is.
@@ -68,22 +148,13 @@ impl Generator {
     pub fn new(settings: &Data, seed: u64, run_id: u64) -> Self {
         let mut rng = StdRng::seed_from_u64(seed ^ run_id.rotate_left(17));
         let carts = (0..settings.carts)
-            .map(|n| Cart {
-                id: Uuid::from_u64_pair(rng.random(), rng.random()),
-                user: format!("user-{run_id:x}-{n}"),
-                currency: settings.currencies[n % settings.currencies.len()].clone(),
-                shipping_address: format!(
-                    "{} Harbour Road, {}",
-                    n + 1,
-                    ["Leeds", "Porto", "Graz", "Lyon"][n % 4]
-                ),
-                billing_address: format!(
-                    "{} Mill Lane, {}",
-                    n + 1,
-                    ["York", "Braga", "Linz", "Nice"][n % 4]
-                ),
-                payment: PAYMENT[n % PAYMENT.len()],
-                shipping: SHIPPING[n % SHIPPING.len()],
+            .map(|n| {
+                Cart::new(
+                    n,
+                    Uuid::from_u64_pair(rng.random(), rng.random()),
+                    format!("user-{run_id:x}-{n}"),
+                    settings.currencies[n % settings.currencies.len()].clone(),
+                )
             })
             .collect();
         let slots = (0..settings.carts).collect();
@@ -148,29 +219,20 @@ impl Generator {
         let amount = self.money(50_000);
         let discounts = self.money(1_000).min(amount * Decimal::from(quantity));
         let tax = self.money(5_000);
-        let subtotal = amount * Decimal::from(quantity) - discounts + tax;
         let order_id = Uuid::from_u64_pair(self.rng.random(), self.rng.random());
         let product = PRODUCTS[self.rng.random_range(0..PRODUCTS.len())];
         let invalid = self.chance(self.settings.invalid_share);
-        let mut body = json!({
-            "order_id": order_id,
-            "cart_id": cart.id,
-            "user_id": cart.user,
-            "product_name": product,
-            "product_info": format!("lot {}", self.sent),
-            "quantity": quantity,
-            "payment_method": cart.payment,
-            "shipping_address": cart.shipping_address,
-            "billing_address": cart.billing_address,
-            "amount": amount.to_string(),
-            "discounts": discounts.to_string(),
-            "tax_amount": tax.to_string(),
-            "subtotal": subtotal.to_string(),
-            "shipping_method": cart.shipping,
-            "currency": cart.currency,
-            "seller_info": "Acme Outdoor",
-            "created_at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        });
+        let info = format!("lot {}", self.sent);
+        let line = Line {
+            product,
+            info: &info,
+            quantity,
+            amount,
+            discounts,
+            tax,
+        };
+        let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut body = order_body(&cart, order_id, &line, &created_at, false);
         if invalid {
             match self.rng.random_range(0..4) {
                 0 => body["quantity"] = json!(0),

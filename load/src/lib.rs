@@ -4,6 +4,7 @@
 //! queryable, reconciles every accepted order against the read models and the event
 //! store, and writes reports (terminal, JSON, Markdown, HTML).
 
+pub mod cli;
 pub mod data;
 pub mod engine;
 pub mod profile;

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use chrono::Utc;
 use futures::{StreamExt, TryStreamExt};
-use salesflow_plugin_cassandra::{CassandraSettings, EventStore};
 use salesflow_sales::{CartEvent, Order};
+use salesflow_sales_event_store::{CassandraSettings, EventStore};
 use uuid::Uuid;
 
 use crate::Row;

@@ -177,7 +177,7 @@ concurrency = 8
 pub async fn run() -> Result<Row> {
     let t = tag();
     let (perf, input, output) = (format!("{t}-perf"), format!("{t}-in"), format!("{t}-out"));
-    create_topics(&[&perf, &input, &output], PARTITIONS).await?;
+    create_topics(&[&perf, &input, &output], PARTITIONS).await;
     let ceiling = tokio::task::spawn_blocking({
         let perf = perf.clone();
         move || producer_performance(&perf)

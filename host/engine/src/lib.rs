@@ -1,0 +1,343 @@
+//! The salesflow engine: loads `pipeline.toml`, validates it into a plan against the
+//! plugins it is given, and runs, checks, draws or documents it. It knows the plugin SDK
+//! and nothing else: the binary registers the plugins and commands (`Registrar`).
+
+pub mod config;
+pub mod dynamic;
+pub mod listener;
+pub mod metrics;
+pub mod registry;
+pub mod runtime;
+pub mod server;
+pub mod topology;
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use prometheus_client::registry::Registry as MetricsRegistry;
+use salesflow_plugin_api::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::{Loaded, LogFormat};
+use crate::registry::Registry;
+use crate::topology::Plan;
+
+/// Loads and validates against `registry`; `Err` lists every problem, one per line.
+pub fn load_plan(
+    config: &Path,
+    sets: &[String],
+    registry: Registry,
+) -> Result<(Loaded, Plan), String> {
+    let loaded = config::load(config, sets)?;
+    let plan = topology::plan(&loaded, registry).map_err(|problems| problems.join("\n"))?;
+    Ok((loaded, plan))
+}
+
+/// What a command sees of the validated configuration.
+pub fn config_view(loaded: &Loaded, plan: &Plan) -> salesflow_plugin_api::ConfigView {
+    salesflow_plugin_api::ConfigView {
+        table: loaded.table.clone(),
+        pipelines: plan
+            .pipelines
+            .iter()
+            .map(|p| salesflow_plugin_api::PipelineView {
+                name: p.name.clone(),
+                components: p
+                    .nodes
+                    .iter()
+                    .map(|n| salesflow_plugin_api::ComponentView {
+                        name: n.name.clone(),
+                        kind: n.kind,
+                        type_name: n.type_name.clone(),
+                        inputs: n.inputs.clone(),
+                        settings: n.settings.clone(),
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// `salesflow check`: the summary printed for a valid configuration. Names and types
+/// only, never setting values (they may hold secrets).
+pub fn summary(loaded: &Loaded, plan: &Plan) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: valid, {} pipeline(s); HTTP on {}",
+        loaded.path.display(),
+        plan.pipelines.len(),
+        plan.server.address
+    );
+    for name in &plan.loaded_plugins {
+        let _ = writeln!(out, "  run-time plugin: {name}");
+    }
+    for pipeline in &plan.pipelines {
+        let _ = writeln!(out, "  pipeline {}", pipeline.name);
+        for node in &pipeline.nodes {
+            let mut line = format!("    {} {} ({})", node.kind, node.name, node.type_name);
+            if !node.inputs.is_empty() {
+                let _ = write!(line, " <- {}", node.inputs.join(", "));
+            }
+            if node.kind != salesflow_plugin_api::ComponentKind::Source {
+                let _ = write!(line, "; lanes {}, buffer {}", node.lanes, node.buffer);
+            }
+            if node.kind == salesflow_plugin_api::ComponentKind::Sink {
+                let _ = write!(line, ", concurrency {}", node.concurrency);
+            }
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    out
+}
+
+/// `salesflow plugins`: every plugin with its settings, defaults and docs.
+pub fn describe_plugins(registry: &Registry) -> String {
+    let mut out = String::new();
+    for plugin in registry.all() {
+        let _ = writeln!(
+            out,
+            "{} {:?}: {}",
+            plugin.kind(),
+            plugin.name(),
+            plugin.summary()
+        );
+        if let Some(section) = plugin.shared_section() {
+            let _ = writeln!(out, "  defaults come from the [{section}] table");
+        }
+        let schema = serde_json::to_value(plugin.settings_schema()).unwrap_or_default();
+        let required: Vec<&str> = schema["required"]
+            .as_array()
+            .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        if let Some(properties) = schema["properties"].as_object() {
+            for (name, property) in properties {
+                let property = resolve(&schema, property);
+                let kind = type_of(&schema, property);
+                let mut line = format!("  {name} ({kind}");
+                if required.contains(&name.as_str()) {
+                    line.push_str(", required");
+                } else if let Some(default) = property.get("default") {
+                    let _ = write!(line, ", default {default}");
+                }
+                line.push(')');
+                if let Some(doc) = property["description"].as_str() {
+                    let _ = write!(line, ": {}", doc.replace('\n', " "));
+                }
+                let _ = writeln!(out, "{line}");
+            }
+        } else if let Some(doc) = schema["description"].as_str() {
+            let _ = writeln!(out, "  {doc}");
+        }
+        out.push('\n');
+    }
+    out.push_str(
+        "Every stage and sink also takes: inputs (required; names of sources or stages), \
+         lanes (default 1: parallel instances, a batch goes to lane `lane % lanes`; \
+         \"auto\": one per input partition, made as partitions are assigned), \
+         buffer (default 4: bounded channel size per lane, in batches); sinks take \
+         concurrency (default 4: writes in flight per lane).\n",
+    );
+    out
+}
+
+fn resolve<'a>(
+    root: &'a serde_json::Value,
+    property: &'a serde_json::Value,
+) -> &'a serde_json::Value {
+    let reference = property["$ref"]
+        .as_str()
+        .or_else(|| property["allOf"][0]["$ref"].as_str());
+    match reference.and_then(|r| r.strip_prefix("#/$defs/")) {
+        Some(name) if root["$defs"].get(name).is_some() => {
+            // Keep the property's own description and default over the definition's.
+            if property.get("description").is_some() || property.get("default").is_some() {
+                property
+            } else {
+                &root["$defs"][name]
+            }
+        }
+        _ => property,
+    }
+}
+
+fn type_of(root: &serde_json::Value, property: &serde_json::Value) -> String {
+    let reference = property["$ref"]
+        .as_str()
+        .or_else(|| property["allOf"][0]["$ref"].as_str())
+        .and_then(|r| r.strip_prefix("#/$defs/"));
+    let target = reference.map_or(property, |name| &root["$defs"][name]);
+    if let Some(values) = target["enum"].as_array() {
+        let names: Vec<String> = values
+            .iter()
+            .map(|v| v.as_str().unwrap_or("?").to_owned())
+            .collect();
+        return format!("one of {}", names.join("|"));
+    }
+    if let Some(variants) = target["oneOf"].as_array() {
+        let names: Vec<String> = variants
+            .iter()
+            .filter_map(|v| v["const"].as_str().or_else(|| v["enum"][0].as_str()))
+            .map(str::to_owned)
+            .collect();
+        if !names.is_empty() {
+            return format!("one of {}", names.join("|"));
+        }
+    }
+    match &target["type"] {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(types) => types
+            .iter()
+            .filter_map(|t| t.as_str())
+            .filter(|t| *t != "null")
+            .collect::<Vec<_>>()
+            .join("|"),
+        _ => "value".to_owned(),
+    }
+}
+
+/// Sets up logging as the config says.
+pub fn init_logging(level: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SALESFLOW_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// `salesflow run`: serves and runs the plan until SIGTERM/Ctrl-C or a fatal error, then
+/// shuts down within the grace period. Returns whether everything ended cleanly.
+pub async fn run(plan: Plan) -> Result<bool> {
+    // The address is taken first: if it is not free, nothing has started.
+    let listener = tokio::net::TcpListener::bind(plan.server.address)
+        .await
+        .with_context(|| format!("binding the HTTP server to {}", plan.server.address))?;
+    let mut registry = MetricsRegistry::default();
+    let runtime_metrics = metrics::RuntimeMetrics::register(&mut registry);
+    let listener_metrics = listener::Metrics::register(&mut registry);
+    let sources_stop = CancellationToken::new();
+    let started = runtime::start(&plan, &mut registry, &runtime_metrics, &sources_stop).await?;
+    let runtime::Started {
+        mut tasks,
+        lanes,
+        routes,
+        healthchecks,
+    } = started;
+
+    let address = listener.local_addr()?;
+    // Readiness is checked in the background (at once, then every 2 s): probes read the
+    // last results instead of each costing three round trips to the servers.
+    let health = server::monitor_health(
+        healthchecks,
+        &mut registry,
+        Duration::from_secs(2),
+        sources_stop.clone(),
+    );
+    let app = server::router(
+        routes,
+        health,
+        Arc::new(Mutex::new(registry)),
+        plan.openapi.clone(),
+    );
+    let app = app.layer(tower_http::timeout::TimeoutLayer::with_status_code(
+        salesflow_plugin_api::axum::http::StatusCode::REQUEST_TIMEOUT,
+        plan.server.request_timeout,
+    ));
+    let server_stop = sources_stop.clone();
+    let options = listener::Options {
+        header_read_timeout: plan.server.header_read_timeout,
+        max_connections: plan.server.max_connections,
+        tls: plan.tls.clone(),
+    };
+    let grace = plan.server.shutdown_grace;
+    let server = tokio::spawn(listener::serve(
+        listener,
+        app,
+        options,
+        listener_metrics,
+        server_stop,
+        grace,
+    ));
+    for plugin in &plan.loaded_plugins {
+        info!(plugin = %plugin, "run-time plugin loaded");
+    }
+    let names: Vec<&str> = plan.pipelines.iter().map(|p| p.name.as_str()).collect();
+    info!(%address, pipelines = ?names, "salesflow running; listening on {address}");
+
+    let mut clean = true;
+    tokio::select! {
+        () = shutdown_signal() => info!("shutdown requested"),
+        Some(ended) = tasks.join_next() => {
+            match ended {
+                Ok((label, Ok(()))) => warn!(component = %label, "ended on its own; shutting down"),
+                Ok((label, Err(e))) => {
+                    error!(component = %label, error = %e, "failed; shutting down");
+                    clean = false;
+                }
+                Err(e) => {
+                    error!(error = %e, "a task panicked; shutting down");
+                    clean = false;
+                }
+            }
+        }
+    }
+    sources_stop.cancel();
+    let grace = plan.server.shutdown_grace;
+    let drained = tokio::time::timeout(grace, async {
+        while let Some(ended) = tasks.join_next().await {
+            match ended {
+                Ok((_, Ok(()))) => {}
+                Ok((label, Err(e))) => {
+                    error!(component = %label, error = %e, "failed while stopping");
+                    clean = false;
+                }
+                Err(e) => {
+                    error!(error = %e, "a task panicked while stopping");
+                    clean = false;
+                }
+            }
+        }
+        // Lanes made per key end once their inputs have closed.
+        lanes.close();
+        lanes.wait().await;
+    })
+    .await;
+    if drained.is_err() {
+        error!(remaining = tasks.len(), grace = ?grace, "shutdown grace period exceeded; aborting");
+        tasks.abort_all();
+        clean = false;
+    }
+    match tokio::time::timeout(Duration::from_secs(5), server).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => bail!("HTTP server task: {e}"),
+        Err(_) => warn!("HTTP server did not stop within 5 s"),
+    }
+    info!(clean, "salesflow stopped");
+    Ok(clean)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

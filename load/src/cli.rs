@@ -1,0 +1,105 @@
+//! The command line of a load run, one for both front ends: `salesflow-load` and
+//! `salesflow load` (a command the load crate adds to the host).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(version, about = "Runs a salesflow load profile")]
+pub struct Cli {
+    /// The profile, e.g. load/profiles/smoke.toml.
+    pub profile: PathBuf,
+    /// Reproduce a run: the run id printed by it (hex).
+    #[arg(long, value_parser = parse_hex)]
+    pub run_id: Option<u64>,
+    /// Compare with a previous JSON report.
+    #[arg(long)]
+    pub compare: Option<PathBuf>,
+    /// Where to write the reports.
+    #[arg(long)]
+    pub report_dir: Option<PathBuf>,
+    /// The API base URL, e.g. `http://127.0.0.1:8080`.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// The Query API base URL, when it is served elsewhere than `--target`.
+    #[arg(long)]
+    pub query: Option<String>,
+    /// A salesflow /metrics URL to sample resident memory from.
+    #[arg(long)]
+    pub monitor: Option<String>,
+}
+
+fn parse_hex(text: &str) -> Result<u64, String> {
+    u64::from_str_radix(text.trim_start_matches("0x"), 16).map_err(|e| e.to_string())
+}
+
+/// Parses `args` (after the program's name) and runs the profile: 0 when it passed, 1
+/// when it did not (thresholds, reconciliation, invalid orders accepted), 2 when it could
+/// not run.
+pub fn main_with(name: &str, args: &[String]) -> ExitCode {
+    let cli: Cli = match salesflow_plugin_api::parse_args(name, args) {
+        Ok(cli) => cli,
+        Err(code) if code == ExitCode::SUCCESS => return code,
+        Err(_) => return ExitCode::from(2),
+    };
+    let options = crate::Options {
+        run_id: cli.run_id,
+        compare: cli.compare,
+        report_dir: cli.report_dir,
+        target: cli.target,
+        query: cli.query,
+        monitor: cli.monitor,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(crate::run(&cli.profile, &options)) {
+        Ok(outcome) if outcome.passed => ExitCode::SUCCESS,
+        Ok(_) => {
+            eprintln!(
+                "{name}: the run did not pass (thresholds, reconciliation or invalid orders accepted)"
+            );
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("{name}: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `salesflow load PROFILE.toml [--target URL] [--run-id HEX] ...`.
+pub struct LoadCommand;
+
+impl salesflow_plugin_api::Command for LoadCommand {
+    fn name(&self) -> &'static str {
+        "load"
+    }
+
+    fn about(&self) -> &'static str {
+        "Run a load profile against the APIs (see load/profiles/); the exit code says whether \
+         its thresholds held and every accepted order was found"
+    }
+
+    fn needs_config(&self) -> bool {
+        false
+    }
+
+    fn run(&self, args: &[String], _config: Option<&salesflow_plugin_api::ConfigView>) -> ExitCode {
+        main_with("salesflow load", args)
+    }
+}
+
+/// Adds `salesflow load`.
+pub fn register(registrar: &mut dyn salesflow_plugin_api::Registrar) {
+    registrar.command(std::sync::Arc::new(LoadCommand));
+}

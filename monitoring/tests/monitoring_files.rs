@@ -1,0 +1,89 @@
+//! The monitoring configuration is valid and its alert rules behave: `promtool check
+//! config`, `promtool check rules`, `promtool test rules`; every dashboard panel queries
+//! the provisioned Prometheus datasource. (Whether every query returns data on a live run
+//! is `plugins/sales/tests/tests/observability.rs`.)
+
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn monitoring() -> PathBuf {
+    salesflow_monitoring::dir()
+}
+
+fn promtool(args: &[&str]) -> String {
+    let out = Command::new("promtool")
+        .current_dir(monitoring())
+        .args(args)
+        .output()
+        .expect("promtool (Debian's prometheus package) is installed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn prometheus_configs_are_valid() {
+    promtool(&["check", "config", "--syntax-only", "prometheus.yml"]);
+    promtool(&["check", "config", "--syntax-only", "prometheus-compose.yml"]);
+}
+
+#[test]
+fn alert_rules_are_valid_and_their_tests_pass() {
+    let text = promtool(&["check", "rules", "rules/salesflow.yml"]);
+    assert!(text.contains("SUCCESS"), "{text}");
+    let text = promtool(&["test", "rules", "rules-tests/salesflow_test.yml"]);
+    assert!(text.contains("SUCCESS"), "{text}");
+}
+
+#[test]
+fn every_panel_queries_the_provisioned_datasource() {
+    let provisioned = std::fs::read_to_string(
+        monitoring().join("grafana/provisioning/datasources/prometheus.yml"),
+    )
+    .unwrap();
+    assert!(provisioned.contains("uid: prometheus"));
+    let mut dashboards = 0;
+    for entry in std::fs::read_dir(monitoring().join("grafana/dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        dashboards += 1;
+        let panels = dashboard["panels"].as_array().unwrap();
+        assert!(!panels.is_empty(), "{}", path.display());
+        let mut ids = std::collections::BTreeSet::new();
+        for panel in panels {
+            assert!(
+                ids.insert(panel["id"].as_u64().unwrap()),
+                "{}: duplicate panel id",
+                path.display()
+            );
+            assert_eq!(
+                panel["datasource"]["uid"],
+                "prometheus",
+                "{}",
+                path.display()
+            );
+            let targets = panel["targets"].as_array().unwrap();
+            assert!(
+                !targets.is_empty(),
+                "{}: panel {} has no query",
+                path.display(),
+                panel["title"]
+            );
+            for target in targets {
+                assert!(
+                    target["expr"]
+                        .as_str()
+                        .is_some_and(|e| e.contains("salesflow") || e.contains("up{"))
+                );
+            }
+        }
+    }
+    assert_eq!(dashboards, 4, "overview, kafka, stages, http");
+}

@@ -1,0 +1,212 @@
+//! `type = "elasticsearch"`: a sink that bulk-indexes events as documents. Each event
+//! names its index (or alias), document id and external version in headers; with
+//! external versioning a stale or replayed update never moves a document backwards
+//! (Elasticsearch answers it 409, which counts as done).
+
+mod client;
+mod config;
+
+pub use client::{BulkOutcome, Client, Doc, EsError};
+pub use config::{ElasticsearchSettings, SinkSettings};
+
+use std::sync::Arc;
+
+use elasticsearch::http::Method;
+use salesflow_plugin_api::futures::FutureExt;
+use salesflow_plugin_api::prometheus_client::metrics::counter::Counter;
+use salesflow_plugin_api::{
+    BuildContext, Component, ComponentKind, ConfigError, Event, Plugin, PluginError, Sink,
+    SinkFactory, WriteFuture, async_trait, schemars, toml,
+};
+
+/// The sink's type name in `pipeline.toml`.
+pub const SINK_TYPE: &str = "elasticsearch";
+
+/// Adds the elasticsearch sink.
+pub fn register(registrar: &mut dyn salesflow_plugin_api::Registrar) {
+    registrar.plugin(Arc::new(ElasticsearchSinkPlugin));
+}
+
+/// Splits a sink's table into its own settings and the connection's: what a tool that
+/// writes where a sink writes (a replay) reads of it.
+pub fn split(settings: &toml::Table) -> Result<(SinkSettings, ElasticsearchSettings), ConfigError> {
+    salesflow_plugin_api::split_settings(settings, &config::OWN_KEYS)
+}
+
+pub struct ElasticsearchSinkPlugin;
+
+#[async_trait]
+impl Plugin for ElasticsearchSinkPlugin {
+    fn kind(&self) -> ComponentKind {
+        ComponentKind::Sink
+    }
+
+    fn name(&self) -> &'static str {
+        SINK_TYPE
+    }
+
+    fn summary(&self) -> &'static str {
+        "Bulk-indexes events as documents (index, id, external version from headers); a \
+         stale update is ignored, retryable failures retried with backoff"
+    }
+
+    fn shared_section(&self) -> Option<&'static str> {
+        Some("elasticsearch")
+    }
+
+    fn settings_schema(&self) -> schemars::Schema {
+        salesflow_plugin_api::merged_schema::<SinkSettings, ElasticsearchSettings>()
+    }
+
+    fn validate(&self, settings: &toml::Table) -> Result<(), ConfigError> {
+        split(settings).map(|_| ())
+    }
+
+    async fn build(
+        &self,
+        settings: toml::Table,
+        ctx: &mut BuildContext<'_>,
+    ) -> Result<Component, PluginError> {
+        let (own, connection) =
+            split(&settings).map_err(|e| PluginError::context("elasticsearch settings", e))?;
+        let client = Client::new(&connection)
+            .map_err(|e| PluginError::context("the Elasticsearch client", e))?;
+        for alias in &own.aliases {
+            client
+                .ensure_alias(alias)
+                .await
+                .map_err(|e| PluginError::context(format!("alias {alias}"), e))?;
+        }
+        let check_client = client.clone();
+        let targets = if own.aliases.is_empty() {
+            "_all".to_owned()
+        } else {
+            own.aliases.join(",")
+        };
+        ctx.add_healthcheck(
+            &format!("elasticsearch {targets}"),
+            Arc::new(move || {
+                let client = check_client.clone();
+                let path = format!("/{targets}/_count");
+                async move {
+                    // The status says enough; the body (which may echo cluster details)
+                    // stays out of the readiness answer.
+                    match client.call(Method::Get, &path, None).await {
+                        Ok((200, _)) => Ok(()),
+                        Ok((status, body)) => {
+                            let kind = body["error"]["type"].as_str().unwrap_or("unknown");
+                            Err(format!("{path} answered {status} ({kind})"))
+                        }
+                        Err(_) => Err(format!("{path}: Elasticsearch did not answer")),
+                    }
+                }
+                .boxed()
+            }),
+        );
+        ctx.metrics.register(
+            "salesflow_elasticsearch_bulk_retries",
+            "Bulk requests (or their retryable items) sent again after a failure",
+            client.retried.clone(),
+        );
+        let stale = Counter::default();
+        ctx.metrics.register(
+            "salesflow_elasticsearch_stale_documents",
+            "Documents not indexed because the index held that version or a newer one",
+            stale.clone(),
+        );
+        Ok(Component::Sink(Arc::new(Factory {
+            client,
+            settings: Arc::new(own),
+            stale,
+        })))
+    }
+}
+
+struct Factory {
+    client: Client,
+    settings: Arc<SinkSettings>,
+    stale: Counter,
+}
+
+impl SinkFactory for Factory {
+    fn create(&self, _lane: usize) -> Result<Box<dyn Sink>, PluginError> {
+        Ok(Box::new(ElasticsearchSink {
+            client: self.client.clone(),
+            settings: Arc::clone(&self.settings),
+            stale: self.stale.clone(),
+        }))
+    }
+}
+
+struct ElasticsearchSink {
+    client: Client,
+    settings: Arc<SinkSettings>,
+    stale: Counter,
+}
+
+fn header(event: &Event, name: &str) -> Result<String, PluginError> {
+    let value = event
+        .header(name)
+        .ok_or_else(|| PluginError::new(format!("an event without the {name} header")))?;
+    String::from_utf8(value.to_vec())
+        .map_err(|_| PluginError::new(format!("header {name} is not UTF-8")))
+}
+
+#[async_trait]
+impl Sink for ElasticsearchSink {
+    async fn write(&mut self, events: Arc<[Event]>) -> Result<WriteFuture, PluginError> {
+        // An event that does not say where it goes can never be written: refused alone.
+        let mut docs = Vec::with_capacity(events.len());
+        let mut positions = Vec::with_capacity(events.len());
+        let mut refused = Vec::new();
+        for (position, event) in events.iter().enumerate() {
+            let doc = (|| {
+                let version = header(event, &self.settings.version_header)?;
+                Ok::<_, PluginError>(Doc {
+                    index: header(event, &self.settings.index_header)?,
+                    id: header(event, &self.settings.id_header)?,
+                    version: version.parse().map_err(|_| {
+                        PluginError::new(format!("version {version:?} is not a number"))
+                    })?,
+                    source: event.payload.clone(),
+                })
+            })();
+            match doc {
+                Ok(doc) => {
+                    docs.push(doc);
+                    positions.push(position);
+                }
+                Err(e) => refused.push((position, e.message)),
+            }
+        }
+        let client = self.client.clone();
+        let stale = self.stale.clone();
+        let total = events.len();
+        Ok(async move {
+            let outcome = client
+                .bulk(&docs)
+                .await
+                .map_err(|e| PluginError::context("bulk write", e))?;
+            stale.inc_by(outcome.stale as u64);
+            refused.extend(
+                outcome
+                    .refused
+                    .into_iter()
+                    .map(|(i, why)| (positions[i], why)),
+            );
+            if refused.is_empty() {
+                Ok(())
+            } else {
+                refused.sort_by_key(|(i, _)| *i);
+                Err(PluginError::refused(
+                    format!(
+                        "{} of {total} documents refused by the index",
+                        refused.len()
+                    ),
+                    refused,
+                ))
+            }
+        }
+        .boxed())
+    }
+}

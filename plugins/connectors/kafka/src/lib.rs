@@ -1,0 +1,165 @@
+//! `type = "kafka"`: the Kafka source and the Kafka sink.
+
+mod config;
+pub mod dlq;
+mod health;
+mod metrics;
+mod sink;
+mod source;
+
+pub use config::{
+    Compression, KafkaConnection, KafkaSinkSettings, KafkaSourceSettings, OffsetReset, Partitioner,
+    redacted,
+};
+
+/// Adds the kafka source and sink, and `salesflow dlq`.
+pub fn register(registrar: &mut dyn salesflow_plugin_api::Registrar) {
+    registrar.plugin(Arc::new(KafkaSourcePlugin));
+    registrar.plugin(Arc::new(KafkaSinkPlugin));
+    registrar.command(Arc::new(dlq::DlqCommand));
+}
+
+use std::sync::Arc;
+
+use salesflow_plugin_api::{
+    BuildContext, Component, ComponentKind, ConfigError, Plugin, PluginError, Settings, Sink,
+    SinkFactory, async_trait, schemars, toml,
+};
+use tracing::info;
+
+/// The Kafka source plugin.
+pub struct KafkaSourcePlugin;
+
+#[async_trait]
+impl Plugin for KafkaSourcePlugin {
+    fn kind(&self) -> ComponentKind {
+        ComponentKind::Source
+    }
+
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn summary(&self) -> &'static str {
+        "Consumes topics as a consumer group member: partitions in parallel, each in order; \
+         offsets committed only after every sink acknowledged"
+    }
+
+    fn shared_section(&self) -> Option<&'static str> {
+        Some("kafka")
+    }
+
+    fn settings_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(KafkaSourceSettings)
+    }
+
+    fn validate(&self, settings: &toml::Table) -> Result<(), ConfigError> {
+        KafkaSourceSettings::from_table(settings).map(|_| ())
+    }
+
+    async fn build(
+        &self,
+        settings: toml::Table,
+        ctx: &mut BuildContext<'_>,
+    ) -> Result<Component, PluginError> {
+        let settings = KafkaSourceSettings::from_table(&settings)
+            .map_err(|e| PluginError::context("kafka source settings", e))?;
+        info!(
+            pipeline = ctx.pipeline,
+            component = ctx.component,
+            bootstrap = %settings.bootstrap_servers,
+            properties = %redacted(&settings.properties),
+            "building kafka source"
+        );
+        let topics = settings.topics.clone();
+        let metrics = Arc::new(metrics::SourceMetrics::register(ctx.metrics));
+        let source = source::KafkaSource::new(
+            format!("{}/{}", ctx.pipeline, ctx.component),
+            settings,
+            metrics,
+        )?;
+        let consumer = Arc::downgrade(&source.consumer);
+        ctx.add_healthcheck(
+            &format!("kafka topics {}", topics.join(",")),
+            health::consumer_topics(consumer, topics),
+        );
+        Ok(Component::Source(Box::new(source)))
+    }
+}
+
+/// The Kafka sink plugin.
+pub struct KafkaSinkPlugin;
+
+#[async_trait]
+impl Plugin for KafkaSinkPlugin {
+    fn kind(&self) -> ComponentKind {
+        ComponentKind::Sink
+    }
+
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn summary(&self) -> &'static str {
+        "Produces to a topic with an idempotent producer and acks=all; a batch is \
+         acknowledged once every message has its delivery report"
+    }
+
+    fn shared_section(&self) -> Option<&'static str> {
+        Some("kafka")
+    }
+
+    fn settings_schema(&self) -> schemars::Schema {
+        schemars::schema_for!(KafkaSinkSettings)
+    }
+
+    fn validate(&self, settings: &toml::Table) -> Result<(), ConfigError> {
+        KafkaSinkSettings::from_table(settings).map(|_| ())
+    }
+
+    async fn build(
+        &self,
+        settings: toml::Table,
+        ctx: &mut BuildContext<'_>,
+    ) -> Result<Component, PluginError> {
+        let settings = KafkaSinkSettings::from_table(&settings)
+            .map_err(|e| PluginError::context("kafka sink settings", e))?;
+        info!(
+            pipeline = ctx.pipeline,
+            component = ctx.component,
+            topic = %settings.topic,
+            properties = %redacted(&settings.properties),
+            "building kafka sink"
+        );
+        let producer: sink::SinkProducer = settings
+            .client_config()
+            .create_with_context(sink::DeliveryContext {
+                name: format!("{}/{}", ctx.pipeline, ctx.component),
+                metrics: Arc::new(metrics::SinkMetrics::register(ctx.metrics)),
+            })
+            .map_err(|e| PluginError::context("creating the Kafka producer", e))?;
+        let producer = Arc::new(producer);
+        ctx.add_healthcheck(
+            &format!("kafka topic {}", settings.topic),
+            health::producer_topic(Arc::clone(&producer), settings.topic.clone()),
+        );
+        Ok(Component::Sink(Arc::new(SinkMaker {
+            producer,
+            settings: Arc::new(settings),
+        })))
+    }
+}
+
+struct SinkMaker {
+    producer: Arc<sink::SinkProducer>,
+    settings: Arc<KafkaSinkSettings>,
+}
+
+impl SinkFactory for SinkMaker {
+    fn create(&self, _lane: usize) -> Result<Box<dyn Sink>, PluginError> {
+        Ok(Box::new(sink::KafkaSink {
+            producer: Arc::clone(&self.producer),
+            settings: Arc::clone(&self.settings),
+        }))
+    }
+}

@@ -1,0 +1,702 @@
+//! The event store on Cassandra (`schemas/cql/002-event-store.cql`).
+//!
+//! Appends are fenced: an append states the version the cart is expected to be at, and
+//! its events (seq = version + 1, + 2, ...) are written with `INSERT ... IF NOT EXISTS`
+//! in one conditional batch per partition (a lightweight transaction). Events of a cart
+//! are numbered densely from 1, so "seq version + 1 does not exist yet" holds exactly when
+//! the cart is at `version`: a second writer of the same cart, whatever it read, can never
+//! overwrite an event — its append answers [`AppendError::Conflict`]. `cart_events` rows
+//! are written only this way (never mixed with plain writes, whose timestamps differ from
+//! Paxos ones).
+//!
+//! An append that crosses a bucket boundary (or is too large for one mutation) is split
+//! into several conditional batches, written in order: each extends the stored prefix, so
+//! the store never holds a gap; if a later one conflicts, the earlier ones stay, and the
+//! caller reloads the cart anyway.
+//!
+//! `events_by_hour` rows are written first, plainly (idempotent upserts): an append that
+//! then conflicts leaves a row naming a cart and seq that exist (written by the other
+//! writer) — replays read that table only to find which carts to rebuild.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, DurationRound, TimeDelta, Utc};
+use futures::{StreamExt, TryStreamExt};
+use salesflow_plugin_api::RetryPolicy;
+use salesflow_sales::{BUCKET_SIZE, CartEvent, bucket_of};
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+use scylla::policies::load_balancing::DefaultPolicy;
+use scylla::statement::batch::{Batch, BatchType};
+use scylla::statement::prepared::PreparedStatement;
+use tracing::info;
+use uuid::Uuid;
+
+use crate::config::CassandraSettings;
+
+/// Shards per hour of `events_by_hour`: an hour's writes spread over this many partitions.
+pub const SHARDS: u32 = 16;
+
+/// Most events in one conditional batch.
+pub const MAX_APPEND_EVENTS: usize = 100;
+/// Most bytes of event JSON in one conditional batch: far below Cassandra's largest
+/// mutation (half the commit log segment, 16 MiB by default).
+pub const MAX_APPEND_BYTES: usize = 1 << 20;
+
+/// The hour and shard an event is listed under for replays.
+pub fn hour_and_shard(event: &CartEvent) -> (DateTime<Utc>, i32) {
+    let hour = event
+        .recorded_at
+        .duration_trunc(TimeDelta::hours(1))
+        .unwrap_or(event.recorded_at);
+    let shard = i32::try_from(event.cart_id.as_u128() % u128::from(SHARDS)).unwrap_or(0);
+    (hour, shard)
+}
+
+/// A connected event store.
+#[derive(Clone)]
+pub struct EventStore {
+    session: Arc<Session>,
+    insert_event: PreparedStatement,
+    insert_hour: PreparedStatement,
+    select_bucket: PreparedStatement,
+    select_bucket_serial: PreparedStatement,
+    select_event: PreparedStatement,
+    select_hour: PreparedStatement,
+    settings: Arc<CassandraSettings>,
+    /// Counts retried requests (for metrics).
+    retries: prometheus_client::metrics::counter::Counter,
+    /// Counts appends refused because the cart was not at the expected version.
+    conflicts: prometheus_client::metrics::counter::Counter,
+}
+
+/// A failure of the event store (after its retries), with what was being done.
+#[derive(Debug, thiserror::Error)]
+#[error("{context}: {source}")]
+pub struct StoreError {
+    context: String,
+    #[source]
+    source: Box<dyn std::error::Error + Send + Sync>,
+    corrupt: bool,
+}
+
+impl StoreError {
+    fn new(
+        context: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self {
+            context: context.into(),
+            source: source.into(),
+            corrupt: false,
+        }
+    }
+
+    /// The stored data is not what salesflow writes (a cart's events that are not seq
+    /// 1, 2, 3, ..., an event that does not decode): reading again cannot help.
+    pub fn is_corrupt(&self) -> bool {
+        self.corrupt
+    }
+
+    fn corrupt(mut self) -> Self {
+        self.corrupt = true;
+        self
+    }
+
+    /// A stored history that is not what salesflow writes (for other implementations of
+    /// [`crate::CartLog`]).
+    pub fn corrupt_history(context: impl Into<String>, why: impl Into<String>) -> Self {
+        Self::new(context, why.into()).corrupt()
+    }
+
+    /// A store that could not answer (for other implementations of [`crate::CartLog`]).
+    pub fn unavailable(context: impl Into<String>, why: impl Into<String>) -> Self {
+        Self::new(context, why.into())
+    }
+}
+
+fn err(context: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+    StoreError::new(context, e)
+}
+
+/// Why an append did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// The cart is not at the expected version: another writer appended to it. Nothing
+    /// was overwritten; reload the cart and decide again.
+    #[error("cart {cart_id} is not at version {expected}: another writer appended to it")]
+    Conflict { cart_id: Uuid, expected: u64 },
+    /// The events are not the cart's next ones (a caller's mistake; nothing was written).
+    #[error("cart {cart_id}: {why}")]
+    Invalid { cart_id: Uuid, why: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+type EventRow = (Uuid, i32, i64, Uuid, DateTime<Utc>, DateTime<Utc>, String);
+type HourRow = (DateTime<Utc>, i32, DateTime<Utc>, Uuid, i64);
+
+impl EventStore {
+    pub async fn connect(settings: &CassandraSettings) -> Result<Self, StoreError> {
+        // A local data centre: its replicas only (LOCAL_QUORUM means that data centre's
+        // quorum). A cluster of one data centre may still use SimpleStrategy, which the
+        // driver cannot place in data centres: there the preference alone is kept.
+        let profile = |datacenter: Option<&str>, failover: bool| {
+            let mut policy = DefaultPolicy::builder().token_aware(true);
+            if let Some(dc) = datacenter {
+                policy = policy
+                    .prefer_datacenter(dc.to_owned())
+                    .permit_dc_failover(failover);
+            }
+            ExecutionProfile::builder()
+                .consistency(settings.consistency.to_driver())
+                .serial_consistency(Some(settings.serial_consistency.to_driver()))
+                .request_timeout(Some(settings.request_timeout))
+                .load_balancing_policy(policy.build())
+                .build()
+        };
+        let mut builder = SessionBuilder::new()
+            .known_nodes(&settings.nodes)
+            .connection_timeout(settings.request_timeout)
+            .default_execution_profile_handle(
+                profile(settings.local_datacenter.as_deref(), false).into_handle(),
+            );
+        if let (Some(user), Some(password)) = (&settings.username, &settings.password) {
+            builder = builder.user(user, password.expose());
+        }
+        let session = builder.build().await.map_err(|e| {
+            err(
+                &format!("connecting to Cassandra at {}", settings.nodes.join(",")),
+                e,
+            )
+        })?;
+        if settings.local_datacenter.is_none() {
+            // DC-aware routing by default: the data centre of the contact points, as the
+            // drivers that infer it do.
+            let (dc, only_one) = local_datacenter(&session, &settings.nodes).await?;
+            info!(datacenter = %dc, "Cassandra local data centre (from the contact points)");
+            session
+                .get_default_execution_profile_handle()
+                .clone()
+                .map_to_another_profile(profile(Some(&dc), only_one));
+        }
+        let ks = &settings.keyspace;
+        let prepare = |cql: String, idempotent: bool| {
+            let session = &session;
+            async move {
+                let mut statement = session
+                    .prepare(cql.as_str())
+                    .await
+                    .map_err(|e| err(&format!("preparing {cql}"), e))?;
+                statement.set_is_idempotent(idempotent);
+                Ok::<_, StoreError>(statement)
+            }
+        };
+        // Conditional: retried by `append` itself, which reads the outcome.
+        let insert_event = prepare(
+            format!(
+                "INSERT INTO {ks}.cart_events (cart_id, bucket, seq, order_id, created_at, recorded_at, event) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?) IF NOT EXISTS"
+            ),
+            false,
+        )
+        .await?;
+        let insert_hour = prepare(
+            format!(
+                "INSERT INTO {ks}.events_by_hour (hour, shard, recorded_at, cart_id, seq) VALUES (?, ?, ?, ?, ?)"
+            ),
+            true,
+        )
+        .await?;
+        let select_bucket = prepare(
+            format!("SELECT event FROM {ks}.cart_events WHERE cart_id = ? AND bucket = ?"),
+            true,
+        )
+        .await?;
+        let mut select_bucket_serial = select_bucket.clone();
+        select_bucket_serial.set_consistency(settings.serial_consistency.as_read());
+        let select_event = prepare(
+            format!(
+                "SELECT event FROM {ks}.cart_events WHERE cart_id = ? AND bucket = ? AND seq = ?"
+            ),
+            true,
+        )
+        .await?;
+        let select_hour = prepare(
+            format!("SELECT cart_id, seq FROM {ks}.events_by_hour WHERE hour = ? AND shard = ?"),
+            true,
+        )
+        .await?;
+        Ok(Self {
+            session: Arc::new(session),
+            insert_event,
+            insert_hour,
+            select_bucket,
+            select_bucket_serial,
+            select_event,
+            select_hour,
+            settings: Arc::new(settings.clone()),
+            retries: prometheus_client::metrics::counter::Counter::default(),
+            conflicts: prometheus_client::metrics::counter::Counter::default(),
+        })
+    }
+
+    /// The counter of retried requests, to register as a metric.
+    pub fn retry_counter(&self) -> prometheus_client::metrics::counter::Counter {
+        self.retries.clone()
+    }
+
+    /// The counter of conflicting appends, to register as a metric.
+    pub fn conflict_counter(&self) -> prometheus_client::metrics::counter::Counter {
+        self.conflicts.clone()
+    }
+
+    /// Appends a cart's next events, if the cart is at version `expected`: `events` are
+    /// that cart's, numbered `expected + 1` on without a gap. On
+    /// [`AppendError::Conflict`] nothing of this append was written over anything (some
+    /// leading events may have been appended when the append spans several batches).
+    pub async fn append(
+        &self,
+        cart_id: Uuid,
+        expected: u64,
+        events: &[CartEvent],
+    ) -> Result<(), AppendError> {
+        if let Some((i, e)) = events
+            .iter()
+            .enumerate()
+            .find(|(i, e)| e.cart_id != cart_id || e.seq != expected + 1 + *i as u64)
+        {
+            return Err(AppendError::Invalid {
+                cart_id,
+                why: format!(
+                    "event {i} is seq {} of cart {}, expected seq {} of this cart",
+                    e.seq,
+                    e.cart_id,
+                    expected + 1 + i as u64
+                ),
+            });
+        }
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut rows: Vec<(EventRow, usize)> = Vec::with_capacity(events.len());
+        let mut by_hour: BTreeMap<(DateTime<Utc>, i32), Vec<HourRow>> = BTreeMap::new();
+        for event in events {
+            let seq = i64::try_from(event.seq).map_err(|e| err("seq", e))?;
+            let json = serde_json::to_string(event).map_err(|e| err("encoding an event", e))?;
+            let (hour, shard) = hour_and_shard(event);
+            by_hour.entry((hour, shard)).or_default().push((
+                hour,
+                shard,
+                event.recorded_at,
+                cart_id,
+                seq,
+            ));
+            let size = json.len();
+            rows.push((
+                (
+                    cart_id,
+                    event.bucket(),
+                    seq,
+                    event.order.order_id,
+                    event.order.created_at,
+                    event.recorded_at,
+                    json,
+                ),
+                size,
+            ));
+        }
+        futures::stream::iter(by_hour.into_values())
+            .map(|rows| self.write_hour(rows))
+            .buffer_unordered(self.settings.concurrency)
+            .try_collect::<Vec<()>>()
+            .await?;
+        for chunk in chunks(rows) {
+            if !self.write_conditional(chunk).await? {
+                self.conflicts.inc();
+                return Err(AppendError::Conflict { cart_id, expected });
+            }
+        }
+        Ok(())
+    }
+
+    /// One conditional single-partition batch; whether it was applied. Retried with
+    /// backoff on errors: a retry after an uncertain outcome (a timeout) may find its own
+    /// rows and answer "not applied", which the caller resolves by reloading the cart.
+    async fn write_conditional(&self, rows: Vec<EventRow>) -> Result<bool, StoreError> {
+        let mut batch = Batch::new(BatchType::Unlogged);
+        for _ in &rows {
+            batch.append_statement(self.insert_event.clone());
+        }
+        let what = format!(
+            "appending to cart {} ({} events from seq {})",
+            rows[0].0,
+            rows.len(),
+            rows[0].2
+        );
+        let result = self
+            .retrying(&what, || async {
+                self.session.batch(&batch, &rows).await.map_err(Failure::of)
+            })
+            .await?;
+        let rows_result = result
+            .into_rows_result()
+            .map_err(|e| err(&format!("{what}: reading the outcome"), e))?;
+        // The first column of a conditional result is `[applied]`; when not applied, the
+        // existing rows' columns follow.
+        let row: scylla::value::Row = rows_result
+            .first_row()
+            .map_err(|e| err(&format!("{what}: reading the outcome"), e))?;
+        match row.columns.first() {
+            Some(Some(scylla::value::CqlValue::Boolean(applied))) => Ok(*applied),
+            other => Err(err(
+                &format!("{what}: reading the outcome"),
+                format!("the first column is {other:?}, not [applied]"),
+            )),
+        }
+    }
+
+    async fn write_hour(&self, rows: Vec<HourRow>) -> Result<(), StoreError> {
+        let mut batch = Batch::new(BatchType::Unlogged);
+        for _ in &rows {
+            batch.append_statement(self.insert_hour.clone());
+        }
+        batch.set_is_idempotent(true);
+        self.retrying("listing events by hour", || async {
+            self.session.batch(&batch, &rows).await.map_err(Failure::of)
+        })
+        .await
+        .map(drop)
+    }
+
+    /// Runs `op` with the shared retry policy: transient failures (timeouts, nodes down,
+    /// overload) retried with jittered exponential backoff from 50 ms to 5 s apart, until
+    /// the retry timeout; a request Cassandra refuses is not retried.
+    async fn retrying<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StoreError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
+    {
+        RetryPolicy::new(
+            Duration::from_millis(50),
+            Duration::from_secs(5),
+            self.settings.retry_timeout,
+        )
+        .run(what, op, |f| f.transient, &self.retries)
+        .await
+        .map_err(|e| err(what, e))
+    }
+
+    /// Every event of a cart, in order; retried with backoff for up to the retry timeout
+    /// (the domain worker waits out an outage rather than fail).
+    pub async fn load(&self, cart_id: Uuid) -> Result<Vec<CartEvent>, StoreError> {
+        self.load_with(cart_id, &self.select_bucket).await
+    }
+
+    /// [`EventStore::load`] at serial consistency: sees every conditional append that
+    /// was applied, even one whose Paxos round another writer left unfinished. After a
+    /// conflict, this is what the cart is.
+    pub async fn load_serial(&self, cart_id: Uuid) -> Result<Vec<CartEvent>, StoreError> {
+        self.load_with(cart_id, &self.select_bucket_serial).await
+    }
+
+    async fn load_with(
+        &self,
+        cart_id: Uuid,
+        statement: &PreparedStatement,
+    ) -> Result<Vec<CartEvent>, StoreError> {
+        let what = format!("reading cart {cart_id}");
+        let mut events: Vec<CartEvent> = Vec::new();
+        let mut bucket: i32 = 0;
+        loop {
+            let rows = self
+                .retrying(&what, || async {
+                    let result = self
+                        .session
+                        .execute_unpaged(statement, (cart_id, bucket))
+                        .await
+                        .map_err(Failure::of)?;
+                    let rows = result.into_rows_result().map_err(Failure::decoding)?;
+                    let mut jsons = Vec::new();
+                    for row in rows.rows::<(String,)>().map_err(Failure::decoding)? {
+                        jsons.push(row.map_err(Failure::decoding)?.0);
+                    }
+                    Ok(jsons)
+                })
+                .await?;
+            for json in rows {
+                let event: CartEvent = serde_json::from_str(&json).map_err(|e| {
+                    err(&format!("decoding an event of cart {cart_id}"), e).corrupt()
+                })?;
+                events.push(event);
+            }
+            // A bucket is full when it holds its last number; only then can the next one
+            // hold events.
+            let last_of_bucket = (u64::try_from(bucket).unwrap_or(0) + 1) * BUCKET_SIZE - 1;
+            if events.last().is_none_or(|e| e.seq != last_of_bucket) {
+                break;
+            }
+            bucket += 1;
+        }
+        // Appends extend a dense prefix, so a gap means rows written by something else.
+        if let Some(gap) = events
+            .iter()
+            .enumerate()
+            .position(|(i, e)| e.seq != i as u64 + 1 || e.cart_id != cart_id)
+        {
+            return Err(err(
+                &what,
+                format!(
+                    "event {} holds seq {} of cart {}: the stored events are not seq 1, 2, 3, ... of this cart",
+                    gap + 1,
+                    events[gap].seq,
+                    events[gap].cart_id
+                ),
+            )
+            .corrupt());
+        }
+        Ok(events)
+    }
+
+    /// One event of a cart, by its number.
+    pub async fn event(&self, cart_id: Uuid, seq: u64) -> Result<Option<CartEvent>, StoreError> {
+        let what = format!("reading event {seq} of cart {cart_id}");
+        let seq_i64 = i64::try_from(seq).map_err(|e| err(&what, e))?;
+        let json = self
+            .retrying(&what, || async {
+                let result = self
+                    .session
+                    .execute_unpaged(&self.select_event, (cart_id, bucket_of(seq), seq_i64))
+                    .await
+                    .map_err(Failure::of)?;
+                let rows = result.into_rows_result().map_err(Failure::decoding)?;
+                let row = rows
+                    .maybe_first_row::<(String,)>()
+                    .map_err(Failure::decoding)?;
+                Ok(row.map(|r| r.0))
+            })
+            .await?;
+        json.map(|json| {
+            serde_json::from_str(&json).map_err(|e| err(&format!("decoding {what}"), e).corrupt())
+        })
+        .transpose()
+    }
+
+    /// The (hour, shard) partitions of `events_by_hour`, oldest hour first.
+    pub async fn hours(&self) -> Result<Vec<(DateTime<Utc>, i32)>, StoreError> {
+        let cql = format!(
+            "SELECT DISTINCT hour, shard FROM {}.events_by_hour",
+            self.settings.keyspace
+        );
+        let mut pager = self
+            .session
+            .query_iter(cql, &[])
+            .await
+            .map_err(|e| err("listing hours", e))?
+            .rows_stream::<(DateTime<Utc>, i32)>()
+            .map_err(|e| err("listing hours", e))?;
+        let mut hours = Vec::new();
+        while let Some(row) = pager.next().await {
+            hours.push(row.map_err(|e| err("listing hours", e))?);
+        }
+        hours.sort();
+        Ok(hours)
+    }
+
+    /// The carts (and event numbers) recorded in one hour shard, in time order.
+    pub async fn carts_in(
+        &self,
+        hour: DateTime<Utc>,
+        shard: i32,
+    ) -> Result<Vec<(Uuid, u64)>, StoreError> {
+        let mut pager = self
+            .session
+            .execute_iter(self.select_hour.clone(), (hour, shard))
+            .await
+            .map_err(|e| err("reading an hour", e))?
+            .rows_stream::<(Uuid, i64)>()
+            .map_err(|e| err("reading an hour", e))?;
+        let mut out = Vec::new();
+        while let Some(row) = pager.next().await {
+            let (cart, seq) = row.map_err(|e| err("reading an hour", e))?;
+            out.push((cart, u64::try_from(seq).unwrap_or_default()));
+        }
+        Ok(out)
+    }
+
+    /// Does what the store does: a prepared read on the keyspace.
+    pub async fn healthcheck(&self) -> Result<(), StoreError> {
+        self.session
+            .execute_unpaged(&self.select_bucket, (Uuid::nil(), 0_i32))
+            .await
+            .map(drop)
+            .map_err(|e| err("prepared read on the event store", e))
+    }
+}
+
+/// A failed request, classified: whether trying it again can help.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+struct Failure {
+    #[source]
+    error: Box<dyn std::error::Error + Send + Sync>,
+    transient: bool,
+}
+
+impl Failure {
+    /// A request that failed: transient unless Cassandra refused it for what it is
+    /// (syntax, an invalid request, no permission, a schema that disagrees).
+    fn of(error: ExecutionError) -> Self {
+        let refused = match &error {
+            ExecutionError::BadQuery(_) => true,
+            ExecutionError::LastAttemptError(RequestAttemptError::DbError(db, _)) => matches!(
+                db,
+                DbError::SyntaxError
+                    | DbError::Invalid
+                    | DbError::Unauthorized
+                    | DbError::AuthenticationError
+                    | DbError::ConfigError
+                    | DbError::AlreadyExists { .. }
+                    | DbError::FunctionFailure { .. }
+            ),
+            _ => false,
+        };
+        Self {
+            error: Box::new(error),
+            transient: !refused,
+        }
+    }
+
+    /// An answer that does not read as expected: asking again gives the same answer.
+    fn decoding(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self {
+            error: Box::new(error),
+            transient: false,
+        }
+    }
+}
+
+/// The contact points' data centre (or the only one the cluster has), and whether the
+/// cluster has only that one.
+async fn local_datacenter(
+    session: &Session,
+    nodes: &[String],
+) -> Result<(String, bool), StoreError> {
+    let mut contact_ips = Vec::new();
+    for node in nodes {
+        if let Ok(addresses) = tokio::net::lookup_host(node.as_str()).await {
+            contact_ips.extend(addresses.map(|a| a.ip()));
+        }
+    }
+    let state = session.get_cluster_state();
+    let all: std::collections::BTreeSet<String> = state
+        .get_nodes_info()
+        .iter()
+        .filter_map(|n| n.datacenter.clone())
+        .collect();
+    let of_contacts: std::collections::BTreeSet<String> = state
+        .get_nodes_info()
+        .iter()
+        .filter(|n| contact_ips.contains(&n.address.ip()))
+        .filter_map(|n| n.datacenter.clone())
+        .collect();
+    let candidates = if of_contacts.is_empty() {
+        &all
+    } else {
+        &of_contacts
+    };
+    match candidates.len() {
+        1 => Ok((
+            candidates.iter().next().cloned().unwrap_or_default(),
+            all.len() == 1,
+        )),
+        0 => Err(err(
+            "choosing the local data centre",
+            "no node reported its data centre; set [cassandra] local_datacenter",
+        )),
+        _ => Err(err(
+            "choosing the local data centre",
+            format!(
+                "the contact points are in several data centres ({}); set [cassandra] local_datacenter",
+                candidates.iter().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        )),
+    }
+}
+
+/// Splits a cart's rows into conditional batches: one partition (bucket) each, at most
+/// [`MAX_APPEND_EVENTS`] events and [`MAX_APPEND_BYTES`] of JSON (a single larger event
+/// goes alone).
+fn chunks(rows: Vec<(EventRow, usize)>) -> Vec<Vec<EventRow>> {
+    let mut out: Vec<Vec<EventRow>> = Vec::new();
+    let mut bytes = 0;
+    for (row, size) in rows {
+        let start_new = match out.last() {
+            None => true,
+            Some(current) => {
+                current[0].1 != row.1
+                    || current.len() >= MAX_APPEND_EVENTS
+                    || bytes + size > MAX_APPEND_BYTES
+            }
+        };
+        if start_new {
+            out.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        if let Some(current) = out.last_mut() {
+            current.push(row);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(bucket: i32, seq: i64) -> (EventRow, usize) {
+        (
+            (
+                Uuid::nil(),
+                bucket,
+                seq,
+                Uuid::nil(),
+                DateTime::UNIX_EPOCH,
+                DateTime::UNIX_EPOCH,
+                String::new(),
+            ),
+            10,
+        )
+    }
+
+    #[test]
+    fn appends_split_at_buckets_and_sizes() {
+        let rows: Vec<_> = (998_u64..1003)
+            .map(|s| row(bucket_of(s), i64::try_from(s).unwrap()))
+            .collect();
+        let split = chunks(rows);
+        let seqs: Vec<Vec<i64>> = split
+            .iter()
+            .map(|c| c.iter().map(|r| r.2).collect())
+            .collect();
+        assert_eq!(seqs, vec![vec![998, 999], vec![1000, 1001, 1002]]);
+
+        let rows: Vec<_> = (1..=250).map(|s| row(0, s)).collect();
+        let sizes: Vec<usize> = chunks(rows).iter().map(Vec::len).collect();
+        assert_eq!(sizes, vec![100, 100, 50]);
+
+        let mut big = vec![row(0, 1), row(0, 2), row(0, 3)];
+        big[1].1 = MAX_APPEND_BYTES;
+        let sizes: Vec<usize> = chunks(big).iter().map(Vec::len).collect();
+        assert_eq!(
+            sizes,
+            vec![1, 1, 1],
+            "an event as large as the limit goes alone"
+        );
+    }
+}

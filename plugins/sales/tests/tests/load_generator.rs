@@ -1,0 +1,105 @@
+//! The load generator against the sales system on the local stack: the smoke profile
+//! runs in under a minute and its reconciliation finds every accepted order; a profile
+//! whose threshold fails exits non-zero; the HTML report is self-contained.
+
+#![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
+
+use salesflow_testkit as support;
+
+/// The binary under test.
+const BIN: &str = env!("CARGO_BIN_EXE_salesflow-e2e");
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::sales::Sales;
+
+fn salesflow_load(profile: &Path, target: &str, reports: &Path) -> (bool, String) {
+    let out = Command::new(BIN)
+        .arg("load")
+        .arg(profile)
+        .args(["--target", target])
+        .current_dir(reports)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_smoke_profile_reconciles_every_order_and_a_broken_threshold_fails() {
+    let sales = Sales::new(BIN).await;
+    let host = sales.start(&[]);
+    let target = format!("http://{}", host.address());
+    let repo = support::repo();
+    let reports = tempfile::tempdir().unwrap();
+
+    // The smoke profile, unchanged but for the topics of this test (via the target).
+    let started = Instant::now();
+    let (ok, text) = salesflow_load(
+        &repo.join("load/profiles/smoke.toml"),
+        &target,
+        reports.path(),
+    );
+    let took = started.elapsed();
+    println!("{text}");
+    assert!(ok, "smoke failed:\n{text}");
+    assert!(took < Duration::from_secs(60), "smoke took {took:?}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("reconciliation:"))
+        .unwrap();
+    assert!(line.contains("(lost 0, duplicated 0)"), "{line}");
+    assert!(line.contains("carts out of order 0"), "{line}");
+    let accepted: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(accepted > 100, "{line}");
+    assert!(
+        text.contains("invalid orders refused") && text.contains("accepted 0;"),
+        "{text}"
+    );
+
+    // The reports: JSON that parses, and an HTML page with its charts inline.
+    let files: Vec<_> = std::fs::read_dir(reports.path().join("load/reports"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let html = files
+        .iter()
+        .find(|p| p.extension().is_some_and(|e| e == "html"))
+        .unwrap();
+    let page = std::fs::read_to_string(html).unwrap();
+    assert!(page.matches("<svg").count() >= 3, "charts are inline SVG");
+    assert!(
+        !page.contains("<script src") && !page.contains("href=\"http"),
+        "self-contained"
+    );
+    let json = files
+        .iter()
+        .find(|p| p.extension().is_some_and(|e| e == "json"))
+        .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    assert_eq!(report["reconciliation"]["lost_event_store"], 0);
+
+    // The same profile with a threshold no system meets fails, and says which.
+    let strict = std::fs::read_to_string(repo.join("load/profiles/smoke.toml"))
+        .unwrap()
+        .replace("below = \"500ms\"", "below = \"0.01ms\"");
+    let strict_path = reports.path().join("strict.toml");
+    std::fs::write(&strict_path, strict).unwrap();
+    let (ok, text) = salesflow_load(&strict_path, &target, reports.path());
+    assert!(!ok, "a broken threshold must fail the run:\n{text}");
+    assert!(
+        text.contains("threshold post-order p99 < 0.01ms: FAILED"),
+        "{text}"
+    );
+
+    let (status, log) = host.stop(Duration::from_secs(60));
+    assert!(status.success(), "{log}");
+    sales.cleanup().await;
+}
