@@ -9,25 +9,16 @@ use salesflow_testkit as support;
 /// The binary under test.
 const BIN: &str = env!("CARGO_BIN_EXE_salesflow");
 
-use std::process::Command;
-
 fn salesflow(
     config: &std::path::Path,
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let config = config.display().to_string();
+    let mut all = vec!["--config", config.as_str()];
+    all.extend(args);
+    let ran = support::run(std::path::Path::new(BIN), &all, env);
+    (ran.ok, ran.stdout, ran.stderr)
 }
 
 const VALID: &str = r#"

@@ -138,12 +138,11 @@ concurrency = 8
             b = bootstrap()
         ),
     )?;
-    let mut child = Command::new(salesflow_bin())
-        .arg("--config")
-        .arg(&config)
-        .args(["--set", "server.address=127.0.0.1:0", "run"])
-        .spawn()
-        .context("starting salesflow")?;
+    let binary = salesflow_bin();
+    let child = salesflow_testkit::Host::launch(&salesflow_testkit::Launch {
+        capture: false,
+        ..salesflow_testkit::Launch::new(&binary, &config, &["run"])
+    });
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .create()?;
@@ -162,15 +161,12 @@ concurrency = 8
             break (n - n0) as f64 / (now - t0).as_secs_f64();
         }
         if now > deadline {
-            let _ = child.kill();
+            child.kill();
             bail!("the relay did not finish");
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    let _ = child.stop(Duration::from_secs(60));
     Ok(rate)
 }
 

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use serde_yaml_ng::Value;
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    salesflow_localstack::find_root(Path::new(env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
 
 fn compose_dir() -> PathBuf {

@@ -496,3 +496,38 @@ pub async fn get_json(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> s
 pub async fn get_text(client: &reqwest::Client, url: impl reqwest::IntoUrl) -> String {
     client.get(url).send().await.unwrap().text().await.unwrap()
 }
+
+/// What a one-shot `salesflow` command did: whether it succeeded, its stdout and stderr.
+pub struct Ran {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    /// stdout then stderr.
+    pub fn both(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs `binary args...` to its end (in the checkout, with `env` added), as a user runs a
+/// one-shot command (`check`, `dlq`, `replay`, `load`).
+pub fn run(binary: &Path, args: &[&str], env: &[(&str, &str)]) -> Ran {
+    run_in(binary, &repo(), args, env)
+}
+
+/// The same in another folder.
+pub fn run_in(binary: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Ran {
+    let out = Command::new(binary)
+        .current_dir(dir)
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", binary.display()));
+    Ran {
+        ok: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}

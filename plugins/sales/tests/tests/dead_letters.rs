@@ -11,7 +11,6 @@ use salesflow_testkit as support;
 /// The binary under test.
 const BIN: &str = env!("CARGO_BIN_EXE_salesflow-e2e");
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
@@ -58,18 +57,13 @@ async fn send(
 
 /// `salesflow --config pipeline.toml <sales overrides> <args>`: (success, stdout, stderr).
 fn salesflow(sales: &Sales, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .arg("--config")
-        .arg(Sales::config())
-        .args(sales.overrides())
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let config = Sales::config().display().to_string();
+    let overrides = sales.overrides();
+    let mut all = vec!["--config", config.as_str()];
+    all.extend(overrides.iter().map(String::as_str));
+    all.extend(args);
+    let ran = support::run(std::path::Path::new(BIN), &all, &[]);
+    (ran.ok, ran.stdout, ran.stderr)
 }
 
 /// The dead letters of `topic`, as `salesflow dlq list --json` prints them.

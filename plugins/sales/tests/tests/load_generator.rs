@@ -10,25 +10,19 @@ use salesflow_testkit as support;
 const BIN: &str = env!("CARGO_BIN_EXE_salesflow-e2e");
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::sales::Sales;
 
 fn salesflow_load(profile: &Path, target: &str, reports: &Path) -> (bool, String) {
-    let out = Command::new(BIN)
-        .arg("load")
-        .arg(profile)
-        .args(["--target", target])
-        .current_dir(reports)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let profile = profile.display().to_string();
+    let ran = support::run_in(
+        Path::new(BIN),
+        reports,
+        &["load", &profile, "--target", target],
+        &[],
     );
-    (out.status.success(), text)
+    (ran.ok, ran.both())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

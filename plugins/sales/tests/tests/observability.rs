@@ -23,10 +23,6 @@ use serde_json::{Value, json};
 use support::sales::{CartSpec, Rng, Sales, order, post_accepted, post_batch};
 use uuid::Uuid;
 
-fn repo() -> PathBuf {
-    support::repo()
-}
-
 fn prometheus() -> String {
     std::env::var("SALESFLOW_PROMETHEUS_URL").unwrap_or_else(|_| "http://127.0.0.1:9090".into())
 }
@@ -122,7 +118,7 @@ async fn metrics_dashboards_alerts_and_readiness_on_a_live_run() {
     let base = format!("http://{address}");
 
     // The real Prometheus of the local stack scrapes this process through file_sd.
-    let targets = repo().join(format!("monitoring/targets/{}.json", sales.tag));
+    let targets = support::repo().join(format!("monitoring/targets/{}.json", sales.tag));
     std::fs::write(
         &targets,
         json!([{ "targets": [address], "labels": { "run": sales.tag } }]).to_string(),

@@ -10,7 +10,7 @@ use salesflow_testkit as support;
 const BIN: &str = env!("CARGO_BIN_EXE_salesflow-e2e");
 
 use std::collections::BTreeSet;
-use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -154,25 +154,11 @@ async fn ingest_and_query_need_their_own_keys() {
 }
 
 fn salesflow(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
-    let mut command = Command::new(BIN);
-    command
-        .arg("--config")
-        .arg(Sales::config())
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        command.env(k, v);
-    }
-    let out = command.output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let config = Sales::config().display().to_string();
+    let mut all = vec!["--config", config.as_str()];
+    all.extend(args);
+    let ran = support::run(std::path::Path::new(BIN), &all, env);
+    (ran.ok, ran.both())
 }
 
 #[test]
