@@ -618,3 +618,77 @@ async fn a_failing_write_is_read_again_later_and_the_process_stays_up() {
     assert!(status.success(), "{log}");
     support::delete_topics(&[&input, &output]).await;
 }
+
+/// A source kept out of its group while the coordinator answers (here: another member
+/// holds the group with an assignor salesflow does not speak) is declared stalled after
+/// `group_stall_timeout`: it replaces its consumer, says why, and counts it. Once the
+/// group can be joined, the replacement reads everything, and commits it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_kept_out_of_its_group_is_replaced_and_reads_everything_once_it_can_join() {
+    let (input, output, group) = (unique("stall-in"), unique("stall-out"), unique("stall"));
+    create_topic(&input, 2).await;
+    create_topic(&output, 2).await;
+    produce(&input, 100, 10, |_| String::new()).await;
+    let holder = {
+        let (group, input) = (group.clone(), input.clone());
+        tokio::task::spawn_blocking(move || support::GroupHolder::join(&group, &input))
+            .await
+            .unwrap()
+    };
+    let text = straight(&input, &output, &group, "", "").replace(
+        "commit_interval = \"200ms\"",
+        "commit_interval = \"200ms\"\nstatistics_interval_ms = 200\ngroup_stall_timeout = \"3s\"",
+    );
+    let (_dir, config) = support::config(&text);
+    let host = Host::start(std::path::Path::new(BIN), &config, &["run"]);
+    support::wait_for(
+        "the stalled consumer to be replaced twice",
+        Duration::from_secs(60),
+        || host.log().matches("replacing the stalled consumer").count() >= 2,
+    );
+    let log = host.log();
+    assert!(
+        log.contains("out of its group for") && log.contains("group_stall_timeout = 3 s"),
+        "the reason names the state and the limit: {log}"
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", host.address()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| {
+            l.starts_with("salesflow_kafka_consumer_replacements_total") && !l.ends_with(" 0")
+        }),
+        "{metrics}"
+    );
+    // Nothing was read while the member was outside.
+    let (committed, _) = committed_and_end(&input, &group);
+    assert!(committed.values().all(|&c| c < 0), "{committed:?}");
+    tokio::task::spawn_blocking(move || drop(holder))
+        .await
+        .unwrap();
+
+    let records = tokio::task::spawn_blocking({
+        let output = output.clone();
+        move || read_all(&output, Duration::from_secs(90), |r| r.len() >= 100)
+    })
+    .await
+    .unwrap();
+    let got: BTreeSet<i64> = numbers(&records).into_iter().collect();
+    assert_eq!(got.len(), 100, "every record once the group can be joined");
+    assert_eq!(records.len(), 100, "nothing twice");
+    assert_key_order(&records);
+    support::wait_for(
+        "the source to commit everything",
+        Duration::from_secs(30),
+        || {
+            let (committed, end) = committed_and_end(&input, &group);
+            committed == end
+        },
+    );
+    let (status, log) = host.stop(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
+    support::delete_topics(&[&input, &output]).await;
+}

@@ -240,6 +240,58 @@ pub fn committed_and_end(topic: &str, group: &str) -> (BTreeMap<i32, i64>, BTree
     (committed, end)
 }
 
+/// A member of `group` on `topic` that speaks only the eager `range` assignor, kept in
+/// the group (polling on its own thread) until dropped. A member with another assignor
+/// (salesflow's `cooperative-sticky`) cannot join while it is there: the coordinator
+/// answers it `InconsistentGroupProtocol`, so it stays outside with the coordinator up.
+pub struct GroupHolder {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl GroupHolder {
+    /// Joins, and returns once the holder owns the topic's partitions.
+    pub fn join(group: &str, topic: &str) -> Self {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .set("group.id", group)
+            .set("partition.assignment.strategy", "range")
+            .set("enable.auto.commit", "false")
+            .set("session.timeout.ms", "10000")
+            .create()
+            .unwrap();
+        consumer.subscribe(&[topic]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while consumer.assignment().unwrap().count() == 0 {
+            assert!(Instant::now() < deadline, "the holder never joined {group}");
+            let _ = consumer.poll(Duration::from_millis(100));
+        }
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = Arc::clone(&stop);
+            move || {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let _ = consumer.poll(Duration::from_millis(100));
+                }
+                // Dropping the consumer leaves the group.
+            }
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for GroupHolder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Polls `condition` every 100 ms until it holds or `timeout` passes.
 pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

@@ -87,9 +87,18 @@ pub struct KafkaSourceSettings {
     #[serde(default = "default_drain_timeout", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub drain_timeout: Duration,
-    /// How often librdkafka reports statistics (partition offsets and lag for the metrics).
+    /// How often librdkafka reports statistics (partition offsets and lag for the metrics,
+    /// the group's state for the stall watch).
     #[serde(default = "default_statistics_interval_ms")]
     pub statistics_interval_ms: u32,
+    /// How long the member may stay out of a steady group while the group coordinator is
+    /// up before the source declares it stalled: readiness fails with the reason and the
+    /// source replaces its consumer (its partitions drained and committed first). Default:
+    /// the longer of 60 s and `drain_timeout` + 2 x `session_timeout_ms` + 10 s, well
+    /// past a slow rebalance.
+    #[serde(default, with = "humantime_serde")]
+    #[schemars(with = "Option<String>")]
+    pub group_stall_timeout: Option<Duration>,
     /// `topic.metadata.refresh.interval.ms`: how soon partitions added to a topic are
     /// assigned and read.
     #[serde(default = "default_metadata_refresh_ms")]
@@ -182,11 +191,27 @@ impl Settings for KafkaSourceSettings {
                 "must be more than zero",
             ));
         }
+        if self.group_stall_timeout.is_some_and(|t| t.is_zero()) {
+            return Err(ConfigError::at(
+                &["group_stall_timeout"],
+                "must be more than zero",
+            ));
+        }
         check_properties(&self.properties, SOURCE_FIXED)
     }
 }
 
 impl KafkaSourceSettings {
+    /// How long the member may stay out of a steady group (coordinator up) before the
+    /// source replaces its consumer.
+    pub fn stall_timeout(&self) -> Duration {
+        self.group_stall_timeout.unwrap_or_else(|| {
+            let session = Duration::from_millis(u64::from(self.session_timeout_ms));
+            (self.drain_timeout + 2 * session + Duration::from_secs(10))
+                .max(Duration::from_secs(60))
+        })
+    }
+
     /// The librdkafka configuration of the consumer.
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();

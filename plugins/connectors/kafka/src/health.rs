@@ -1,16 +1,16 @@
 //! Healthchecks that ask Kafka what the component needs: metadata for its topics, every
 //! partition with a leader.
 
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::Consumer;
 use rdkafka::metadata::Metadata;
 use rdkafka::producer::Producer;
 use salesflow_plugin_api::HealthFn;
 use salesflow_plugin_api::futures::FutureExt;
 
-use crate::source::SourceContext;
+use crate::source::Shared;
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -33,17 +33,21 @@ fn check_topic(metadata: &Metadata, topic: &str) -> Result<(), String> {
     Ok(())
 }
 
-pub fn consumer_topics(
-    consumer: Weak<StreamConsumer<SourceContext>>,
-    topics: Vec<String>,
-) -> HealthFn {
+/// The source's topics as its current consumer sees them, and the source's membership of
+/// its group: a member stalled outside the group is not ready.
+pub(crate) fn consumer_topics(source: Arc<Shared>, topics: Vec<String>) -> HealthFn {
     let topics = Arc::new(topics);
     Arc::new(move || {
-        let consumer = consumer.clone();
+        let source = Arc::clone(&source);
         let topics = Arc::clone(&topics);
         async move {
             tokio::task::spawn_blocking(move || {
-                let consumer = consumer.upgrade().ok_or("the consumer has stopped")?;
+                if let Some(reason) = source.stalled() {
+                    return Err(reason);
+                }
+                let consumer = source
+                    .current_consumer()
+                    .ok_or("the consumer has stopped")?;
                 for topic in topics.iter() {
                     let metadata = consumer
                         .fetch_metadata(Some(topic), TIMEOUT)

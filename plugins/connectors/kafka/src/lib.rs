@@ -2,6 +2,7 @@
 
 mod config;
 pub mod dlq;
+mod group;
 mod health;
 mod metrics;
 mod sink;
@@ -78,10 +79,9 @@ impl Plugin for KafkaSourcePlugin {
             settings,
             metrics,
         )?;
-        let consumer = Arc::downgrade(&source.consumer);
         ctx.add_healthcheck(
             &format!("kafka topics {}", topics.join(",")),
-            health::consumer_topics(consumer, topics),
+            health::consumer_topics(Arc::clone(&source.shared), topics),
         );
         Ok(Component::Source(Box::new(source)))
     }

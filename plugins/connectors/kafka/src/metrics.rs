@@ -37,6 +37,10 @@ pub struct SourceMetrics {
     pub redeliveries: Counter,
     /// Partitions waiting to deliver a failed batch again.
     pub retrying: Gauge,
+    /// Seconds the member has been out of a steady group with the coordinator up.
+    pub unsteady: Gauge,
+    /// Consumers replaced because the member stalled outside its group.
+    pub replaced: Counter,
     /// The partitions whose series exist, to remove them when revoked.
     known: Mutex<HashSet<PartitionLabels>>,
 }
@@ -54,6 +58,8 @@ impl SourceMetrics {
             assigned: Gauge::default(),
             redeliveries: Counter::default(),
             retrying: Gauge::default(),
+            unsteady: Gauge::default(),
+            replaced: Counter::default(),
             known: Mutex::new(HashSet::new()),
         };
         // Every kind exists from the start, at zero: an error rate is then 0, not absent.
@@ -114,6 +120,16 @@ impl SourceMetrics {
             "salesflow_kafka_retrying_partitions",
             "Partitions backing off before delivering a failed batch again",
             m.retrying.clone(),
+        );
+        registry.register(
+            "salesflow_kafka_group_unsteady_seconds",
+            "Seconds the source has been out of a steady consumer group while the coordinator is up",
+            m.unsteady.clone(),
+        );
+        registry.register(
+            "salesflow_kafka_consumer_replacements",
+            "Consumers the source replaced because it stayed out of its group past group_stall_timeout",
+            m.replaced.clone(),
         );
         m
     }

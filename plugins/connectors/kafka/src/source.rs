@@ -24,9 +24,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt};
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
 };
@@ -41,6 +41,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
 use crate::config::KafkaSourceSettings;
+use crate::group::GroupWatch;
 use crate::metrics::SourceMetrics;
 
 type PartitionKey = (Arc<str>, i32);
@@ -57,12 +58,17 @@ pub(crate) struct Shared {
     settings: KafkaSourceSettings,
     topics: Vec<Arc<str>>,
     runtime: tokio::runtime::Handle,
-    consumer: OnceLock<Weak<StreamConsumer<SourceContext>>>,
+    /// The consumer in use: replaced when its membership stalls.
+    consumer: Mutex<Weak<StreamConsumer<SourceContext>>>,
+    /// The group's state from the consumer's statistics, for the stall watch.
+    group: Mutex<GroupWatch>,
     output: OnceLock<Output>,
     partitions: Mutex<HashMap<PartitionKey, PartitionHandle>>,
     /// Next offset to commit per partition, and whether it changed since the last commit.
     committable: Mutex<HashMap<PartitionKey, (i64, bool)>>,
     stopping: AtomicBool,
+    /// The current consumer's generation (see [`SourceContext`]).
+    generation: AtomicU64,
     /// Counts assignments, to stamp events with the one that delivered them.
     assignments: AtomicU64,
     fatal: CancellationToken,
@@ -79,6 +85,15 @@ struct PartitionHandle {
 /// The consumer's context: rebalance callbacks and client errors.
 pub struct SourceContext {
     shared: Arc<Shared>,
+    /// Which of the source's consumers this is: callbacks of a replaced one (still
+    /// closing) must not touch the current one's partitions or group watch.
+    generation: u64,
+}
+
+impl SourceContext {
+    fn current(&self) -> bool {
+        self.shared.generation.load(Ordering::SeqCst) == self.generation
+    }
 }
 
 impl ClientContext for SourceContext {
@@ -88,6 +103,9 @@ impl ClientContext for SourceContext {
     }
 
     fn stats(&self, statistics: rdkafka::Statistics) {
+        if !self.current() {
+            return;
+        }
         let owned: std::collections::HashSet<(String, i32)> = self
             .shared
             .partitions
@@ -97,17 +115,30 @@ impl ClientContext for SourceContext {
             .map(|(t, p)| (t.to_string(), *p))
             .collect();
         self.shared.metrics.update(&statistics, &owned);
+        if let Some(group) = &statistics.cgrp {
+            self.shared
+                .group
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .observe(&group.state, &group.join_state, Instant::now());
+        }
     }
 }
 
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if !self.current() {
+            return;
+        }
         if let Rebalance::Revoke(tpl) = rebalance {
             self.shared.revoke(consumer, tpl);
         }
     }
 
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if !self.current() {
+            return;
+        }
         match rebalance {
             Rebalance::Assign(tpl) => self.shared.assign(tpl),
             Rebalance::Revoke(_) => {}
@@ -131,25 +162,19 @@ impl KafkaSource {
                 .collect(),
             settings,
             runtime: tokio::runtime::Handle::current(),
-            consumer: OnceLock::new(),
+            consumer: Mutex::new(Weak::new()),
+            group: Mutex::new(GroupWatch::new(Instant::now())),
             output: OnceLock::new(),
             partitions: Mutex::new(HashMap::new()),
             committable: Mutex::new(HashMap::new()),
             stopping: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
             assignments: AtomicU64::new(0),
             fatal: CancellationToken::new(),
             fatal_reason: Mutex::new(None),
             metrics,
         });
-        let consumer: StreamConsumer<SourceContext> = shared
-            .settings
-            .client_config()
-            .create_with_context(SourceContext {
-                shared: Arc::clone(&shared),
-            })
-            .map_err(|e| PluginError::context("creating the Kafka consumer", e))?;
-        let consumer = Arc::new(consumer);
-        let _ = shared.consumer.set(Arc::downgrade(&consumer));
+        let consumer = shared.create_consumer()?;
         Ok(Self { consumer, shared })
     }
 }
@@ -161,58 +186,29 @@ impl Source for KafkaSource {
         out: Output,
         shutdown: CancellationToken,
     ) -> Result<(), PluginError> {
-        let KafkaSource { consumer, shared } = *self;
+        let KafkaSource {
+            mut consumer,
+            shared,
+        } = *self;
         let _ = shared.output.set(out);
-        let topics: Vec<&str> = shared.settings.topics.iter().map(String::as_str).collect();
-        consumer
-            .subscribe(&topics)
-            .map_err(|e| PluginError::context("subscribing", e))?;
-        info!(source = %shared.name, topics = ?topics, group = %shared.settings.group_id, "kafka source subscribed");
-
-        let stop_thread = CancellationToken::new();
-        let thread = {
-            let shared = Arc::clone(&shared);
-            let consumer = Arc::clone(&consumer);
-            let stop = stop_thread.clone();
-            std::thread::Builder::new()
-                .name(format!("kafka-{}", shared.settings.group_id))
-                .spawn(move || consumer_thread(&shared, &consumer, &stop))
-                .map_err(|e| PluginError::context("starting the consumer thread", e))?
-        };
-
-        tokio::select! {
-            () = shutdown.cancelled() => {}
-            () = shared.fatal.cancelled() => {}
-        }
-        // Stop taking input; let every partition drain and record its final offset.
-        shared.stopping.store(true, Ordering::SeqCst);
-        let handles: Vec<(PartitionKey, PartitionHandle)> = shared
-            .partitions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .drain()
-            .collect();
-        for (_, handle) in &handles {
-            handle.stop.cancel();
-        }
-        let shared_for_wait = Arc::clone(&shared);
-        tokio::task::spawn_blocking(move || {
-            for (key, handle) in handles {
-                wait_done(&shared_for_wait, &key, &handle);
+        loop {
+            let member = Member::start(&shared, consumer)?;
+            let stalled = tokio::select! {
+                () = shutdown.cancelled() => None,
+                () = shared.fatal.cancelled() => None,
+                reason = shared.stall() => Some(reason),
+            };
+            member.leave(&shared).await;
+            let Some(reason) = stalled else { break };
+            if shutdown.is_cancelled() {
+                break;
             }
-        })
-        .await
-        .map_err(|e| PluginError::context("waiting for partitions to drain", e))?;
-
-        // The consumer thread commits what was acknowledged, synchronously, and leaves.
-        stop_thread.cancel();
-        tokio::task::spawn_blocking(move || {
-            let _ = thread.join();
-            // Closing the consumer leaves the group; it blocks, so not on a worker thread.
-            drop(consumer);
-        })
-        .await
-        .map_err(|e| PluginError::context("closing the consumer", e))?;
+            // A new consumer joins as a new member; the offsets committed so far are where
+            // its partitions start.
+            shared.metrics.replaced.inc();
+            warn!(source = %shared.name, %reason, "replacing the stalled consumer");
+            consumer = shared.create_consumer()?;
+        }
 
         let reason = shared
             .fatal_reason
@@ -226,6 +222,98 @@ impl Source for KafkaSource {
     }
 }
 
+/// One consumer's membership of the group: the consumer and the thread serving it.
+struct Member {
+    consumer: Arc<StreamConsumer<SourceContext>>,
+    thread: std::thread::JoinHandle<()>,
+    stop_thread: CancellationToken,
+}
+
+impl Member {
+    fn start(
+        shared: &Arc<Shared>,
+        consumer: Arc<StreamConsumer<SourceContext>>,
+    ) -> Result<Self, PluginError> {
+        shared.stopping.store(false, Ordering::SeqCst);
+        *shared
+            .group
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = GroupWatch::new(Instant::now());
+        let topics: Vec<&str> = shared.settings.topics.iter().map(String::as_str).collect();
+        consumer
+            .subscribe(&topics)
+            .map_err(|e| PluginError::context("subscribing", e))?;
+        info!(source = %shared.name, topics = ?topics, group = %shared.settings.group_id, "kafka source subscribed");
+        let stop_thread = CancellationToken::new();
+        let thread = {
+            let shared = Arc::clone(shared);
+            let consumer = Arc::clone(&consumer);
+            let stop = stop_thread.clone();
+            std::thread::Builder::new()
+                .name(format!("kafka-{}", shared.settings.group_id))
+                .spawn(move || consumer_thread(&shared, &consumer, &stop))
+                .map_err(|e| PluginError::context("starting the consumer thread", e))?
+        };
+        Ok(Self {
+            consumer,
+            thread,
+            stop_thread,
+        })
+    }
+
+    /// Stops taking input, lets every partition drain and commit its final offset, and
+    /// closes the consumer (leaving the group). A consumer that does not close within
+    /// `drain_timeout` + 30 s is left behind, so that a wedged client cannot hold the
+    /// source (or the process's shutdown) for ever.
+    async fn leave(self, shared: &Arc<Shared>) {
+        shared.stopping.store(true, Ordering::SeqCst);
+        let handles: Vec<(PartitionKey, PartitionHandle)> = shared
+            .partitions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain()
+            .collect();
+        shared.metrics.assigned.set(0);
+        for (_, handle) in &handles {
+            handle.stop.cancel();
+        }
+        let Member {
+            consumer,
+            thread,
+            stop_thread,
+        } = self;
+        let waiting = Arc::clone(shared);
+        let closing = tokio::task::spawn_blocking(move || {
+            for (key, handle) in handles {
+                wait_done(&waiting, &key, &handle);
+            }
+            // The consumer thread commits what was acknowledged, synchronously, and leaves.
+            stop_thread.cancel();
+            thread.thread().unpark();
+            let _ = thread.join();
+            // Closing the consumer leaves the group; it blocks, so not on a worker thread.
+            drop(consumer);
+        });
+        let limit = shared.settings.drain_timeout * 2 + Duration::from_secs(35);
+        match tokio::time::timeout(limit, closing).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(source = %shared.name, error = %e, "closing the consumer failed"),
+            Err(_) => error!(
+                source = %shared.name,
+                limit_s = limit.as_secs(),
+                "the consumer did not close in time; it is left behind"
+            ),
+        }
+        // What this member could not commit is read again by whoever owns the partition
+        // next; a later member must not commit it for partitions it may not own.
+        shared
+            .committable
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+}
+
 fn wait_done(shared: &Shared, key: &PartitionKey, handle: &PartitionHandle) {
     let limit = shared.settings.drain_timeout + Duration::from_secs(5);
     if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = handle.done.recv_timeout(limit) {
@@ -233,7 +321,26 @@ fn wait_done(shared: &Shared, key: &PartitionKey, handle: &PartitionHandle) {
     }
 }
 
+/// Wakes the consumer thread when librdkafka puts an event on the main queue.
+struct ThreadWaker(std::thread::Thread);
+
+impl std::task::Wake for ThreadWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
 /// Polls the main queue (group protocol, callbacks) and commits acknowledged offsets.
+///
+/// The thread serves every event the moment it arrives: the queue's non-empty callback
+/// unparks it, and it parks only when the queue is empty (at most until the next commit
+/// is due). Rebalances, commit results and errors therefore never wait behind a polling
+/// interval. No async timer: this thread must not depend on the runtime, which may be
+/// stopping while it commits the last offsets.
 fn consumer_thread(
     shared: &Arc<Shared>,
     consumer: &Arc<StreamConsumer<SourceContext>>,
@@ -241,18 +348,20 @@ fn consumer_thread(
 ) {
     let interval = shared.settings.commit_interval;
     let mut next_commit = std::time::Instant::now() + interval;
+    let waker = std::task::Waker::from(Arc::new(ThreadWaker(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    // Messages never come here (each partition has its own queue); rebalance callbacks,
+    // errors and statistics do.
+    let mut events = consumer.stream();
     while !stop.is_cancelled() {
-        // Polling the main queue without waiting serves the group protocol (rebalance
-        // callbacks run here), errors and statistics; messages never come here (each
-        // partition has its own queue). No async timer: this thread must not depend on
-        // the runtime, which may be stopping while it commits the last offsets.
-        let polled = consumer
-            .recv()
-            .now_or_never()
-            .map(|message| message.map(|m| (m.topic().to_owned(), m.partition(), m.offset())));
-        if polled.is_none() {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let polled = match events.poll_next_unpin(&mut cx) {
+            std::task::Poll::Ready(Some(message)) => {
+                Some(message.map(|m| (m.topic().to_owned(), m.partition(), m.offset())))
+            }
+            // The stream of a live consumer never ends; an event was served (or none
+            // is there) and the waker is armed.
+            std::task::Poll::Ready(None) | std::task::Poll::Pending => None,
+        };
         match polled {
             // Every assigned partition has its own queue; a message here was fetched before
             // its queue was split. Seek back so that the partition queue delivers it.
@@ -268,19 +377,81 @@ fn consumer_thread(
                         "{topic}/{partition}: could not seek back to offset {offset}: {e}"
                     ));
                 }
+                continue;
             }
-            Some(Err(e)) => warn!(source = %shared.name, error = %e, "kafka consumer error"),
+            Some(Err(e)) => {
+                warn!(source = %shared.name, error = %e, "kafka consumer error");
+                continue;
+            }
             None => {}
         }
-        if std::time::Instant::now() >= next_commit {
+        let now = std::time::Instant::now();
+        if now >= next_commit {
             shared.commit(consumer.as_ref(), CommitMode::Async, None);
-            next_commit = std::time::Instant::now() + interval;
+            next_commit = now + interval;
         }
+        // Woken at once by a new event (or by a wake that came while serving this one).
+        std::thread::park_timeout(next_commit.saturating_duration_since(now));
     }
+    drop(events);
     shared.commit(consumer.as_ref(), CommitMode::Sync, None);
 }
 
 impl Shared {
+    /// Creates a consumer with this source's settings and makes it the current one.
+    fn create_consumer(
+        self: &Arc<Self>,
+    ) -> Result<Arc<StreamConsumer<SourceContext>>, PluginError> {
+        let consumer: StreamConsumer<SourceContext> = self
+            .settings
+            .client_config()
+            .create_with_context(SourceContext {
+                shared: Arc::clone(self),
+                generation: self.generation.fetch_add(1, Ordering::SeqCst) + 1,
+            })
+            .map_err(|e| PluginError::context("creating the Kafka consumer", e))?;
+        let consumer = Arc::new(consumer);
+        *self
+            .consumer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::downgrade(&consumer);
+        Ok(consumer)
+    }
+
+    pub(crate) fn current_consumer(&self) -> Option<Arc<StreamConsumer<SourceContext>>> {
+        self.consumer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .upgrade()
+    }
+
+    /// Why the member counts as stalled outside its group, if it does.
+    pub(crate) fn stalled(&self) -> Option<String> {
+        self.group
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .stalled(Instant::now(), self.settings.stall_timeout())
+    }
+
+    /// Resolves once the member has stalled outside its group; keeps the metric current.
+    async fn stall(&self) -> String {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let outside = self
+                .group
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .unsteady_for(Instant::now());
+            self.metrics
+                .unsteady
+                .set(i64::try_from(outside.as_secs()).unwrap_or(i64::MAX));
+            if let Some(reason) = self.stalled() {
+                return reason;
+            }
+        }
+    }
+
     fn lane(&self, topic: &str, partition: i32) -> u64 {
         let topic_index = self.topics.iter().position(|t| &**t == topic).unwrap_or(0) as u64;
         (topic_index << 32) | u64::from(partition.unsigned_abs())
@@ -303,10 +474,7 @@ impl Shared {
         if self.stopping.load(Ordering::SeqCst) {
             return;
         }
-        let (Some(consumer), Some(output)) = (
-            self.consumer.get().and_then(Weak::upgrade),
-            self.output.get(),
-        ) else {
+        let (Some(consumer), Some(output)) = (self.current_consumer(), self.output.get()) else {
             return;
         };
         let mut partitions = self
@@ -653,7 +821,7 @@ impl PartitionTask {
         if stopped {
             return false;
         }
-        let Some(consumer) = self.shared.consumer.get().and_then(Weak::upgrade) else {
+        let Some(consumer) = self.shared.current_consumer() else {
             return false;
         };
         let (topic, partition) = (self.topic.to_string(), self.partition);

@@ -1,0 +1,123 @@
+//! The stall watch: notices a member that stays out of its consumer group although the
+//! group coordinator answers.
+//!
+//! librdkafka rejoins a group by itself after a lost session or a failed rebalance, and
+//! nearly always that is enough. A member can still be left outside for good (a rebalance
+//! whose completion never comes, a callback that never returns), and then it reads
+//! nothing while its partitions wait: no error, no log line. The watch measures how long
+//! the member has been out of a `steady` group while the coordinator is `up` (time with
+//! Kafka unreachable does not count: that is an outage, not a stall). The statistics
+//! arrive on the consumer thread; a thread that stops serving them leaves the last state
+//! seen, so a member stuck outside the group keeps counting.
+
+use std::time::{Duration, Instant};
+
+#[derive(Debug)]
+pub(crate) struct GroupWatch {
+    /// The group's state as librdkafka last reported it (`up` once the coordinator is
+    /// known and reachable).
+    state: String,
+    /// The member's join state as last reported (`steady` in a settled group).
+    join_state: String,
+    /// Since when the member has been outside a steady group with the coordinator up.
+    unsteady_since: Option<Instant>,
+}
+
+impl GroupWatch {
+    /// A member that has just subscribed: not in the group yet, and counting.
+    pub(crate) fn new(now: Instant) -> Self {
+        Self {
+            state: "init".to_owned(),
+            join_state: "init".to_owned(),
+            unsteady_since: Some(now),
+        }
+    }
+
+    /// Takes the group's state and the member's join state from a statistics report.
+    pub(crate) fn observe(&mut self, state: &str, join_state: &str, now: Instant) {
+        if state != "up" || join_state == "steady" {
+            self.unsteady_since = None;
+        } else if self.unsteady_since.is_none() {
+            self.unsteady_since = Some(now);
+        }
+        state.clone_into(&mut self.state);
+        join_state.clone_into(&mut self.join_state);
+    }
+
+    /// How long the member has been outside a steady group with the coordinator up.
+    pub(crate) fn unsteady_for(&self, now: Instant) -> Duration {
+        self.unsteady_since
+            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
+    }
+
+    /// Why the member counts as stalled, once it has been outside for `limit`.
+    pub(crate) fn stalled(&self, now: Instant, limit: Duration) -> Option<String> {
+        let outside = self.unsteady_for(now);
+        (self.unsteady_since.is_some() && outside >= limit).then(|| {
+            format!(
+                "the consumer has been out of its group for {} s (join state {}, group state {}) \
+                 although the coordinator answers; the limit is group_stall_timeout = {} s",
+                outside.as_secs(),
+                self.join_state,
+                self.state,
+                limit.as_secs_f64()
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_member_that_never_reports_counts_from_its_start() {
+        let start = Instant::now();
+        let watch = GroupWatch::new(start);
+        assert!(
+            watch
+                .stalled(start + Duration::from_secs(59), LIMIT)
+                .is_none()
+        );
+        let reason = watch
+            .stalled(start + Duration::from_secs(61), LIMIT)
+            .expect("stalled");
+        assert!(reason.contains("61 s"), "{reason}");
+        assert!(reason.contains("join state init"), "{reason}");
+    }
+
+    #[test]
+    fn steady_resets_and_time_without_a_coordinator_does_not_count() {
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let mut watch = GroupWatch::new(start);
+        watch.observe("up", "steady", at(5));
+        assert_eq!(watch.unsteady_for(at(100)), Duration::ZERO);
+        // Kafka down for ten minutes: an outage, not a stall.
+        watch.observe("query-coord", "init", at(110));
+        assert!(watch.stalled(at(710), LIMIT).is_none());
+        // Back: the member rejoins through the join states, each a few seconds.
+        watch.observe("up", "wait-join", at(715));
+        watch.observe("up", "wait-sync", at(718));
+        assert_eq!(watch.unsteady_for(at(720)), Duration::from_secs(5));
+        watch.observe("up", "steady", at(721));
+        assert!(watch.stalled(at(900), LIMIT).is_none());
+    }
+
+    #[test]
+    fn a_member_left_outside_with_the_coordinator_up_is_stalled_even_if_states_cycle() {
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let mut watch = GroupWatch::new(start);
+        watch.observe("up", "steady", at(1));
+        watch.observe("up", "wait-incr-unassign-to-complete", at(10));
+        watch.observe("up", "init", at(40));
+        watch.observe("up", "wait-join", at(45));
+        assert!(watch.stalled(at(69), LIMIT).is_none());
+        let reason = watch.stalled(at(70), LIMIT).expect("stalled");
+        assert!(reason.contains("join state wait-join"), "{reason}");
+        assert!(reason.contains("group state up"), "{reason}");
+    }
+}
