@@ -17,6 +17,7 @@ use uuid::Uuid;
 
 use crate::Row;
 use crate::common::{cassandra_nodes, repo};
+use crate::cpu::{self, Meter, Phase};
 
 /// Requests in flight, for both.
 const IN_FLIGHT: usize = 64;
@@ -175,8 +176,13 @@ fn run_latte(duration: Duration) -> Result<f64> {
 }
 
 pub async fn run(duration: Duration) -> Result<Row> {
+    // latte runs as the driver's child (counted once reaped); the event store in the driver.
+    let meter = Meter::start(cpu::server(&["cassandra"]));
     let ceiling = tokio::task::spawn_blocking(move || run_latte(duration)).await??;
+    let ceiling_cpu = meter.stop();
+    let meter = Meter::start(cpu::server(&["cassandra"]));
     let rate = ours(duration).await?;
+    let ours_cpu = meter.stop();
     println!("  latte {ceiling:.0} events/s; event store appends {rate:.0} events/s");
     let mut row = Row::new(
         "Cassandra writes",
@@ -191,5 +197,20 @@ pub async fn run(duration: Duration) -> Result<Row> {
         "an event is an events_by_hour row, then a cart_events row (~600 bytes of JSON) written with INSERT ... IF NOT EXISTS \
          (a lightweight transaction); {IN_FLIGHT} requests in flight for both; one event per cart per append"
     );
+    // Units from each side's own rate over its own measured time.
+    row.phases = vec![
+        Phase::new(
+            "ceiling: latte",
+            "event",
+            ceiling * duration.as_secs_f64(),
+            ceiling_cpu,
+        ),
+        Phase::new(
+            "salesflow: event store appends",
+            "event",
+            rate * ours_cpu.seconds,
+            ours_cpu,
+        ),
+    ];
     Ok(row)
 }

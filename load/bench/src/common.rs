@@ -154,6 +154,11 @@ pub struct Drive {
 }
 
 impl Drive {
+    /// Requests answered with success.
+    #[allow(clippy::cast_precision_loss)]
+    pub fn ok(&self) -> f64 {
+        (self.requests - self.errors) as f64
+    }
     #[allow(clippy::cast_precision_loss)]
     pub fn rps(&self) -> f64 {
         (self.requests - self.errors) as f64 / self.seconds

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use crate::Row;
 use crate::common::{Salesflow, drive, drop_isolated, isolated, isolated_topics, order, tag};
+use crate::cpu::{self, Meter, Phase, Tracked};
 
 /// What a bare server does with an order: parse it and answer 202 with its id.
 async fn bare(Json(order): Json<Value>) -> (StatusCode, Json<Value>) {
@@ -32,6 +33,8 @@ pub async fn run(clients: usize, duration: Duration) -> Result<Row> {
         let i = usize::try_from(n % 1000).unwrap_or(0);
         order(carts[i], &format!("user-{i}"), n)
     };
+    // The bare server runs in the driver: its CPU is the driver's.
+    let meter = Meter::start(Vec::new());
     let ceiling = drive(
         &format!("http://{bare_address}/orders"),
         clients,
@@ -39,11 +42,15 @@ pub async fn run(clients: usize, duration: Duration) -> Result<Row> {
         body.clone(),
     )
     .await?;
+    let bare_cpu = meter.stop();
     server.abort();
 
     let t = tag();
     isolated_topics(&t).await?;
     let salesflow = Salesflow::start(&["command-api"], &isolated(&t)).await?;
+    let mut processes = cpu::server(&["kafka"]);
+    processes.push(Tracked::new("salesflow command-api", salesflow.pid()));
+    let meter = Meter::start(processes);
     let ours = drive(
         &format!("http://{}/orders", salesflow.address),
         clients,
@@ -51,6 +58,7 @@ pub async fn run(clients: usize, duration: Duration) -> Result<Row> {
         body,
     )
     .await?;
+    let ours_cpu = meter.stop();
     salesflow.stop().await;
     drop_isolated(&t).await;
 
@@ -77,5 +85,14 @@ pub async fn run(clients: usize, duration: Duration) -> Result<Row> {
         ours.p99_ms(),
         ceiling.p99_ms()
     );
+    row.phases = vec![
+        Phase::new(
+            "ceiling: bare hyper (in the driver)",
+            "request",
+            ceiling.ok(),
+            bare_cpu,
+        ),
+        Phase::new("salesflow: Command API", "request", ours.ok(), ours_cpu),
+    ];
     Ok(row)
 }

@@ -10,6 +10,7 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 
 use crate::Row;
 use crate::common::{bootstrap, create_topics, delete_topics, repo, salesflow_bin, tag};
+use crate::cpu::{self, Meter, Phase, Tracked, Usage};
 
 const RECORDS: usize = 600_000;
 const SIZE: usize = 600;
@@ -101,8 +102,9 @@ fn preload(topic: &str) -> Result<()> {
     Ok(())
 }
 
-/// The relay pipeline's steady output rate (10 % to 90 % of the records).
-fn relay(input: &str, output: &str) -> Result<f64> {
+/// The relay pipeline's steady output rate (10 % to 90 % of the records), and what Kafka
+/// and the relay spent until 90 % were out (with the records out by then).
+fn relay(input: &str, output: &str) -> Result<(f64, Usage, f64)> {
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("pipeline.toml");
     std::fs::write(
@@ -143,13 +145,16 @@ concurrency = 8
         capture: false,
         ..salesflow_testkit::Launch::new(&binary, &config, &["run"])
     });
+    let mut processes = cpu::server(&["kafka"]);
+    processes.push(Tracked::new("salesflow relay", child.pid()));
+    let meter = Meter::start(processes);
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
         .create()?;
     let total = i64::try_from(RECORDS)?;
     let deadline = Instant::now() + Duration::from_secs(300);
     let mut start = None;
-    let rate = loop {
+    let (rate, out) = loop {
         let n = end_offsets(&consumer, output);
         let now = Instant::now();
         if n >= total / 10 && start.is_none() {
@@ -158,7 +163,7 @@ concurrency = 8
         if n >= total * 9 / 10 {
             let (t0, n0) = start.context("no start")?;
             #[allow(clippy::cast_precision_loss)]
-            break (n - n0) as f64 / (now - t0).as_secs_f64();
+            break ((n - n0) as f64 / (now - t0).as_secs_f64(), n as f64);
         }
         if now > deadline {
             child.kill();
@@ -166,25 +171,29 @@ concurrency = 8
         }
         std::thread::sleep(Duration::from_millis(10));
     };
+    let usage = meter.stop();
     let _ = child.stop(Duration::from_secs(60));
-    Ok(rate)
+    Ok((rate, usage, out))
 }
 
 pub async fn run() -> Result<Row> {
     let t = tag();
     let (perf, input, output) = (format!("{t}-perf"), format!("{t}-in"), format!("{t}-out"));
     create_topics(&[&perf, &input, &output], PARTITIONS).await;
+    // ProducerPerformance runs as the driver's child: counted once it is reaped.
+    let meter = Meter::start(cpu::server(&["kafka"]));
     let ceiling = tokio::task::spawn_blocking({
         let perf = perf.clone();
         move || producer_performance(&perf)
     })
     .await??;
+    let ceiling_cpu = meter.stop();
     tokio::task::spawn_blocking({
         let input = input.clone();
         move || preload(&input)
     })
     .await??;
-    let ours = tokio::task::spawn_blocking({
+    let (ours, ours_cpu, relayed) = tokio::task::spawn_blocking({
         let (input, output) = (input.clone(), output.clone());
         move || relay(&input, &output)
     })
@@ -204,5 +213,21 @@ pub async fn run() -> Result<Row> {
         "{RECORDS} records of {SIZE} bytes, {PARTITIONS} partitions, acks=all, idempotent, lz4, linger 5 ms; \
          the pipeline also consumes what it produces"
     );
+    #[allow(clippy::cast_precision_loss)]
+    let records = RECORDS as f64;
+    row.phases = vec![
+        Phase::new(
+            "ceiling: ProducerPerformance",
+            "record",
+            records,
+            ceiling_cpu,
+        ),
+        Phase::new(
+            "salesflow: kafka -> kafka relay",
+            "record",
+            relayed,
+            ours_cpu,
+        ),
+    ];
     Ok(row)
 }

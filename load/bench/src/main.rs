@@ -15,10 +15,15 @@
 //! - Elasticsearch: the projection sink's bulk (external versions) vs a raw `_bulk` loop
 //!   at its best batch size (doubled until the rate stops growing);
 //! - end to end: sustained orders/s from POST to queryable with lag drained, vs the
-//!   smallest ceiling; latency at half that rate; resident memory of salesflow.
+//!   composite ceiling (the cores divided by what each server spends on an order at its
+//!   raw ceiling's CPU per unit); latency at half that rate; resident memory of salesflow.
+//!
+//! Every phase is accounted in CPU: each process's CPU seconds from `/proc` per unit of
+//! work, each server's cost per unit at its ceiling beside its cost end to end.
 
+mod accounting;
 mod cassandra;
-use salesflow_bench::common;
+use salesflow_bench::{common, cpu};
 mod e2e;
 mod es;
 mod http;
@@ -63,6 +68,8 @@ pub struct Row {
     pub ratio: f64,
     pub target: Option<f64>,
     pub note: String,
+    /// The CPU accounting of the row's phases (ceiling, then salesflow).
+    pub phases: Vec<cpu::Phase>,
 }
 
 impl Row {
@@ -85,6 +92,7 @@ impl Row {
             ratio: if ceiling > 0.0 { ours / ceiling } else { 0.0 },
             target,
             note: String::new(),
+            phases: Vec::new(),
         }
     }
 
@@ -137,16 +145,8 @@ async fn main() -> Result<()> {
     }
     if wants("e2e") {
         println!("== End to end");
-        let ceilings: Vec<(String, f64)> = rows
-            .iter()
-            .map(|r| {
-                (
-                    r.area.clone(),
-                    r.ceiling_value / e2e::events_per_order(&r.area),
-                )
-            })
-            .collect();
-        let (row, more) = e2e::run(cli.clients, duration, &ceilings).await?;
+        let costs = accounting::costs(&rows);
+        let (row, more) = e2e::run(cli.clients, duration, &costs).await?;
         rows.push(row);
         figures.extend(more);
     }
@@ -187,6 +187,8 @@ async fn main() -> Result<()> {
     for r in report.rows.iter().filter(|r| !r.note.is_empty()) {
         let _ = writeln!(md, "\n{}: {}", r.area, r.note);
     }
+    #[allow(clippy::cast_precision_loss)]
+    md.push_str(&accounting::markdown(&report.rows, report.cpus as f64));
     if !report.figures.is_empty() {
         md.push_str("\n| figure | value |\n|---|---|\n");
         for (k, v) in &report.figures {
