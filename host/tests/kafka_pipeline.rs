@@ -53,6 +53,28 @@ max_wait = "20ms"
 lanes = 2
 "#;
 
+/// Waits (up to 30 s) until `group` has committed every record of `topic`.
+fn wait_all_committed(topic: &str, group: &str) {
+    support::wait_for(
+        "the source to commit everything",
+        Duration::from_secs(30),
+        || {
+            let (committed, end) = committed_and_end(topic, group);
+            committed == end
+        },
+    );
+}
+
+/// The process's `/metrics` text.
+async fn metrics_of(host: &Host) -> String {
+    reqwest::get(format!("http://{}/metrics", host.address()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 fn numbers(records: &[Record]) -> Vec<i64> {
     records
         .iter()
@@ -543,14 +565,7 @@ async fn records_kafka_refuses_for_good_become_dead_letters_and_the_rest_flows()
     let small: BTreeSet<i64> = numbers(&written).into_iter().collect();
     assert_eq!(small.len(), 180);
     assert!(small.iter().all(|n| n % 10 != 3));
-    support::wait_for(
-        "the source to commit everything",
-        Duration::from_secs(30),
-        || {
-            let (committed, end) = committed_and_end(&input, &group);
-            committed == end
-        },
-    );
+    wait_all_committed(&input, &group);
     let (status, log) = host.stop(Duration::from_secs(30));
     assert!(status.success(), "{log}");
     support::delete_topics(&[&input, &output, &dead]).await;
@@ -594,20 +609,8 @@ async fn a_failing_write_is_read_again_later_and_the_process_stays_up() {
     .unwrap();
     let got: BTreeSet<i64> = numbers(&records).into_iter().collect();
     assert_eq!(got.len(), 100, "every record once the topic exists");
-    support::wait_for(
-        "the source to commit everything",
-        Duration::from_secs(30),
-        || {
-            let (committed, end) = committed_and_end(&input, &group);
-            committed == end
-        },
-    );
-    let metrics = reqwest::get(format!("http://{}/metrics", host.address()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    wait_all_committed(&input, &group);
+    let metrics = metrics_of(&host).await;
     assert!(
         metrics
             .lines()
@@ -651,12 +654,7 @@ async fn a_member_kept_out_of_its_group_is_replaced_and_reads_everything_once_it
         log.contains("out of its group for") && log.contains("group_stall_timeout = 3 s"),
         "the reason names the state and the limit: {log}"
     );
-    let metrics = reqwest::get(format!("http://{}/metrics", host.address()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(&host).await;
     assert!(
         metrics.lines().any(|l| {
             l.starts_with("salesflow_kafka_consumer_replacements_total") && !l.ends_with(" 0")
@@ -680,14 +678,7 @@ async fn a_member_kept_out_of_its_group_is_replaced_and_reads_everything_once_it
     assert_eq!(got.len(), 100, "every record once the group can be joined");
     assert_eq!(records.len(), 100, "nothing twice");
     assert_key_order(&records);
-    support::wait_for(
-        "the source to commit everything",
-        Duration::from_secs(30),
-        || {
-            let (committed, end) = committed_and_end(&input, &group);
-            committed == end
-        },
-    );
+    wait_all_committed(&input, &group);
     let (status, log) = host.stop(Duration::from_secs(30));
     assert!(status.success(), "{log}");
     support::delete_topics(&[&input, &output]).await;
