@@ -683,3 +683,93 @@ async fn a_member_kept_out_of_its_group_is_replaced_and_reads_everything_once_it
     assert!(status.success(), "{log}");
     support::delete_topics(&[&input, &output]).await;
 }
+
+/// `/metrics` is a valid exposition although several components register the same
+/// metrics (two HTTP sources, two Kafka sinks): `promtool check metrics` parses it, and
+/// its only remarks are the `_total` samples of OpenMetrics counters, whose help is on the
+/// family name (`promtool` reads the older text format).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_of_repeated_components_are_one_family_each() {
+    let (one, two) = (unique("expo-one"), unique("expo-two"));
+    create_topic(&one, 1).await;
+    create_topic(&two, 1).await;
+    let text = format!(
+        r#"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+
+[pipelines.a.sources.one]
+type = "http"
+path = "/one"
+body = "single"
+
+[pipelines.a.sources.two]
+type = "http"
+path = "/two"
+body = "single"
+
+[pipelines.a.sinks.k1]
+type = "kafka"
+inputs = ["one"]
+topic = "{one}"
+
+[pipelines.a.sinks.k2]
+type = "kafka"
+inputs = ["two"]
+topic = "{two}"
+"#,
+        bootstrap = support::bootstrap()
+    );
+    let (_dir, config) = support::config(&text);
+    let host = Host::start(std::path::Path::new(BIN), &config, &["run"]);
+    let client = reqwest::Client::new();
+    support::ready(&client, &format!("http://{}", host.address())).await;
+    for path in ["one", "two"] {
+        let status = client
+            .post(format!("http://{}/{path}", host.address()))
+            .json(&serde_json::json!({ "n": 1 }))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 202, "{path}");
+    }
+    let metrics = metrics_of(&host).await;
+    assert_eq!(
+        metrics
+            .matches("# HELP salesflow_kafka_produced_messages ")
+            .count(),
+        1,
+        "{metrics}"
+    );
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package) is installed");
+    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), metrics.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)),
+        "promtool could not read it: {said}"
+    );
+    for remark in said.lines().filter(|l| !l.trim().is_empty()) {
+        let counter = remark
+            .strip_suffix("_total no help text")
+            .unwrap_or_else(|| panic!("unexpected remark: {remark}\n{said}"));
+        assert!(
+            metrics.contains(&format!("# TYPE {counter} counter")),
+            "{remark}"
+        );
+    }
+    let (status, log) = host.stop(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
+    support::delete_topics(&[&one, &two]).await;
+}

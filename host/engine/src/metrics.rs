@@ -187,3 +187,116 @@ impl OutputObserver for Observer {
         }
     }
 }
+
+/// Encodes `registry` in the OpenMetrics text format with one family per metric name.
+///
+/// Every component registers its metrics in its own sub-registry (labelled with its
+/// pipeline and component), and prometheus-client writes each registration as a family
+/// of its own: two Kafka sinks would give `salesflow_kafka_produced_messages` two HELP and
+/// TYPE headers, which the exposition formats forbid (promtool: "second HELP line for
+/// metric name"). The samples of each name are gathered under its first headers, in the
+/// order the names first appear; the label sets differ (pipeline, component), so no
+/// series repeats.
+///
+/// # Errors
+///
+/// When the registry cannot be encoded.
+pub fn exposition(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry)?;
+    Ok(one_family_per_name(&text))
+}
+
+/// Gathers the families of `text` (OpenMetrics, possibly with a name's family split in
+/// several places) so that each name has one set of headers followed by all its samples.
+fn one_family_per_name(text: &str) -> String {
+    struct Family<'a> {
+        headers: Vec<&'a str>,
+        samples: Vec<&'a str>,
+    }
+    let mut families: Vec<Family<'_>> = Vec::new();
+    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    let mut current: Option<usize> = None;
+    for line in text.lines() {
+        if line == "# EOF" {
+            break;
+        }
+        let header = ["# HELP ", "# TYPE ", "# UNIT "]
+            .iter()
+            .find_map(|prefix| line.strip_prefix(prefix).map(|rest| (&prefix[..6], rest)));
+        if let Some((kind, rest)) = header {
+            let name = rest.split(' ').next().unwrap_or(rest);
+            let at = *index.entry(name).or_insert_with(|| {
+                families.push(Family {
+                    headers: Vec::new(),
+                    samples: Vec::new(),
+                });
+                families.len() - 1
+            });
+            let family = &mut families[at];
+            if !family.headers.iter().any(|h| h.starts_with(kind)) {
+                family.headers.push(line);
+            }
+            current = Some(at);
+        } else if let Some(at) = current {
+            families[at].samples.push(line);
+        } else {
+            families.push(Family {
+                headers: Vec::new(),
+                samples: vec![line],
+            });
+        }
+    }
+    let mut out = String::with_capacity(text.len());
+    for family in families {
+        for line in family.headers.iter().chain(&family.samples) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out.push_str("# EOF\n");
+    out
+}
+
+#[cfg(test)]
+mod exposition_tests {
+    use super::*;
+
+    #[test]
+    fn a_metric_registered_by_two_components_is_one_family() {
+        let mut registry = Registry::default();
+        for component in ["first", "second"] {
+            let sub = registry.sub_registry_with_label(("component".into(), component.into()));
+            let counter = Counter::<u64>::default();
+            counter.inc();
+            sub.register("salesflow_things", "Things done", counter);
+            sub.register("salesflow_level", "A level", Gauge::<i64>::default());
+        }
+        let text = exposition(&registry).expect("encodes");
+        assert_eq!(
+            text.matches("# HELP salesflow_things ").count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("# TYPE salesflow_things ").count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(text.matches("# HELP salesflow_level ").count(), 1, "{text}");
+        let lines: Vec<&str> = text.lines().collect();
+        // Each family's headers come first and its samples follow, together.
+        let things: Vec<usize> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.contains("salesflow_things"))
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(things.len(), 4, "{text}");
+        assert!(things.windows(2).all(|w| w[1] == w[0] + 1), "{text}");
+        assert!(text.contains("salesflow_things_total{component=\"first\"} 1"));
+        assert!(text.contains("salesflow_things_total{component=\"second\"} 1"));
+        assert_eq!(lines.last(), Some(&"# EOF"));
+        assert_eq!(text.matches("# EOF").count(), 1);
+    }
+}

@@ -323,15 +323,14 @@ struct MetricsState {
 async fn metrics(State(state): State<MetricsState>) -> Response {
     state.process.refresh();
     let registry = state.registry;
-    let mut body = String::new();
     let encoded = {
         let registry = registry
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        prometheus_client::encoding::text::encode(&mut body, &registry)
+        crate::metrics::exposition(&registry)
     };
     match encoded {
-        Ok(()) => (
+        Ok(body) => (
             [(
                 header::CONTENT_TYPE,
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
