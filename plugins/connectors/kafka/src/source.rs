@@ -438,15 +438,21 @@ impl Shared {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            let outside = self
-                .group
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .unsteady_for(Instant::now());
+            let now = Instant::now();
+            let (outside, stalled) = {
+                let group = self
+                    .group
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                (
+                    group.unsteady_for(now),
+                    group.stalled(now, self.settings.stall_timeout()),
+                )
+            };
             self.metrics
                 .unsteady
                 .set(i64::try_from(outside.as_secs()).unwrap_or(i64::MAX));
-            if let Some(reason) = self.stalled() {
+            if let Some(reason) = stalled {
                 return reason;
             }
         }
