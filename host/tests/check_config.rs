@@ -137,6 +137,60 @@ fn a_plugins_own_invalid_settings_are_named() {
 }
 
 #[test]
+fn sink_concurrency_is_the_plugins_default_a_number_or_adaptive() {
+    // The Kafka sink's own default is a fixed number (its producer batches).
+    let (_dir, path) = support::config(VALID);
+    let (ok, stdout, stderr) = salesflow(&path, &["check"], &[]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("sink out (kafka) <- batch; lanes 1, buffer 4, concurrency 4"),
+        "{stdout}"
+    );
+
+    for (set, shown) in [
+        ("topic = \"b\"\nconcurrency = 8", "concurrency 8"),
+        (
+            "topic = \"b\"\nconcurrency = \"adaptive\"\nmax_concurrency = 24",
+            "concurrency adaptive (1 to 24)",
+        ),
+        (
+            "topic = \"b\"\nconcurrency = \"adaptive\"",
+            "concurrency adaptive (1 to 64)",
+        ),
+        (
+            "topic = \"b\"\nmax_concurrency = 12",
+            "concurrency adaptive (1 to 12)",
+        ),
+    ] {
+        let (_dir, path) = support::config(&VALID.replacen("topic = \"b\"", set, 1));
+        let (ok, stdout, stderr) = salesflow(&path, &["check"], &[]);
+        assert!(ok, "{stderr}");
+        assert!(stdout.contains(shown), "{stdout}");
+    }
+
+    let e = rejected("topic = \"b\"", "topic = \"b\"\nconcurrency = \"auto\"");
+    assert!(
+        e.contains("pipelines.relay.sinks.out.concurrency: must be \"adaptive\" or a whole number from 1 to 1024"),
+        "{e}"
+    );
+    let e = rejected(
+        "topic = \"b\"",
+        "topic = \"b\"\nconcurrency = 4\nmax_concurrency = 8",
+    );
+    assert!(
+        e.contains(
+            "pipelines.relay.sinks.out.max_concurrency: only an adaptive concurrency has a maximum"
+        ),
+        "{e}"
+    );
+    let e = rejected("max_events = 100", "max_events = 100\nmax_concurrency = 8");
+    assert!(
+        e.contains("pipelines.relay.stages.batch.max_concurrency: only sinks take concurrency"),
+        "{e}"
+    );
+}
+
+#[test]
 fn overrides_are_named_when_they_are_wrong() {
     let (_dir, path) = support::config(VALID);
     let (ok, _, stderr) = salesflow(

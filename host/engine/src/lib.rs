@@ -2,6 +2,7 @@
 //! plugins it is given, and runs, checks, draws or documents it. It knows the plugin SDK
 //! and nothing else: the binary registers the plugins and commands (`Registrar`).
 
+pub mod adaptive;
 pub mod config;
 pub mod dynamic;
 pub mod listener;
@@ -139,7 +140,10 @@ pub fn describe_plugins(registry: &Registry) -> String {
          lanes (default 1: parallel instances, a batch goes to lane `lane % lanes`; \
          \"auto\": one per input partition, made as partitions are assigned), \
          buffer (default 4: bounded channel size per lane, in batches); sinks take \
-         concurrency (default 4: writes in flight per lane).\n",
+         concurrency (writes in flight per lane: a number, or \"adaptive\": from 1 up to \
+         max_concurrency, default 64, following the server's round trips and \
+         back-pressure; the default is adaptive unless the plugin gives a number — the \
+         kafka sink's is 4).\n",
     );
     out
 }

@@ -64,6 +64,8 @@ pub struct RuntimeMetrics {
     pub channel_capacity: Family<LaneLabels, Gauge>,
     pub send_wait_seconds: Family<NodeLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     pub sink_in_flight: Family<NodeLabels, Gauge>,
+    pub sink_concurrency_limit: Family<LaneLabels, Gauge>,
+    pub sink_backpressure: Family<LaneLabels, Counter>,
     pub sink_outcomes: Family<OutcomeLabels, Counter>,
     pub discarded: Family<NodeLabels, Counter>,
     pub dead_lettered: Family<NodeLabels, Counter>,
@@ -82,6 +84,8 @@ impl RuntimeMetrics {
             channel_capacity: Family::default(),
             send_wait_seconds: Family::default(),
             sink_in_flight: Family::default(),
+            sink_concurrency_limit: Family::default(),
+            sink_backpressure: Family::default(),
             sink_outcomes: Family::default(),
             discarded: Family::default(),
             dead_lettered: Family::default(),
@@ -135,6 +139,16 @@ impl RuntimeMetrics {
             "salesflow_sink_in_flight_batches",
             "Sink writes not yet durable",
             m.sink_in_flight.clone(),
+        );
+        registry.register(
+            "salesflow_sink_concurrency_limit",
+            "Writes a sink lane may have in flight: fixed, or adapted to the server's round trips and back-pressure",
+            m.sink_concurrency_limit.clone(),
+        );
+        registry.register(
+            "salesflow_sink_backpressure",
+            "Sink writes that met back-pressure: the server answered 429 or 503, timed out or was full, or the write failed back to its source",
+            m.sink_backpressure.clone(),
         );
         registry.register(
             "salesflow_sink_batches",

@@ -24,15 +24,16 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use prometheus_client::registry::Registry;
 use salesflow_plugin_api::{
-    AckSet, Batch, BuildContext, CancellationToken, Component, ComponentKind, Downstream, Event,
-    Healthcheck, LaneSource, Output, PluginError, Refused, Route, Sink, SinkFactory, Stage,
-    StageFactory, Status,
+    AckSet, Backpressure, Batch, BuildContext, CancellationToken, Component, ComponentKind,
+    Downstream, Event, Healthcheck, LaneSource, Output, PluginError, Refused, Route, Sink,
+    SinkFactory, Stage, StageFactory, Status,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
+use crate::adaptive::{Concurrency, Limiter, Outcome};
 use crate::metrics::{
     ErrorLabels, LaneLabels, NodeLabels, Observer, OutcomeLabels, RuntimeMetrics,
 };
@@ -678,7 +679,7 @@ impl StageLane {
 struct SinkLane {
     label: String,
     factory: Arc<dyn SinkFactory>,
-    concurrency: usize,
+    concurrency: Concurrency,
     /// The `<sink>.failed` output, when another sink reads it.
     failed: Option<Output>,
     metrics: RuntimeMetrics,
@@ -757,6 +758,11 @@ impl SinkLane {
         let label = self.label.clone();
         let mut in_flight = FuturesUnordered::new();
         let mut retired = false;
+        let mut limiter = Limiter::new(self.concurrency);
+        let pressure = Backpressure::default();
+        sink.report_backpressure_to(pressure.clone());
+        let limit = SinkLimit::new(&self.metrics, &self.labels, lane);
+        limit.show(&limiter);
         loop {
             let idle = retire
                 .as_ref()
@@ -765,10 +771,17 @@ impl SinkLane {
             tokio::select! {
                 biased;
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    let done: Written = done;
                     metrics.in_flight.dec();
+                    let outcome = outcome(&done.0, pressure.take());
+                    if outcome == Outcome::Backpressure {
+                        limit.backpressure.inc();
+                    }
+                    limiter.finished(Instant::now(), done.2.elapsed(), outcome);
+                    limit.show(&limiter);
                     self.settle(&metrics, done).await;
                 }
-                batch = rx.recv(), if in_flight.len() < self.concurrency => {
+                batch = rx.recv(), if in_flight.len() < limiter.limit() => {
                     let Some(batch) = batch else { break };
                     metrics.received(&batch, &rx);
                     let started = Instant::now();
@@ -779,6 +792,7 @@ impl SinkLane {
                     match write {
                         Ok(Ok(write)) => {
                             metrics.in_flight.inc();
+                            limiter.started(in_flight.len() + 1, !rx.is_empty());
                             in_flight.push(async move {
                                 let result = AssertUnwindSafe(write).catch_unwind().await.unwrap_or_else(|panic| {
                                     Err(PluginError::new(format!("the write panicked: {}", panic_text(panic.as_ref()))))
@@ -792,6 +806,7 @@ impl SinkLane {
                             error!(component = %label, lane, panic = %text, "sink panicked; its batch fails and the lane starts afresh");
                             if let Ok(fresh) = self.factory.create(usize::try_from(lane).unwrap_or(usize::MAX)) {
                                 sink = fresh;
+                                sink.report_backpressure_to(pressure.clone());
                             }
                             let e = PluginError::new(format!("the sink panicked: {text}"));
                             self.settle(&metrics, (Err(e), acks, started, kept, batch_lane)).await;
@@ -817,8 +832,55 @@ impl SinkLane {
         let result = sink.flush().await;
         if retire.is_some() {
             LaneMetrics::forget(&self.metrics, &self.labels, lane);
+            limit.forget(&self.metrics);
         }
         (label, result)
+    }
+}
+
+/// How a finished write counts for the lane's concurrency: a failure that goes back to
+/// its source, or any back-pressure the sink saw meanwhile, is the server pushing back.
+fn outcome(result: &Result<(), PluginError>, signalled: u64) -> Outcome {
+    match result {
+        _ if signalled > 0 => Outcome::Backpressure,
+        Ok(()) => Outcome::Written,
+        Err(e) if e.refused.is_some() => Outcome::Other,
+        Err(_) => Outcome::Backpressure,
+    }
+}
+
+/// A sink lane's concurrency limit and back-pressure count, as metrics.
+struct SinkLimit {
+    labels: LaneLabels,
+    limit: prometheus_client::metrics::gauge::Gauge,
+    backpressure: prometheus_client::metrics::counter::Counter,
+}
+
+impl SinkLimit {
+    fn new(m: &RuntimeMetrics, labels: &NodeLabels, lane: u64) -> Self {
+        let labels = LaneLabels {
+            pipeline: labels.pipeline.clone(),
+            component: labels.component.clone(),
+            lane: lane.to_string(),
+        };
+        let limit = m.sink_concurrency_limit.get_or_create(&labels).clone();
+        let backpressure = m.sink_backpressure.get_or_create(&labels).clone();
+        Self {
+            labels,
+            limit,
+            backpressure,
+        }
+    }
+
+    fn show(&self, limiter: &Limiter) {
+        self.limit
+            .set(i64::try_from(limiter.limit()).unwrap_or(i64::MAX));
+    }
+
+    /// Retired: the lane no longer exists.
+    fn forget(&self, m: &RuntimeMetrics) {
+        m.sink_concurrency_limit.remove(&self.labels);
+        m.sink_backpressure.remove(&self.labels);
     }
 }
 

@@ -8,13 +8,21 @@ use std::sync::Arc;
 
 use salesflow_plugin_api::{ComponentKind, Plugin, toml};
 
+use crate::adaptive::Concurrency;
 use crate::config::{
     Loaded, LogSettings, PluginDirSettings, Problem, ServerSettings, parse_section,
 };
 use crate::registry::Registry;
 
 /// Keys of a component table that the host reads; the rest are the plugin's settings.
-const HOST_KEYS: &[&str] = &["type", "inputs", "lanes", "buffer", "concurrency"];
+const HOST_KEYS: &[&str] = &[
+    "type",
+    "inputs",
+    "lanes",
+    "buffer",
+    "concurrency",
+    "max_concurrency",
+];
 
 /// One component of a pipeline, ready to build.
 #[derive(Clone)]
@@ -29,8 +37,8 @@ pub struct Node {
     pub lanes: Lanes,
     /// Bounded channel size, in batches, of each lane.
     pub buffer: usize,
-    /// Sinks: writes in flight per lane.
-    pub concurrency: usize,
+    /// Sinks: writes in flight per lane, fixed or adaptive.
+    pub concurrency: Concurrency,
     pub settings: toml::Table,
     pub plugin: Arc<dyn Plugin>,
 }
@@ -419,9 +427,37 @@ fn component_node(
         _ => Lanes::Fixed(number("lanes", 1, 1024, problems)),
     };
     let buffer = number("buffer", 4, 65_536, problems);
-    let concurrency = number("concurrency", 4, 1024, problems);
+    let max_concurrency = number("max_concurrency", Concurrency::DEFAULT_MAX, 1024, problems);
+    let concurrency = match spec.get("concurrency") {
+        None => match plugin.default_concurrency() {
+            Some(n) if !spec.contains_key("max_concurrency") => Concurrency::Fixed(n),
+            _ => Concurrency::Adaptive {
+                max: max_concurrency,
+            },
+        },
+        Some(toml::Value::String(s)) if s == "adaptive" => Concurrency::Adaptive {
+            max: max_concurrency,
+        },
+        Some(toml::Value::String(_)) => {
+            problems.push(Problem::new(
+                sub("concurrency"),
+                "must be \"adaptive\" or a whole number from 1 to 1024",
+            ));
+            Concurrency::Fixed(1)
+        }
+        Some(_) => {
+            let fixed = Concurrency::Fixed(number("concurrency", 4, 1024, problems));
+            if spec.contains_key("max_concurrency") {
+                problems.push(Problem::new(
+                    sub("max_concurrency"),
+                    "only an adaptive concurrency has a maximum; a number is fixed",
+                ));
+            }
+            fixed
+        }
+    };
     if kind == ComponentKind::Source {
-        for key in ["lanes", "buffer", "concurrency"] {
+        for key in ["lanes", "buffer", "concurrency", "max_concurrency"] {
             if spec.contains_key(key) {
                 problems.push(Problem::new(
                     sub(key),
@@ -430,14 +466,15 @@ fn component_node(
             }
         }
     }
-    if kind != ComponentKind::Sink
-        && spec.contains_key("concurrency")
-        && kind == ComponentKind::Stage
-    {
-        problems.push(Problem::new(
-            sub("concurrency"),
-            "only sinks take concurrency; stages scale with lanes",
-        ));
+    if kind == ComponentKind::Stage {
+        for key in ["concurrency", "max_concurrency"] {
+            if spec.contains_key(key) {
+                problems.push(Problem::new(
+                    sub(key),
+                    "only sinks take concurrency; stages scale with lanes",
+                ));
+            }
+        }
     }
 
     // The plugin's settings: its shared section's keys, overridden by the component's.

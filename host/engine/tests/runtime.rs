@@ -174,6 +174,51 @@ concurrency = 1
     running.stop().await;
 }
 
+/// An adaptive sink lane starts at one write in flight and takes more while the server
+/// keeps up; when the server pushes back past a number of writes in flight, the lane
+/// keeps near that number, far below its maximum, and still writes everything.
+#[tokio::test]
+async fn adaptive_concurrency_grows_with_room_and_backs_off_when_pushed_back() {
+    let text = r#"
+[pipelines.p.sources.in]
+type = "feed"
+feed = "in"
+
+[pipelines.p.sinks.out]
+type = "collect"
+sink = "out"
+inputs = ["in"]
+buffer = 64
+max_concurrency = 64
+"#;
+    let run = |throttle: usize| async move {
+        let running = Running::start(text, &["in"]).await;
+        running.sinks.service_ms.store(2, Ordering::SeqCst);
+        running
+            .sinks
+            .throttle_above
+            .store(throttle, Ordering::SeqCst);
+        let mut outcomes: Vec<_> = (0..1500)
+            .map(|i| running.send("in", &[&format!("e{i}")], 0))
+            .collect();
+        for rx in &mut outcomes {
+            assert_eq!(outcome(rx).await, Status::Delivered);
+        }
+        assert_eq!(running.written("out").len(), 1500);
+        running.stop().await.most_in_flight.load(Ordering::SeqCst)
+    };
+    let free = run(0).await;
+    assert!(
+        free >= 12,
+        "with room, the lane took only {free} writes at once"
+    );
+    let pushed_back = run(6).await;
+    assert!(
+        (2..=10).contains(&pushed_back),
+        "pushed back past 6 in flight, the lane still took {pushed_back} at once"
+    );
+}
+
 /// `lanes = "auto"`: a lane per key, each sequential, made as keys appear.
 #[tokio::test]
 async fn lanes_per_key_follow_the_keys() {

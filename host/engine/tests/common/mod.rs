@@ -5,7 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,9 +16,9 @@ use salesflow_host::registry::Registry;
 use salesflow_host::runtime::{self, Started};
 use salesflow_plugin_api::futures::FutureExt;
 use salesflow_plugin_api::{
-    AckHandle, AckSet, Batch, BuildContext, CancellationToken, Component, ComponentKind,
-    ConfigError, Event, Output, Plugin, PluginError, Registrar, SendError, Sink, SinkFactory,
-    Source, Stage, StageFactory, Status, WriteFuture, async_trait, schemars, toml,
+    AckHandle, AckSet, Backpressure, Batch, BuildContext, CancellationToken, Component,
+    ComponentKind, ConfigError, Event, Output, Plugin, PluginError, Registrar, SendError, Sink,
+    SinkFactory, Source, Stage, StageFactory, Status, WriteFuture, async_trait, schemars, toml,
 };
 use tokio::sync::mpsc;
 
@@ -174,6 +174,13 @@ pub struct Sinks {
     pub held: Mutex<Option<Arc<tokio::sync::Semaphore>>>,
     pub started: AtomicUsize,
     pub flushed: AtomicUsize,
+    /// A server that takes `service_ms` for each write and pushes back (signals
+    /// back-pressure, then writes anyway) while more than `throttle_above` are in flight
+    /// (0: never).
+    pub service_ms: AtomicU64,
+    pub throttle_above: AtomicUsize,
+    pub in_flight: AtomicUsize,
+    pub most_in_flight: AtomicUsize,
 }
 
 struct CollectPlugin(Arc<Sinks>);
@@ -183,19 +190,36 @@ struct Collect {
     sinks: Arc<Sinks>,
     /// A payload it refuses for good (`refuse = "..."`).
     refuse: Option<String>,
+    pressure: Backpressure,
 }
 
 #[async_trait]
 impl Sink for Collect {
+    fn report_backpressure_to(&mut self, signal: Backpressure) {
+        self.pressure = signal;
+    }
+
     async fn write(&mut self, events: Arc<[Event]>) -> Result<WriteFuture, PluginError> {
         let sinks = Arc::clone(&self.sinks);
         let name = self.name.clone();
         let refuse = self.refuse.clone();
         let hold = sinks.held.lock().unwrap().clone();
+        let pressure = self.pressure.clone();
         sinks.started.fetch_add(1, Ordering::SeqCst);
         Ok(async move {
             if let Some(hold) = hold {
                 let _ = hold.acquire().await;
+            }
+            let service = sinks.service_ms.load(Ordering::SeqCst);
+            if service > 0 {
+                let now = sinks.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                sinks.most_in_flight.fetch_max(now, Ordering::SeqCst);
+                let throttle = sinks.throttle_above.load(Ordering::SeqCst);
+                if throttle > 0 && now > throttle {
+                    pressure.signal();
+                }
+                tokio::time::sleep(Duration::from_millis(service)).await;
+                sinks.in_flight.fetch_sub(1, Ordering::SeqCst);
             }
             if sinks.failing.load(Ordering::SeqCst) {
                 return Err(PluginError::new("the server is down"));
@@ -245,6 +269,7 @@ impl SinkFactory for CollectFactory {
             name: self.name.clone(),
             sinks: Arc::clone(&self.sinks),
             refuse: self.refuse.clone(),
+            pressure: Backpressure::default(),
         }))
     }
 }

@@ -9,8 +9,8 @@ use elasticsearch::http::headers::HeaderMap;
 use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
 use elasticsearch::indices::{IndicesCreateParts, IndicesExistsAliasParts};
 use elasticsearch::{BulkParts, Elasticsearch};
-use salesflow_plugin_api::RetryPolicy;
 use salesflow_plugin_api::bytes::Bytes;
+use salesflow_plugin_api::{Backpressure, RetryPolicy};
 use serde_json::{Value, json};
 
 use crate::config::ElasticsearchSettings;
@@ -101,6 +101,16 @@ impl Client {
     /// documents refused for good (a mapping error) are reported in the outcome, and the
     /// rest is written.
     pub async fn bulk(&self, docs: &[Doc]) -> Result<BulkOutcome, EsError> {
+        self.bulk_watched(docs, &Backpressure::default()).await
+    }
+
+    /// [`Client::bulk`], raising `pressure` whenever the cluster pushes back: a 429 or
+    /// 503 for the request or for some of its documents, or a request that timed out.
+    pub async fn bulk_watched(
+        &self,
+        docs: &[Doc],
+        pressure: &Backpressure,
+    ) -> Result<BulkOutcome, EsError> {
         let mut outcome = BulkOutcome::default();
         let mut start = 0;
         while start < docs.len() {
@@ -114,7 +124,7 @@ impl Client {
                 bytes += size;
                 end += 1;
             }
-            let part = self.bulk_request(&docs[start..end]).await?;
+            let part = self.bulk_request(&docs[start..end], pressure).await?;
             outcome.indexed += part.indexed;
             outcome.stale += part.stale;
             outcome
@@ -128,7 +138,11 @@ impl Client {
     /// One bulk request, retried as [`Client::bulk`] says with the shared policy (100 ms
     /// doubling to 10 s apart, with jitter): each attempt sends the documents still
     /// pending.
-    async fn bulk_request(&self, docs: &[Doc]) -> Result<BulkOutcome, EsError> {
+    async fn bulk_request(
+        &self,
+        docs: &[Doc],
+        pressure: &Backpressure,
+    ) -> Result<BulkOutcome, EsError> {
         let state = std::sync::Mutex::new((
             (0..docs.len()).collect::<Vec<usize>>(),
             BulkOutcome::default(),
@@ -140,7 +154,7 @@ impl Client {
         )
         .run(
             "bulk request",
-            || self.bulk_attempt(docs, &state),
+            || self.bulk_attempt(docs, &state, pressure),
             |a: &Attempt| a.transient,
             &self.retried,
         )
@@ -158,6 +172,7 @@ impl Client {
         &self,
         docs: &[Doc],
         state: &std::sync::Mutex<(Vec<usize>, BulkOutcome)>,
+        pressure: &Backpressure,
     ) -> Result<(), Attempt> {
         let lock = || {
             state
@@ -183,11 +198,19 @@ impl Client {
             .body(body)
             .send()
             .await
-            .map_err(|e| Attempt {
-                message: e.to_string(),
-                transient: true,
+            .map_err(|e| {
+                if e.is_timeout() {
+                    pressure.signal();
+                }
+                Attempt {
+                    message: e.to_string(),
+                    transient: true,
+                }
             })?;
         let status = response.status_code();
+        if matches!(status.as_u16(), 429 | 503) {
+            pressure.signal();
+        }
         if !status.is_success() {
             let text = response.text().await.unwrap_or_default();
             return Err(Attempt {
@@ -211,6 +234,7 @@ impl Client {
             });
         }
         let mut retry = Vec::new();
+        let mut throttled = false;
         let mut state = lock();
         for (item, &i) in items.iter().zip(&pending) {
             let result = &item["index"];
@@ -219,7 +243,10 @@ impl Client {
             match status {
                 200..=299 => state.1.indexed += 1,
                 409 => state.1.stale += 1,
-                429 | 500..=599 => retry.push(i),
+                429 | 500..=599 => {
+                    throttled |= matches!(status, 429 | 503);
+                    retry.push(i);
+                }
                 // An index closed to writes or gone: an alias switched by a replay; the
                 // next attempt goes through the alias to the new index.
                 403 if kind == "cluster_block_exception" => retry.push(i),
@@ -236,6 +263,9 @@ impl Client {
             }
         }
         let left = retry.len();
+        if throttled {
+            pressure.signal();
+        }
         state.0 = retry;
         if left == 0 {
             Ok(())

@@ -15,8 +15,8 @@ use elasticsearch::http::Method;
 use salesflow_plugin_api::futures::FutureExt;
 use salesflow_plugin_api::prometheus_client::metrics::counter::Counter;
 use salesflow_plugin_api::{
-    BuildContext, Component, ComponentKind, ConfigError, Event, Plugin, PluginError, Sink,
-    SinkFactory, WriteFuture, async_trait, schemars, toml,
+    Backpressure, BuildContext, Component, ComponentKind, ConfigError, Event, Plugin, PluginError,
+    Sink, SinkFactory, WriteFuture, async_trait, schemars, toml,
 };
 
 /// The sink's type name in `pipeline.toml`.
@@ -134,6 +134,7 @@ impl SinkFactory for Factory {
             client: self.client.clone(),
             settings: Arc::clone(&self.settings),
             stale: self.stale.clone(),
+            pressure: Backpressure::default(),
         }))
     }
 }
@@ -142,6 +143,7 @@ struct ElasticsearchSink {
     client: Client,
     settings: Arc<SinkSettings>,
     stale: Counter,
+    pressure: Backpressure,
 }
 
 fn header(event: &Event, name: &str) -> Result<String, PluginError> {
@@ -154,6 +156,10 @@ fn header(event: &Event, name: &str) -> Result<String, PluginError> {
 
 #[async_trait]
 impl Sink for ElasticsearchSink {
+    fn report_backpressure_to(&mut self, signal: Backpressure) {
+        self.pressure = signal;
+    }
+
     async fn write(&mut self, events: Arc<[Event]>) -> Result<WriteFuture, PluginError> {
         // An event that does not say where it goes can never be written: refused alone.
         let mut docs = Vec::with_capacity(events.len());
@@ -181,10 +187,11 @@ impl Sink for ElasticsearchSink {
         }
         let client = self.client.clone();
         let stale = self.stale.clone();
+        let pressure = self.pressure.clone();
         let total = events.len();
         Ok(async move {
             let outcome = client
-                .bulk(&docs)
+                .bulk_watched(&docs, &pressure)
                 .await
                 .map_err(|e| PluginError::context("bulk write", e))?;
             stale.inc_by(outcome.stale as u64);

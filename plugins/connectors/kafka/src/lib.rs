@@ -109,6 +109,15 @@ impl Plugin for KafkaSinkPlugin {
         Some("kafka")
     }
 
+    /// The producer batches what it is handed and bounds itself (its queue, its requests
+    /// in flight, back-pressure as a full queue), so round trips say little about room:
+    /// how many writes to hand it depends on what a write is (see pipeline.toml: an HTTP
+    /// request awaiting its ack, or a stage's batch), and each holds its events in memory
+    /// until acknowledged.
+    fn default_concurrency(&self) -> Option<usize> {
+        Some(4)
+    }
+
     fn settings_schema(&self) -> schemars::Schema {
         schemars::schema_for!(KafkaSinkSettings)
     }
@@ -160,6 +169,7 @@ impl SinkFactory for SinkMaker {
         Ok(Box::new(sink::KafkaSink {
             producer: Arc::clone(&self.producer),
             settings: Arc::clone(&self.settings),
+            pressure: salesflow_plugin_api::Backpressure::default(),
         }))
     }
 }

@@ -18,7 +18,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use salesflow_plugin_api::json::top_level_field;
-use salesflow_plugin_api::{Event, PluginError, Sink, WriteFuture, async_trait};
+use salesflow_plugin_api::{Backpressure, Event, PluginError, Sink, WriteFuture, async_trait};
 use tokio::sync::oneshot;
 use tracing::warn;
 
@@ -161,10 +161,16 @@ impl ProducerContext for DeliveryContext {
 pub struct KafkaSink {
     pub(crate) producer: Arc<SinkProducer>,
     pub(crate) settings: Arc<KafkaSinkSettings>,
+    /// Raised when librdkafka's queue is full: the brokers take less than is produced.
+    pub(crate) pressure: Backpressure,
 }
 
 #[async_trait]
 impl Sink for KafkaSink {
+    fn report_backpressure_to(&mut self, signal: Backpressure) {
+        self.pressure = signal;
+    }
+
     async fn write(&mut self, events: Arc<[Event]>) -> Result<WriteFuture, PluginError> {
         let (batch, done) = BatchDelivery::new(events.len());
         for (queued, event) in events.iter().enumerate() {
@@ -205,6 +211,7 @@ impl Sink for KafkaSink {
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        self.pressure.signal();
                         record = back;
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_millis(20));

@@ -166,6 +166,36 @@ async fn metrics_dashboards_alerts_and_readiness_on_a_live_run() {
         started.elapsed().as_secs_f64()
     );
 
+    // Sink concurrency: the Elasticsearch sink's lanes adapt (from 1, within their
+    // maximum; they grow only with writes waiting, which this gentle load may not
+    // leave); the Kafka sinks keep their fixed numbers (pipeline.toml's 64 for the
+    // Command API and 2 for cart events).
+    let text = support::get_text(&client, format!("{base}/metrics")).await;
+    let limits = |component: &str| -> Vec<f64> {
+        series(&text, "salesflow_sink_concurrency_limit")
+            .into_iter()
+            .filter(|(labels, _)| label(labels, "component") == Some(component))
+            .map(|(_, v)| v)
+            .collect()
+    };
+    let search = limits("search-index");
+    println!("search-index concurrency limits per lane: {search:?}");
+    assert!(!search.is_empty(), "no limit for the search-index lanes");
+    assert!(
+        search.iter().all(|l| (1.0..=64.0).contains(l)),
+        "{search:?}"
+    );
+    let orders_topic = limits("orders-topic");
+    assert!(
+        !orders_topic.is_empty() && orders_topic.iter().all(|l| (l - 64.0).abs() < 0.5),
+        "{orders_topic:?}"
+    );
+    let cart_events = limits("cart-events");
+    assert!(
+        !cart_events.is_empty() && cart_events.iter().all(|l| (l - 2.0).abs() < 0.5),
+        "{cart_events:?}"
+    );
+
     // Prometheus has scraped it several times.
     let run = sales.tag.clone();
     let deadline = Instant::now() + Duration::from_secs(90);

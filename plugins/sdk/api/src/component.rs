@@ -133,16 +133,41 @@ pub trait StageFactory: Send + Sync + 'static {
 /// The future of one write: resolves once the events are durable (or definitely not).
 pub type WriteFuture = BoxFuture<'static, Result<(), PluginError>>;
 
+/// Signs of an overloaded server that a sink saw while writing — a 429 or 503, a timeout,
+/// a full producer queue — even when a retry then succeeded. The host hands each sink
+/// lane one ([`Sink::report_backpressure_to`]) and reads it as its writes finish: the
+/// lane's adaptive concurrency backs off when it was raised.
+#[derive(Clone, Debug, Default)]
+pub struct Backpressure(Arc<std::sync::atomic::AtomicU64>);
+
+impl Backpressure {
+    /// The server pushed back once.
+    pub fn signal(&self) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Signals since the last call.
+    pub fn take(&self) -> u64 {
+        self.0.swap(0, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Writes batches somewhere durable.
 ///
 /// `write` is called in batch order for its lane; it may wait for room (a full producer
 /// queue), then returns a future that resolves when the write is durable. The host runs up
-/// to the sink's `concurrency` such futures at once and acknowledges each batch when its
-/// future resolves `Ok`. Retries with backoff happen inside the future; an `Err` means the
-/// sink gave up.
+/// to the sink's concurrency limit of such futures at once (fixed, or adaptive: following
+/// the writes' round trips and the server's back-pressure) and acknowledges each batch
+/// when its future resolves `Ok`. Retries with backoff happen inside the future; an `Err`
+/// means the sink gave up.
 #[async_trait]
 pub trait Sink: Send + 'static {
     async fn write(&mut self, events: Arc<[Event]>) -> Result<WriteFuture, PluginError>;
+
+    /// Where to report the server's back-pressure (see [`Backpressure`]); called once per
+    /// sink instance, before its first write. Sinks that cannot tell an overloaded server
+    /// from a slow one ignore it: their round trips still speak for them.
+    fn report_backpressure_to(&mut self, _signal: Backpressure) {}
 
     /// Shutdown: push out anything buffered.
     async fn flush(&mut self) -> Result<(), PluginError> {

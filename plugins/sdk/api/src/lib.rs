@@ -25,8 +25,8 @@ pub use ack::{AckHandle, AckSet, Rejection, Status};
 pub use cache::{CacheBudget, SizedLru};
 pub use command::{Command, ComponentView, ConfigView, PipelineView, Registrar, parse_args};
 pub use component::{
-    CancellationToken, Downstream, LaneSource, Output, OutputObserver, PluginError, Refused,
-    SendError, Sink, SinkFactory, Source, Stage, StageFactory, WriteFuture,
+    Backpressure, CancellationToken, Downstream, LaneSource, Output, OutputObserver, PluginError,
+    Refused, SendError, Sink, SinkFactory, Source, Stage, StageFactory, WriteFuture,
 };
 pub use config::{NAME_RULE, Secret, is_name, is_secret_key};
 pub use event::{Batch, Event, Origin};

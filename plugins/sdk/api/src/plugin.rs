@@ -184,6 +184,14 @@ pub trait Plugin: Send + Sync + 'static {
     fn produces_events(&self) -> bool {
         true
     }
+    /// Sinks: writes in flight per lane when the component does not say. `None` (the
+    /// default): adaptive, following the server's round trips and back-pressure — right
+    /// for a request per write (a bulk request). A sink whose client batches and bounds
+    /// itself (Kafka's producer, with its own queue and requests in flight) gives a fixed
+    /// number: more writes handed over only let its batches fill.
+    fn default_concurrency(&self) -> Option<usize> {
+        None
+    }
     /// The settings' JSON schema, with descriptions and defaults (`salesflow plugins`).
     fn settings_schema(&self) -> schemars::Schema;
     /// Checks the settings without any I/O.
