@@ -87,3 +87,40 @@ fn every_panel_queries_the_provisioned_datasource() {
     }
     assert_eq!(dashboards, 4, "overview, kafka, stages, http");
 }
+
+/// Every alert links its runbook section (`docs/runbook.md`), and the section exists: a
+/// heading named after the alert, which is what the link's anchor points at.
+#[test]
+fn every_alert_links_a_runbook_section_that_exists() {
+    let rules: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(monitoring().join("rules/salesflow.yml")).unwrap(),
+    )
+    .unwrap();
+    let runbook = std::fs::read_to_string(monitoring().join("../docs/runbook.md")).unwrap();
+    let headings: Vec<String> = runbook
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(str::to_lowercase)
+        .collect();
+    let mut alerts = 0;
+    for group in rules["groups"].as_sequence().unwrap() {
+        for rule in group["rules"].as_sequence().unwrap() {
+            let Some(alert) = rule["alert"].as_str() else {
+                continue;
+            };
+            alerts += 1;
+            let url = rule["annotations"]["runbook_url"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{alert} has no runbook_url"));
+            let anchor = url
+                .strip_prefix("https://github.com/salesflow/salesflow/blob/main/docs/runbook.md#")
+                .unwrap_or_else(|| panic!("{alert}: {url} is not a section of docs/runbook.md"));
+            assert_eq!(anchor, alert.to_lowercase(), "{alert}: {url}");
+            assert!(
+                headings.contains(&anchor.to_owned()),
+                "{alert}: docs/runbook.md has no section `## {alert}`"
+            );
+        }
+    }
+    assert!(alerts >= 10, "{alerts} alerts");
+}
