@@ -136,6 +136,40 @@ pub fn markdown(rows: &[Row], cores: f64) -> String {
                 ));
             }
         }
+        // Kafka's own cost per record when records come one at a time, beside what the
+        // end-to-end runs spent per record: the part of Kafka's gap that is its cost per
+        // request at the batch sizes single orders allow.
+        if let Some(shaped) = phase(rows, "Kafka produce", crate::kafka::SHAPED_PHASE) {
+            let shaped_ms = shaped.ms_per_unit(shaped.usage.named("kafka"));
+            let _ = write!(
+                md,
+                "\nKafka spends {shaped_ms:.4} CPU ms per record produced one at a time ({}), \
+                 {:.1}x its raw ceiling's.",
+                crate::kafka::SHAPED_PHASE,
+                costs
+                    .iter()
+                    .find(|c| c.server == "kafka")
+                    .map_or(0.0, |c| shaped_ms / c.ceiling_ms)
+            );
+            for (name, p) in [
+                ("sustained (batches of 20)", Some(e2e)),
+                (
+                    "single orders",
+                    phase(rows, "End to end", "end to end: single"),
+                ),
+            ] {
+                if let Some(p) = p.filter(|p| p.units > 0.0) {
+                    let ms =
+                        p.usage.named("kafka") * 1000.0 / (p.units * e2e::units_per_order("kafka"));
+                    let _ = write!(
+                        md,
+                        " End to end, {name}: {ms:.4} ms per record, {:.2}x that.",
+                        ms / shaped_ms
+                    );
+                }
+            }
+            md.push('\n');
+        }
         let share = e2e.usage.salesflow() / (e2e.usage.seconds * cores);
         let _ = writeln!(
             md,

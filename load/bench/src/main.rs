@@ -28,6 +28,7 @@ mod e2e;
 mod es;
 mod http;
 mod kafka;
+mod latency;
 
 use std::fmt::Write as _;
 use std::time::Duration;

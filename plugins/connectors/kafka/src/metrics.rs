@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -213,6 +214,20 @@ pub struct SinkMetrics {
     pub in_flight: Gauge,
     pub queue: Gauge,
     pub errors: Family<KindLabels, Counter>,
+    /// Per broker, from librdkafka's last statistics window: how long messages waited in
+    /// the producer before they were sent (linger included), and produce requests'
+    /// round trips to the broker.
+    pub latency: Family<LatencyLabels, Gauge<f64, AtomicU64>>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabels {
+    pub broker: String,
+    /// `queue` (librdkafka's `int_latency`) or `broker` (its rtt).
+    pub stage: String,
+    /// `50` or `99` (not `quantile`: that label belongs to summaries, and this is a gauge
+    /// of librdkafka's own window).
+    pub percentile: String,
 }
 
 impl SinkMetrics {
@@ -223,10 +238,16 @@ impl SinkMetrics {
             in_flight: Gauge::default(),
             queue: Gauge::default(),
             errors: Family::default(),
+            latency: Family::default(),
         };
         drop(m.errors.get_or_create(&KindLabels {
             kind: "client".into(),
         }));
+        registry.register(
+            "salesflow_kafka_producer_latency_seconds",
+            "Producer latency per broker over librdkafka's last statistics window: stage=queue is the wait before a message is sent (linger included), stage=broker a produce request's round trip",
+            m.latency.clone(),
+        );
         registry.register(
             "salesflow_kafka_produced_messages",
             "Messages acknowledged by the brokers",
@@ -253,5 +274,30 @@ impl SinkMetrics {
             m.errors.clone(),
         );
         m
+    }
+
+    /// Takes one statistics report: the queue length, and each broker's latency
+    /// quantiles when its window saw any request (an idle window leaves the last ones).
+    pub fn observe(&self, statistics: &Statistics) {
+        self.queue
+            .set(i64::try_from(statistics.msg_cnt).unwrap_or(i64::MAX));
+        for broker in statistics.brokers.values().filter(|b| b.nodeid >= 0) {
+            for (stage, window) in [("queue", &broker.int_latency), ("broker", &broker.rtt)] {
+                let Some(window) = window.as_ref().filter(|w| w.cnt > 0) else {
+                    continue;
+                };
+                for (percentile, micros) in [("50", window.p50), ("99", window.p99)] {
+                    #[allow(clippy::cast_precision_loss)] // microseconds, far below 2^52
+                    let seconds = micros as f64 / 1e6;
+                    self.latency
+                        .get_or_create(&LatencyLabels {
+                            broker: broker.nodeid.to_string(),
+                            stage: stage.to_owned(),
+                            percentile: percentile.to_owned(),
+                        })
+                        .set(seconds);
+                }
+            }
+        }
     }
 }

@@ -127,9 +127,7 @@ impl ClientContext for DeliveryContext {
     }
 
     fn stats(&self, statistics: rdkafka::Statistics) {
-        self.metrics
-            .queue
-            .set(i64::try_from(statistics.msg_cnt).unwrap_or(i64::MAX));
+        self.metrics.observe(&statistics);
     }
 }
 
