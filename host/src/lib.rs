@@ -18,6 +18,15 @@ fn cli(registry: &Registry) -> Clap {
     let mut cli = Clap::new("salesflow")
         .version(env!("CARGO_PKG_VERSION"))
         .about("Runs the pipelines of pipeline.toml")
+        .after_help(
+            "Examples:\n  \
+             salesflow check                              # validate pipeline.toml, connect to nothing\n  \
+             salesflow run                                # every pipeline in this process\n  \
+             salesflow run --pipeline domain              # one of them\n  \
+             salesflow --set server.address=127.0.0.1:9000 run\n  \
+             salesflow --config other.toml graph --format dot\n  \
+             salesflow <COMMAND> --help                   # a command's options and examples",
+        )
         .subcommand_required(true)
         .arg(
             Arg::new("config")
@@ -43,6 +52,12 @@ fn cli(registry: &Registry) -> Clap {
         .subcommand(
             Clap::new("run")
                 .about("Run pipelines (all of them, or the named ones) in this process")
+                .after_help(
+                    "Examples:\n  \
+                     salesflow run\n  \
+                     salesflow run --pipeline command-api --pipeline query-api\n  \
+                     salesflow --set pipelines.domain.stages.carts.buffer=4 run --pipeline domain",
+                )
                 .arg(
                     Arg::new("pipeline")
                         .long("pipeline")
@@ -53,11 +68,21 @@ fn cli(registry: &Registry) -> Clap {
         )
         .subcommand(
             Clap::new("check")
-                .about("Validate the configuration without connecting to anything; the exit code says"),
+                .about("Validate the configuration without connecting to anything; the exit code says")
+                .after_help(
+                    "Examples:\n  \
+                     salesflow check\n  \
+                     salesflow --config other.toml --set log.level=debug check",
+                ),
         )
         .subcommand(
             Clap::new("graph")
                 .about("Draw the topology")
+                .after_help(
+                    "Examples:\n  \
+                     salesflow graph                       # Mermaid\n  \
+                     salesflow graph --format dot --pipeline domain | dot -Tsvg > domain.svg",
+                )
                 .arg(
                     Arg::new("format")
                         .long("format")
@@ -73,7 +98,11 @@ fn cli(registry: &Registry) -> Clap {
                         .help("Only these pipelines"),
                 ),
         )
-        .subcommand(Clap::new("plugins").about("List every plugin with its settings, defaults and docs"));
+        .subcommand(
+            Clap::new("plugins")
+                .about("List every plugin with its settings, defaults and docs")
+                .after_help("Examples:\n  salesflow plugins\n  salesflow plugins | less"),
+        );
     for command in registry.commands() {
         cli = cli.subcommand(
             Clap::new(command.name())

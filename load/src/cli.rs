@@ -7,7 +7,16 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Parser, Debug)]
-#[command(version, about = "Runs a salesflow load profile")]
+#[command(
+    version,
+    about = "Runs a salesflow load profile",
+    after_help = "Examples:\n  \
+                  salesflow load load/profiles/smoke.toml\n  \
+                  salesflow load load/profiles/steady.toml --target http://127.0.0.1:8080\n  \
+                  salesflow load load/profiles/soak.toml --monitor http://127.0.0.1:8080/metrics\n  \
+                  salesflow load load/profiles/steady.toml --compare load/reports/steady-OLD.json\n  \
+                  salesflow load load/profiles/smoke.toml --run-id 1f2e3d4c5b6a7980"
+)]
 pub struct Cli {
     /// The profile, e.g. load/profiles/smoke.toml.
     pub profile: PathBuf,

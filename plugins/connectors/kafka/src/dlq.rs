@@ -433,7 +433,11 @@ pub struct DlqCommand;
 #[command(
     name = "salesflow dlq",
     about = "Dead letters: list them with their reasons, or send chosen ones back to their \
-             source topic after a fix (idempotent: downstream counts each order once)"
+             source topic after a fix (idempotent: downstream counts each order once)",
+    after_help = "Examples:\n  \
+                  salesflow dlq list --topic orders-dlq\n  \
+                  salesflow dlq replay --topic orders-dlq --offset 0:17 --offset 2:3-9\n  \
+                  salesflow dlq replay --topic cart-events-dlq --all --dry-run"
 )]
 struct DlqArgs {
     #[command(subcommand)]
@@ -443,6 +447,9 @@ struct DlqArgs {
 #[derive(clap::Subcommand, Debug)]
 enum DlqAction {
     /// Every dead letter of a topic: id (partition:offset), when, source, who, reason.
+    #[command(after_help = "Examples:\n  \
+                            salesflow dlq list                      # the configuration's dead-letter topic\n  \
+                            salesflow dlq list --topic cart-events-dlq --json")]
     List {
         /// The dead-letter topic; default: the topic of the configuration's first kafka
         /// sink that reads a named output (`.rejected`, `.failed`, ...).
@@ -453,6 +460,10 @@ enum DlqAction {
         json: bool,
     },
     /// Send dead letters back to their source topic (or --to).
+    #[command(after_help = "Examples:\n  \
+                            salesflow dlq replay --offset 0:17 --offset 2:3-9\n  \
+                            salesflow dlq replay --topic cart-events-dlq --all --dry-run\n  \
+                            salesflow dlq replay --all --to orders-retry")]
     Replay {
         /// The dead-letter topic (default as for `list`).
         #[arg(long)]

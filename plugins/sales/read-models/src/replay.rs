@@ -344,7 +344,10 @@ pub struct ReplayCommand;
 #[command(
     name = "salesflow replay",
     about = "Rebuild the read models from the event store into new indices, then switch the \
-             aliases (queries keep answering from the old ones meanwhile)"
+             aliases (queries keep answering from the old ones meanwhile)",
+    after_help = "Examples:\n  \
+                  salesflow replay\n  \
+                  salesflow --config pipeline.toml replay --pipeline projections"
 )]
 struct ReplayArgs {
     /// The pipeline whose read-models stage and elasticsearch sink to use; default: the one
