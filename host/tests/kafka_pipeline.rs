@@ -742,33 +742,7 @@ topic = "{two}"
         1,
         "{metrics}"
     );
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's prometheus package) is installed");
-    std::io::Write::write_all(&mut promtool.stdin.take().unwrap(), metrics.as_bytes()).unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        matches!(out.status.code(), Some(0 | 3)),
-        "promtool could not read it: {said}"
-    );
-    for remark in said.lines().filter(|l| !l.trim().is_empty()) {
-        let counter = remark
-            .strip_suffix("_total no help text")
-            .unwrap_or_else(|| panic!("unexpected remark: {remark}\n{said}"));
-        assert!(
-            metrics.contains(&format!("# TYPE {counter} counter")),
-            "{remark}"
-        );
-    }
+    support::assert_promtool_accepts(&metrics);
     let (status, log) = host.stop(Duration::from_secs(30));
     assert!(status.success(), "{log}");
     support::delete_topics(&[&one, &two]).await;

@@ -12,7 +12,19 @@ pub fn dir() -> PathBuf {
 /// A dashboard panel's query: (dashboard title, panel title, expression).
 pub type PanelQuery = (String, String, String);
 
-/// Every query of every dashboard panel in `grafana/dashboards/`.
+/// The template variables every dashboard has, with the value "All" stands for: the
+/// data source, and the pipelines and instances a panel shows.
+pub const VARIABLES: [(&str, &str); 2] = [("$pipeline", ".*"), ("$instance", ".*")];
+
+/// A panel's expression as Grafana runs it with every variable at "All".
+pub fn expand(expr: &str) -> String {
+    VARIABLES
+        .iter()
+        .fold(expr.to_owned(), |e, (name, all)| e.replace(name, all))
+}
+
+/// Every query of every dashboard panel in `grafana/dashboards/`, with the variables at
+/// "All" (see [`expand`]).
 pub fn panel_queries() -> Result<Vec<PanelQuery>, String> {
     let folder = dir().join("grafana/dashboards");
     let entries = std::fs::read_dir(&folder).map_err(|e| format!("{}: {e}", folder.display()))?;
@@ -33,7 +45,7 @@ pub fn panel_queries() -> Result<Vec<PanelQuery>, String> {
                     out.push((
                         title.clone(),
                         panel["title"].as_str().unwrap_or_default().to_owned(),
-                        expr.to_owned(),
+                        expand(expr),
                     ));
                 }
             }

@@ -65,7 +65,7 @@ fn every_panel_queries_the_provisioned_datasource() {
             );
             assert_eq!(
                 panel["datasource"]["uid"],
-                "prometheus",
+                "${datasource}",
                 "{}",
                 path.display()
             );
@@ -77,15 +77,53 @@ fn every_panel_queries_the_provisioned_datasource() {
                 panel["title"]
             );
             for target in targets {
-                assert!(
-                    target["expr"]
-                        .as_str()
-                        .is_some_and(|e| e.contains("salesflow") || e.contains("up{"))
-                );
+                let expr = target["expr"].as_str().unwrap();
+                assert!(expr.contains("salesflow") || expr.contains("up{"), "{expr}");
+                assert_eq!(target["datasource"]["uid"], "${datasource}", "{expr}");
+                // Every series a panel reads follows the instance picked, and those of
+                // a pipeline the pipeline picked.
+                assert!(expr.contains(r#"instance=~"$instance""#), "{expr}");
+                let per_pipeline = ["salesflow_events", "salesflow_kafka", "salesflow_sink"];
+                if per_pipeline.iter().any(|m| expr.contains(m)) {
+                    assert!(expr.contains(r#"pipeline=~"$pipeline""#), "{expr}");
+                }
             }
         }
     }
     assert_eq!(dashboards, 4, "overview, kafka, stages, http");
+}
+
+/// Every dashboard has the data source, pipeline and instance variables, the pipeline
+/// and instance ones offering "All" (`.*`, which the live test expands them to).
+#[test]
+fn every_dashboard_has_datasource_pipeline_and_instance_variables() {
+    for entry in std::fs::read_dir(monitoring().join("grafana/dashboards")).unwrap() {
+        let path = entry.unwrap().path();
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let variables = dashboard["templating"]["list"].as_array().unwrap();
+        let find = |name: &str| {
+            variables
+                .iter()
+                .find(|v| v["name"] == name)
+                .unwrap_or_else(|| panic!("{}: no ${name} variable", path.display()))
+        };
+        let datasource = find("datasource");
+        assert_eq!(datasource["type"], "datasource", "{}", path.display());
+        assert_eq!(datasource["query"], "prometheus", "{}", path.display());
+        for (name, all) in salesflow_monitoring::VARIABLES {
+            let variable = find(name.trim_start_matches('$'));
+            assert_eq!(variable["type"], "query", "{}", path.display());
+            assert_eq!(variable["includeAll"], true, "{}", path.display());
+            assert_eq!(variable["allValue"], all, "{}", path.display());
+            assert_eq!(
+                variable["datasource"]["uid"],
+                "${datasource}",
+                "{}",
+                path.display()
+            );
+        }
+    }
 }
 
 /// Every alert links its runbook section (`docs/runbook.md`), and the section exists: a

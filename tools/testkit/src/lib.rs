@@ -583,3 +583,41 @@ pub fn run_in(binary: &Path, dir: &Path, args: &[&str], env: &[(&str, &str)]) ->
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// Checks a `/metrics` text with `promtool check metrics` (Debian's prometheus package):
+/// it must parse, and its only remarks may be the `_total` samples of OpenMetrics
+/// counters, whose help is on the family name (`promtool` reads the older text format).
+/// Panics with promtool's words otherwise.
+pub fn assert_promtool_accepts(metrics: &str) {
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's prometheus package) is installed");
+    std::io::Write::write_all(
+        &mut promtool.stdin.take().expect("promtool's stdin"),
+        metrics.as_bytes(),
+    )
+    .expect("writing to promtool");
+    let out = promtool.wait_with_output().expect("promtool's output");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        matches!(out.status.code(), Some(0 | 3)),
+        "promtool could not read it: {said}"
+    );
+    for remark in said.lines().filter(|l| !l.trim().is_empty()) {
+        let counter = remark
+            .strip_suffix("_total no help text")
+            .unwrap_or_else(|| panic!("unexpected remark: {remark}\n{said}"));
+        assert!(
+            metrics.contains(&format!("# TYPE {counter} counter")),
+            "{remark}"
+        );
+    }
+}

@@ -171,6 +171,8 @@ async fn metrics_dashboards_alerts_and_readiness_on_a_live_run() {
     // leave); the Kafka sinks keep their fixed numbers (pipeline.toml's 64 for the
     // Command API and 2 for cart events).
     let text = support::get_text(&client, format!("{base}/metrics")).await;
+    // The exposition of all four pipelines in one process, under load, is valid.
+    support::assert_promtool_accepts(&text);
     let limits = |component: &str| -> Vec<f64> {
         series(&text, "salesflow_sink_concurrency_limit")
             .into_iter()
