@@ -1,7 +1,12 @@
 //! `compose/docker-compose.yml` cannot run on machines without a Docker engine; this test
-//! checks what can be checked without one: it parses, every service it names exists and
-//! is complete (image or build, health check, dependencies), its ports are distinct, and
-//! every file and folder it mounts or builds from is in the repository.
+//! checks what can be checked without one: it validates against the Compose
+//! Specification's schema (`compose/compose-spec.json`, `schema/compose-spec.json` of
+//! github.com/compose-spec/compose-go/v2 v2.16.2, fetched through the Go module proxy),
+//! every service it names exists and is complete (image or build, health check,
+//! dependencies, resource limits), its ports are distinct and bound to loopback, every
+//! server keeps its data on a volume, the pipelines read a mounted `pipeline.toml` and
+//! plugins folder, and every file and folder it mounts or builds from is in the
+//! repository.
 
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
@@ -111,11 +116,96 @@ fn every_service_is_complete_and_depends_on_services_that_exist() {
 }
 
 #[test]
+fn the_file_validates_against_the_compose_specification() {
+    let compose = load(&compose_dir().join("docker-compose.yml"));
+    let document: serde_json::Value = serde_json::to_value(&compose).unwrap();
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(compose_dir().join("compose-spec.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let problems: Vec<String> = validator
+        .iter_errors(&document)
+        .map(|e| format!("{}: {e}", e.instance_path))
+        .collect();
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // And the schema catches what it should: a misspelt key, a port of the wrong type.
+    let mut broken = document.clone();
+    broken["services"]["kafka"]["healthchek"] = serde_json::json!({});
+    broken["services"]["grafana"]["ports"] = serde_json::json!({ "3000": true });
+    assert!(validator.iter_errors(&broken).count() >= 2);
+}
+
+#[test]
+fn every_server_keeps_its_data_on_a_volume_and_has_resource_limits() {
+    let services = services();
+    for (server, data) in [
+        ("kafka", "/var/lib/kafka/data"),
+        ("cassandra", "/var/lib/cassandra"),
+        ("elasticsearch", "/usr/share/elasticsearch/data"),
+        ("prometheus", "/prometheus"),
+        ("grafana", "/var/lib/grafana"),
+    ] {
+        let volumes = str_list(&services[server]["volumes"]);
+        assert!(
+            volumes
+                .iter()
+                .any(|v| !v.starts_with('.') && v.split(':').nth(1) == Some(data)),
+            "{server}: {data} is not on a named volume: {volumes:?}"
+        );
+    }
+    // KRaft mode: the image writes to /tmp/kraft-combined-logs unless told otherwise.
+    assert_eq!(
+        services["kafka"]["environment"]["KAFKA_LOG_DIRS"].as_str(),
+        Some("/var/lib/kafka/data")
+    );
+    for (name, service) in &services {
+        if service["restart"].as_str() == Some("no") {
+            continue;
+        }
+        let limits = &service["deploy"]["resources"]["limits"];
+        assert!(
+            limits["memory"].is_string() && limits["cpus"].is_string(),
+            "{name}: no memory and CPU limits"
+        );
+    }
+}
+
+#[test]
+fn the_pipelines_read_a_mounted_config_and_plugins_folder() {
+    let services = services();
+    for pipeline in ["command-api", "domain", "projections", "query-api"] {
+        let volumes = str_list(&services[pipeline]["volumes"]);
+        assert!(
+            volumes.contains(&"../pipeline.toml:/app/pipeline.toml:ro".to_owned()),
+            "{pipeline}: {volumes:?}"
+        );
+        let plugins = services[pipeline]["environment"]["SALESFLOW__PLUGINS__DIR"]
+            .as_str()
+            .expect("a plugins folder");
+        assert!(
+            volumes.iter().any(|v| v.split(':').nth(1) == Some(plugins)),
+            "{pipeline}: {plugins} is not mounted: {volumes:?}"
+        );
+    }
+    let ignored = std::fs::read_to_string(repo().join(".dockerignore")).unwrap();
+    for path in [".stack", "target", "load/reports", ".git"] {
+        assert!(
+            ignored.lines().any(|l| l.trim() == path),
+            ".dockerignore does not leave out {path}"
+        );
+    }
+}
+
+#[test]
 fn published_ports_are_distinct_and_well_formed() {
     let mut host_ports = BTreeMap::new();
     for (name, service) in services() {
         for port in str_list(&service["ports"]) {
-            let (host, container) = port.split_once(':').expect("host:container");
+            // Published on the host's loopback only.
+            let (ip, rest) = port.split_once(':').expect("ip:host:container");
+            assert_eq!(ip, "127.0.0.1", "{name}: {port}");
+            let (host, container) = rest.split_once(':').expect("ip:host:container");
             let host: u16 = host.parse().unwrap_or_else(|_| panic!("{name}: {port}"));
             let _: u16 = container
                 .parse()
@@ -125,11 +215,17 @@ fn published_ports_are_distinct_and_well_formed() {
             }
         }
     }
+    // The APIs and dashboards, and the servers where host-side tools (`salesflow dlq`,
+    // the load generator's reconciliation, kcat, cqlsh) look with pipeline.toml's
+    // addresses.
     for (port, service) in [
         (8080, "command-api"),
         (8081, "query-api"),
         (9090, "prometheus"),
         (3000, "grafana"),
+        (9092, "kafka"),
+        (9042, "cassandra"),
+        (9200, "elasticsearch"),
     ] {
         assert_eq!(host_ports.get(&port).map(String::as_str), Some(service));
     }
@@ -232,10 +328,17 @@ fn containers_run_the_versions_of_the_local_stack() {
             .unwrap()
             .starts_with("cassandra:5.0")
     );
+    // Elasticsearch's major is the client crate's.
+    let cargo = std::fs::read_to_string(repo().join("Cargo.toml")).unwrap();
+    let client_major = cargo
+        .lines()
+        .find(|l| l.starts_with("elasticsearch = "))
+        .and_then(|l| l.split("version = \"").nth(1))
+        .and_then(|v| v.split('.').next())
+        .expect("the elasticsearch crate's version");
+    let image = services["elasticsearch"]["image"].as_str().unwrap();
     assert!(
-        services["elasticsearch"]["image"]
-            .as_str()
-            .unwrap()
-            .contains("/elasticsearch:8.")
+        image.contains(&format!("/elasticsearch:{client_major}.")),
+        "{image} is not the client's major {client_major}"
     );
 }
