@@ -15,7 +15,9 @@ use clap::Parser;
                   salesflow load load/profiles/steady.toml --target http://127.0.0.1:8080\n  \
                   salesflow load load/profiles/soak.toml --monitor http://127.0.0.1:8080/metrics\n  \
                   salesflow load load/profiles/steady.toml --compare load/reports/steady-OLD.json\n  \
-                  salesflow load load/profiles/smoke.toml --run-id 1f2e3d4c5b6a7980"
+                  salesflow load load/profiles/smoke.toml --run-id 1f2e3d4c5b6a7980\n  \
+                  SALESFLOW_LOAD_INGEST_KEY=... SALESFLOW_LOAD_QUERY_KEY=... salesflow load \
+                  load/profiles/smoke.toml --target https://localhost:8443 --ca-cert server.pem"
 )]
 pub struct Cli {
     /// The profile, e.g. load/profiles/smoke.toml.
@@ -38,6 +40,18 @@ pub struct Cli {
     /// A salesflow /metrics URL to sample resident memory from.
     #[arg(long)]
     pub monitor: Option<String>,
+    /// A PEM certificate to trust for `https://` targets (a CA's, or a self-signed
+    /// server's).
+    #[arg(long, value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
+    /// The environment variable holding the Command API's key, sent as `Authorization:
+    /// Bearer` (default `SALESFLOW_LOAD_INGEST_KEY`; unset: no key).
+    #[arg(long, value_name = "NAME")]
+    pub ingest_key_env: Option<String>,
+    /// The environment variable holding the Query API's key (default
+    /// `SALESFLOW_LOAD_QUERY_KEY`).
+    #[arg(long, value_name = "NAME")]
+    pub query_key_env: Option<String>,
 }
 
 fn parse_hex(text: &str) -> Result<u64, String> {
@@ -60,6 +74,9 @@ pub fn main_with(name: &str, args: &[String]) -> ExitCode {
         target: cli.target,
         query: cli.query,
         monitor: cli.monitor,
+        ca_certificate: cli.ca_cert,
+        ingest_key_env: cli.ingest_key_env,
+        query_key_env: cli.query_key_env,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::data::Generator;
-use crate::profile::{Profile, ScenarioKind, Step};
+use crate::profile::{Keys, Profile, ScenarioKind, Step, with_key};
 use crate::stats::{Outcome, Stats};
 
 /// What the system accepted (2xx / delivered), to follow and reconcile.
@@ -35,6 +35,7 @@ pub struct Engine {
     pub stats: Mutex<Stats>,
     pub ledger: Mutex<Ledger>,
     client: reqwest::Client,
+    keys: Keys,
     producer: Option<FutureProducer>,
     weights: Vec<u32>,
     started: Instant,
@@ -64,10 +65,8 @@ fn transport(e: &reqwest::Error) -> Outcome {
 
 impl Engine {
     pub fn new(profile: Profile, run_id: u64) -> anyhow::Result<Arc<Self>> {
-        let client = reqwest::Client::builder()
-            .timeout(profile.target.request_timeout)
-            .pool_max_idle_per_host(512)
-            .build()?;
+        let client = profile.target.client(profile.target.request_timeout, 512)?;
+        let keys = profile.target.keys()?;
         let producer = if profile
             .scenarios
             .iter()
@@ -93,6 +92,7 @@ impl Engine {
             generator: Mutex::new(generator),
             ledger: Mutex::new(Ledger::default()),
             client,
+            keys,
             producer,
             weights,
             started: Instant::now(),
@@ -186,7 +186,8 @@ impl Engine {
             .as_ref()
             .map_or_else(|| duplicate.clone().unwrap_or_default(), |o| o.body.clone());
         let url = format!("{}/orders", self.profile.target.command_api);
-        let response = match self.client.post(&url).json(&body).send().await {
+        let request = with_key(self.client.post(&url), self.keys.ingest.as_ref());
+        let response = match request.json(&body).send().await {
             Ok(r) => r,
             Err(e) => return (transport(&e), 0),
         };
@@ -243,7 +244,8 @@ impl Engine {
         };
         let bodies: Vec<&Value> = orders.iter().map(|o| &o.body).collect();
         let url = format!("{}/orders/batch", self.profile.target.command_api);
-        let response = match self.client.post(&url).json(&bodies).send().await {
+        let request = with_key(self.client.post(&url), self.keys.ingest.as_ref());
+        let response = match request.json(&bodies).send().await {
             Ok(r) => r,
             Err(e) => return (transport(&e), 0),
         };
@@ -278,7 +280,10 @@ impl Engine {
                 .id
         };
         let url = format!("{}/carts/{id}", self.profile.target.query_api);
-        match self.client.get(&url).send().await {
+        match with_key(self.client.get(&url), self.keys.query.as_ref())
+            .send()
+            .await
+        {
             // A cart nobody ordered in yet is 404: a right answer.
             Ok(r) if r.status() == 404 => (Outcome::Ok, 404),
             Ok(r) => (classify(r.status().as_u16()), r.status().as_u16()),
@@ -297,9 +302,7 @@ impl Engine {
                 .clone()
         };
         let url = format!("{}/carts", self.profile.target.query_api);
-        match self
-            .client
-            .get(&url)
+        match with_key(self.client.get(&url), self.keys.query.as_ref())
             .query(&[("user_id", user.as_str()), ("size", "10")])
             .send()
             .await
@@ -368,7 +371,9 @@ impl Engine {
             let deadline = scheduled + engine.profile.freshness.timeout;
             let at = scheduled.saturating_duration_since(engine.started);
             loop {
-                if let Ok(r) = engine.client.get(&url).send().await
+                if let Ok(r) = with_key(engine.client.get(&url), engine.keys.query.as_ref())
+                    .send()
+                    .await
                     && r.status() == 200
                     && let Ok(doc) = r.json::<Value>().await
                     && doc["items"]

@@ -39,6 +39,11 @@ pub struct Options {
     pub query: Option<String>,
     /// A salesflow `/metrics` URL whose resident memory is sampled during the run.
     pub monitor: Option<String>,
+    /// A PEM certificate to trust for `https://` targets (overrides the profile's).
+    pub ca_certificate: Option<PathBuf>,
+    /// The environment variables holding the APIs' keys (override the profile's).
+    pub ingest_key_env: Option<String>,
+    pub query_key_env: Option<String>,
 }
 
 /// How a run ended.
@@ -91,11 +96,53 @@ fn judge(t: &Threshold, value: f64) -> bool {
 
 async fn resident_mib(client: &reqwest::Client, url: &str) -> Option<f64> {
     let text = client.get(url).send().await.ok()?.text().await.ok()?;
-    let line = text
-        .lines()
-        .find(|l| l.starts_with("salesflow_process_resident_memory_bytes"))?;
-    let bytes: f64 = line.rsplit(' ').next()?.parse().ok()?;
-    Some(bytes / 1024.0 / 1024.0)
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).ok()?;
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "salesflow_process_resident_memory_bytes")
+        .find_map(|s| match s.value {
+            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+        .map(|bytes| bytes / 1024.0 / 1024.0)
+}
+
+/// The live progress of a run, once a second: a line redrawn in place on a terminal
+/// (indicatif), a line each second otherwise (logs, CI).
+#[derive(Clone)]
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new() -> Self {
+        use std::io::IsTerminal as _;
+        if !std::io::stdout().is_terminal() {
+            return Self(None);
+        }
+        let bar =
+            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stdout());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("  {spinner} {elapsed:>4} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        Self(Some(bar))
+    }
+
+    fn show(&self, line: String, elapsed: f64) {
+        match &self.0 {
+            Some(bar) => {
+                bar.set_message(line);
+                bar.tick();
+            }
+            None => println!("  {elapsed:>5.0}s  {line}"),
+        }
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish();
+        }
+    }
 }
 
 /// Runs a profile.
@@ -107,6 +154,15 @@ pub async fn run(path: &Path, options: &Options) -> Result<Outcome> {
     }
     if let Some(query) = &options.query {
         profile.target.query_api.clone_from(query);
+    }
+    if let Some(path) = &options.ca_certificate {
+        profile.target.ca_certificate = Some(path.clone());
+    }
+    if let Some(name) = &options.ingest_key_env {
+        profile.target.ingest_key_env.clone_from(name);
+    }
+    if let Some(name) = &options.query_key_env {
+        profile.target.query_key_env.clone_from(name);
     }
     let run_id = options
         .run_id
@@ -120,16 +176,25 @@ pub async fn run(path: &Path, options: &Options) -> Result<Outcome> {
     let engine = Engine::new(profile.clone(), run_id)?;
 
     // Live progress, abort on broken thresholds, memory sampling.
+    // Built before the run: a certificate that cannot be read stops it here.
+    let monitor_client = profile.target.client(Duration::from_secs(5), 1)?;
+    let progress = Progress::new();
+    // Told to stop once the run is over, the watcher hands back its memory samples.
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
     let watcher = {
         let engine = Arc::clone(&engine);
         let monitor = options.monitor.clone();
+        let progress = progress.clone();
         tokio::spawn(async move {
-            let client = reqwest::Client::new();
+            let client = monitor_client;
             let mut memory = Vec::new();
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             let mut last = 0u64;
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = &mut stopped => return memory,
+                }
                 let elapsed = engine.elapsed().as_secs_f64();
                 let (ok, errors, p99, accepted) = {
                     let stats = engine
@@ -149,11 +214,11 @@ pub async fn run(path: &Path, options: &Options) -> Result<Outcome> {
                         accepted,
                     )
                 };
-                println!(
-                    "  {elapsed:>5.0}s  {:>6} ok/s  {errors:>6} not ok  p99 {p99:>8.1} ms  in flight {:>4}  orders accepted {accepted}",
+                progress.show(format!(
+                    "{:>6} ok/s  {errors:>6} not ok  p99 {p99:>8.1} ms  in flight {:>4}  orders accepted {accepted}",
                     ok - last,
                     engine.in_flight.load(std::sync::atomic::Ordering::Relaxed)
-                );
+                ), elapsed);
                 last = ok;
                 if let Some(url) = &monitor
                     && let Some(mib) = resident_mib(&client, url).await
@@ -199,8 +264,9 @@ pub async fn run(path: &Path, options: &Options) -> Result<Outcome> {
     engine.run().await;
     let seconds = engine.elapsed().as_secs_f64() - profile.warmup.as_secs_f64();
     engine.settle_followers().await;
-    watcher.abort();
+    let _ = stop.send(());
     let memory = watcher.await.unwrap_or_default();
+    progress.finish();
 
     let (accepted, invalid_refused, invalid_accepted, duplicates_posted) = {
         let ledger = engine

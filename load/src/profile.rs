@@ -60,6 +60,90 @@ pub struct Target {
     /// counted as `dropped` rather than queued without bound.
     #[serde(default = "default_max_in_flight")]
     pub max_in_flight: usize,
+    /// A PEM certificate (a CA's, or the server's own self-signed one) trusted for
+    /// `https://` targets besides the usual roots.
+    #[serde(default)]
+    pub ca_certificate: Option<PathBuf>,
+    /// The environment variable holding the Command API's key (sent as
+    /// `Authorization: Bearer KEY`); when it is unset, no key is sent. Keys never go in a
+    /// profile or on the command line.
+    #[serde(default = "default_ingest_key_env")]
+    pub ingest_key_env: String,
+    /// The same for the Query API (the reconciliation reads through it too).
+    #[serde(default = "default_query_key_env")]
+    pub query_key_env: String,
+}
+
+fn default_ingest_key_env() -> String {
+    "SALESFLOW_LOAD_INGEST_KEY".into()
+}
+fn default_query_key_env() -> String {
+    "SALESFLOW_LOAD_QUERY_KEY".into()
+}
+
+impl Target {
+    /// An HTTP client for the targets: the given timeout, and the profile's certificate
+    /// trusted when there is one.
+    pub fn client(&self, timeout: Duration, idle_per_host: usize) -> Result<reqwest::Client> {
+        let mut builder = reqwest::Client::builder()
+            .timeout(timeout)
+            .pool_max_idle_per_host(idle_per_host);
+        if let Some(path) = &self.ca_certificate {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("target.ca_certificate {}", path.display()))?;
+            let certificate = reqwest::Certificate::from_pem(&pem).with_context(|| {
+                format!(
+                    "target.ca_certificate {}: not a PEM certificate",
+                    path.display()
+                )
+            })?;
+            builder = builder.add_root_certificate(certificate);
+        }
+        Ok(builder.build()?)
+    }
+
+    /// The Command API's key and the Query API's, from their environment variables.
+    pub fn keys(&self) -> Result<Keys> {
+        let read = |name: &str| -> Result<Option<String>> {
+            match std::env::var(name) {
+                Ok(key) if key.trim().is_empty() => {
+                    bail!("{name} is set but empty: unset it to send no key")
+                }
+                Ok(key) => Ok(Some(key.trim().to_owned())),
+                Err(std::env::VarError::NotPresent) => Ok(None),
+                Err(std::env::VarError::NotUnicode(_)) => bail!("{name} is not UTF-8"),
+            }
+        };
+        Ok(Keys {
+            ingest: read(&self.ingest_key_env)?,
+            query: read(&self.query_key_env)?,
+        })
+    }
+}
+
+/// API keys to send, when the APIs want them.
+#[derive(Clone, Default)]
+pub struct Keys {
+    pub ingest: Option<String>,
+    pub query: Option<String>,
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Whether there is a key, never the key.
+        f.debug_struct("Keys")
+            .field("ingest", &self.ingest.as_ref().map(|_| "***"))
+            .field("query", &self.query.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// Adds a key to a request when there is one.
+pub fn with_key(request: reqwest::RequestBuilder, key: Option<&String>) -> reqwest::RequestBuilder {
+    match key {
+        Some(key) => request.bearer_auth(key),
+        None => request,
+    }
 }
 
 fn default_api() -> String {
@@ -95,6 +179,9 @@ impl Default for Target {
             keyspace: default_keyspace(),
             request_timeout: default_timeout(),
             max_in_flight: default_max_in_flight(),
+            ca_certificate: None,
+            ingest_key_env: default_ingest_key_env(),
+            query_key_env: default_query_key_env(),
         }
     }
 }

@@ -46,9 +46,13 @@ impl Reconciliation {
     }
 }
 
-async fn read_model(client: &reqwest::Client, base: &str, cart: Uuid) -> Option<Vec<String>> {
-    let r = client
-        .get(format!("{base}/carts/{cart}"))
+async fn read_model(
+    client: &reqwest::Client,
+    key: Option<&String>,
+    base: &str,
+    cart: Uuid,
+) -> Option<Vec<String>> {
+    let r = crate::profile::with_key(client.get(format!("{base}/carts/{cart}")), key)
         .send()
         .await
         .ok()?;
@@ -79,9 +83,8 @@ pub async fn reconcile<S: std::hash::BuildHasher>(
         carts: by_cart.len(),
         ..Reconciliation::default()
     };
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    let client = profile.target.client(Duration::from_secs(10), 32)?;
+    let key = profile.target.keys()?.query;
     let base = profile.target.query_api.clone();
 
     // Wait for the read models to catch up (or the settle timeout).
@@ -93,7 +96,8 @@ pub async fn reconcile<S: std::hash::BuildHasher>(
             .map(|cart| {
                 let client = client.clone();
                 let base = base.clone();
-                async move { (cart, read_model(&client, &base, cart).await) }
+                let key = key.clone();
+                async move { (cart, read_model(&client, key.as_ref(), &base, cart).await) }
             })
             .buffer_unordered(16)
             .collect()
@@ -223,7 +227,11 @@ pub async fn reconcile<S: std::hash::BuildHasher>(
         tokio::time::sleep(Duration::from_millis(500)).await;
         let mut still = Vec::new();
         for (cart, replayed) in mismatched {
-            if read_model(&client, &base, cart).await.as_ref() != Some(&replayed) {
+            if read_model(&client, key.as_ref(), &base, cart)
+                .await
+                .as_ref()
+                != Some(&replayed)
+            {
                 still.push((cart, replayed));
             }
         }

@@ -16,10 +16,11 @@ use support::sales::Sales;
 
 fn salesflow_load(profile: &Path, target: &str, reports: &Path) -> (bool, String) {
     let profile = profile.display().to_string();
+    let metrics = format!("{target}/metrics");
     let ran = support::run_in(
         Path::new(BIN),
         reports,
-        &["load", &profile, "--target", target],
+        &["load", &profile, "--target", target, "--monitor", &metrics],
         &[],
     );
     (ran.ok, ran.both())
@@ -79,6 +80,15 @@ async fn the_smoke_profile_reconciles_every_order_and_a_broken_threshold_fails()
     let report: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
     assert_eq!(report["reconciliation"]["lost_event_store"], 0);
+    // `--monitor`: the process's resident memory, sampled each second of the run.
+    let memory = report["memory_mib"].as_array().unwrap();
+    assert!(memory.len() >= 10, "{memory:?}");
+    assert!(
+        memory
+            .iter()
+            .all(|m| m[1].as_f64().is_some_and(|mib| mib > 1.0)),
+        "{memory:?}"
+    );
 
     // The same profile with a threshold no system meets fails, and says which.
     let strict = std::fs::read_to_string(repo.join("load/profiles/smoke.toml"))

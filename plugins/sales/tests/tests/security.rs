@@ -327,3 +327,140 @@ async fn the_server_speaks_tls_when_given_a_certificate() {
     let (exit, log) = host.stop(Duration::from_secs(30));
     assert!(exit.success(), "{log}");
 }
+
+/// A secured deployment — API keys on both APIs, TLS — can be load-tested: `salesflow
+/// load` sends the keys named by its environment variables and trusts the server's
+/// certificate (`--ca-cert`); every scenario passes and the reconciliation, which reads
+/// through the secured Query API, finds every accepted order. Without the keys the same
+/// run is refused (401) and fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secured_deployment_is_load_tested_with_keys_and_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert_path = dir.path().join("cert.pem");
+    let key_path = dir.path().join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+
+    let sales = Sales::new(BIN).await;
+    let mut args = sales.overrides();
+    args.extend(auth_sets());
+    args.extend([
+        "--set".to_owned(),
+        format!("server.tls.certificate={}", cert_path.display()),
+        "--set".to_owned(),
+        format!("server.tls.private_key={}", key_path.display()),
+        "run".to_owned(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let host = Host::start_with_env(
+        std::path::Path::new(BIN),
+        &Sales::config(),
+        &args,
+        &[
+            ("SALESFLOW_TEST_INGEST_KEYS", INGEST_KEY),
+            ("SALESFLOW_TEST_QUERY_KEYS", QUERY_KEY),
+        ],
+    );
+    let port = host.address().rsplit(':').next().unwrap().to_owned();
+    let base = format!("https://localhost:{port}");
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status(client.get(format!("{base}/health/ready"))).await != 200 {
+        assert!(Instant::now() < deadline, "never ready:\n{}", host.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let profile = dir.path().join("secured.toml");
+    std::fs::write(
+        &profile,
+        r#"
+name = "secured"
+description = "Every API scenario against keys and TLS, then reconciliation."
+[data]
+carts = 60
+[[scenarios]]
+name = "post-order"
+kind = "post-order"
+weight = 6
+[[scenarios]]
+name = "post-batch"
+kind = "post-batch"
+weight = 1
+[[scenarios]]
+name = "get-cart"
+kind = "get-cart"
+weight = 2
+[[scenarios]]
+name = "search"
+kind = "search"
+weight = 1
+[[steps]]
+kind = "inject"
+rate = 25
+duration = "4s"
+[[thresholds]]
+metric = "error_rate"
+below = "1%"
+[freshness]
+sample_every = 5
+timeout = "20s"
+[reconcile]
+enabled = true
+settle_timeout = "60s"
+"#,
+    )
+    .unwrap();
+    let load = |env: &[(&str, &str)]| {
+        let profile = profile.display().to_string();
+        let cert = cert_path.display().to_string();
+        support::run_in(
+            std::path::Path::new(BIN),
+            dir.path(),
+            &[
+                "load",
+                &profile,
+                "--target",
+                &base,
+                "--ca-cert",
+                &cert,
+                "--query-key-env",
+                "SECURED_QUERY_KEY",
+            ],
+            env,
+        )
+    };
+    let ran = load(&[
+        ("SALESFLOW_LOAD_INGEST_KEY", INGEST_KEY),
+        ("SECURED_QUERY_KEY", QUERY_KEY),
+    ]);
+    let text = ran.both();
+    assert!(ran.ok, "the keyed run failed:\n{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("reconciliation:"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(line.contains("(lost 0, duplicated 0)"), "{line}");
+    let accepted: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!(accepted >= 50, "{line}");
+    assert!(
+        !text.contains(INGEST_KEY) && !text.contains(QUERY_KEY),
+        "a key was printed"
+    );
+
+    // No keys: every request is refused, and the run says so.
+    let ran = load(&[]);
+    let text = ran.both();
+    assert!(!ran.ok, "a run without keys passed:\n{text}");
+    assert!(
+        text.contains("errorrate < 1%: FAILED") && text.contains("not ok: rejected"),
+        "{text}"
+    );
+
+    let (exit, log) = host.stop(Duration::from_secs(60));
+    assert!(exit.success(), "{log}");
+    sales.cleanup().await;
+}
