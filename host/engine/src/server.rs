@@ -300,16 +300,13 @@ impl ProcessMetrics {
 
     fn refresh(&self) {
         self.uptime.set(self.started.elapsed().as_secs_f64());
-        let kib = std::fs::read_to_string("/proc/self/status")
+        let kib = procfs::process::Process::myself()
+            .and_then(|me| me.status())
             .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find(|l| l.starts_with("VmRSS:"))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse::<i64>().ok())
-            });
+            .and_then(|status| status.vmrss);
         if let Some(kib) = kib {
-            self.resident.set(kib * 1024);
+            self.resident
+                .set(i64::try_from(kib.saturating_mul(1024)).unwrap_or(i64::MAX));
         }
     }
 }

@@ -129,10 +129,8 @@ pub fn port_in_use(port: u16) -> bool {
 
 /// Resident memory of a process in MiB, from /proc.
 pub fn rss_mib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024)
+    let process = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?;
+    Some(process.status().ok()?.vmrss? / 1024)
 }
 
 /// The last `lines` lines of a file (reads at most its last 256 KiB).
