@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use plotters::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::stats::{ScenarioStats, Stats};
@@ -422,12 +423,22 @@ fn markdown(report: &RunReport, previous: Option<&RunReport>) -> String {
 /// A named, coloured series of (x, y) points.
 type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
 
-/// A line chart as inline SVG.
-#[allow(clippy::cast_precision_loss)]
+/// `#rrggbb` as a plotters colour (grey when it is not one).
+fn rgb(hex: &str) -> RGBColor {
+    let channel = |at: usize| {
+        hex.get(at..at + 2)
+            .and_then(|c| u8::from_str_radix(c, 16).ok())
+            .unwrap_or(128)
+    };
+    RGBColor(channel(1), channel(3), channel(5))
+}
+
+/// A line chart (points for a series named "samples") as inline SVG, drawn by plotters.
 fn chart(title: &str, unit: &str, series: &[Series<'_>]) -> String {
-    let (w, h, left, bottom, top, right) = (720.0, 260.0, 60.0, 30.0, 28.0, 110.0);
-    let xs = series.iter().flat_map(|s| s.2.iter().map(|p| p.0));
-    let x_max = xs.clone().fold(1.0_f64, f64::max);
+    let x_max = series
+        .iter()
+        .flat_map(|s| s.2.iter().map(|p| p.0))
+        .fold(1.0_f64, f64::max);
     let y_max = series
         .iter()
         .flat_map(|s| s.2.iter().map(|p| p.1))
@@ -435,69 +446,63 @@ fn chart(title: &str, unit: &str, series: &[Series<'_>]) -> String {
         .fold(0.0_f64, f64::max)
         .max(1e-9)
         * 1.1;
-    let px = |x: f64| left + (x / x_max) * (w - left - right);
-    let py = |y: f64| h - bottom - (y / y_max) * (h - bottom - top);
-    let mut svg = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{title}\">\
-         <rect width=\"100%\" height=\"100%\" fill=\"#fff\"/>\
-         <text x=\"{left}\" y=\"18\" font-size=\"14\" font-family=\"sans-serif\" font-weight=\"bold\">{title}</text>"
-    );
-    for i in 0..=4 {
-        let y = y_max * f64::from(i) / 4.0;
-        let _ = write!(
-            svg,
-            "<line x1=\"{left}\" x2=\"{}\" y1=\"{py:.1}\" y2=\"{py:.1}\" stroke=\"#ddd\"/>\
-             <text x=\"{}\" y=\"{:.1}\" font-size=\"10\" text-anchor=\"end\" font-family=\"sans-serif\">{:.1}{unit}</text>",
-            w - right,
-            left - 4.0,
-            py(y) + 3.0,
-            y,
-            py = py(y)
-        );
-    }
-    for i in 0..=5 {
-        let x = x_max * f64::from(i) / 5.0;
-        let _ = write!(
-            svg,
-            "<text x=\"{:.1}\" y=\"{}\" font-size=\"10\" text-anchor=\"middle\" font-family=\"sans-serif\">{:.0}s</text>",
-            px(x),
-            h - 10.0,
-            x
-        );
-    }
-    for (i, (name, color, points)) in series.iter().enumerate() {
-        let path: Vec<String> = points
-            .iter()
-            .filter(|p| p.1.is_finite())
-            .map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y)))
-            .collect();
-        if points.len() > 1 && *name != "samples" {
-            let _ = write!(
-                svg,
-                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.8\" points=\"{}\"/>",
-                path.join(" ")
-            );
-        } else {
-            for p in &path {
-                let (x, y) = p.split_once(',').unwrap_or(("0", "0"));
-                let _ = write!(
-                    svg,
-                    "<circle cx=\"{x}\" cy=\"{y}\" r=\"2.5\" fill=\"{color}\"/>"
-                );
+    let mut svg = String::new();
+    let drawn = (|| -> Result<(), Box<dyn std::error::Error + '_>> {
+        let root = SVGBackend::with_string(&mut svg, (720, 260)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 14))
+            .margin(8)
+            .x_label_area_size(24)
+            .y_label_area_size(60)
+            .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+        chart
+            .configure_mesh()
+            .x_labels(6)
+            .y_labels(5)
+            .x_label_formatter(&|x| format!("{x:.0}s"))
+            .y_label_formatter(&|y| format!("{y:.1}{unit}"))
+            .draw()?;
+        for (name, color, points) in series {
+            let color = rgb(color);
+            let finite = points.iter().copied().filter(|p| p.1.is_finite());
+            let legend = move |(x, y): (i32, i32)| {
+                Rectangle::new([(x, y - 5), (x + 10, y + 5)], color.filled())
+            };
+            if points.len() > 1 && *name != "samples" {
+                chart
+                    .draw_series(LineSeries::new(finite, color.stroke_width(2)))?
+                    .label(*name)
+                    .legend(legend);
+            } else {
+                chart
+                    .draw_series(finite.map(|p| Circle::new(p, 2, color.filled())))?
+                    .label(*name)
+                    .legend(legend);
             }
         }
-        let _ = write!(
-            svg,
-            "<rect x=\"{}\" y=\"{}\" width=\"10\" height=\"10\" fill=\"{color}\"/>\
-             <text x=\"{}\" y=\"{}\" font-size=\"11\" font-family=\"sans-serif\">{name}</text>",
-            w - right + 10.0,
-            top + 16.0 * i as f64,
-            w - right + 24.0,
-            top + 16.0 * i as f64 + 9.0
-        );
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK.mix(0.3))
+            .draw()?;
+        root.present()?;
+        Ok(())
+    })();
+    match drawn {
+        // An accessible name, as the hand-drawn charts had.
+        Ok(()) => svg.replacen(
+            "<svg ",
+            &format!("<svg role=\"img\" aria-label=\"{}\" ", escape(title)),
+            1,
+        ),
+        Err(e) => format!(
+            "<p>{}: the chart could not be drawn: {}</p>",
+            escape(title),
+            escape(&e.to_string())
+        ),
     }
-    svg.push_str("</svg>");
-    svg
 }
 
 #[allow(clippy::cast_precision_loss)]
@@ -727,6 +732,13 @@ mod tests {
             3,
             "throughput, latency, freshness"
         );
+        // Drawn charts, each with its accessible name, lines and legend.
+        assert_eq!(page.matches("<svg role=\"img\" aria-label=").count(), 3);
+        assert!(
+            page.matches("<polyline").count() >= 2,
+            "the lines are drawn"
+        );
+        assert!(!page.contains("could not be drawn"));
         assert!(
             !page.contains("<script src") && !page.contains("<link"),
             "self-contained"
