@@ -2,7 +2,7 @@
 //! one currency and user per cart, exact decimal amounts.
 
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};

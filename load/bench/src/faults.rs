@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use salesflow_bench::common::{self, Salesflow};
 use serde::Serialize;
 use serde_json::Value;
