@@ -38,6 +38,19 @@ fn an_order(n: usize) -> Value {
     order(n, &cart, &mut rng, n).json
 }
 
+/// A self-signed certificate for `localhost`, and where its PEM and private key were
+/// written in `dir`.
+fn self_signed(
+    dir: &std::path::Path,
+) -> (rcgen::CertifiedKey, std::path::PathBuf, std::path::PathBuf) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let cert_path = dir.join("cert.pem");
+    let key_path = dir.join("key.pem");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    (cert, cert_path, key_path)
+}
+
 async fn status(request: reqwest::RequestBuilder) -> u16 {
     request.send().await.unwrap().status().as_u16()
 }
@@ -244,11 +257,7 @@ fn configuration_errors_name_what_is_missing_and_never_show_a_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_speaks_tls_when_given_a_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let cert_path = dir.path().join("cert.pem");
-    let key_path = dir.path().join("key.pem");
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let (cert, cert_path, key_path) = self_signed(dir.path());
 
     // A missing or wrong file is a clear configuration error.
     let (ok, out) = salesflow(
@@ -336,11 +345,7 @@ async fn the_server_speaks_tls_when_given_a_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secured_deployment_is_load_tested_with_keys_and_tls() {
     let dir = tempfile::tempdir().unwrap();
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
-    let cert_path = dir.path().join("cert.pem");
-    let key_path = dir.path().join("key.pem");
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    let (cert, cert_path, key_path) = self_signed(dir.path());
 
     let sales = Sales::new(BIN).await;
     let mut args = sales.overrides();
