@@ -126,7 +126,7 @@ fn the_file_validates_against_the_compose_specification() {
     let validator = jsonschema::validator_for(&schema).unwrap();
     let problems: Vec<String> = validator
         .iter_errors(&document)
-        .map(|e| format!("{}: {e}", e.instance_path))
+        .map(|e| format!("{}: {e}", e.instance_path()))
         .collect();
     assert!(problems.is_empty(), "{}", problems.join("\n"));
     // And the schema catches what it should: a misspelt key, a port of the wrong type.

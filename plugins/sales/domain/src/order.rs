@@ -67,7 +67,7 @@ impl OrderValidator {
         }
         let mut problems: Vec<String> = Vec::new();
         for error in self.validator.iter_errors(value) {
-            let path = error.instance_path.to_string();
+            let path = error.instance_path().to_string();
             let field = path.trim_start_matches('/').to_owned();
             let message = if MONEY_FIELDS.contains(&field.as_str()) {
                 "must be a decimal that is not negative, as a string like \"19.99\" (or a number \
