@@ -498,6 +498,24 @@ impl Drop for Host {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            // The test failed with the host still running: its warnings and errors are
+            // the first thing to read.
+            let lines = self.lines.lock().map(|l| l.clone()).unwrap_or_default();
+            let noteworthy: Vec<&String> = lines
+                .iter()
+                .filter(|l| l.contains("\"WARN\"") || l.contains("\"ERROR\""))
+                .collect();
+            let shown = noteworthy.len().saturating_sub(200);
+            eprintln!(
+                "salesflow's warnings and errors ({} of {} log lines; the last 200 shown):",
+                noteworthy.len(),
+                lines.len()
+            );
+            for line in &noteworthy[shown..] {
+                eprintln!("{line}");
+            }
+        }
     }
 }
 

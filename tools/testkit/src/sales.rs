@@ -299,7 +299,8 @@ pub async fn cart_at(
             .send()
             .await
             .unwrap();
-        if response.status() == 200 {
+        let status = response.status();
+        let last = if status == 200 {
             let doc: Value = response.json().await.unwrap();
             if doc["version"].as_u64() == Some(version) {
                 return doc;
@@ -308,10 +309,14 @@ pub async fn cart_at(
                 doc["version"].as_u64().unwrap_or(0) <= version,
                 "cart {id} went past {version}: {doc}"
             );
-        }
+            format!("version {}", doc["version"])
+        } else {
+            format!("{status} {}", response.text().await.unwrap_or_default())
+        };
         assert!(
             Instant::now() < deadline,
-            "cart {id} did not reach version {version}"
+            "cart {id} did not reach version {version} in {timeout:?}: the Query API last \
+             answered {last}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

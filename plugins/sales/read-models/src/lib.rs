@@ -10,7 +10,11 @@
 //! dead-lettered), or totals that disagree with the fold make the lane rebuild the cart
 //! from the event store — the domain appends an event before publishing it, so the store
 //! always holds it. An older event than the cart's version is already in it. One pair of
-//! documents per cart and batch: its state after the batch.
+//! documents per cart and batch: its state after the batch — written even when every
+//! event of the batch was already folded in, because the memory runs ahead of the
+//! writes: a batch whose documents were never written (the sink failed it, or it was
+//! dropped) comes back with events the cart in memory already holds, and its documents
+//! are owed. Elasticsearch answers a document it already holds 409, which costs little.
 
 mod replay;
 
@@ -242,8 +246,6 @@ struct CartWork {
 struct Folded {
     cart_id: Uuid,
     cart: Option<Cart>,
-    /// The version before the batch (0: unknown, the cart was rebuilt).
-    before: u64,
     /// Positions of updates the event store does not hold (a record not from the domain).
     unknown: Vec<(usize, String)>,
     /// The last update's position: the documents take their origin from it.
@@ -282,7 +284,6 @@ async fn fold(
     let cart_id = work.cart_id;
     let last = work.updates.last().map_or(0, |u| u.0);
     let mut cart = work.cart;
-    let before = cart.as_ref().map_or(0, |c| c.version);
     let rebuild = match cart.as_mut() {
         None => true,
         Some(current) => {
@@ -295,7 +296,6 @@ async fn fold(
         return Ok(Folded {
             cart_id,
             cart,
-            before,
             unknown: Vec::new(),
             last,
         });
@@ -305,7 +305,6 @@ async fn fold(
     let unreadable = |e: &salesflow_sales_event_store::StoreError| Folded {
         cart_id,
         cart: None,
-        before: 0,
         unknown: work
             .updates
             .iter()
@@ -355,7 +354,6 @@ async fn fold(
     Ok(Folded {
         cart_id,
         cart: from_store,
-        before: 0,
         unknown,
         last,
     })
@@ -406,21 +404,20 @@ impl Stage for ReadModels {
                 rejected.insert(position, why);
             }
             let Some(cart) = f.cart else { continue };
-            if cart.version > f.before {
-                let like = &events[f.last];
-                docs.push(document(
-                    &self.settings.detailed_alias,
-                    &cart,
-                    &read_model::detailed(&cart),
-                    like,
-                ));
-                docs.push(document(
-                    &self.settings.summary_alias,
-                    &cart,
-                    &read_model::summary(&cart),
-                    like,
-                ));
-            }
+            // Even when nothing was new: see the module documentation.
+            let like = &events[f.last];
+            docs.push(document(
+                &self.settings.detailed_alias,
+                &cart,
+                &read_model::detailed(&cart),
+                like,
+            ));
+            docs.push(document(
+                &self.settings.summary_alias,
+                &cart,
+                &read_model::summary(&cart),
+                like,
+            ));
             let size = cart.approximate_bytes();
             self.carts.put(f.cart_id, cart, size);
         }

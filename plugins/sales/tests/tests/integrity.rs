@@ -534,3 +534,58 @@ async fn the_largest_legal_cart_flows_and_every_pipeline_keeps_serving() {
     assert!(status.success(), "{log}");
     sales.cleanup().await;
 }
+
+/// Sets `index.blocks.write` on the index behind `alias`.
+async fn block_writes(alias: &str, blocked: bool) {
+    let response = reqwest::Client::new()
+        .put(format!("{}/{alias}/_settings", es_url()))
+        .json(&json!({ "index.blocks.write": blocked }))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{}",
+        response.text().await.unwrap()
+    );
+}
+
+/// The projections fold a cart's event into memory before its documents are written.
+/// When the write fails past the sink's retries (the index refuses writes for a while),
+/// the batch goes back to its source and comes again with an event the projection
+/// already holds: its documents are still owed, and are written then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_model_write_that_failed_is_made_when_its_events_come_again() {
+    let sales = Sales::new(BIN).await;
+    let host = start(
+        &sales,
+        &[],
+        &["pipelines.projections.sinks.search-index.retry_timeout=1s".into()],
+    );
+    let base = format!("http://{}", host.address());
+    let client = reqwest::Client::new();
+    support::ready(&client, &base).await;
+    let mut rng = fresh_rng("owed");
+    let carts = vec![support::sales::cart(0, &mut rng)];
+    let first = order(0, &carts[0], &mut rng, 1);
+    post_accepted(&client, &base, std::slice::from_ref(&first.json)).await;
+    support::sales::cart_at(&client, &base, carts[0].id, 1, Duration::from_secs(60)).await;
+
+    block_writes(&sales.detailed, true).await;
+    let second = order(0, &carts[0], &mut rng, 2);
+    post_accepted(&client, &base, std::slice::from_ref(&second.json)).await;
+    support::wait_for(
+        "the read models' write to fail back to its source",
+        Duration::from_secs(60),
+        || {
+            host.log()
+                .contains("sink write failed; the batch goes back to its source")
+        },
+    );
+    block_writes(&sales.detailed, false).await;
+
+    reconcile(&base, &carts, &[first, second]).await;
+    let (status, log) = host.stop(Duration::from_secs(60));
+    assert!(status.success(), "{log}");
+    sales.cleanup().await;
+}
