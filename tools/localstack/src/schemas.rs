@@ -211,8 +211,46 @@ async fn index_templates(dir: &Path) -> Result<()> {
                 response.text().await.unwrap_or_default()
             );
         }
+        existing_indices(&client, name, &body).await?;
     }
     println!("opensearch: {} index template(s) in place", files.len());
+    Ok(())
+}
+
+/// A template shapes only the indices created after it: fields it adds are put into the
+/// mappings of the indices that already match it, so that documents carrying them are
+/// not refused by the strict mapping after an upgrade (their older documents lack the
+/// fields until `salesflow replay` rebuilds them). Changing a field's type is not
+/// possible in place; Elasticsearch refuses it, and so does this step.
+async fn existing_indices(
+    client: &reqwest::Client,
+    name: &str,
+    template: &serde_json::Value,
+) -> Result<()> {
+    let Some(properties) = template.pointer("/template/mappings/properties") else {
+        return Ok(());
+    };
+    let patterns: Vec<&str> = template["index_patterns"]
+        .as_array()
+        .map(|a| a.iter().filter_map(serde_json::Value::as_str).collect())
+        .unwrap_or_default();
+    for pattern in patterns {
+        let response = client
+            .put(format!(
+                "http://{}/{pattern}/_mapping?allow_no_indices=true&expand_wildcards=open",
+                ServerKind::Opensearch.address()
+            ))
+            .json(&serde_json::json!({ "properties": properties }))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            let status = response.status();
+            bail!(
+                "template {name}: adding its fields to the existing indices {pattern}: {status} {}",
+                response.text().await.unwrap_or_default()
+            );
+        }
+    }
     Ok(())
 }
 

@@ -185,6 +185,7 @@ impl Plugin for QueryApiPlugin {
         );
         let router = Router::new()
             .route("/carts", get(search::search))
+            .route("/carts/totals", get(search::totals))
             .route("/carts/{id}", get(detailed))
             .route("/carts/{id}/summary", get(summary))
             .route("/carts/{id}/events", get(events))

@@ -1,4 +1,6 @@
-//! `GET /carts`: search over the summaries.
+//! `GET /carts`: search over the summaries, filtered by user, time, product and
+//! subtotal, sorted by time or subtotal, a page at a time; `GET /carts/totals`: each
+//! currency's exact totals over the carts a filter selects.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,13 +9,65 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use elasticsearch::http::Method;
+use rust_decimal::Decimal;
 use salesflow_plugin_api::axum::Json;
 use salesflow_plugin_api::axum::extract::{RawQuery, State};
 use salesflow_plugin_api::axum::http::StatusCode;
 use salesflow_plugin_api::axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use salesflow_sales::read_model::units;
+use serde_json::{Number, Value, json};
 
 use crate::{Api, problem};
+
+/// How a search's hits are ordered (then by cart id, for a stable order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sort {
+    /// `-created_at`, the default: newest first.
+    NewestFirst,
+    /// `created_at`.
+    OldestFirst,
+    /// `-subtotal`: largest subtotal first.
+    LargestFirst,
+    /// `subtotal`.
+    SmallestFirst,
+}
+
+impl Sort {
+    const NAMES: [(&'static str, Sort); 4] = [
+        ("-created_at", Sort::NewestFirst),
+        ("created_at", Sort::OldestFirst),
+        ("-subtotal", Sort::LargestFirst),
+        ("subtotal", Sort::SmallestFirst),
+    ];
+
+    fn name(self) -> &'static str {
+        Self::NAMES
+            .iter()
+            .find(|(_, s)| *s == self)
+            .map_or("-created_at", |(n, _)| n)
+    }
+
+    fn parse(raw: &str) -> Result<Self, String> {
+        Self::NAMES
+            .iter()
+            .find(|(n, _)| *n == raw)
+            .map(|(_, s)| *s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::NAMES.iter().map(|(n, _)| *n).collect();
+                format!("sort: {raw:?} is not one of {}", names.join(", "))
+            })
+    }
+
+    /// The Elasticsearch field and order.
+    fn field(self) -> (&'static str, &'static str) {
+        match self {
+            Sort::NewestFirst => ("created_at", "desc"),
+            Sort::OldestFirst => ("created_at", "asc"),
+            Sort::LargestFirst => ("subtotal_units", "desc"),
+            Sort::SmallestFirst => ("subtotal_units", "asc"),
+        }
+    }
+}
 
 /// A validated search.
 #[derive(Debug, PartialEq)]
@@ -22,15 +76,49 @@ pub struct Search {
     pub from: Option<DateTime<Utc>>,
     pub to: Option<DateTime<Utc>>,
     pub product: Option<String>,
+    /// Subtotal bounds, inclusive, in ten-thousandths.
+    pub min_subtotal: Option<u64>,
+    pub max_subtotal: Option<u64>,
+    pub sort: Sort,
     pub size: u32,
     /// The sort values of the last hit of the previous page.
-    pub after: Option<(i64, String)>,
+    pub after: Option<(Number, String)>,
 }
 
-const PARAMETERS: [&str; 6] = ["user_id", "from", "to", "product", "size", "after"];
+const PARAMETERS: [&str; 9] = [
+    "user_id",
+    "from",
+    "to",
+    "product",
+    "min_subtotal",
+    "max_subtotal",
+    "sort",
+    "size",
+    "after",
+];
+
+/// What `GET /carts/totals` takes: the filters, no paging.
+const TOTALS_PARAMETERS: [&str; 5] = ["user_id", "from", "to", "min_subtotal", "max_subtotal"];
+
+/// The largest amount a filter takes: a cart's subtotal stays below 10^15.
+const MAX_AMOUNT_DIGITS: usize = 15;
 
 /// Parses the query string; `Err` names the bad parameter and why.
 pub fn parse(query: Option<&str>, default_size: u32, max_size: u32) -> Result<Search, String> {
+    parse_with(query, &PARAMETERS, default_size, max_size)
+}
+
+/// Parses the totals' query string: the search's filters only.
+pub fn parse_totals(query: Option<&str>) -> Result<Search, String> {
+    parse_with(query, &TOTALS_PARAMETERS, 1, 1)
+}
+
+fn parse_with(
+    query: Option<&str>,
+    known: &[&str],
+    default_size: u32,
+    max_size: u32,
+) -> Result<Search, String> {
     let mut values: BTreeMap<String, String> = BTreeMap::new();
     for pair in query
         .unwrap_or_default()
@@ -42,10 +130,10 @@ pub fn parse(query: Option<&str>, default_size: u32, max_size: u32) -> Result<Se
         if key.is_empty() {
             return Err("a parameter name is not valid: it is empty (write name=value)".into());
         }
-        if !PARAMETERS.contains(&key.as_str()) {
+        if !known.contains(&key.as_str()) {
             return Err(format!(
                 "{key}: unknown parameter; known: {}",
-                PARAMETERS.join(", ")
+                known.join(", ")
             ));
         }
         let value = decode(value).map_err(|e| format!("{key}: {e}"))?;
@@ -76,6 +164,12 @@ pub fn parse(query: Option<&str>, default_size: u32, max_size: u32) -> Result<Se
             })
             .transpose()
     };
+    let amount = |name: &str| -> Result<Option<u64>, String> {
+        values
+            .get(name)
+            .map(|v| amount_units(v).map_err(|why| format!("{name}: {why}")))
+            .transpose()
+    };
     let size = match values.get("size") {
         None => default_size,
         Some(v) => match v.parse::<u32>() {
@@ -83,12 +177,21 @@ pub fn parse(query: Option<&str>, default_size: u32, max_size: u32) -> Result<Se
             _ => return Err(format!("size: must be a whole number from 1 to {max_size}")),
         },
     };
-    let after = values.get("after").map(|v| decode_cursor(v)).transpose()?;
+    let sort = values
+        .get("sort")
+        .map_or(Ok(Sort::NewestFirst), |v| Sort::parse(v))?;
+    let after = values
+        .get("after")
+        .map(|v| decode_cursor(v, sort))
+        .transpose()?;
     let search = Search {
         user_id: text("user_id", 128)?,
         from: time("from")?,
         to: time("to")?,
         product: text("product", 200)?,
+        min_subtotal: amount("min_subtotal")?,
+        max_subtotal: amount("max_subtotal")?,
+        sort,
         size,
         after,
     };
@@ -97,7 +200,33 @@ pub fn parse(query: Option<&str>, default_size: u32, max_size: u32) -> Result<Se
     {
         return Err("from: must not be after to".into());
     }
+    if let (Some(min), Some(max)) = (search.min_subtotal, search.max_subtotal)
+        && min > max
+    {
+        return Err("min_subtotal: must not be above max_subtotal".into());
+    }
     Ok(search)
+}
+
+/// A filter's amount: a decimal written as the orders' amounts are (no sign, no
+/// exponent, at most 4 decimal places), in ten-thousandths.
+fn amount_units(raw: &str) -> Result<u64, String> {
+    let (whole, fraction) = raw.split_once('.').unwrap_or((raw, ""));
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(whole)
+        || (raw.contains('.') && !digits(fraction))
+        || fraction.len() > 4
+        || whole.len() > MAX_AMOUNT_DIGITS
+    {
+        return Err(format!(
+            "{raw:?} is not an amount: write a decimal such as 19.99 (at most {MAX_AMOUNT_DIGITS} \
+             whole digits and 4 decimal places, no sign or exponent)"
+        ));
+    }
+    raw.parse::<Decimal>()
+        .ok()
+        .and_then(units)
+        .ok_or_else(|| format!("{raw:?} is not an amount"))
 }
 
 fn decode(raw: &str) -> Result<String, String> {
@@ -123,25 +252,47 @@ fn decode(raw: &str) -> Result<String, String> {
     String::from_utf8(out).map_err(|_| "not UTF-8".to_owned())
 }
 
-/// The cursor: the last hit's sort values, as base64url JSON.
-pub fn encode_cursor(created_at_ms: i64, cart_id: &str) -> String {
-    URL_SAFE_NO_PAD.encode(json!([created_at_ms, cart_id]).to_string())
+/// The cursor: the sort, and the last hit's sort values, as base64url JSON.
+pub fn encode_cursor(sort: Sort, value: &Number, cart_id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(json!([sort.name(), value, cart_id]).to_string())
 }
 
-fn decode_cursor(raw: &str) -> Result<(i64, String), String> {
+/// A cursor of a search sorted by `sort`. A cursor of the first version (`[ms, id]`, before
+/// there was a choice of sort) is one of the default sort.
+fn decode_cursor(raw: &str, sort: Sort) -> Result<(Number, String), String> {
     let bad = || "after: not a cursor from a previous page's `next`".to_owned();
     let bytes = URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
-    match value.as_array().map(Vec::as_slice) {
-        Some([Value::Number(ms), Value::String(id)]) if uuid::Uuid::parse_str(id).is_ok() => {
-            Ok((ms.as_i64().ok_or_else(bad)?, id.clone()))
+    let (of, number, id) = match value.as_array().map(Vec::as_slice) {
+        Some([Value::Number(n), Value::String(id)]) => (Sort::NewestFirst, n, id),
+        Some([Value::String(s), Value::Number(n), Value::String(id)]) => {
+            (Sort::parse(s).map_err(|_| bad())?, n, id)
         }
-        _ => Err(bad()),
+        _ => return Err(bad()),
+    };
+    if uuid::Uuid::parse_str(id).is_err() {
+        return Err(bad());
     }
+    let fits = match of {
+        Sort::NewestFirst | Sort::OldestFirst => number.is_i64(),
+        Sort::LargestFirst | Sort::SmallestFirst => number.is_u64(),
+    };
+    if !fits {
+        return Err(bad());
+    }
+    if of != sort {
+        return Err(format!(
+            "after: the cursor is of a search sorted by {}, not {}",
+            of.name(),
+            sort.name()
+        ));
+    }
+    Ok((number.clone(), id.clone()))
 }
 
-/// The Elasticsearch query: parameters only ever appear as JSON values.
-pub fn query(search: &Search) -> Value {
+/// The filters, as Elasticsearch `filter` and `must` clauses: parameters only ever appear
+/// as JSON values.
+fn clauses(search: &Search) -> (Vec<Value>, Vec<Value>) {
     let mut filter = Vec::new();
     if let Some(user) = &search.user_id {
         filter.push(json!({ "term": { "user_id": user } }));
@@ -156,18 +307,35 @@ pub fn query(search: &Search) -> Value {
         }
         filter.push(json!({ "range": { "created_at": range } }));
     }
+    if search.min_subtotal.is_some() || search.max_subtotal.is_some() {
+        let mut range = serde_json::Map::new();
+        if let Some(min) = search.min_subtotal {
+            range.insert("gte".into(), json!(min));
+        }
+        if let Some(max) = search.max_subtotal {
+            range.insert("lte".into(), json!(max));
+        }
+        filter.push(json!({ "range": { "subtotal_units": range } }));
+    }
     let mut must = Vec::new();
     if let Some(product) = &search.product {
         must.push(json!({ "match": { "products": { "query": product, "operator": "and" } } }));
     }
+    (filter, must)
+}
+
+/// The Elasticsearch query of a search.
+pub fn query(search: &Search) -> Value {
+    let (filter, must) = clauses(search);
+    let (field, order) = search.sort.field();
     let mut body = json!({
         "size": search.size,
         "query": { "bool": { "filter": filter, "must": must } },
-        "sort": [ { "created_at": "desc" }, { "cart_id": "asc" } ],
+        "sort": [ { field: order }, { "cart_id": "asc" } ],
         "track_total_hits": true,
     });
-    if let Some((ms, id)) = &search.after {
-        body["search_after"] = json!([ms, id]);
+    if let Some((value, id)) = &search.after {
+        body["search_after"] = json!([value, id]);
     }
     body
 }
@@ -181,30 +349,17 @@ pub async fn search(State(api): State<Arc<Api>>, RawQuery(raw): RawQuery) -> Res
         Ok(s) => s,
         Err(e) => return problem(StatusCode::BAD_REQUEST, e),
     };
-    let path = format!("/{}/_search", api.settings.summary_alias);
-    let (status, body) = match api.es.call(Method::Post, &path, Some(query(&search))).await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!(error = %e, "search failed");
-            return problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the read models are not available",
-            );
-        }
+    let body = match read_models(&api, query(&search)).await {
+        Ok(body) => body,
+        Err(response) => return *response,
     };
-    if status != 200 {
-        tracing::warn!(%status, %body, "search failed");
-        return problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the read models are not available",
-        );
-    }
     let hits = body["hits"]["hits"].as_array().cloned().unwrap_or_default();
     let next = if hits.len() == search.size as usize {
         hits.last().and_then(|h| {
             let sort = h["sort"].as_array()?;
             Some(encode_cursor(
-                sort.first()?.as_i64()?,
+                search.sort,
+                sort.first()?.as_number()?,
                 sort.get(1)?.as_str()?,
             ))
         })
@@ -216,6 +371,126 @@ pub async fn search(State(api): State<Arc<Api>>, RawQuery(raw): RawQuery) -> Res
         "total": body["hits"]["total"]["value"],
         "items": items,
         "next": next,
+    }))
+    .into_response()
+}
+
+/// One search request to the summaries; `Err` is the answer to give instead.
+async fn read_models(api: &Api, body: Value) -> Result<Value, Box<Response>> {
+    let path = format!("/{}/_search", api.settings.summary_alias);
+    let unavailable = || {
+        Box::new(problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the read models are not available",
+        ))
+    };
+    match api.es.call(Method::Post, &path, Some(body)).await {
+        Ok((200, body)) => Ok(body),
+        Ok((status, body)) => {
+            tracing::warn!(%status, %body, "search failed");
+            Err(unavailable())
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "search failed");
+            Err(unavailable())
+        }
+    }
+}
+
+/// Sums each currency's money exactly: Elasticsearch's `sum` adds doubles (exact only
+/// below 2^53, and a few large carts pass that in ten-thousandths), so the decimal
+/// strings are added as `BigDecimal`s, per shard and then across shards. Summaries
+/// indexed before `order_count` and `discounts` existed are counted as `outdated`.
+const TOTALS_SCRIPT: [(&str, &str); 4] = [
+    ("init_script", "state.t = new HashMap();"),
+    (
+        "map_script",
+        "String c = doc['currency'].value; \
+         List t = state.t.get(c); \
+         if (t == null) { t = [0L, 0L, BigDecimal.ZERO, BigDecimal.ZERO, BigDecimal.ZERO, 0L]; state.t.put(c, t); } \
+         t[0] = t[0] + 1; \
+         if (doc['order_count'].size() == 0 || doc['discounts'].size() == 0) { t[5] = t[5] + 1; } \
+         else { t[1] = t[1] + doc['order_count'].value; t[4] = t[4].add(new BigDecimal(doc['discounts'].value)); } \
+         t[2] = t[2].add(new BigDecimal(doc['subtotal'].value)); \
+         t[3] = t[3].add(new BigDecimal(doc['tax_amount'].value));",
+    ),
+    (
+        "combine_script",
+        "Map r = new HashMap(); \
+         for (e in state.t.entrySet()) { List t = e.getValue(); \
+           r.put(e.getKey(), [t[0], t[1], t[2].toPlainString(), t[3].toPlainString(), t[4].toPlainString(), t[5]]); } \
+         return r;",
+    ),
+    (
+        "reduce_script",
+        "Map all = new TreeMap(); \
+         for (s in states) { if (s == null) { continue; } \
+           for (e in s.entrySet()) { List v = e.getValue(); List t = all.get(e.getKey()); \
+             if (t == null) { t = [0L, 0L, BigDecimal.ZERO, BigDecimal.ZERO, BigDecimal.ZERO, 0L]; all.put(e.getKey(), t); } \
+             t[0] = t[0] + ((Number) v[0]).longValue(); t[1] = t[1] + ((Number) v[1]).longValue(); \
+             t[2] = t[2].add(new BigDecimal(v[2])); t[3] = t[3].add(new BigDecimal(v[3])); \
+             t[4] = t[4].add(new BigDecimal(v[4])); t[5] = t[5] + ((Number) v[5]).longValue(); } } \
+         List out = []; \
+         for (e in all.entrySet()) { List t = e.getValue(); \
+           out.add(['currency': e.getKey(), 'carts': t[0], 'orders': t[1], 'subtotal': t[2].toPlainString(), \
+                    'tax_amount': t[3].toPlainString(), 'discounts': t[4].toPlainString(), 'outdated': t[5]]); } \
+         return out;",
+    ),
+];
+
+/// The Elasticsearch request of the totals: the search's filters, one scripted metric.
+pub fn totals_query(search: &Search) -> Value {
+    let (filter, must) = clauses(search);
+    let mut metric = serde_json::Map::new();
+    for (name, source) in TOTALS_SCRIPT {
+        metric.insert(name.into(), json!({ "source": source, "lang": "painless" }));
+    }
+    json!({
+        "size": 0,
+        "track_total_hits": true,
+        "query": { "bool": { "filter": filter, "must": must } },
+        "aggs": { "totals": { "scripted_metric": metric } },
+    })
+}
+
+pub async fn totals(State(api): State<Arc<Api>>, RawQuery(raw): RawQuery) -> Response {
+    let search = match parse_totals(raw.as_deref()) {
+        Ok(s) => s,
+        Err(e) => return problem(StatusCode::BAD_REQUEST, e),
+    };
+    let body = match read_models(&api, totals_query(&search)).await {
+        Ok(body) => body,
+        Err(response) => return *response,
+    };
+    let currencies = body["aggregations"]["totals"]["value"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let outdated: u64 = currencies
+        .iter()
+        .filter_map(|c| c["outdated"].as_u64())
+        .sum();
+    if outdated > 0 {
+        return problem(
+            StatusCode::CONFLICT,
+            format!(
+                "{outdated} of the carts selected were indexed before totals could be \
+                 computed: rebuild the read models with `salesflow replay`"
+            ),
+        );
+    }
+    let currencies: Vec<Value> = currencies
+        .into_iter()
+        .map(|mut c| {
+            if let Some(object) = c.as_object_mut() {
+                object.remove("outdated");
+            }
+            c
+        })
+        .collect();
+    Json(json!({
+        "carts": body["hits"]["total"]["value"],
+        "currencies": currencies,
     }))
     .into_response()
 }
@@ -239,6 +514,9 @@ mod tests {
             ("user_id=", "user_id"),
             ("from=2026-02-01T00:00:00Z&to=2026-01-01T00:00:00Z", "from"),
             ("product=a&product=b", "product"),
+            ("sort=price", "sort"),
+            ("min_subtotal=1e3", "min_subtotal"),
+            ("max_subtotal=-1", "max_subtotal"),
         ] {
             let e = parse(Some(q), 20, 100).unwrap_err();
             assert!(e.starts_with(&format!("{name}:")), "{q}: {e}");
@@ -253,6 +531,9 @@ mod tests {
             from: None,
             to: None,
             product: Some(hostile.into()),
+            min_subtotal: None,
+            max_subtotal: None,
+            sort: Sort::NewestFirst,
             size: 10,
             after: None,
         };
@@ -266,13 +547,73 @@ mod tests {
     }
 
     #[test]
-    fn cursors_round_trip() {
+    fn cursors_round_trip_and_belong_to_their_sort() {
         let id = "7c9e6679-7425-40de-944b-e07fc1f90ae7";
-        let c = encode_cursor(1_800_000_000_000, id);
+        let ms = Number::from(1_800_000_000_000_i64);
+        let c = encode_cursor(Sort::NewestFirst, &ms, id);
         assert_eq!(
-            decode_cursor(&c).unwrap(),
-            (1_800_000_000_000, id.to_owned())
+            decode_cursor(&c, Sort::NewestFirst).unwrap(),
+            (ms.clone(), id.to_owned())
         );
+        let e = decode_cursor(&c, Sort::LargestFirst).unwrap_err();
+        assert!(e.contains("sorted by -created_at"), "{e}");
+        // Subtotals past i64, as the largest carts have.
+        let big = Number::from(9_999_999_999_999_999_000_u64);
+        let c = encode_cursor(Sort::LargestFirst, &big, id);
+        assert_eq!(
+            decode_cursor(&c, Sort::LargestFirst).unwrap(),
+            (big, id.to_owned())
+        );
+        // A cursor of the first version: the default sort's.
+        let old = URL_SAFE_NO_PAD.encode(json!([1_800_000_000_000_i64, id]).to_string());
+        assert_eq!(
+            decode_cursor(&old, Sort::NewestFirst).unwrap(),
+            (ms, id.to_owned())
+        );
+    }
+
+    #[test]
+    fn amounts_are_exact_ten_thousandths_or_refused() {
+        assert_eq!(amount_units("0"), Ok(0));
+        assert_eq!(amount_units("19.99"), Ok(199_900));
+        assert_eq!(
+            amount_units("999999999999999.9999"),
+            Ok(9_999_999_999_999_999_999)
+        );
+        for bad in [
+            "",
+            "-1",
+            "+1",
+            "1e3",
+            "1.",
+            ".5",
+            "1.00001",
+            "1,5",
+            "0x10",
+            "1000000000000000",
+        ] {
+            assert!(amount_units(bad).is_err(), "{bad}");
+        }
+        let s = parse(
+            Some("min_subtotal=10&max_subtotal=20.5&sort=-subtotal"),
+            20,
+            100,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.min_subtotal, s.max_subtotal),
+            (Some(100_000), Some(205_000))
+        );
+        let q = query(&s);
+        assert_eq!(
+            q["query"]["bool"]["filter"][0]["range"]["subtotal_units"]["gte"],
+            100_000
+        );
+        assert_eq!(q["sort"][0]["subtotal_units"], "desc");
+        let e = parse(Some("min_subtotal=3&max_subtotal=2"), 20, 100).unwrap_err();
+        assert!(e.starts_with("min_subtotal:"), "{e}");
+        let e = parse_totals(Some("size=3")).unwrap_err();
+        assert!(e.starts_with("size:"), "{e}");
     }
 }
 
@@ -299,7 +640,7 @@ mod properties {
         }
     }
 
-    const SHAPE: [&str; 17] = [
+    const SHAPE: [&str; 18] = [
         "size",
         "query",
         "bool",
@@ -317,6 +658,7 @@ mod properties {
         "sort",
         "cart_id",
         "track_total_hits",
+        "subtotal_units",
     ];
 
     proptest! {

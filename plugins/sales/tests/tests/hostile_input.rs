@@ -767,7 +767,10 @@ async fn query_parameters_cannot_change_the_query() {
         ("from=yesterday", "from"),
         ("after=eyJtYXRjaF9hbGwiOnt9fQ", "after"),
         ("user_id=a&user_id=b", "user_id"),
-        ("sort=user_id", "unknown parameter"),
+        ("sort=user_id", "is not one of"),
+        ("sort=%7B%22_script%22%3A%7B%7D%7D", "is not one of"),
+        ("min_subtotal=1%22%7D%7D", "min_subtotal"),
+        ("order=user_id", "unknown parameter"),
         ("user_id=%ff", "user_id"),
         ("user_id=%0a", "control characters"),
     ] {

@@ -19,9 +19,10 @@ use support::es_url;
 /// The binary under test.
 const BIN: &str = env!("CARGO_BIN_EXE_salesflow-e2e");
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use support::sales::{
     CartSpec, OrderSpec, Rng, Sales, cart_at, cassandra, check_cart, documents, expected_carts,
@@ -439,6 +440,240 @@ async fn a_replay_under_load_leaves_no_cart_behind() {
     for (i, orders) in &expected_carts(&first) {
         check_cart(&client, &base, &session, &carts[*i], orders).await;
     }
+    let (status, log) = host.stop(Duration::from_secs(60));
+    assert!(status.success(), "{log}");
+    sales.cleanup().await;
+}
+
+/// A cart's money as the tests expect it from what was posted.
+struct Expected {
+    id: Uuid,
+    user: String,
+    currency: String,
+    created_at: chrono::DateTime<chrono::Utc>,
+    orders: u64,
+    subtotal: Decimal,
+    tax: Decimal,
+    discounts: Decimal,
+}
+
+fn dec(v: &Value) -> Decimal {
+    v.as_str()
+        .unwrap_or_else(|| panic!("{v} is not a decimal string"))
+        .parse()
+        .unwrap()
+}
+
+/// Every page of a search, following `next`: the hits' cart ids in order.
+async fn all_pages(client: &reqwest::Client, base: &str, query: &str) -> Vec<Value> {
+    let mut items = Vec::new();
+    let mut url = format!("{base}/carts?{query}");
+    loop {
+        let response = client.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{url}");
+        let page: Value = response.json().await.unwrap();
+        items.extend(page["items"].as_array().unwrap().iter().cloned());
+        match page["next"].as_str() {
+            Some(next) => url = format!("{base}/carts?{query}&after={next}"),
+            None => return items,
+        }
+    }
+}
+
+/// Money in the read models can be queried exactly: subtotal ranges (bounds included),
+/// sorting by subtotal across pages, and each currency's totals over many carts —
+/// including carts whose subtotals are past 2^53 ten-thousandths, where a sum in
+/// doubles (Elasticsearch's `sum`) would lose the cents of the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn money_is_filtered_sorted_and_totalled_exactly() {
+    let sales = Sales::new(BIN).await;
+    let host = sales.start(&[]);
+    let base = format!("http://{}", host.address());
+    let client = reqwest::Client::new();
+    support::ready(&client, &base).await;
+    let mut rng = support::sales::fresh_rng("money");
+    let carts: Vec<CartSpec> = (0..60).map(|n| support::sales::cart(n, &mut rng)).collect();
+    let mut orders: Vec<OrderSpec> = Vec::new();
+    for (i, cart) in carts.iter().enumerate() {
+        for _ in 0..=rng.below(4) {
+            let seq = orders.len();
+            let mut o = order(i, cart, &mut rng, seq);
+            if i % 20 == 7 {
+                // Three carts at the largest subtotal an order may have.
+                o.subtotal = "999999999999.9999".parse().unwrap();
+                o.json["subtotal"] = json!("999999999999.9999");
+            }
+            orders.push(o);
+        }
+    }
+    for chunk in orders.chunks(20) {
+        let body: Vec<Value> = chunk.iter().map(|o| o.json.clone()).collect();
+        post_accepted(&client, &base, &body).await;
+    }
+    let by_cart = expected_carts(&orders);
+    let expected: Vec<Expected> = by_cart
+        .iter()
+        .map(|(i, list)| Expected {
+            id: carts[*i].id,
+            user: carts[*i].user.clone(),
+            currency: carts[*i].currency.clone(),
+            created_at: list
+                .iter()
+                .map(|o| o.json["created_at"].as_str().unwrap().parse().unwrap())
+                .min()
+                .unwrap(),
+            orders: list.len() as u64,
+            subtotal: list.iter().map(|o| o.subtotal).sum(),
+            tax: list.iter().map(|o| o.tax).sum(),
+            discounts: list.iter().map(|o| o.discounts).sum(),
+        })
+        .collect();
+    for e in &expected {
+        cart_at(&client, &base, e.id, e.orders, Duration::from_secs(120)).await;
+    }
+    // The summaries are searched after their refresh: wait until every cart is found.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let page: Value = support::get_json(&client, format!("{base}/carts?size=1")).await;
+        if page["total"].as_u64() == Some(expected.len() as u64) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every summary is searchable: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A subtotal range, both bounds carts' own subtotals: both are in it.
+    let mut subtotals: Vec<Decimal> = expected.iter().map(|e| e.subtotal).collect();
+    subtotals.sort();
+    let (low, high) = (subtotals[10], subtotals[40]);
+    let found: BTreeSet<String> = all_pages(
+        &client,
+        &base,
+        &format!("min_subtotal={low}&max_subtotal={high}&size=9"),
+    )
+    .await
+    .iter()
+    .map(|s| s["cart_id"].as_str().unwrap().to_owned())
+    .collect();
+    let wanted: BTreeSet<String> = expected
+        .iter()
+        .filter(|e| (low..=high).contains(&e.subtotal))
+        .map(|e| e.id.to_string())
+        .collect();
+    assert_eq!(found, wanted, "carts with subtotals from {low} to {high}");
+
+    // Largest first, page after page, ties by cart id.
+    let mut by_size: Vec<&Expected> = expected.iter().collect();
+    by_size.sort_by(|a, b| {
+        b.subtotal
+            .cmp(&a.subtotal)
+            .then(a.id.to_string().cmp(&b.id.to_string()))
+    });
+    let sorted: Vec<String> = all_pages(&client, &base, "sort=-subtotal&size=7")
+        .await
+        .iter()
+        .map(|s| s["cart_id"].as_str().unwrap().to_owned())
+        .collect();
+    let wanted: Vec<String> = by_size.iter().map(|e| e.id.to_string()).collect();
+    assert_eq!(sorted, wanted, "carts by subtotal, largest first");
+    let response = client
+        .get(format!("{base}/carts?sort=subtotal&after={}", {
+            let page: Value = support::get_json(&client, format!("{base}/carts?size=1")).await;
+            page["next"].as_str().unwrap().to_owned()
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400, "a cursor of another sort");
+
+    // Totals per currency: all carts, one user's, and a time range's.
+    let check_totals = |totals: Value, selected: Vec<&Expected>, what: &str| {
+        let mut wanted: BTreeMap<&str, (u64, u64, Decimal, Decimal, Decimal)> = BTreeMap::new();
+        for e in &selected {
+            let t = wanted.entry(e.currency.as_str()).or_default();
+            t.0 += 1;
+            t.1 += e.orders;
+            t.2 += e.subtotal;
+            t.3 += e.tax;
+            t.4 += e.discounts;
+        }
+        assert_eq!(
+            totals["carts"].as_u64(),
+            Some(selected.len() as u64),
+            "{what}: {totals}"
+        );
+        let got: BTreeMap<&str, (u64, u64, Decimal, Decimal, Decimal)> = totals["currencies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["currency"].as_str().unwrap(),
+                    (
+                        c["carts"].as_u64().unwrap(),
+                        c["orders"].as_u64().unwrap(),
+                        dec(&c["subtotal"]),
+                        dec(&c["tax_amount"]),
+                        dec(&c["discounts"]),
+                    ),
+                )
+            })
+            .collect();
+        assert_eq!(got, wanted, "{what}: {totals}");
+    };
+    let all: Value = support::get_json(&client, format!("{base}/carts/totals")).await;
+    check_totals(all.clone(), expected.iter().collect(), "every cart");
+    let huge = expected
+        .iter()
+        .find(|e| e.subtotal > Decimal::from(1_000_000_000))
+        .unwrap();
+    assert!(
+        all["currencies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["currency"] == huge.currency.as_str()
+                && dec(&c["subtotal"]) > Decimal::from(900_000_000_000_u64)),
+        "a currency's total past 2^53 ten-thousandths: {all}"
+    );
+    let one = &expected[3];
+    let mine: Value =
+        support::get_json(&client, format!("{base}/carts/totals?user_id={}", one.user)).await;
+    check_totals(
+        mine,
+        expected.iter().filter(|e| e.user == one.user).collect(),
+        "one user's carts",
+    );
+    let mut times: Vec<_> = expected.iter().map(|e| e.created_at).collect();
+    times.sort();
+    let (from, to) = (times[5], times[30]);
+    let ranged: Value = support::get_json(
+        &client,
+        format!(
+            "{base}/carts/totals?from={}&to={}",
+            from.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            to.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        ),
+    )
+    .await;
+    check_totals(
+        ranged,
+        expected
+            .iter()
+            .filter(|e| (from..=to).contains(&e.created_at))
+            .collect(),
+        "a time range's carts",
+    );
+    let response = client
+        .get(format!("{base}/carts/totals?min_subtotal=1e3"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+
     let (status, log) = host.stop(Duration::from_secs(60));
     assert!(status.success(), "{log}");
     sales.cleanup().await;
