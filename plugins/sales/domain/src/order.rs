@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use uuid::Uuid;
@@ -70,8 +71,8 @@ impl OrderValidator {
             let path = error.instance_path().to_string();
             let field = path.trim_start_matches('/').to_owned();
             let message = if MONEY_FIELDS.contains(&field.as_str()) {
-                "must be a decimal that is not negative, as a string like \"19.99\" (or a number \
-                 without exponent), with at most 12 integer and 4 fraction digits"
+                "must be a decimal that is not negative, as a string like \"19.99\" (or a JSON \
+                 number), with at most 12 integer and 4 fraction digits"
                     .to_owned()
             } else {
                 error.to_string()
@@ -97,8 +98,10 @@ impl OrderValidator {
 
     /// The one decoder of an order: the schema's checks first (every failing field named),
     /// then each field read strictly from its JSON text, with no defaults: ids and time
-    /// parsed as the order keeps them, a quantity written as a whole number (`2`, never
-    /// `2.0`, `1e1` or `"2"`), money from its digits. A repeated field is refused.
+    /// parsed as the order keeps them, a quantity that is a whole number (`2`, or as JSON
+    /// Schema's `integer` also takes it `2.0` or `2e0`; never `"2"` or `2.5`), money from
+    /// its digits (a number's exponent applied exactly, never through a float). A
+    /// repeated field is refused.
     pub fn decode(&self, payload: &[u8]) -> Result<Order, Vec<String>> {
         let value: serde_json::Value = serde_json::from_slice(payload)
             .map_err(|e| vec![format!("(body): not valid JSON: {e}")])?;
@@ -223,18 +226,59 @@ impl Wire<'_> {
     }
 }
 
-/// A quantity from its JSON text: digits only (no sign, fraction or exponent), 1 to
-/// [`MAX_QUANTITY`].
+/// A quantity from its JSON text: a number whose exact value is whole (`2`, `2.0`, `2e0`:
+/// what JSON Schema's `integer` takes), 1 to [`MAX_QUANTITY`]. The value is read from the
+/// digits, never through a float.
 fn whole_number(raw: &str) -> Result<u32, String> {
-    if raw.is_empty() || !raw.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!(
-            "must be a whole number written without a fraction or an exponent, like 2 (got {raw})"
-        ));
+    let value =
+        json_number(raw).ok_or_else(|| format!("must be a whole number, like 2 (got {raw})"))?;
+    if !value.fract().is_zero() {
+        return Err(format!("must be a whole number, like 2 (got {raw})"));
     }
-    match raw.parse::<u32>() {
-        Ok(n) if (1..=MAX_QUANTITY).contains(&n) => Ok(n),
+    match value.to_u32() {
+        Some(n) if (1..=MAX_QUANTITY).contains(&n) => Ok(n),
         _ => Err(format!("must be between 1 and {MAX_QUANTITY} (got {raw})")),
     }
+}
+
+/// A JSON number's exact value from its text (`-`, digits, an optional fraction and
+/// exponent, as JSON writes numbers); `None` for anything else or a value beyond what a
+/// decimal holds.
+fn json_number(raw: &str) -> Option<Decimal> {
+    let (mantissa, exponent) = match raw.find(['e', 'E']) {
+        Some(at) => (&raw[..at], Some(&raw[at + 1..])),
+        None => (raw, None),
+    };
+    let digits = mantissa.strip_prefix('-').unwrap_or(mantissa);
+    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, "0"));
+    let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !all_digits(whole) || !all_digits(fraction) {
+        return None;
+    }
+    let exponent: i64 = match exponent {
+        None => 0,
+        Some(e) => {
+            let unsigned = e.strip_prefix(['+', '-']).unwrap_or(e);
+            if !all_digits(unsigned) || unsigned.len() > 4 {
+                return None;
+            }
+            e.parse().ok()?
+        }
+    };
+    let mut value = Decimal::from_str(mantissa).ok()?;
+    // Decimals hold 28 digits: a larger shift is out of every field's range anyway.
+    if !(-28..=28).contains(&exponent) {
+        return None;
+    }
+    let ten = Decimal::from(10);
+    for _ in 0..exponent.unsigned_abs() {
+        value = if exponent > 0 {
+            value.checked_mul(ten)?
+        } else {
+            value.checked_div(ten)?
+        };
+    }
+    Some(value)
 }
 
 /// The most units one order may hold (the schema's maximum).
@@ -246,33 +290,35 @@ impl Default for OrderValidator {
     }
 }
 
-/// A decimal from its JSON text: a string's contents or a number's digits, exactly.
+/// A decimal from its JSON text, exactly: a string's contents as written (digits, at most
+/// one point, no exponent: the schema's pattern), or a number's value from its digits and
+/// exponent. At most 4 fraction digits (a number's trailing zeros do not count), not
+/// negative.
 fn exact_decimal(raw: &str) -> Result<Decimal, String> {
-    let unescaped;
-    let text = if raw.starts_with('"') {
-        unescaped =
-            serde_json::from_str::<String>(raw).map_err(|e| format!("not a string: {e}"))?;
-        unescaped.as_str()
+    let d = if raw.starts_with('"') {
+        let text = serde_json::from_str::<String>(raw).map_err(|e| format!("not a string: {e}"))?;
+        if text.contains(['e', 'E']) {
+            return Err("write decimals without an exponent".into());
+        }
+        // Digits, at most one point between digits, an optional minus: nothing else that
+        // `Decimal::from_str` would also take (underscores, a plus sign, spaces).
+        let digits = text.strip_prefix('-').unwrap_or(&text);
+        let (whole, fraction) = digits.split_once('.').unwrap_or((digits, "0"));
+        if whole.is_empty()
+            || fraction.is_empty()
+            || !whole
+                .bytes()
+                .chain(fraction.bytes())
+                .all(|b| b.is_ascii_digit())
+        {
+            return Err(format!("not a decimal: {text:?}"));
+        }
+        Decimal::from_str(&text).map_err(|e| format!("not a decimal: {e}"))?
     } else {
-        raw
+        json_number(raw)
+            .ok_or_else(|| format!("not a decimal: {raw}"))?
+            .normalize()
     };
-    if text.contains(['e', 'E']) {
-        return Err("write decimals without an exponent".into());
-    }
-    // Digits, at most one point between digits, an optional minus: nothing else that
-    // `Decimal::from_str` would also take (underscores, a plus sign, spaces).
-    let digits = text.strip_prefix('-').unwrap_or(text);
-    let (whole, fraction) = digits.split_once('.').unwrap_or((digits, "0"));
-    if whole.is_empty()
-        || fraction.is_empty()
-        || !whole
-            .bytes()
-            .chain(fraction.bytes())
-            .all(|b| b.is_ascii_digit())
-    {
-        return Err(format!("not a decimal: {text:?}"));
-    }
-    let d = Decimal::from_str(text).map_err(|e| format!("not a decimal: {e}"))?;
     if d.is_sign_negative() && !d.is_zero() {
         return Err("must not be negative".into());
     }
@@ -377,11 +423,24 @@ mod tests {
     }
 
     /// `"quantity": 2.0` was stored as 0: the schema's `integer` takes an integral float,
-    /// and the domain read it with a default. A quantity is a whole number as written.
+    /// and the domain read it with a default. A quantity is a whole number, read from its
+    /// digits: what JSON Schema's `integer` takes is read as that number.
     #[test]
-    fn a_quantity_is_a_whole_number_as_written() {
+    fn a_quantity_is_a_whole_number() {
         let v = OrderValidator::new();
-        for bad in ["2.0", "1e1", "\"2\"", "2.5", "-1", "0", "10001", "1E0"] {
+        for (good, n) in [
+            ("2.0", 2),
+            ("1e1", 10),
+            ("1E0", 1),
+            ("2.50e1", 25),
+            ("1e4", 10_000),
+        ] {
+            let text = sample()
+                .to_string()
+                .replace("\"quantity\":2", &format!("\"quantity\":{good}"));
+            assert_eq!(v.decode(text.as_bytes()).unwrap().quantity, n, "{good}");
+        }
+        for bad in ["\"2\"", "2.5", "-1", "0", "10001", "1e5", "2.5e0", "1e-1"] {
             let text = sample()
                 .to_string()
                 .replace("\"quantity\":2", &format!("\"quantity\":{bad}"));
@@ -421,7 +480,35 @@ mod tests {
 
     #[test]
     fn money_must_be_exact() {
-        for bad in ["1e3", "\"1.23456\"", "\"abc\"", "-1", "\"12.3.4\""] {
+        // A number is read from its digits and exponent, exactly, trailing zeros aside.
+        for (good, exact) in [
+            ("1e3", "1000"),
+            ("1.5E+3", "1500"),
+            ("12.50000", "12.5"),
+            ("123456789.0123e-4", "12345.67890123"),
+            ("0.1", "0.1"),
+        ] {
+            let text = sample()
+                .to_string()
+                .replace("\"amount\":\"119.90\"", &format!("\"amount\":{good}"));
+            match OrderValidator::new().decode(text.as_bytes()) {
+                Ok(order) => assert_eq!(order.amount.to_string(), exact, "{good}"),
+                Err(problems) => assert!(
+                    exact.split_once('.').is_some_and(|(_, f)| f.len() > 4)
+                        && problems.iter().all(|p| p.starts_with("amount:")),
+                    "{good}: {problems:?}"
+                ),
+            }
+        }
+        for bad in [
+            "\"1e3\"",
+            "1e-5",
+            "1.23456",
+            "\"1.23456\"",
+            "\"abc\"",
+            "-1",
+            "\"12.3.4\"",
+        ] {
             let text = sample()
                 .to_string()
                 .replace("\"amount\":\"119.90\"", &format!("\"amount\":{bad}"));
@@ -552,5 +639,25 @@ mod properties {
             }
             prop_assert_eq!(v.check(&bytes).is_ok(), v.decode(&bytes).is_ok());
         }
+    }
+}
+
+/// The `OpenAPI` document carries the order schema inline (clients and tools read one
+/// file); it must be this schema, word for word, or the document and the server drift.
+#[cfg(test)]
+mod contract {
+    #[test]
+    fn the_openapi_document_holds_the_order_schema_the_server_validates_with() {
+        let openapi: serde_json::Value =
+            serde_json::from_str(include_str!("../../../../schemas/openapi.json")).unwrap();
+        let mut schema: serde_json::Value = serde_json::from_str(super::ORDER_SCHEMA).unwrap();
+        let object = schema.as_object_mut().unwrap();
+        object.remove("$schema");
+        object.remove("$id");
+        assert_eq!(
+            openapi["components"]["schemas"]["Order"], schema,
+            "schemas/openapi.json's components.schemas.Order differs from schemas/order.schema.json \
+             (copy the latter, without $schema and $id)"
+        );
     }
 }
