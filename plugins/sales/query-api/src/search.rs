@@ -38,13 +38,6 @@ impl Sort {
         ("subtotal", Sort::SmallestFirst),
     ];
 
-    fn name(self) -> &'static str {
-        Self::NAMES
-            .iter()
-            .find(|(_, s)| *s == self)
-            .map_or("-created_at", |(n, _)| n)
-    }
-
     fn parse(raw: &str) -> Result<Self, String> {
         Self::NAMES
             .iter()
