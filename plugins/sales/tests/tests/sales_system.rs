@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
 use support::sales::{
-    CartSpec, OrderSpec, Rng, Sales, cart_at, cassandra, check_cart, documents, expected_carts,
-    order, post_accepted, post_all, post_batch,
+    CartSpec, OrderSpec, Rng, Sales, cart_at, cassandra, check_cart, dec, documents,
+    expected_carts, order, post_accepted, post_all, post_batch,
 };
 use uuid::Uuid;
 
@@ -455,13 +455,6 @@ struct Expected {
     subtotal: Decimal,
     tax: Decimal,
     discounts: Decimal,
-}
-
-fn dec(v: &Value) -> Decimal {
-    v.as_str()
-        .unwrap_or_else(|| panic!("{v} is not a decimal string"))
-        .parse()
-        .unwrap()
 }
 
 /// Every page of a search, following `next`: the hits' cart ids in order.
