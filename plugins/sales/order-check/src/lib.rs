@@ -236,7 +236,7 @@ mod tests {
         let mut bad = valid();
         bad = String::from_utf8(bad)
             .unwrap()
-            .replace("\"quantity\":2", "\"quantity\":2.0")
+            .replace("\"quantity\":2", "\"quantity\":2.5")
             .into_bytes();
         let (input, status) = batch(vec![valid(), bad]);
         let mut out = Vec::new();

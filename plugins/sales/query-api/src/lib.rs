@@ -3,9 +3,12 @@
 //!
 //! - `GET /carts/{id}` — the detailed read model;
 //! - `GET /carts/{id}/summary` — the summary read model;
-//! - `GET /carts?user_id=&from=&to=&product=&size=&after=` — summaries, newest first,
-//!   text match on products, paged with `search_after` (correct past 10,000 hits): each
-//!   page's `next` is the `after` of the following one;
+//! - `GET /carts?user_id=&from=&to=&product=&min_subtotal=&max_subtotal=&sort=&size=&after=`
+//!   — summaries, newest first unless `sort` says otherwise, text match on products,
+//!   paged with `search_after` (correct past 10,000 hits): each page's `next` is the
+//!   `after` of the following one;
+//! - `GET /carts/totals` — each currency's exact totals over the carts the same filters
+//!   select;
 //! - `GET /carts/{id}/events` — the cart's event stream from the event store.
 //!
 //! 404 for an unknown cart, 400 naming a bad parameter. Parameters only ever become JSON
