@@ -255,30 +255,16 @@ fn json_number(raw: &str) -> Option<Decimal> {
     if !all_digits(whole) || !all_digits(fraction) {
         return None;
     }
-    let exponent: i64 = match exponent {
-        None => 0,
+    match exponent {
+        None => Decimal::from_str(mantissa).ok(),
         Some(e) => {
             let unsigned = e.strip_prefix(['+', '-']).unwrap_or(e);
-            if !all_digits(unsigned) || unsigned.len() > 4 {
+            if !all_digits(unsigned) {
                 return None;
             }
-            e.parse().ok()?
+            Decimal::from_scientific(raw).ok()
         }
-    };
-    let mut value = Decimal::from_str(mantissa).ok()?;
-    // Decimals hold 28 digits: a larger shift is out of every field's range anyway.
-    if !(-28..=28).contains(&exponent) {
-        return None;
     }
-    let ten = Decimal::from(10);
-    for _ in 0..exponent.unsigned_abs() {
-        value = if exponent > 0 {
-            value.checked_mul(ten)?
-        } else {
-            value.checked_div(ten)?
-        };
-    }
-    Some(value)
 }
 
 /// The most units one order may hold (the schema's maximum).
