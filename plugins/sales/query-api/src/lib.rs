@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use elasticsearch::http::Method;
 use salesflow_plugin_api::axum::extract::{Path, RawQuery, State};
-use salesflow_plugin_api::axum::http::StatusCode;
+use salesflow_plugin_api::axum::http::{StatusCode, header};
 use salesflow_plugin_api::axum::response::{IntoResponse, Response};
 use salesflow_plugin_api::axum::routing::get;
 use salesflow_plugin_api::axum::{Json, Router};
@@ -62,6 +62,10 @@ pub struct QuerySettings {
     /// variable holding the keys; use another than the ingest API's).
     #[serde(default)]
     pub auth: Option<salesflow_plugin_api::auth::AuthSettings>,
+    /// Seconds a client is told to wait (`Retry-After`) when the read models or the
+    /// event store cannot answer (503).
+    #[serde(default = "default_retry_after_secs")]
+    pub retry_after_secs: u32,
 }
 
 fn default_detailed() -> String {
@@ -75,6 +79,9 @@ fn default_page() -> u32 {
 }
 fn default_max_page() -> u32 {
     100
+}
+fn default_retry_after_secs() -> u32 {
+    1
 }
 
 impl Settings for QuerySettings {
@@ -231,6 +238,21 @@ pub(crate) fn problem(status: StatusCode, message: impl Into<String>) -> Respons
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
+/// 503 with `Retry-After`: a store behind the API did not answer.
+pub(crate) fn unavailable(api: &Api, what: &str) -> Response {
+    let mut response = problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "{what} not available; retry after {} s",
+            api.settings.retry_after_secs
+        ),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, api.settings.retry_after_secs.into());
+    response
+}
+
 fn cart_id(raw: &str) -> Result<Uuid, Box<Response>> {
     Uuid::parse_str(raw).map_err(|_| {
         Box::new(problem(
@@ -264,17 +286,11 @@ async fn document(api: &Api, alias: &str, id: &str, query: Option<&str>) -> Resp
         Ok((404, _)) => problem(StatusCode::NOT_FOUND, format!("no cart {id}")),
         Ok((status, body)) => {
             tracing::warn!(%status, %body, "read model request failed");
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the read models are not available",
-            )
+            unavailable(api, "the read models are")
         }
         Err(e) => {
             tracing::warn!(error = %e, "read model request failed");
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the read models are not available",
-            )
+            unavailable(api, "the read models are")
         }
     }
 }
@@ -312,10 +328,7 @@ async fn events(
         Ok(events) => Json(json!({ "cart_id": id, "events": events })).into_response(),
         Err(e) => {
             tracing::warn!(error = %e, "event store read failed");
-            problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the event store is not available",
-            )
+            unavailable(&api, "the event store is")
         }
     }
 }

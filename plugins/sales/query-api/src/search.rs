@@ -15,7 +15,7 @@ use salesflow_plugin_api::axum::response::{IntoResponse, Response};
 use salesflow_sales::read_model::units;
 use serde_json::{Number, Value, json};
 
-use crate::{Api, problem};
+use crate::{Api, problem, unavailable};
 
 /// How a search's hits are ordered (then by cart id, for a stable order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -361,12 +361,7 @@ pub async fn search(State(api): State<Arc<Api>>, RawQuery(raw): RawQuery) -> Res
 /// One search request to the summaries; `Err` is the answer to give instead.
 async fn read_models(api: &Api, body: Value) -> Result<Value, Box<Response>> {
     let path = format!("/{}/_search", api.settings.summary_alias);
-    let unavailable = || {
-        Box::new(problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the read models are not available",
-        ))
-    };
+    let unavailable = || Box::new(unavailable(api, "the read models are"));
     match api.es.call(Method::Post, &path, Some(body)).await {
         Ok((200, body)) => Ok(body),
         Ok((status, body)) => {

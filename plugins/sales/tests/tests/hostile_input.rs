@@ -888,3 +888,62 @@ async fn invented_methods_and_paths_add_no_metric_series() {
     let (status, log) = host.stop(Duration::from_secs(30));
     assert!(status.success(), "{log}");
 }
+
+/// When the stores behind the Query API cannot answer, every query route says so with 503
+/// and the `Retry-After` its OpenAPI document promises; the process stays up and live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_answer_503_with_retry_after_while_the_read_models_are_down() {
+    let sales = Sales::named(BIN, "nowhere");
+    // A port nothing listens on: Elasticsearch is down for this process.
+    let nowhere = support::free_address().unwrap();
+    let mut args = sales.overrides();
+    args.extend([
+        "--set".to_owned(),
+        format!("elasticsearch.url=http://{nowhere}"),
+        "--set".to_owned(),
+        "pipelines.query-api.sources.api.retry_after_secs=7".to_owned(),
+        "run".to_owned(),
+        "--pipeline".to_owned(),
+        "query-api".to_owned(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let host = Host::start(std::path::Path::new(BIN), &Sales::config(), &args);
+    let base = format!("http://{}", host.address());
+    let client = reqwest::Client::new();
+    let cart = uuid::Uuid::new_v4();
+    for path in [
+        format!("/carts/{cart}"),
+        format!("/carts/{cart}/summary"),
+        "/carts?user_id=someone".to_owned(),
+        "/carts/totals?user_id=someone".to_owned(),
+    ] {
+        let r = client.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 503, "{path}");
+        assert_eq!(
+            r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+            Some("7"),
+            "{path}: {:?}",
+            r.headers()
+        );
+        let body: Value = r.json().await.unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("read models")),
+            "{path}: {body}"
+        );
+    }
+    let live = client
+        .get(format!("{base}/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    let ready = client
+        .get(format!("{base}/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 503, "ready while Elasticsearch is down");
+    drop(host);
+}
