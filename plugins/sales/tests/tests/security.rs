@@ -42,12 +42,12 @@ fn an_order(n: usize) -> Value {
 /// written in `dir`.
 fn self_signed(
     dir: &std::path::Path,
-) -> (rcgen::CertifiedKey, std::path::PathBuf, std::path::PathBuf) {
+) -> (rcgen::CertifiedKey<rcgen::KeyPair>, std::path::PathBuf, std::path::PathBuf) {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let cert_path = dir.join("cert.pem");
     let key_path = dir.join("key.pem");
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.key_pair.serialize_pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
     (cert, cert_path, key_path)
 }
 
