@@ -94,18 +94,45 @@ fn judge(t: &Threshold, value: f64) -> bool {
     below.is_none_or(|b| value < b) && above.is_none_or(|a| value > a)
 }
 
-async fn resident_mib(client: &reqwest::Client, url: &str) -> Option<f64> {
+/// Memory of the monitored process, in MiB: resident, and of it what its stages' bounded
+/// caches hold and may hold (every `salesflow_cache_bytes` / `_limit_bytes` summed).
+struct MemorySample {
+    resident: f64,
+    caches: f64,
+    cache_limit: f64,
+}
+
+async fn memory_sample(client: &reqwest::Client, url: &str) -> Option<MemorySample> {
     let text = client.get(url).send().await.ok()?.text().await.ok()?;
     let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).ok()?;
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == "salesflow_process_resident_memory_bytes")
-        .find_map(|s| match s.value {
-            prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => Some(v),
-            _ => None,
-        })
-        .map(|bytes| bytes / 1024.0 / 1024.0)
+    let values = |name: &str| {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| s.metric == name)
+            .filter_map(|s| match s.value {
+                prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => Some(v),
+                _ => None,
+            })
+            .collect::<Vec<f64>>()
+    };
+    let mib = |bytes: f64| bytes / 1024.0 / 1024.0;
+    let resident = values("salesflow_process_resident_memory_bytes")
+        .first()
+        .copied()?;
+    Some(MemorySample {
+        resident: mib(resident),
+        caches: mib(values("salesflow_cache_bytes").iter().sum()),
+        cache_limit: mib(values("salesflow_cache_limit_bytes").iter().sum()),
+    })
+}
+
+/// The memory samples of a run: (seconds into it, MiB).
+#[derive(Default)]
+struct Memory {
+    resident: Vec<(f64, f64)>,
+    caches: Vec<(f64, f64)>,
+    cache_limit: f64,
 }
 
 /// The live progress of a run, once a second: a line redrawn in place on a terminal
@@ -187,7 +214,7 @@ pub async fn run(path: &Path, options: &Options) -> Result<Outcome> {
         let progress = progress.clone();
         tokio::spawn(async move {
             let client = monitor_client;
-            let mut memory = Vec::new();
+            let mut memory = Memory::default();
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             let mut last = 0u64;
             loop {
@@ -221,9 +248,11 @@ pub async fn run(path: &Path, options: &Options) -> Result<Outcome> {
                 ), elapsed);
                 last = ok;
                 if let Some(url) = &monitor
-                    && let Some(mib) = resident_mib(&client, url).await
+                    && let Some(sample) = memory_sample(&client, url).await
                 {
-                    memory.push((elapsed, mib));
+                    memory.resident.push((elapsed, sample.resident));
+                    memory.caches.push((elapsed, sample.caches));
+                    memory.cache_limit = sample.cache_limit;
                 }
                 if engine.recording() {
                     let stats = engine
@@ -352,7 +381,9 @@ pub async fn run(path: &Path, options: &Options) -> Result<Outcome> {
         thresholds,
         aborted,
         knee_rps: knee_latency.and_then(|ms| report::knee(&stats, ms)),
-        memory_mib: memory,
+        memory_mib: memory.resident,
+        cache_mib: memory.caches,
+        cache_limit_mib: memory.cache_limit,
         reconciliation: reconciliation
             .as_ref()
             .map(|r| serde_json::to_value(r).unwrap_or_default()),

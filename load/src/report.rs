@@ -71,6 +71,12 @@ pub struct RunReport {
     pub aborted: Option<String>,
     pub knee_rps: Option<f64>,
     pub memory_mib: Vec<(f64, f64)>,
+    /// Of the resident memory, what the stages' bounded caches held (MiB, summed), and
+    /// the most they may hold: memory that fills to a limit by design.
+    #[serde(default)]
+    pub cache_mib: Vec<(f64, f64)>,
+    #[serde(default)]
+    pub cache_limit_mib: f64,
     pub reconciliation: Option<serde_json::Value>,
     pub invalid_refused: u64,
     pub invalid_accepted: u64,
@@ -232,6 +238,20 @@ pub fn summary(report: &RunReport, previous: Option<&RunReport>) -> String {
             out,
             "salesflow resident memory: {first:.0} -> {last:.0} MiB, max {max:.0} MiB"
         );
+        if report.cache_limit_mib > 0.0 {
+            let cache = |at: Option<&(f64, f64)>| at.map_or(0.0, |p| p.1);
+            let (cache_first, cache_last) = (
+                cache(report.cache_mib.first()),
+                cache(report.cache_mib.last()),
+            );
+            let _ = writeln!(
+                out,
+                "  of it bounded caches {cache_first:.0} -> {cache_last:.0} MiB (limit {:.0} MiB); the rest {:.0} -> {:.0} MiB",
+                report.cache_limit_mib,
+                first - cache_first,
+                last - cache_last
+            );
+        }
     }
     let _ = writeln!(
         out,
@@ -551,7 +571,10 @@ fn html(report: &RunReport, previous: Option<&RunReport>) -> String {
         chart(
             "salesflow resident memory (MiB)",
             "",
-            &[("rss", "#8c564b", report.memory_mib.clone())],
+            &[
+                ("rss", "#8c564b", report.memory_mib.clone()),
+                ("bounded caches", "#17becf", report.cache_mib.clone()),
+            ],
         )
     };
     let md = markdown(report, previous);
@@ -704,6 +727,8 @@ mod tests {
             aborted: None,
             knee_rps: None,
             memory_mib: vec![],
+            cache_mib: vec![],
+            cache_limit_mib: 0.0,
             reconciliation: Some(serde_json::json!({
                 "accepted": 6, "carts": 2, "projected": 6, "stored": 6,
                 "lost_read_model": 0, "lost_event_store": 0,

@@ -179,6 +179,7 @@ impl Plugin for CartPlugin {
             redecided.clone(),
         );
         let budget = CacheBudget::new(own.max_cache_bytes);
+        budget.register(ctx.metrics, "carts");
         Ok(Component::Stage(Arc::new(Factory {
             store: Arc::new(store),
             settings: own,

@@ -161,8 +161,10 @@ impl Plugin for ReadModelsPlugin {
             "Cart events already folded into their cart (redelivered, or older than a rebuild)",
             stale.clone(),
         );
+        let budget = CacheBudget::new(settings.max_cache_bytes);
+        budget.register(ctx.metrics, "carts");
         Ok(Component::Stage(Arc::new(Factory {
-            budget: CacheBudget::new(settings.max_cache_bytes),
+            budget,
             settings: Arc::new(settings),
             store,
             rebuilds,

@@ -8,12 +8,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use lru::LruCache;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 /// Bytes a set of caches may hold together.
 #[derive(Debug)]
 pub struct CacheBudget {
     limit: usize,
     used: AtomicUsize,
+    /// `used`, as a metric (kept beside it: a gauge is signed).
+    held: Gauge,
 }
 
 impl CacheBudget {
@@ -21,7 +25,36 @@ impl CacheBudget {
         Arc::new(Self {
             limit,
             used: AtomicUsize::new(0),
+            held: Gauge::default(),
         })
+    }
+
+    /// Exports the bytes held (`salesflow_cache_bytes`) and the limit
+    /// (`salesflow_cache_limit_bytes`) in `metrics`, the stage's registry: a cache that
+    /// fills to its limit and stays there is memory by design, not a leak.
+    pub fn register(&self, metrics: &mut Registry, what: &str) {
+        metrics.register(
+            "salesflow_cache_bytes",
+            format!("Bytes the stage's in-memory {what} take, all lanes together"),
+            self.held.clone(),
+        );
+        let limit = Gauge::<i64>::default();
+        limit.set(i64::try_from(self.limit).unwrap_or(i64::MAX));
+        metrics.register(
+            "salesflow_cache_limit_bytes",
+            format!("Most bytes the stage's in-memory {what} may take (max_cache_bytes)"),
+            limit,
+        );
+    }
+
+    fn add(&self, size: usize) {
+        self.used.fetch_add(size, Ordering::Relaxed);
+        self.held.inc_by(i64::try_from(size).unwrap_or(i64::MAX));
+    }
+
+    fn sub(&self, size: usize) {
+        self.used.fetch_sub(size, Ordering::Relaxed);
+        self.held.dec_by(i64::try_from(size).unwrap_or(i64::MAX));
     }
 
     /// Bytes held now by every cache sharing the budget.
@@ -74,7 +107,7 @@ impl<K: Hash + Eq, V> SizedLru<K, V> {
 
     /// Inserts (or replaces) an entry of `size` bytes, then evicts while over the limits.
     pub fn put(&mut self, key: K, value: V, size: usize) {
-        self.budget.used.fetch_add(size, Ordering::Relaxed);
+        self.budget.add(size);
         self.held += size;
         if let Some((_, (_, old))) = self.entries.push(key, (value, size)) {
             self.release(old);
@@ -102,13 +135,13 @@ impl<K: Hash + Eq, V> SizedLru<K, V> {
 
     fn release(&mut self, size: usize) {
         self.held -= size;
-        self.budget.used.fetch_sub(size, Ordering::Relaxed);
+        self.budget.sub(size);
     }
 }
 
 impl<K: Hash + Eq, V> Drop for SizedLru<K, V> {
     fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.held, Ordering::Relaxed);
+        self.budget.sub(self.held);
     }
 }
 
@@ -144,5 +177,27 @@ mod tests {
         b.put(9, "huge", 1000);
         assert!(b.is_empty(), "an entry larger than the budget is not kept");
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn the_bytes_held_are_exported() {
+        let budget = CacheBudget::new(100);
+        let mut registry = Registry::default();
+        budget.register(&mut registry, "carts");
+        let exported = |registry: &Registry| {
+            let mut text = String::new();
+            prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+            text
+        };
+        let mut a = SizedLru::new(10, Arc::clone(&budget));
+        a.put(1, "one", 30);
+        a.put(2, "two", 12);
+        let text = exported(&registry);
+        assert!(text.contains("salesflow_cache_bytes 42\n"), "{text}");
+        assert!(text.contains("salesflow_cache_limit_bytes 100\n"), "{text}");
+        a.take(&1);
+        assert!(exported(&registry).contains("salesflow_cache_bytes 12\n"));
+        drop(a);
+        assert!(exported(&registry).contains("salesflow_cache_bytes 0\n"));
     }
 }
