@@ -890,7 +890,7 @@ async fn invented_methods_and_paths_add_no_metric_series() {
 }
 
 /// When the stores behind the Query API cannot answer, every query route says so with 503
-/// and the `Retry-After` its OpenAPI document promises; the process stays up and live.
+/// and the `Retry-After` its API document promises; the process stays up and live.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_answer_503_with_retry_after_while_the_read_models_are_down() {
     let sales = Sales::named(BIN, "nowhere");
