@@ -70,6 +70,31 @@ pub fn servers() -> Vec<Tracked> {
         .collect()
 }
 
+/// Waits until the local stack's servers are quiet: their CPU together below
+/// `quiet_cores` for two seconds in a row, or `limit` passed. A phase started while a
+/// server still compacts or merges what the previous phase wrote would be charged for
+/// that work. Returns how long it waited and the servers' CPU (cores) in the last second.
+pub async fn settle(quiet_cores: f64, limit: std::time::Duration) -> (f64, f64) {
+    let started = Instant::now();
+    let servers = servers();
+    let total = || -> f64 { servers.iter().filter_map(|s| used(s.pid)).sum() };
+    let mut quiet_seconds = 0;
+    let mut last = total();
+    let mut cores = 0.0;
+    while started.elapsed() < limit && quiet_seconds < 2 {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        let now = total();
+        cores = now - last;
+        last = now;
+        quiet_seconds = if cores < quiet_cores {
+            quiet_seconds + 1
+        } else {
+            0
+        };
+    }
+    (started.elapsed().as_secs_f64(), cores)
+}
+
 /// The given servers of the local stack (see [`SERVERS`]).
 pub fn server(names: &[&str]) -> Vec<Tracked> {
     servers()

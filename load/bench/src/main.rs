@@ -118,6 +118,15 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
+/// Lets the servers finish what the previous phase left them (compactions, merges,
+/// flushes) before the next is measured, and says how long that took.
+async fn settle() {
+    let (waited, cores) = cpu::settle(0.15, Duration::from_secs(90)).await;
+    println!(
+        "  servers settled after {waited:.0} s (their CPU in the last second: {cores:.2} cores)"
+    );
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -130,22 +139,27 @@ async fn main() -> Result<()> {
 
     if wants("http") {
         println!("== HTTP ingest");
+        settle().await;
         rows.push(http::run(cli.clients * 8, duration).await?);
     }
     if wants("kafka") {
         println!("== Kafka produce");
+        settle().await;
         rows.push(kafka::run().await?);
     }
     if wants("cassandra") {
         println!("== Cassandra writes");
+        settle().await;
         rows.push(cassandra::run(duration).await?);
     }
     if wants("elasticsearch") {
         println!("== Elasticsearch bulk");
+        settle().await;
         rows.push(es::run().await?);
     }
     if wants("e2e") {
         println!("== End to end");
+        settle().await;
         let costs = accounting::costs(&rows);
         let (row, more) = e2e::run(cli.clients, duration, &costs).await?;
         rows.push(row);
