@@ -361,16 +361,16 @@ pub async fn search(State(api): State<Arc<Api>>, RawQuery(raw): RawQuery) -> Res
 /// One search request to the summaries; `Err` is the answer to give instead.
 async fn read_models(api: &Api, body: Value) -> Result<Value, Box<Response>> {
     let path = format!("/{}/_search", api.settings.summary_alias);
-    let unavailable = || Box::new(unavailable(api, "the read models are"));
+    let down = || Box::new(unavailable(api, "the read models are"));
     match api.es.call(Method::Post, &path, Some(body)).await {
         Ok((200, body)) => Ok(body),
         Ok((status, body)) => {
             tracing::warn!(%status, %body, "search failed");
-            Err(unavailable())
+            Err(down())
         }
         Err(e) => {
             tracing::warn!(error = %e, "search failed");
-            Err(unavailable())
+            Err(down())
         }
     }
 }

@@ -5,7 +5,6 @@
 use std::hash::Hash;
 use std::num::NonZeroUsize;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use lru::LruCache;
 use prometheus_client::metrics::gauge::Gauge;
@@ -15,8 +14,7 @@ use prometheus_client::registry::Registry;
 #[derive(Debug)]
 pub struct CacheBudget {
     limit: usize,
-    used: AtomicUsize,
-    /// `used`, as a metric (kept beside it: a gauge is signed).
+    /// Bytes held by every cache sharing the budget; also what the metric exports.
     held: Gauge,
 }
 
@@ -24,7 +22,6 @@ impl CacheBudget {
     pub fn new(limit: usize) -> Arc<Self> {
         Arc::new(Self {
             limit,
-            used: AtomicUsize::new(0),
             held: Gauge::default(),
         })
     }
@@ -48,18 +45,16 @@ impl CacheBudget {
     }
 
     fn add(&self, size: usize) {
-        self.used.fetch_add(size, Ordering::Relaxed);
         self.held.inc_by(i64::try_from(size).unwrap_or(i64::MAX));
     }
 
     fn sub(&self, size: usize) {
-        self.used.fetch_sub(size, Ordering::Relaxed);
         self.held.dec_by(i64::try_from(size).unwrap_or(i64::MAX));
     }
 
     /// Bytes held now by every cache sharing the budget.
     pub fn used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
+        usize::try_from(self.held.get()).unwrap_or(0)
     }
 
     pub fn limit(&self) -> usize {
