@@ -28,7 +28,7 @@ pub fn costs(rows: &[Row]) -> Vec<ServerCost> {
     .iter()
     .filter_map(|(server, area, unit)| {
         let p = phase(rows, area, "ceiling")?;
-        let ms = p.ms_per_unit(p.usage.named(server));
+        let ms = p.ms_per_unit(p.usage.work(server));
         (ms > 0.0).then(|| ServerCost {
             server: (*server).to_owned(),
             unit: (*unit).to_owned(),
@@ -40,20 +40,24 @@ pub fn costs(rows: &[Row]) -> Vec<ServerCost> {
 }
 
 /// The columns of the per-phase table: the servers, salesflow's processes, the driver.
-const COLUMNS: [&str; 6] = [
+const COLUMNS: [&str; 7] = [
     "kafka",
     "cassandra",
     "opensearch",
+    JIT,
     cpu::SALESFLOW,
     cpu::DRIVER,
     cpu::CHILDREN,
 ];
 
+/// The column of the servers' JIT compilers.
+const JIT: &str = "JIT";
+
 fn column(p: &Phase, name: &str) -> f64 {
-    if name == cpu::SALESFLOW {
-        p.usage.salesflow()
-    } else {
-        p.usage.named(name)
+    match name {
+        cpu::SALESFLOW => p.usage.salesflow(),
+        JIT => p.usage.jit_total(),
+        _ => p.usage.named(name),
     }
 }
 
@@ -62,9 +66,12 @@ pub fn markdown(rows: &[Row], cores: f64) -> String {
     let mut md = String::from(
         "\n## CPU accounting\n\nCPU milliseconds per unit of work, by process (user + system \
          from /proc; the driver is the benchmark process: load, and the bare server or raw \
-         loop of a ceiling; its children are the tools it ran to completion).\n\n\
-         | area | phase | units | wall s | kafka | cassandra | opensearch | salesflow | driver | driver children | CPU of the machine |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         loop of a ceiling; its children are the tools it ran to completion). The servers' \
+         columns include their JIT compilers (the JVM threads compiling code paths seen for \
+         the first time), also shown apart: compiling is a cost of warming up, not of units, \
+         so the comparisons below leave it out on both sides.\n\n\
+         | area | phase | units | wall s | kafka | cassandra | opensearch | of which JIT | salesflow | driver | driver children | CPU of the machine |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         for p in &r.phases {
@@ -102,27 +109,31 @@ pub fn markdown(rows: &[Row], cores: f64) -> String {
     let sustained = phase(rows, "End to end", "end to end: batches");
     if let Some(e2e) = sustained {
         md.push_str(
-            "\n| server | unit | CPU ms per unit at its raw ceiling | CPU ms per unit end to end | ratio (target <= 1.5) |\n\
-             |---|---|---:|---:|---:|\n",
+            "\n| server | unit | CPU ms per unit at its raw ceiling | CPU ms per unit end to end | ratio (target <= 1.5) | JIT end to end, ms per unit |\n\
+             |---|---|---:|---:|---:|---:|\n",
         );
         let mut above = Vec::new();
         for c in &costs {
             let units = e2e.units * c.per_order;
-            let ms = if units > 0.0 {
-                e2e.usage.named(&c.server) * 1000.0 / units
-            } else {
-                0.0
+            let per_unit = |cpu: f64| {
+                if units > 0.0 {
+                    cpu * 1000.0 / units
+                } else {
+                    0.0
+                }
             };
+            let ms = per_unit(e2e.usage.work(&c.server));
             let ratio = ms / c.ceiling_ms;
             let _ = writeln!(
                 md,
-                "| {} | {} | {:.4} | {:.4} | {:.2}{} |",
+                "| {} | {} | {:.4} | {:.4} | {:.2}{} | {:.4} |",
                 c.server,
                 c.unit,
                 c.ceiling_ms,
                 ms,
                 ratio,
-                if ratio > 1.5 { " **above**" } else { "" }
+                if ratio > 1.5 { " **above**" } else { "" },
+                per_unit(e2e.usage.jit(&c.server))
             );
             if ratio > 1.5 {
                 above.push(format!(
@@ -140,7 +151,7 @@ pub fn markdown(rows: &[Row], cores: f64) -> String {
         // end-to-end runs spent per record: the part of Kafka's gap that is its cost per
         // request at the batch sizes single orders allow.
         if let Some(shaped) = phase(rows, "Kafka produce", crate::kafka::SHAPED_PHASE) {
-            let shaped_ms = shaped.ms_per_unit(shaped.usage.named("kafka"));
+            let shaped_ms = shaped.ms_per_unit(shaped.usage.work("kafka"));
             let _ = write!(
                 md,
                 "\nKafka spends {shaped_ms:.4} CPU ms per record produced one at a time ({}), \
@@ -160,7 +171,7 @@ pub fn markdown(rows: &[Row], cores: f64) -> String {
             ] {
                 if let Some(p) = p.filter(|p| p.units > 0.0) {
                     let ms =
-                        p.usage.named("kafka") * 1000.0 / (p.units * e2e::units_per_order("kafka"));
+                        p.usage.work("kafka") * 1000.0 / (p.units * e2e::units_per_order("kafka"));
                     let _ = write!(
                         md,
                         " End to end, {name}: {ms:.4} ms per record, {:.2}x that.",
@@ -191,6 +202,7 @@ pub fn markdown(rows: &[Row], cores: f64) -> String {
                 cores * 1000.0 / ceiling
             );
         }
+        md.push_str(&budget(e2e, &costs, cores));
         if above.is_empty() {
             md.push_str("\nEvery server spends within 1.5x of its ceiling's CPU per unit.\n");
         } else {
@@ -201,4 +213,126 @@ pub fn markdown(rows: &[Row], cores: f64) -> String {
         }
     }
     md
+}
+
+/// Where an order's CPU went in the sustained run, against what the composite ceiling
+/// counts. The end-to-end ratio is exactly the machine's busy share times the composite's
+/// CPU per order over the measured CPU per order, so every line below is a part of the gap.
+fn budget(e2e: &Phase, costs: &[ServerCost], cores: f64) -> String {
+    if e2e.units <= 0.0 || e2e.usage.seconds <= 0.0 || costs.is_empty() {
+        return String::new();
+    }
+    let per_order = |cpu: f64| cpu * 1000.0 / e2e.units;
+    let mut lines: Vec<(String, f64)> = Vec::new();
+    for c in costs {
+        lines.push((
+            format!(
+                "{} at its ceiling's cost ({} x {})",
+                c.server, c.per_order, c.unit
+            ),
+            c.ceiling_ms * c.per_order,
+        ));
+    }
+    for c in costs {
+        lines.push((
+            format!("{} above its ceiling's cost", c.server),
+            per_order(e2e.usage.work(&c.server)) - c.ceiling_ms * c.per_order,
+        ));
+    }
+    lines.push((
+        "the servers' JIT compilers".into(),
+        per_order(e2e.usage.jit_total()),
+    ));
+    lines.push((
+        "salesflow's processes".into(),
+        per_order(e2e.usage.salesflow()),
+    ));
+    lines.push((
+        "the load driver (the benchmark's clients)".into(),
+        per_order(e2e.usage.named(cpu::DRIVER) + e2e.usage.named(cpu::CHILDREN)),
+    ));
+    let spent: f64 = lines.iter().map(|(_, ms)| ms).sum();
+    let composite: f64 = costs.iter().map(|c| c.ceiling_ms * c.per_order).sum();
+    let busy = e2e.usage.total() / (e2e.usage.seconds * cores);
+    // CPU the machine had but nobody used, per order: the cores' time per order not spent.
+    let idle = cores * e2e.usage.seconds * 1000.0 / e2e.units - per_order(e2e.usage.total());
+    let mut md = format!(
+        "\nWhere an order's CPU went in the sustained run ({:.0} orders/s over the phase's wall \
+         time): its ratio to the composite ceiling is the machine's busy share ({:.0} %) times \
+         the composite's {composite:.3} CPU ms per order over the {spent:.3} ms measured, \
+         {:.2}.\n\n\
+         | part | CPU ms per order | share of the order's cost |\n|---|---:|---:|\n",
+        e2e.units / e2e.usage.seconds,
+        busy * 100.0,
+        busy * composite / spent
+    );
+    for (name, ms) in lines {
+        let _ = writeln!(md, "| {name} | {ms:.3} | {:.0} % |", ms / spent * 100.0);
+    }
+    let _ = writeln!(md, "| (the machine idle, per order) | {idle:.3} | - |");
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use salesflow_bench::cpu::Usage;
+
+    use super::*;
+
+    #[test]
+    fn the_budget_splits_an_orders_cpu_and_gives_the_ratio_to_the_composite() {
+        // 1000 orders in 1 s on 2 cores; the composite counts 0.5 ms per order (4000/s).
+        let costs = [
+            ServerCost {
+                server: "kafka".into(),
+                unit: "record".into(),
+                ceiling_ms: 0.05,
+                per_order: 2.0,
+            },
+            ServerCost {
+                server: "cassandra".into(),
+                unit: "event".into(),
+                ceiling_ms: 0.4,
+                per_order: 1.0,
+            },
+        ];
+        let usage = Usage {
+            seconds: 1.0,
+            cpu: BTreeMap::from([
+                ("kafka".into(), 0.2),
+                ("cassandra".into(), 0.8),
+                ("salesflow domain".into(), 0.3),
+                (cpu::DRIVER.into(), 0.1),
+            ]),
+            jit: BTreeMap::from([("cassandra".into(), 0.2)]),
+        };
+        let phase = Phase::new("end to end: batches of 20", "order", 1000.0, usage);
+        let md = budget(&phase, &costs, 2.0);
+        // Busy 1.4 of 2 cores; 1.4 ms per order measured: 0.7 x 0.5 / 1.4 = 0.25 = 1000/4000.
+        assert!(md.contains("busy share (70 %)"), "{md}");
+        assert!(md.contains("1.400 ms measured, 0.25."), "{md}");
+        assert!(
+            md.contains("| kafka above its ceiling's cost | 0.100 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| cassandra above its ceiling's cost | 0.200 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| the servers' JIT compilers | 0.200 |"),
+            "{md}"
+        );
+        assert!(md.contains("| salesflow's processes | 0.300 |"), "{md}");
+        assert!(
+            md.contains("| the load driver (the benchmark's clients) | 0.100 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| (the machine idle, per order) | 0.600 |"),
+            "{md}"
+        );
+    }
 }

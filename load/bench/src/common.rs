@@ -159,6 +159,15 @@ impl Drive {
     pub fn ok(&self) -> f64 {
         (self.requests - self.errors) as f64
     }
+    /// Adds another run's counts, time and latencies to this one.
+    pub fn merge(&mut self, other: &Drive) -> Result<()> {
+        self.requests += other.requests;
+        self.errors += other.errors;
+        self.seconds += other.seconds;
+        self.latency.add(&other.latency)?;
+        Ok(())
+    }
+
     #[allow(clippy::cast_precision_loss)]
     pub fn rps(&self) -> f64 {
         (self.requests - self.errors) as f64 / self.seconds

@@ -49,6 +49,37 @@ fn used(pid: i32) -> Option<f64> {
     Some(seconds(stat.utime + stat.stime))
 }
 
+/// The names (15 characters, as `/proc` keeps them) of a JVM's JIT compiler threads.
+const COMPILER_THREADS: [&str; 2] = ["C1 CompilerThre", "C2 CompilerThre"];
+
+/// User + system CPU seconds of each JIT compiler thread of `pid` so far, by thread id
+/// (empty for a process that is not a JVM). Compiling is a cost of code paths seen for
+/// the first time, not of units of work: the accounting keeps it apart.
+fn compilers(pid: i32) -> BTreeMap<i32, f64> {
+    let Ok(tasks) = procfs::process::Process::new(pid).and_then(|p| p.tasks()) else {
+        return BTreeMap::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| {
+            let stat = task.stat().ok()?;
+            COMPILER_THREADS
+                .contains(&stat.comm.as_str())
+                .then(|| (task.tid, seconds(stat.utime + stat.stime)))
+        })
+        .collect()
+}
+
+/// CPU seconds the compiler threads `now` spent since `then`. A thread started since is
+/// counted from zero; one that ended since is missing (its time is not knowable), so JIT
+/// time can be under-counted, never over-counted: what is missed stays charged as work.
+fn compiled_since(then: &BTreeMap<i32, f64>, now: &BTreeMap<i32, f64>) -> f64 {
+    now.iter()
+        .map(|(tid, cpu)| cpu - then.get(tid).copied().unwrap_or(0.0))
+        .filter(|d| *d > 0.0)
+        .sum()
+}
+
 /// User + system CPU seconds of this process's reaped children so far.
 fn children() -> f64 {
     procfs::process::Process::myself()
@@ -106,7 +137,7 @@ pub fn server(names: &[&str]) -> Vec<Tracked> {
 /// CPU use measured from `start` to `stop`.
 pub struct Meter {
     started: Instant,
-    at_start: Vec<(Tracked, Option<f64>)>,
+    at_start: Vec<(Tracked, Option<f64>, BTreeMap<i32, f64>)>,
     driver: f64,
     children: f64,
 }
@@ -118,7 +149,8 @@ impl Meter {
             .into_iter()
             .map(|t| {
                 let cpu = used(t.pid);
-                (t, cpu)
+                let jit = compilers(t.pid);
+                (t, cpu, jit)
             })
             .collect();
         Self {
@@ -131,15 +163,20 @@ impl Meter {
 
     /// Adds a process that started after the meter (it is counted from its start).
     pub fn add(&mut self, process: Tracked) {
-        self.at_start.push((process, Some(0.0)));
+        self.at_start.push((process, Some(0.0), BTreeMap::new()));
     }
 
     /// What each process spent since the start. A process that has exited since is
     /// missing (its CPU is not knowable from `/proc` once it is reaped by another).
     pub fn stop(self) -> Usage {
         let mut cpu = BTreeMap::new();
-        for (t, start) in self.at_start {
+        let mut jit = BTreeMap::new();
+        for (t, start, compiled) in self.at_start {
             if let (Some(start), Some(now)) = (start, used(t.pid)) {
+                let compiling = compiled_since(&compiled, &compilers(t.pid));
+                if compiling > 0.0 {
+                    *jit.entry(t.name.clone()).or_insert(0.0) += compiling;
+                }
                 *cpu.entry(t.name).or_insert(0.0) += now - start;
             }
         }
@@ -152,6 +189,7 @@ impl Meter {
         Usage {
             seconds: self.started.elapsed().as_secs_f64(),
             cpu,
+            jit,
         }
     }
 }
@@ -161,9 +199,22 @@ impl Meter {
 pub struct Usage {
     pub seconds: f64,
     pub cpu: BTreeMap<String, f64>,
+    /// Of `cpu`, what the JVMs' JIT compiler threads spent, per process.
+    pub jit: BTreeMap<String, f64>,
 }
 
 impl Usage {
+    /// Adds another measurement (of the same processes, at another time) to this one.
+    pub fn merge(&mut self, other: &Usage) {
+        self.seconds += other.seconds;
+        for (name, cpu) in &other.cpu {
+            *self.cpu.entry(name.clone()).or_insert(0.0) += cpu;
+        }
+        for (name, cpu) in &other.jit {
+            *self.jit.entry(name.clone()).or_insert(0.0) += cpu;
+        }
+    }
+
     /// CPU seconds of the processes whose names `matching` accepts.
     pub fn of(&self, matching: impl Fn(&str) -> bool) -> f64 {
         self.cpu
@@ -176,6 +227,22 @@ impl Usage {
     /// CPU seconds of one named process.
     pub fn named(&self, name: &str) -> f64 {
         self.of(|n| n == name)
+    }
+
+    /// CPU seconds one named process's JIT compilers spent (part of [`Usage::named`]).
+    pub fn jit(&self, name: &str) -> f64 {
+        self.jit.get(name).copied().unwrap_or(0.0)
+    }
+
+    /// CPU seconds of one named process doing the work itself: [`Usage::named`] without
+    /// its JIT compilers.
+    pub fn work(&self, name: &str) -> f64 {
+        self.named(name) - self.jit(name)
+    }
+
+    /// CPU seconds every process's JIT compilers spent.
+    pub fn jit_total(&self) -> f64 {
+        self.jit.values().sum()
     }
 
     /// CPU seconds of every salesflow process.
@@ -285,6 +352,37 @@ mod tests {
         writeln!(child.stdin.take().unwrap(), "bye").unwrap();
         assert!(child.wait().unwrap().success());
         assert!(usage.named("busy") > 0.0, "{usage:?}");
+    }
+
+    #[test]
+    fn compiler_time_counts_threads_started_since_and_never_those_ended() {
+        let then = BTreeMap::from([(10, 1.0), (11, 2.0)]);
+        // 10 compiled 0.5 s more, 11 ended, 12 started and compiled 0.25 s.
+        let now = BTreeMap::from([(10, 1.5), (12, 0.25)]);
+        assert!((compiled_since(&then, &now) - 0.75).abs() < 1e-9);
+        assert!(compiled_since(&now, &now).abs() < 1e-9);
+    }
+
+    #[test]
+    fn measurements_in_turns_add_up() {
+        let mut total = Usage::default();
+        let turn = |cpu: f64, jit: f64| Usage {
+            seconds: 2.0,
+            cpu: BTreeMap::from([("cassandra".to_owned(), cpu)]),
+            jit: BTreeMap::from([("cassandra".to_owned(), jit)]),
+        };
+        total.merge(&turn(1.0, 0.25));
+        total.merge(&turn(0.5, 0.0));
+        assert!((total.seconds - 4.0).abs() < 1e-9);
+        assert!((total.named("cassandra") - 1.5).abs() < 1e-9);
+        assert!((total.jit("cassandra") - 0.25).abs() < 1e-9);
+        assert!((total.work("cassandra") - 1.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_process_that_is_not_a_jvm_has_no_compiler_threads() {
+        let me = i32::try_from(std::process::id()).unwrap();
+        assert!(compilers(me).is_empty());
     }
 
     #[test]

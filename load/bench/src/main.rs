@@ -52,6 +52,10 @@ struct Cli {
     /// Only these parts (http, kafka, cassandra, elasticsearch, e2e); default all.
     #[arg(long = "only")]
     only: Vec<String>,
+    /// Seconds of end-to-end load (every pipeline over every server) before anything is
+    /// measured, so that the servers' JVMs have compiled their hot paths; 0 to skip.
+    #[arg(long, default_value_t = 20)]
+    warmup: u64,
     /// Where the report goes.
     #[arg(long, default_value = "load/reports")]
     out: std::path::PathBuf,
@@ -137,6 +141,27 @@ async fn main() -> Result<()> {
     let mut rows = Vec::new();
     let mut figures: Vec<(String, String)> = Vec::new();
 
+    if cli.warmup > 0 {
+        println!("== Warm-up: end to end for {} s, not measured", cli.warmup);
+        settle().await;
+        let (row, _) = e2e::run(cli.clients, Duration::from_secs(cli.warmup), &[]).await?;
+        let jit: f64 = row.phases.iter().map(|p| p.usage.jit_total()).sum();
+        let servers: f64 = row
+            .phases
+            .iter()
+            .map(|p| cpu::SERVERS.iter().map(|s| p.usage.named(s)).sum::<f64>())
+            .sum();
+        println!(
+            "  the servers' JIT compilers spent {jit:.1} of their {servers:.1} CPU seconds in it"
+        );
+        figures.push((
+            "warm-up before measuring (end to end, not counted)".into(),
+            format!(
+                "{} s of load; the servers' JIT compilers spent {jit:.1} of their {servers:.1} CPU s",
+                cli.warmup
+            ),
+        ));
+    }
     if wants("http") {
         println!("== HTTP ingest");
         settle().await;
