@@ -59,6 +59,55 @@ async fn busy(address: &str) -> std::collections::BTreeMap<String, (f64, f64)> {
     out
 }
 
+/// Requests each pipeline's Kafka clients sent, by pipeline and Kafka API, from
+/// salesflow's `salesflow_kafka_requests_total` (librdkafka's counts, as of each client's
+/// last statistics report).
+async fn kafka_requests(addresses: &[&str]) -> std::collections::BTreeMap<(String, String), f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for address in addresses {
+        let Some(scrape) = latency::scrape(address).await else {
+            continue;
+        };
+        for sample in &scrape.samples {
+            if !sample.metric.starts_with("salesflow_kafka_requests") {
+                continue;
+            }
+            let (Some(pipeline), Some(api), Some(v)) = (
+                sample.labels.get("pipeline"),
+                sample.labels.get("request"),
+                latency::number(sample),
+            ) else {
+                continue;
+            };
+            *out.entry((pipeline.to_owned(), api.to_owned()))
+                .or_insert(0.0) += v;
+        }
+    }
+    out
+}
+
+/// Kafka requests per order between two counts, the busiest first, and the total.
+fn requests_per_order(
+    before: &std::collections::BTreeMap<(String, String), f64>,
+    after: &std::collections::BTreeMap<(String, String), f64>,
+    orders: f64,
+) -> (Vec<(String, f64)>, f64) {
+    let mut per: Vec<(String, f64)> = after
+        .iter()
+        .map(|((pipeline, api), v)| {
+            let d = v - before
+                .get(&(pipeline.clone(), api.clone()))
+                .copied()
+                .unwrap_or(0.0);
+            (format!("{pipeline} {api}"), d / orders.max(1.0))
+        })
+        .filter(|(_, d)| *d > 0.0)
+        .collect();
+    per.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let total = per.iter().map(|(_, d)| d).sum();
+    (per, total)
+}
+
 async fn busy_all(addresses: &[&str]) -> std::collections::BTreeMap<String, (f64, f64)> {
     let mut all = std::collections::BTreeMap::new();
     for a in addresses {
@@ -112,7 +161,12 @@ pub async fn run(
     ] {
         sets.push(format!("{source}.statistics_interval_ms=1000"));
     }
-    sets.push("pipelines.command-api.sinks.orders-topic.statistics_interval_ms=1000".into());
+    for sink in [
+        "pipelines.command-api.sinks.orders-topic",
+        "pipelines.domain.sinks.cart-events",
+    ] {
+        sets.push(format!("{sink}.statistics_interval_ms=1000"));
+    }
     // As in production: one process per pipeline.
     let mut processes = Vec::new();
     for pipeline in ["command-api", "domain", "projections", "query-api"] {
@@ -163,6 +217,7 @@ pub async fn run(
         }
     });
     let before = busy_all(&[&address, &consumers[0], &consumers[1]]).await;
+    let kafka_before = kafka_requests(&[&address, &consumers[0], &consumers[1]]).await;
     let meter = Meter::start(everything());
     let started = Instant::now();
     let posted = drive(
@@ -180,6 +235,7 @@ pub async fn run(
     // Where the time went: each component's busy time per second of the run (over all
     // its lanes), and how long its upstream waited for room in its channels.
     let after = busy_all(&[&address, &consumers[0], &consumers[1]]).await;
+    let kafka_sustained = kafka_requests(&[&address, &consumers[0], &consumers[1]]).await;
     let limits = latency::sink_limits(&[&address, &consumers[0], &consumers[1]]).await;
     println!("  sink concurrency limits per lane: {}", limits.join("; "));
     let mut shares: Vec<(String, f64, f64)> = after
@@ -227,6 +283,7 @@ pub async fn run(
     .await?;
     drained(&consumers).await?;
     let single_cpu = meter.stop();
+    let kafka_single = kafka_requests(&[&address, &consumers[0], &consumers[1]]).await;
     #[allow(clippy::cast_precision_loss)]
     let single_sustained =
         (single.requests - single.errors) as f64 / (started.elapsed().as_secs_f64() - 0.5);
@@ -367,6 +424,43 @@ settle_timeout = "60s"
         figures.push((
             "single orders / composite ceiling (target >= 0.5)".into(),
             format!("{:.2}", single_sustained / composite),
+        ));
+    }
+    // What the pipelines asked of Kafka per order, by client and API, and what Kafka
+    // spent per request: with small batches Kafka's cost goes by requests, not records.
+    #[allow(clippy::cast_precision_loss)]
+    for (name, before, after, orders, usage) in [
+        (
+            "sustained",
+            &kafka_before,
+            &kafka_sustained,
+            orders as f64,
+            &sustained_cpu,
+        ),
+        (
+            "single orders",
+            &kafka_sustained,
+            &kafka_single,
+            single.ok(),
+            &single_cpu,
+        ),
+    ] {
+        let (per, total) = requests_per_order(before, after, orders);
+        if total <= 0.0 {
+            continue;
+        }
+        let kafka_ms = usage.work("kafka") * 1000.0 / orders.max(1.0);
+        figures.push((
+            format!("Kafka requests per order, {name} (salesflow's clients, by API)"),
+            format!(
+                "{total:.3} in all, {:.4} Kafka CPU ms per request: {}",
+                kafka_ms / total,
+                per.iter()
+                    .take(8)
+                    .map(|(k, v)| format!("{k} {v:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         ));
     }
     figures.push((

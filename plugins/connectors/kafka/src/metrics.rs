@@ -2,7 +2,7 @@
 //! the source's and sink's own counts. Registered in the component's registry, so every
 //! series also carries `pipeline` and `component`.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
@@ -24,6 +24,68 @@ pub struct KindLabels {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The Kafka API, as librdkafka names it (`Produce`, `Fetch`, `OffsetCommit`, ...).
+    pub request: String,
+}
+
+/// Requests the client sent to Kafka, by API, from librdkafka's per-broker counts: the
+/// unit Kafka's CPU goes by when batches are small (a produce or fetch costs the broker
+/// about the same for one record as for dozens), so requests per order say what the
+/// pipeline asks of Kafka.
+pub struct RequestCounts {
+    family: Family<RequestLabels, Counter>,
+    /// The last cumulative count per (broker, API): librdkafka reports totals since the
+    /// client started.
+    last: Mutex<HashMap<(String, String), u64>>,
+}
+
+impl RequestCounts {
+    pub fn register(registry: &mut Registry) -> Self {
+        let family = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "salesflow_kafka_requests",
+            "Requests sent to the Kafka brokers by API (librdkafka's per-broker counts)",
+            family.clone(),
+        );
+        Self {
+            family,
+            last: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one statistics report. A count lower than the last one is a new client
+    /// (e.g. a replaced consumer) counting from zero again.
+    pub fn observe(&self, statistics: &Statistics) {
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for broker in statistics.brokers.values() {
+            for (request, count) in &broker.req {
+                let Ok(count) = u64::try_from(*count) else {
+                    continue;
+                };
+                let key = (broker.name.clone(), request.clone());
+                let before = last.insert(key, count).unwrap_or(0);
+                let added = if count >= before {
+                    count - before
+                } else {
+                    count
+                };
+                if added > 0 {
+                    self.family
+                        .get_or_create(&RequestLabels {
+                            request: request.clone(),
+                        })
+                        .inc_by(added);
+                }
+            }
+        }
+    }
+}
+
 /// The consumer side.
 pub struct SourceMetrics {
     pub lag: Family<PartitionLabels, Gauge>,
@@ -42,6 +104,7 @@ pub struct SourceMetrics {
     pub unsteady: Gauge,
     /// Consumers replaced because the member stalled outside its group.
     pub replaced: Counter,
+    pub requests: RequestCounts,
     /// The partitions whose series exist, to remove them when revoked.
     known: Mutex<HashSet<PartitionLabels>>,
 }
@@ -61,6 +124,7 @@ impl SourceMetrics {
             retrying: Gauge::default(),
             unsteady: Gauge::default(),
             replaced: Counter::default(),
+            requests: RequestCounts::register(registry),
             known: Mutex::new(HashSet::new()),
         };
         // Every kind exists from the start, at zero: an error rate is then 0, not absent.
@@ -158,6 +222,7 @@ impl SourceMetrics {
     /// Updates the per-partition series from statistics, for the partitions this source
     /// has (`owned`).
     pub fn update(&self, stats: &Statistics, owned: &HashSet<(String, i32)>) {
+        self.requests.observe(stats);
         for (topic_name, topic) in &stats.topics {
             for (id, p) in &topic.partitions {
                 if *id < 0 || !owned.contains(&(topic_name.clone(), *id)) {
@@ -218,6 +283,7 @@ pub struct SinkMetrics {
     /// the producer before they were sent (linger included), and produce requests'
     /// round trips to the broker.
     pub latency: Family<LatencyLabels, Gauge<f64, AtomicU64>>,
+    pub requests: RequestCounts,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -239,6 +305,7 @@ impl SinkMetrics {
             queue: Gauge::default(),
             errors: Family::default(),
             latency: Family::default(),
+            requests: RequestCounts::register(registry),
         };
         drop(m.errors.get_or_create(&KindLabels {
             kind: "client".into(),
@@ -279,6 +346,7 @@ impl SinkMetrics {
     /// Takes one statistics report: the queue length, and each broker's latency
     /// quantiles when its window saw any request (an idle window leaves the last ones).
     pub fn observe(&self, statistics: &Statistics) {
+        self.requests.observe(statistics);
         self.queue
             .set(i64::try_from(statistics.msg_cnt).unwrap_or(i64::MAX));
         for broker in statistics.brokers.values().filter(|b| b.nodeid >= 0) {

@@ -285,6 +285,35 @@ async fn metrics_dashboards_alerts_and_readiness_on_a_live_run() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 
+    // What each client asked of Kafka, by API: the domain's consumer fetched and
+    // committed, the Command API's producer produced (each reported at least once by now:
+    // the consumers every second, the producers every 5 s, over the ~20 s of load).
+    let text = support::get_text(&client, format!("{base}/metrics")).await;
+    let requests = |pipeline: &str, api: &str| -> f64 {
+        series(&text, "salesflow_kafka_requests_total")
+            .into_iter()
+            .filter(|(labels, _)| {
+                label(labels, "pipeline") == Some(pipeline) && label(labels, "request") == Some(api)
+            })
+            .map(|(_, v)| v)
+            .sum()
+    };
+    for (pipeline, api) in [
+        ("domain", "Fetch"),
+        ("domain", "OffsetCommit"),
+        ("domain", "Heartbeat"),
+        ("command-api", "Produce"),
+    ] {
+        assert!(
+            requests(pipeline, api) > 0.0,
+            "no {api} requests reported for {pipeline}"
+        );
+    }
+    assert!(
+        requests("query-api", "Fetch").abs() < f64::EPSILON,
+        "the Query API has no Kafka client"
+    );
+
     // Cassandra stops: readiness turns 503, naming it; it comes back: 200 again.
     assert_eq!(ready_status(&client, &base).await.0, 200);
     let out = std::process::Command::new(localstack())
