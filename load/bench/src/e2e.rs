@@ -59,34 +59,55 @@ async fn busy(address: &str) -> std::collections::BTreeMap<String, (f64, f64)> {
     out
 }
 
-/// Requests each pipeline's Kafka clients sent, by pipeline and Kafka API, from
-/// salesflow's `salesflow_kafka_requests_total` (librdkafka's counts, as of each client's
-/// last statistics report).
-async fn kafka_requests(addresses: &[&str]) -> std::collections::BTreeMap<(String, String), f64> {
+/// The counters whose names start with `metric`, summed by pipeline and by the value of
+/// their `by` label (or, with none, by their own name), over salesflow's processes.
+async fn counters(
+    addresses: &[&str],
+    metric: &str,
+    by: Option<&str>,
+) -> std::collections::BTreeMap<(String, String), f64> {
     let mut out = std::collections::BTreeMap::new();
     for address in addresses {
         let Some(scrape) = latency::scrape(address).await else {
             continue;
         };
         for sample in &scrape.samples {
-            if !sample.metric.starts_with("salesflow_kafka_requests") {
+            if !sample.metric.starts_with(metric) {
                 continue;
             }
-            let (Some(pipeline), Some(api), Some(v)) = (
-                sample.labels.get("pipeline"),
-                sample.labels.get("request"),
-                latency::number(sample),
-            ) else {
+            let key = match by {
+                Some(label) => sample.labels.get(label).map(str::to_owned),
+                None => Some(sample.metric.clone()),
+            };
+            let (Some(pipeline), Some(key), Some(v)) =
+                (sample.labels.get("pipeline"), key, latency::number(sample))
+            else {
                 continue;
             };
-            *out.entry((pipeline.to_owned(), api.to_owned()))
-                .or_insert(0.0) += v;
+            *out.entry((pipeline.to_owned(), key)).or_insert(0.0) += v;
         }
     }
     out
 }
 
-/// Kafka requests per order between two counts, the busiest first, and the total.
+/// Requests each pipeline's Kafka clients sent, by pipeline and Kafka API (librdkafka's
+/// counts, as of each client's last statistics report); and the carts each pipeline read
+/// back from the event store (one partition read each), under the same keys.
+async fn kafka_and_store(
+    addresses: &[&str],
+) -> [std::collections::BTreeMap<(String, String), f64>; 2] {
+    [
+        counters(addresses, "salesflow_kafka_requests", Some("request")).await,
+        counters(addresses, "salesflow_cart_rebuilds", None)
+            .await
+            .into_iter()
+            .chain(counters(addresses, "salesflow_read_model_rebuilds", None).await)
+            .map(|((pipeline, _), v)| ((pipeline, "cart read".to_owned()), v))
+            .collect(),
+    ]
+}
+
+/// Counts per order between two scrapes, the largest first, and the total.
 fn requests_per_order(
     before: &std::collections::BTreeMap<(String, String), f64>,
     after: &std::collections::BTreeMap<(String, String), f64>,
@@ -217,7 +238,8 @@ pub async fn run(
         }
     });
     let before = busy_all(&[&address, &consumers[0], &consumers[1]]).await;
-    let kafka_before = kafka_requests(&[&address, &consumers[0], &consumers[1]]).await;
+    let [kafka_before, reads_before] =
+        kafka_and_store(&[&address, &consumers[0], &consumers[1]]).await;
     let meter = Meter::start(everything());
     let started = Instant::now();
     let posted = drive(
@@ -235,7 +257,8 @@ pub async fn run(
     // Where the time went: each component's busy time per second of the run (over all
     // its lanes), and how long its upstream waited for room in its channels.
     let after = busy_all(&[&address, &consumers[0], &consumers[1]]).await;
-    let kafka_sustained = kafka_requests(&[&address, &consumers[0], &consumers[1]]).await;
+    let [kafka_sustained, reads_sustained] =
+        kafka_and_store(&[&address, &consumers[0], &consumers[1]]).await;
     let limits = latency::sink_limits(&[&address, &consumers[0], &consumers[1]]).await;
     println!("  sink concurrency limits per lane: {}", limits.join("; "));
     let mut shares: Vec<(String, f64, f64)> = after
@@ -283,7 +306,8 @@ pub async fn run(
     .await?;
     drained(&consumers).await?;
     let single_cpu = meter.stop();
-    let kafka_single = kafka_requests(&[&address, &consumers[0], &consumers[1]]).await;
+    let [kafka_single, reads_single] =
+        kafka_and_store(&[&address, &consumers[0], &consumers[1]]).await;
     #[allow(clippy::cast_precision_loss)]
     let single_sustained =
         (single.requests - single.errors) as f64 / (started.elapsed().as_secs_f64() - 0.5);
@@ -428,39 +452,49 @@ settle_timeout = "60s"
     }
     // What the pipelines asked of Kafka per order, by client and API, and what Kafka
     // spent per request: with small batches Kafka's cost goes by requests, not records.
+    // And the carts read back from the event store per order: Cassandra work beyond the
+    // one append an order costs at the ceiling.
     #[allow(clippy::cast_precision_loss)]
-    for (name, before, after, orders, usage) in [
+    let phases = [
         (
             "sustained",
-            &kafka_before,
-            &kafka_sustained,
+            [&kafka_before, &reads_before],
+            [&kafka_sustained, &reads_sustained],
             orders as f64,
             &sustained_cpu,
         ),
         (
             "single orders",
-            &kafka_sustained,
-            &kafka_single,
+            [&kafka_sustained, &reads_sustained],
+            [&kafka_single, &reads_single],
             single.ok(),
             &single_cpu,
         ),
-    ] {
-        let (per, total) = requests_per_order(before, after, orders);
-        if total <= 0.0 {
-            continue;
+    ];
+    let listed = |per: &[(String, f64)]| {
+        per.iter()
+            .take(8)
+            .map(|(k, v)| format!("{k} {v:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for (name, before, after, orders, usage) in phases {
+        let (per, total) = requests_per_order(before[0], after[0], orders);
+        if total > 0.0 {
+            let kafka_ms = usage.work("kafka") * 1000.0 / orders.max(1.0);
+            figures.push((
+                format!("Kafka requests per order, {name} (salesflow's clients, by API)"),
+                format!(
+                    "{total:.3} in all, {:.4} Kafka CPU ms per request: {}",
+                    kafka_ms / total,
+                    listed(&per)
+                ),
+            ));
         }
-        let kafka_ms = usage.work("kafka") * 1000.0 / orders.max(1.0);
+        let (per, total) = requests_per_order(before[1], after[1], orders);
         figures.push((
-            format!("Kafka requests per order, {name} (salesflow's clients, by API)"),
-            format!(
-                "{total:.3} in all, {:.4} Kafka CPU ms per request: {}",
-                kafka_ms / total,
-                per.iter()
-                    .take(8)
-                    .map(|(k, v)| format!("{k} {v:.3}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
+            format!("carts read from the event store per order, {name}"),
+            format!("{total:.3}: {}", listed(&per)),
         ));
     }
     figures.push((
