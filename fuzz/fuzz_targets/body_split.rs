@@ -13,8 +13,11 @@ fuzz_target!(|data: &[u8]| {
     ] {
         match split_body(mode, ndjson, data) {
             Ok(events) => {
+                // Each one JSON object by the grammar; number ranges (1e400) are the
+                // decoders' to judge, as the source's unit tests say.
                 for e in events {
-                    assert!(serde_json::from_slice::<serde_json::Value>(&e).is_ok());
+                    let raw = serde_json::from_slice::<&serde_json::value::RawValue>(&e);
+                    assert!(raw.is_ok_and(|r| r.get().starts_with('{')));
                 }
             }
             Err(answer) => assert_eq!(answer.status().as_u16(), 400),

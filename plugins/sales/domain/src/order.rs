@@ -356,6 +356,20 @@ mod tests {
     }
 
     #[test]
+    fn a_number_past_f64_is_refused_saying_so() {
+        // The HTTP source passes it on (JSON's grammar has no range); the decoder refuses.
+        let body = sample()
+            .to_string()
+            .replace(r#""tax_amount":21.98"#, r#""tax_amount":1e400"#);
+        assert!(body.contains("1e400"), "{body}");
+        let problems = OrderValidator::new().decode(body.as_bytes()).unwrap_err();
+        assert!(
+            problems.iter().any(|p| p.contains("number out of range")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
     fn every_invalid_field_is_named() {
         let mut o = sample();
         o["quantity"] = serde_json::json!(0);
