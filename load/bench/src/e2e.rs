@@ -59,51 +59,53 @@ async fn busy(address: &str) -> std::collections::BTreeMap<String, (f64, f64)> {
     out
 }
 
-/// The counters whose names start with `metric`, summed by pipeline and by the value of
-/// their `by` label (or, with none, by their own name), over salesflow's processes.
-async fn counters(
-    addresses: &[&str],
+/// The counters of `scrapes` whose names start with `metric`, summed by pipeline and by
+/// the value of their `by` label (or, with none, under `name`).
+fn counters(
+    scrapes: &[prometheus_parse::Scrape],
     metric: &str,
     by: Option<&str>,
+    name: &str,
 ) -> std::collections::BTreeMap<(String, String), f64> {
     let mut out = std::collections::BTreeMap::new();
-    for address in addresses {
-        let Some(scrape) = latency::scrape(address).await else {
+    for sample in scrapes.iter().flat_map(|s| &s.samples) {
+        if !sample.metric.starts_with(metric) {
+            continue;
+        }
+        let key = match by {
+            Some(label) => sample.labels.get(label).map(str::to_owned),
+            None => Some(name.to_owned()),
+        };
+        let (Some(pipeline), Some(key), Some(v)) =
+            (sample.labels.get("pipeline"), key, latency::number(sample))
+        else {
             continue;
         };
-        for sample in &scrape.samples {
-            if !sample.metric.starts_with(metric) {
-                continue;
-            }
-            let key = match by {
-                Some(label) => sample.labels.get(label).map(str::to_owned),
-                None => Some(sample.metric.clone()),
-            };
-            let (Some(pipeline), Some(key), Some(v)) =
-                (sample.labels.get("pipeline"), key, latency::number(sample))
-            else {
-                continue;
-            };
-            *out.entry((pipeline.to_owned(), key)).or_insert(0.0) += v;
-        }
+        *out.entry((pipeline.to_owned(), key)).or_insert(0.0) += v;
     }
     out
 }
 
 /// Requests each pipeline's Kafka clients sent, by pipeline and Kafka API (librdkafka's
 /// counts, as of each client's last statistics report); and the carts each pipeline read
-/// back from the event store (one partition read each), under the same keys.
+/// back from the event store (one partition read each), from one scrape of each process.
 async fn kafka_and_store(
     addresses: &[&str],
 ) -> [std::collections::BTreeMap<(String, String), f64>; 2] {
+    let mut scrapes = Vec::new();
+    for address in addresses {
+        scrapes.extend(latency::scrape(address).await);
+    }
+    let mut reads = counters(&scrapes, "salesflow_cart_rebuilds", None, "cart read");
+    reads.extend(counters(
+        &scrapes,
+        "salesflow_read_model_rebuilds",
+        None,
+        "cart read",
+    ));
     [
-        counters(addresses, "salesflow_kafka_requests", Some("request")).await,
-        counters(addresses, "salesflow_cart_rebuilds", None)
-            .await
-            .into_iter()
-            .chain(counters(addresses, "salesflow_read_model_rebuilds", None).await)
-            .map(|((pipeline, _), v)| ((pipeline, "cart read".to_owned()), v))
-            .collect(),
+        counters(&scrapes, "salesflow_kafka_requests", Some("request"), ""),
+        reads,
     ]
 }
 
