@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
+use crate::node::{Node, Profile};
 use crate::servers::ServerKind;
 
 pub struct Layout {
@@ -40,16 +41,36 @@ impl Layout {
         for dir in [self.logs(), self.run(), self.classpath_dir()] {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        for kind in ServerKind::ALL {
-            let dir = self.server_dir(*kind);
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
         Ok(())
     }
 
-    /// Data and generated configuration of one server.
-    pub fn server_dir(&self, kind: ServerKind) -> PathBuf {
-        self.stack.join(kind.to_string())
+    /// Data and generated configuration of one node: `.stack/kafka` for the single-node
+    /// profile, `.stack/cluster/kafka-2` for the cluster one (their data never mix).
+    pub fn server_dir(&self, node: Node) -> PathBuf {
+        match node.profile {
+            Profile::Single => self.stack.join(node.name()),
+            Profile::Cluster => self.stack.join("cluster").join(node.name()),
+        }
+    }
+
+    /// The profile `up` last started (`single` when none did).
+    pub fn profile(&self) -> Profile {
+        std::fs::read_to_string(self.profile_file())
+            .ok()
+            .and_then(|text| Profile::parse(&text))
+            .unwrap_or(Profile::Single)
+    }
+
+    pub fn set_profile(&self, profile: Profile) -> Result<()> {
+        let path = self.profile_file();
+        std::fs::create_dir_all(self.run())
+            .with_context(|| format!("creating {}", self.run().display()))?;
+        std::fs::write(&path, format!("{profile}\n"))
+            .with_context(|| format!("writing {}", path.display()))
+    }
+
+    fn profile_file(&self) -> PathBuf {
+        self.run().join("profile")
     }
 
     pub fn logs(&self) -> PathBuf {
@@ -57,16 +78,16 @@ impl Layout {
     }
 
     /// The log a server's stdout and stderr go to (and, for the JVMs, their own logger).
-    pub fn log_file(&self, kind: ServerKind) -> PathBuf {
-        self.logs().join(format!("{kind}.log"))
+    pub fn log_file(&self, node: Node) -> PathBuf {
+        self.logs().join(format!("{}.log", node.name()))
     }
 
     pub fn run(&self) -> PathBuf {
         self.stack.join("run")
     }
 
-    pub fn pid_file(&self, kind: ServerKind) -> PathBuf {
-        self.run().join(format!("{kind}.pid"))
+    pub fn pid_file(&self, node: Node) -> PathBuf {
+        self.run().join(format!("{}.pid", node.name()))
     }
 
     pub fn classpath_dir(&self) -> PathBuf {

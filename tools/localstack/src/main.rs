@@ -6,15 +6,22 @@
 //! git-ignored folder, `.stack/` by default.
 //!
 //! ```text
-//! localstack up        start what is not running, wait until each answers, apply schemas/
-//! localstack status    one line a server: state, pid, address, version, resident memory
-//! localstack logs      the tail of every server's log (or of the ones named)
-//! localstack schemas   apply schemas/ again (idempotent)
-//! localstack down      stop exactly the processes `up` started
+//! localstack up [--cluster]  start what is not running, wait until each answers, apply schemas/
+//! localstack status          one line a node: state, pid, address, version, resident memory
+//! localstack logs            the tail of every node's log (or of the ones named)
+//! localstack schemas         apply schemas/ again (idempotent)
+//! localstack down            stop exactly the processes `up` started
+//! localstack kill NODE       SIGKILL one node, as a crash would (fault suites)
 //! ```
+//!
+//! `--cluster` runs the cluster profile (3 Kafka brokers, 3 Cassandra nodes, 2 OpenSearch
+//! nodes, replicating; see `node.rs`); `status`, `logs`, `down` and `kill` act on the
+//! profile `up` last started. Servers are named by kind (`cassandra`: every node of it)
+//! or node (`cassandra-2`).
 
 mod layout;
 mod maven;
+mod node;
 mod probe;
 mod process;
 mod schemas;
@@ -28,6 +35,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
 use crate::layout::Layout;
+use crate::node::{Node, Profile, Selector};
 use crate::servers::{Server, ServerKind};
 
 #[derive(Parser, Debug)]
@@ -52,12 +60,16 @@ enum Command {
     /// Start every server that is not running, wait until each answers a real request, and
     /// apply the schemas. Servers already running are left alone.
     Up {
-        /// Only these servers (default: all).
-        #[arg(value_enum)]
-        servers: Vec<ServerKind>,
-        /// Seconds to wait for each server to answer.
-        #[arg(long, default_value_t = 240)]
-        timeout: u64,
+        /// Only these servers (`kafka`, `cassandra`, `opensearch`, `prometheus`) or nodes
+        /// (`cassandra-2`); default: all.
+        servers: Vec<Selector>,
+        /// The cluster profile: 3 Kafka brokers, 3 Cassandra nodes, 2 OpenSearch nodes,
+        /// replicating between them (schemas/environments/cluster.toml).
+        #[arg(long)]
+        cluster: bool,
+        /// Seconds to wait for each server to answer (default: 240, 420 for the cluster).
+        #[arg(long)]
+        timeout: Option<u64>,
         /// Do not create topics, tables and index templates.
         #[arg(long)]
         no_schemas: bool,
@@ -65,9 +77,14 @@ enum Command {
     /// Stop the servers this stack started (by their pid files) and wait until their ports
     /// are free.
     Down {
-        /// Only these servers (default: all).
-        #[arg(value_enum)]
-        servers: Vec<ServerKind>,
+        /// Only these servers or nodes (default: all).
+        servers: Vec<Selector>,
+    },
+    /// SIGKILL these nodes at once, as a crash would; `up` starts them again.
+    Kill {
+        /// The nodes (or servers) to kill, e.g. `cassandra-2`.
+        #[arg(required = true)]
+        servers: Vec<Selector>,
     },
     /// Say, per server, whether it runs and answers, with its version and resident memory.
     /// Exits non-zero when a server is not healthy.
@@ -78,9 +95,8 @@ enum Command {
     },
     /// Print the tail of the servers' logs.
     Logs {
-        /// Only these servers (default: all).
-        #[arg(value_enum)]
-        servers: Vec<ServerKind>,
+        /// Only these servers or nodes (default: all).
+        servers: Vec<Selector>,
         /// How many lines of each log.
         #[arg(short = 'n', long, default_value_t = 40)]
         lines: usize,
@@ -88,8 +104,14 @@ enum Command {
         #[arg(short, long)]
         follow: bool,
     },
-    /// Create the topics, tables and index templates of `schemas/` (idempotent).
-    Schemas,
+    /// Create the topics, tables and index templates of `schemas/` (idempotent), with the
+    /// replication of an environment of `schemas/environments/`.
+    Schemas {
+        /// `local`, `cluster`, or another file of schemas/environments/ (default: the one
+        /// of the profile `up` last started).
+        #[arg(long)]
+        environment: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -119,21 +141,48 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Up {
             servers,
+            cluster,
             timeout,
             no_schemas,
         } => {
-            up(&layout, selection(&servers), Duration::from_secs(timeout)).await?;
-            if selection(&servers).contains(&ServerKind::Prometheus) {
+            let profile = if cluster {
+                Profile::Cluster
+            } else {
+                Profile::Single
+            };
+            switch_profile(&layout, profile)?;
+            let nodes = node::select(profile, &servers)?;
+            let timeout = timeout.unwrap_or(match profile {
+                Profile::Single => 240,
+                Profile::Cluster => 420,
+            });
+            up(&layout, &nodes, Duration::from_secs(timeout)).await?;
+            let kinds = kinds_of(&nodes);
+            if kinds.contains(&ServerKind::Prometheus) {
                 // A running Prometheus re-reads monitoring/ (scrape config, rules).
                 probe::reload_prometheus().await?;
             }
             if !no_schemas {
-                schemas::apply_all(&layout, selection(&servers)).await?;
+                let environment =
+                    schemas::Environment::load(&layout, profile.schema_environment())?;
+                schemas::apply_all(&layout, profile, &kinds, &environment).await?;
+            }
+            if profile == Profile::Cluster {
+                print_cluster_settings();
             }
             status(&layout, false).await
         }
         Command::Down { servers } => {
-            down(&layout, selection(&servers))?;
+            down(&layout, &node::select(layout.profile(), &servers)?)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Kill { servers } => {
+            for node in node::select(layout.profile(), &servers)? {
+                match process::kill(&layout, node)? {
+                    Some(pid) => println!("{node}: killed (pid {pid})"),
+                    None => println!("{node}: not running"),
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => status(&layout, json).await,
@@ -142,29 +191,78 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             lines,
             follow,
         } => {
-            process::print_logs(&layout, selection(&servers), lines, follow)?;
+            let nodes = node::select(layout.profile(), &servers)?;
+            process::print_logs(&layout, &nodes, lines, follow)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Schemas => {
-            schemas::apply_all(&layout, ServerKind::ALL).await?;
+        Command::Schemas { environment } => {
+            let profile = layout.profile();
+            let name = environment.unwrap_or_else(|| profile.schema_environment().to_owned());
+            let environment = schemas::Environment::load(&layout, &name)?;
+            schemas::apply_all(&layout, profile, ServerKind::ALL, &environment).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
 }
 
-fn selection(servers: &[ServerKind]) -> &[ServerKind] {
-    if servers.is_empty() {
-        ServerKind::ALL
-    } else {
-        servers
+/// Records the profile `up` starts; refuses while the other one still runs (they share
+/// the first nodes' addresses).
+fn switch_profile(layout: &Layout, profile: Profile) -> Result<()> {
+    let current = layout.profile();
+    if current != profile {
+        let running: Vec<String> = current
+            .all_nodes(ServerKind::ALL)
+            .into_iter()
+            .filter(|&n| process::running_pid(layout, n).is_some())
+            .map(Node::name)
+            .collect();
+        if !running.is_empty() {
+            bail!(
+                "the {current} profile is running ({}); stop it first with `localstack down`",
+                running.join(", ")
+            );
+        }
     }
+    layout.set_profile(profile)
 }
 
-/// Starts what is not running, then waits for every selected server in parallel.
-async fn up(layout: &Layout, kinds: &[ServerKind], timeout: Duration) -> Result<()> {
+fn kinds_of(nodes: &[Node]) -> Vec<ServerKind> {
+    let mut kinds: Vec<ServerKind> = Vec::new();
+    for node in nodes {
+        if !kinds.contains(&node.kind) {
+            kinds.push(node.kind);
+        }
+    }
+    kinds
+}
+
+/// What salesflow and the tools need to use every node of the cluster profile.
+fn print_cluster_settings() {
+    let profile = Profile::Cluster;
+    let quoted = |kind: ServerKind, scheme: &str| {
+        profile
+            .client_addresses(kind)
+            .iter()
+            .map(|a| format!("\"{scheme}{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!(
+        "cluster profile: salesflow reaches every node with (compose/local/cluster.env)\n  \
+         SALESFLOW__KAFKA__BOOTSTRAP_SERVERS={}\n  \
+         SALESFLOW__CASSANDRA__NODES=[{}]\n  \
+         SALESFLOW__ELASTICSEARCH__URLS=[{}]",
+        profile.client_addresses(ServerKind::Kafka).join(","),
+        quoted(ServerKind::Cassandra, ""),
+        quoted(ServerKind::Opensearch, "http://"),
+    );
+}
+
+/// Starts what is not running, then waits for every selected node in parallel.
+async fn up(layout: &Layout, nodes: &[Node], timeout: Duration) -> Result<()> {
     let started_at = Instant::now();
     layout.create_dirs()?;
-    let java_needed = kinds.iter().any(|k| k.is_java());
+    let java_needed = nodes.iter().any(|n| n.kind.is_java());
     let java = if java_needed {
         Some(servers::find_java()?)
     } else {
@@ -175,45 +273,45 @@ async fn up(layout: &Layout, kinds: &[ServerKind], timeout: Duration) -> Result<
     }
 
     let mut starting = Vec::new();
-    for &kind in kinds {
-        let server = Server::new(kind, layout, java.as_ref());
-        if let Some(pid) = process::running_pid(layout, kind) {
-            println!("{kind}: already running (pid {pid}), left alone");
+    for &node in nodes {
+        let server = Server::new(node, layout, java.as_ref());
+        if let Some(pid) = process::running_pid(layout, node) {
+            println!("{node}: already running (pid {pid}), left alone");
             starting.push((server, None));
             continue;
         }
         server.preflight()?;
         let child = server
             .start()
-            .with_context(|| format!("{kind}: could not be started"))?;
+            .with_context(|| format!("{node}: could not be started"))?;
         println!(
-            "{kind}: started (pid {}), waiting for it to answer",
+            "{node}: started (pid {}), waiting for it to answer",
             child.id()
         );
         starting.push((server, Some(child)));
     }
 
     let waits = starting.into_iter().map(|(server, child)| async move {
-        let kind = server.kind;
+        let node = server.node;
         let result = server.wait_ready(child, timeout).await;
-        (kind, result)
+        (node, result)
     });
     let mut failures = Vec::new();
-    for (kind, result) in futures::future::join_all(waits).await {
+    for (node, result) in futures::future::join_all(waits).await {
         match result {
-            Ok(version) => println!("{kind}: ready ({version})"),
-            Err(e) => failures.push((kind, e)),
+            Ok(version) => println!("{node}: ready ({version})"),
+            Err(e) => failures.push((node, e)),
         }
     }
     if !failures.is_empty() {
         let mut message = String::new();
-        for (kind, e) in &failures {
-            // The failed server is stopped so that a retry starts clean; others stay up.
-            let _ = process::stop(layout, *kind);
-            let log = layout.log_file(*kind);
+        for (node, e) in &failures {
+            // The failed node is stopped so that a retry starts clean; others stay up.
+            let _ = process::stop(layout, *node);
+            let log = layout.log_file(*node);
             let _ = write!(
                 message,
-                "\n{kind} failed to start: {e:#}\n--- last lines of {} ---\n{}",
+                "\n{node} failed to start: {e:#}\n--- last lines of {} ---\n{}",
                 log.display(),
                 process::tail(&log, 30)
             );
@@ -224,14 +322,18 @@ async fn up(layout: &Layout, kinds: &[ServerKind], timeout: Duration) -> Result<
     Ok(())
 }
 
-fn down(layout: &Layout, kinds: &[ServerKind]) -> Result<()> {
+fn down(layout: &Layout, nodes: &[Node]) -> Result<()> {
     let mut errors = Vec::new();
-    // Stop in reverse start order: Prometheus first, Kafka last.
-    for &kind in kinds.iter().rev() {
-        match process::stop(layout, kind) {
-            Ok(Some(pid)) => println!("{kind}: stopped (pid {pid})"),
-            Ok(None) => println!("{kind}: not running"),
-            Err(e) => errors.push(format!("{kind}: {e:#}")),
+    // Stop in reverse start order, kind by kind (Prometheus first, Kafka last); the nodes
+    // of a kind together.
+    for kind in kinds_of(nodes).into_iter().rev() {
+        let of_kind: Vec<Node> = nodes.iter().copied().filter(|n| n.kind == kind).collect();
+        for (node, result) in process::stop_together(layout, &of_kind) {
+            match result {
+                Ok(Some(pid)) => println!("{node}: stopped (pid {pid})"),
+                Ok(None) => println!("{node}: not running"),
+                Err(e) => errors.push(format!("{node}: {e:#}")),
+            }
         }
     }
     if errors.is_empty() {
@@ -242,13 +344,15 @@ fn down(layout: &Layout, kinds: &[ServerKind]) -> Result<()> {
 }
 
 async fn status(layout: &Layout, json: bool) -> Result<ExitCode> {
-    let checks = ServerKind::ALL.iter().map(|&kind| async move {
-        let pid = process::running_pid(layout, kind);
+    let profile = layout.profile();
+    let nodes = profile.all_nodes(ServerKind::ALL);
+    let checks = nodes.iter().map(|&node| async move {
+        let pid = process::running_pid(layout, node);
         let answer = match pid {
-            Some(_) => probe::probe_with(layout, kind, Duration::from_secs(5)).await,
+            Some(_) => probe::probe_with(layout, node, Duration::from_secs(5), false).await,
             None => Err(anyhow::anyhow!("not running")),
         };
-        (kind, pid, answer)
+        (node, pid, answer)
     });
     let rows = futures::future::join_all(checks).await;
     let healthy = rows
@@ -257,10 +361,12 @@ async fn status(layout: &Layout, json: bool) -> Result<ExitCode> {
     if json {
         let list: Vec<_> = rows
             .iter()
-            .map(|(kind, pid, answer)| {
+            .map(|(node, pid, answer)| {
                 serde_json::json!({
-                    "server": kind.to_string(),
-                    "address": kind.address(),
+                    "server": node.kind.to_string(),
+                    "node": node.name(),
+                    "profile": profile.to_string(),
+                    "address": node.client_address(),
                     "pid": pid,
                     "healthy": answer.is_ok(),
                     "version": answer.as_ref().ok(),
@@ -271,11 +377,14 @@ async fn status(layout: &Layout, json: bool) -> Result<ExitCode> {
             .collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
     } else {
+        if profile == Profile::Cluster {
+            println!("profile: cluster");
+        }
         println!(
-            "{:<11} {:<9} {:>8} {:<16} {:>8}  VERSION",
+            "{:<13} {:<9} {:>8} {:<16} {:>8}  VERSION",
             "SERVER", "STATE", "PID", "ADDRESS", "RSS MiB"
         );
-        for (kind, pid, answer) in &rows {
+        for (node, pid, answer) in &rows {
             let state = match (pid, answer) {
                 (None, _) => "stopped",
                 (Some(_), Ok(_)) => "healthy",
@@ -287,11 +396,11 @@ async fn status(layout: &Layout, json: bool) -> Result<ExitCode> {
                 Err(_) => String::new(),
             };
             println!(
-                "{:<11} {:<9} {:>8} {:<16} {:>8}  {}",
-                kind.to_string(),
+                "{:<13} {:<9} {:>8} {:<16} {:>8}  {}",
+                node.name(),
                 state,
                 pid.map_or_else(|| "-".into(), |p| p.to_string()),
-                kind.address(),
+                node.client_address(),
                 pid.and_then(process::rss_mib)
                     .map_or_else(|| "-".into(), |m| m.to_string()),
                 detail

@@ -10,7 +10,11 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, Producer};
 use scylla::client::session_builder::SessionBuilder;
 
+use scylla::client::execution_profile::ExecutionProfile;
+use scylla::policies::load_balancing::{NodeIdentifier, SingleTargetLoadBalancingPolicy};
+
 use crate::layout::Layout;
+use crate::node::{Node, Profile};
 use crate::servers::ServerKind;
 
 /// The local OpenSearch's cluster name, checked so that a foreign server on :9200 is not
@@ -18,21 +22,48 @@ use crate::servers::ServerKind;
 pub const OPENSEARCH_CLUSTER: &str = "salesflow-local";
 
 /// Asks the server its real question; returns a line naming its version.
-pub async fn probe_with(layout: &Layout, kind: ServerKind, timeout: Duration) -> Result<String> {
+/// Asks the node a real request and says what it answered (its version, and what it sees
+/// of its cluster). With `whole`, the node is healthy only once it sees every node of its
+/// profile.
+pub async fn probe_with(
+    layout: &Layout,
+    node: Node,
+    timeout: Duration,
+    whole: bool,
+) -> Result<String> {
+    let address = address(node);
+    let expected = if whole {
+        node.profile.count(node.kind)
+    } else {
+        1
+    };
     let answer = tokio::time::timeout(timeout + Duration::from_secs(1), async {
-        match kind {
-            ServerKind::Kafka => kafka(layout, timeout).await,
-            ServerKind::Cassandra => cassandra(timeout).await,
-            ServerKind::Opensearch => opensearch(timeout).await,
-            ServerKind::Prometheus => prometheus(timeout).await,
+        match node.kind {
+            ServerKind::Kafka => kafka(layout, address, timeout, expected).await,
+            ServerKind::Cassandra => cassandra(address, timeout, expected).await,
+            ServerKind::Opensearch => opensearch(address, timeout, expected).await,
+            ServerKind::Prometheus => prometheus(address, timeout).await,
         }
     })
     .await;
     answer.unwrap_or_else(|_| bail!("no answer within {} s", timeout.as_secs()))
 }
 
-async fn kafka(layout: &Layout, timeout: Duration) -> Result<String> {
-    let address = ServerKind::Kafka.address();
+/// The node's own address; on one node, the one the environment may name instead (the
+/// docker-compose stack's containers).
+fn address(node: Node) -> String {
+    match node.profile {
+        Profile::Single => node.kind.addresses(Profile::Single).swap_remove(0),
+        Profile::Cluster => node.client_address(),
+    }
+}
+
+async fn kafka(
+    layout: &Layout,
+    address: String,
+    timeout: Duration,
+    expected: u8,
+) -> Result<String> {
     let metadata = tokio::task::spawn_blocking(move || {
         let producer: BaseProducer = ClientConfig::new()
             .set("bootstrap.servers", &address)
@@ -45,8 +76,11 @@ async fn kafka(layout: &Layout, timeout: Duration) -> Result<String> {
             .context("Kafka metadata request")
     })
     .await??;
-    if metadata.brokers().is_empty() {
-        bail!("Kafka answered metadata without brokers");
+    if metadata.brokers().len() < usize::from(expected) {
+        bail!(
+            "Kafka's metadata lists {} of the {expected} brokers",
+            metadata.brokers().len()
+        );
     }
     let topics = metadata
         .topics()
@@ -73,10 +107,23 @@ fn kafka_version(layout: &Layout) -> Option<String> {
     )
 }
 
-async fn cassandra(timeout: Duration) -> Result<String> {
+async fn cassandra(address: String, timeout: Duration, expected: u8) -> Result<String> {
+    let target: std::net::SocketAddr = tokio::net::lookup_host(&address)
+        .await
+        .with_context(|| format!("resolving {address}"))?
+        .next()
+        .with_context(|| format!("{address} resolves to nothing"))?;
+    // Every query goes to this node: system tables are each node's own.
+    let profile = ExecutionProfile::builder()
+        .load_balancing_policy(SingleTargetLoadBalancingPolicy::new(
+            NodeIdentifier::NodeAddress(target),
+            None,
+        ))
+        .build();
     let session = SessionBuilder::new()
-        .known_node(ServerKind::Cassandra.address())
+        .known_node_addr(target)
         .connection_timeout(timeout)
+        .default_execution_profile_handle(profile.into_handle())
         .build()
         .await
         .context("CQL connection")?;
@@ -87,7 +134,24 @@ async fn cassandra(timeout: Duration) -> Result<String> {
         .into_rows_result()
         .context("CQL query on system.local")?;
     let (version,): (String,) = rows.single_row().context("reading system.local")?;
-    Ok(format!("Cassandra {version}"))
+    let peers = session
+        .query_unpaged("SELECT peer FROM system.peers", &[])
+        .await
+        .context("CQL query on system.peers")?
+        .into_rows_result()
+        .context("CQL query on system.peers")?
+        .rows_num();
+    if peers + 1 < usize::from(expected) {
+        bail!(
+            "this node knows {} of the cluster's {expected} nodes",
+            peers + 1
+        );
+    }
+    Ok(if peers == 0 {
+        format!("Cassandra {version}")
+    } else {
+        format!("Cassandra {version}, {} nodes in its ring", peers + 1)
+    })
 }
 
 fn http(timeout: Duration) -> Result<reqwest::Client> {
@@ -97,9 +161,9 @@ fn http(timeout: Duration) -> Result<reqwest::Client> {
         .context("creating an HTTP client")
 }
 
-async fn opensearch(timeout: Duration) -> Result<String> {
+async fn opensearch(address: String, timeout: Duration, expected: u8) -> Result<String> {
     let client = http(timeout)?;
-    let base = format!("http://{}", ServerKind::Opensearch.address());
+    let base = format!("http://{address}");
     let health: serde_json::Value = client
         .get(format!("{base}/_cluster/health"))
         .send()
@@ -110,23 +174,31 @@ async fn opensearch(timeout: Duration) -> Result<String> {
         .await?;
     let cluster = health["cluster_name"].as_str().unwrap_or_default();
     if cluster != OPENSEARCH_CLUSTER {
-        bail!("the server on :9200 is cluster {cluster:?}, not the local stack's");
+        bail!("the server on {address} is cluster {cluster:?}, not the local stack's");
     }
     let status = health["status"].as_str().unwrap_or("unknown");
     if status == "red" {
         bail!("cluster health is red");
+    }
+    let nodes = health["number_of_nodes"].as_u64().unwrap_or(0);
+    if nodes < u64::from(expected) {
+        bail!("the cluster has {nodes} of its {expected} nodes");
     }
     let root: serde_json::Value = client.get(&base).send().await?.json().await?;
     let distribution = root["version"]["distribution"]
         .as_str()
         .unwrap_or("elasticsearch");
     let number = root["version"]["number"].as_str().unwrap_or("?");
-    Ok(format!("{distribution} {number}, cluster {status}"))
+    Ok(if nodes > 1 {
+        format!("{distribution} {number}, cluster {status}, {nodes} nodes")
+    } else {
+        format!("{distribution} {number}, cluster {status}")
+    })
 }
 
-async fn prometheus(timeout: Duration) -> Result<String> {
+async fn prometheus(address: String, timeout: Duration) -> Result<String> {
     let client = http(timeout)?;
-    let base = format!("http://{}", ServerKind::Prometheus.address());
+    let base = format!("http://{address}");
     client
         .get(format!("{base}/-/ready"))
         .send()
@@ -151,7 +223,7 @@ pub async fn reload_prometheus() -> Result<()> {
     client
         .post(format!(
             "http://{}/-/reload",
-            ServerKind::Prometheus.address()
+            ServerKind::Prometheus.addresses(Profile::Single)[0]
         ))
         .send()
         .await?

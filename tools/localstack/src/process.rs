@@ -9,20 +9,20 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use nix::sys::signal::{Signal, kill, killpg};
+use nix::sys::signal::{self, Signal, killpg};
 use nix::unistd::Pid;
 
 use crate::layout::Layout;
-use crate::servers::ServerKind;
+use crate::node::Node;
 
 /// How long a server gets to shut down cleanly before it is killed.
 const GRACE: Duration = Duration::from_secs(60);
 
 /// The pid of the server if it runs and was started by this stack.
-pub fn running_pid(layout: &Layout, kind: ServerKind) -> Option<u32> {
-    let text = std::fs::read_to_string(layout.pid_file(kind)).ok()?;
+pub fn running_pid(layout: &Layout, node: Node) -> Option<u32> {
+    let text = std::fs::read_to_string(layout.pid_file(node)).ok()?;
     let pid: u32 = text.trim().parse().ok()?;
-    let marker = layout.server_dir(kind);
+    let marker = layout.server_dir(node);
     is_ours(pid, &marker.to_string_lossy()).then_some(pid)
 }
 
@@ -46,8 +46,8 @@ fn is_alive(pid: u32) -> bool {
     }
 }
 
-pub fn write_pid(layout: &Layout, kind: ServerKind, pid: u32) -> Result<()> {
-    let path = layout.pid_file(kind);
+pub fn write_pid(layout: &Layout, node: Node, pid: u32) -> Result<()> {
+    let path = layout.pid_file(node);
     let tmp = path.with_extension("pid.tmp");
     let mut file =
         std::fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
@@ -59,22 +59,48 @@ pub fn write_pid(layout: &Layout, kind: ServerKind, pid: u32) -> Result<()> {
 
 /// Stops the server if this stack runs it: SIGTERM to its process group, then SIGKILL
 /// after [`GRACE`]; then waits until its ports are closed. Returns the pid it stopped.
-pub fn stop(layout: &Layout, kind: ServerKind) -> Result<Option<u32>> {
-    let pid_file = layout.pid_file(kind);
-    let Some(pid) = running_pid(layout, kind) else {
+pub fn stop(layout: &Layout, node: Node) -> Result<Option<u32>> {
+    stop_with(layout, node, Signal::SIGTERM)
+}
+
+/// Stops several nodes together: all are signalled first, then awaited. Nodes of one
+/// cluster must go together: a Kafka broker stopped after the other controllers waits for
+/// a quorum that is gone.
+pub fn stop_together(layout: &Layout, nodes: &[Node]) -> Vec<(Node, Result<Option<u32>>)> {
+    for &node in nodes {
+        if let Some(pid) = running_pid(layout, node)
+            && let Ok(raw) = i32::try_from(pid)
+        {
+            signal_group(raw, Signal::SIGTERM);
+        }
+    }
+    nodes
+        .iter()
+        .map(|&node| (node, stop_with(layout, node, Signal::SIGTERM)))
+        .collect()
+}
+
+/// SIGKILLs the node's process group at once, as a crash would (fault suites).
+pub fn kill(layout: &Layout, node: Node) -> Result<Option<u32>> {
+    stop_with(layout, node, Signal::SIGKILL)
+}
+
+fn stop_with(layout: &Layout, node: Node, signal: Signal) -> Result<Option<u32>> {
+    let pid_file = layout.pid_file(node);
+    let Some(pid) = running_pid(layout, node) else {
         // A stale pid file (the process died or the machine rebooted) is removed.
         let _ = std::fs::remove_file(&pid_file);
         return Ok(None);
     };
     let raw = i32::try_from(pid).context("pid out of range")?;
-    signal_group(raw, Signal::SIGTERM);
+    signal_group(raw, signal);
     let deadline = Instant::now() + GRACE;
     while is_alive(pid) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
     if is_alive(pid) {
         eprintln!(
-            "{kind}: did not stop within {} s, killing it",
+            "{node}: did not stop within {} s, killing it",
             GRACE.as_secs()
         );
         signal_group(raw, Signal::SIGKILL);
@@ -86,7 +112,7 @@ pub fn stop(layout: &Layout, kind: ServerKind) -> Result<Option<u32>> {
             bail!("pid {pid} survived SIGKILL");
         }
     }
-    wait_ports_closed(kind, Duration::from_secs(10))?;
+    wait_ports_closed(node, Duration::from_secs(10))?;
     let _ = std::fs::remove_file(&pid_file);
     Ok(Some(pid))
 }
@@ -95,18 +121,17 @@ fn signal_group(pid: i32, signal: Signal) {
     // Servers are started as leaders of their own process group, so the group goes too
     // (a JVM forks nothing, but Prometheus or a wrapper might).
     if killpg(Pid::from_raw(pid), signal).is_err() {
-        let _ = kill(Pid::from_raw(pid), signal);
+        let _ = signal::kill(Pid::from_raw(pid), signal);
     }
 }
 
-fn wait_ports_closed(kind: ServerKind, timeout: Duration) -> Result<()> {
+fn wait_ports_closed(node: Node, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
-        let open: Vec<u16> = kind
-            .ports()
-            .iter()
-            .copied()
-            .filter(|&p| port_in_use(p))
+        let open: Vec<std::net::SocketAddr> = node
+            .sockets()
+            .into_iter()
+            .filter(|&a| port_in_use(a))
             .collect();
         if open.is_empty() {
             return Ok(());
@@ -119,12 +144,8 @@ fn wait_ports_closed(kind: ServerKind, timeout: Duration) -> Result<()> {
 }
 
 /// True when something listens on 127.0.0.1:`port`.
-pub fn port_in_use(port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_millis(300),
-    )
-    .is_ok()
+pub fn port_in_use(address: std::net::SocketAddr) -> bool {
+    std::net::TcpStream::connect_timeout(&address, Duration::from_millis(300)).is_ok()
 }
 
 /// Resident memory of a process in MiB, from /proc.
@@ -152,14 +173,14 @@ pub fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-pub fn print_logs(layout: &Layout, kinds: &[ServerKind], lines: usize, follow: bool) -> Result<()> {
+pub fn print_logs(layout: &Layout, nodes: &[Node], lines: usize, follow: bool) -> Result<()> {
     let mut offsets = Vec::new();
-    for &kind in kinds {
-        let path = layout.log_file(kind);
-        println!("==> {kind}: {} <==", path.display());
+    for &node in nodes {
+        let path = layout.log_file(node);
+        println!("==> {node}: {} <==", path.display());
         println!("{}", tail(&path, lines));
         offsets.push((
-            kind,
+            node,
             path.clone(),
             std::fs::metadata(&path).map_or(0, |m| m.len()),
         ));

@@ -15,24 +15,139 @@ use scylla::client::session_builder::SessionBuilder;
 use serde::Deserialize;
 
 use crate::layout::Layout;
+use crate::node::Profile;
 use crate::servers::ServerKind;
 
-pub async fn apply_all(layout: &Layout, kinds: &[ServerKind]) -> Result<()> {
+/// The replication of one environment: `schemas/environments/NAME.toml`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Environment {
+    #[serde(skip)]
+    pub name: String,
+    pub kafka: KafkaReplication,
+    pub cassandra: CassandraReplication,
+    pub elasticsearch: ElasticsearchReplication,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaReplication {
+    pub replication_factor: i32,
+    pub min_insync_replicas: i32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CassandraReplication {
+    /// `class` and its options, as in CQL's `WITH replication = {...}`.
+    pub replication: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElasticsearchReplication {
+    pub number_of_replicas: u32,
+}
+
+impl Environment {
+    pub fn load(layout: &Layout, name: &str) -> Result<Self> {
+        let dir = layout.schemas().join("environments");
+        let file = dir.join(format!("{name}.toml"));
+        let text = std::fs::read_to_string(&file).with_context(|| {
+            let known: Vec<String> = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok()?.path().file_stem()?.to_str().map(str::to_owned))
+                .collect();
+            format!(
+                "environment {name:?}: reading {} (known: {})",
+                file.display(),
+                known.join(", ")
+            )
+        })?;
+        Self::parse(name, &text).with_context(|| format!("parsing {}", file.display()))
+    }
+
+    pub fn parse(name: &str, text: &str) -> Result<Self> {
+        let mut environment: Self = toml::from_str(text)?;
+        name.clone_into(&mut environment.name);
+        let kafka = &environment.kafka;
+        if kafka.replication_factor < 1
+            || kafka.min_insync_replicas < 1
+            || kafka.min_insync_replicas > kafka.replication_factor
+        {
+            bail!(
+                "kafka: min_insync_replicas ({}) must be between 1 and replication_factor ({})",
+                kafka.min_insync_replicas,
+                kafka.replication_factor
+            );
+        }
+        let class = environment.cassandra.replication.get("class");
+        if !class.is_some_and(toml::Value::is_str) {
+            bail!("cassandra.replication: needs a class (SimpleStrategy, NetworkTopologyStrategy)");
+        }
+        Ok(environment)
+    }
+
+    /// The Cassandra replication as a CQL map literal.
+    pub fn cql_replication(&self) -> String {
+        let entries: Vec<String> = self
+            .cassandra
+            .replication
+            .iter()
+            .map(|(key, value)| {
+                let value = match value {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                format!(
+                    "'{}': '{}'",
+                    key.replace('\'', "''"),
+                    value.replace('\'', "''")
+                )
+            })
+            .collect();
+        format!("{{{}}}", entries.join(", "))
+    }
+}
+
+pub async fn apply_all(
+    layout: &Layout,
+    profile: Profile,
+    kinds: &[ServerKind],
+    environment: &Environment,
+) -> Result<()> {
     let dir = layout.schemas();
+    println!(
+        "schemas: the replication of environment {:?}",
+        environment.name
+    );
     if kinds.contains(&ServerKind::Kafka) {
-        topics(&dir.join("kafka/topics.toml"))
-            .await
-            .context("applying schemas/kafka/topics.toml")?;
+        topics(
+            &dir.join("kafka/topics.toml"),
+            &ServerKind::Kafka.addresses(profile),
+            &environment.kafka,
+        )
+        .await
+        .context("applying schemas/kafka/topics.toml")?;
     }
     if kinds.contains(&ServerKind::Cassandra) {
-        cql(&dir.join("cql"))
-            .await
-            .context("applying schemas/cql")?;
+        cql(
+            &dir.join("cql"),
+            &ServerKind::Cassandra.addresses(profile),
+            environment,
+        )
+        .await
+        .context("applying schemas/cql")?;
     }
     if kinds.contains(&ServerKind::Opensearch) {
-        index_templates(&dir.join("elasticsearch/index-templates"))
-            .await
-            .context("applying schemas/elasticsearch/index-templates")?;
+        index_templates(
+            &dir.join("elasticsearch/index-templates"),
+            &ServerKind::Opensearch.addresses(profile)[0],
+            &environment.elasticsearch,
+        )
+        .await
+        .context("applying schemas/elasticsearch/index-templates")?;
     }
     Ok(())
 }
@@ -48,39 +163,43 @@ struct TopicsFile {
 struct TopicSpec {
     name: String,
     partitions: i32,
-    #[serde(default = "one")]
-    replication_factor: i32,
+    /// Default: the environment's.
+    #[serde(default)]
+    replication_factor: Option<i32>,
     #[serde(default)]
     config: BTreeMap<String, String>,
 }
 
-fn one() -> i32 {
-    1
-}
-
-async fn topics(file: &Path) -> Result<()> {
+async fn topics(file: &Path, bootstrap: &[String], replication: &KafkaReplication) -> Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let spec: TopicsFile =
         toml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", ServerKind::Kafka.address())
+        .set("bootstrap.servers", bootstrap.join(","))
         .create()
         .context("creating a Kafka admin client")?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
 
+    let min_isr = replication.min_insync_replicas.to_string();
     let new_topics: Vec<NewTopic<'_>> = spec
         .topic
         .iter()
         .map(|t| {
-            t.config.iter().fold(
-                NewTopic::new(
-                    &t.name,
-                    t.partitions,
-                    TopicReplication::Fixed(t.replication_factor),
+            let topic = NewTopic::new(
+                &t.name,
+                t.partitions,
+                TopicReplication::Fixed(
+                    t.replication_factor
+                        .unwrap_or(replication.replication_factor),
                 ),
-                |topic, (k, v)| topic.set(k, v),
-            )
+            );
+            let topic = if t.config.contains_key("min.insync.replicas") {
+                topic
+            } else {
+                topic.set("min.insync.replicas", &min_isr)
+            };
+            t.config.iter().fold(topic, |topic, (k, v)| topic.set(k, v))
         })
         .collect();
     for result in admin.create_topics(&new_topics, &options).await? {
@@ -102,6 +221,20 @@ async fn topics(file: &Path) -> Result<()> {
             bail!("topic {} does not show up in the metadata", declared.name);
         };
         let have = i32::try_from(actual.partitions().len())?;
+        let replicas = actual
+            .partitions()
+            .first()
+            .map_or(0, |p| p.replicas().len());
+        let wanted = declared
+            .replication_factor
+            .unwrap_or(replication.replication_factor);
+        if i32::try_from(replicas)? != wanted {
+            eprintln!(
+                "kafka: topic {} has {replicas} replica(s) per partition, the environment \
+                 asks for {wanted}; left as is (reassign its partitions to change it)",
+                declared.name
+            );
+        }
         if have < declared.partitions {
             grow.push(NewPartitions::new(
                 &declared.name,
@@ -148,7 +281,7 @@ pub fn cql_statements(text: &str) -> Vec<String> {
         .collect()
 }
 
-async fn cql(dir: &Path) -> Result<()> {
+async fn cql(dir: &Path, nodes: &[String], environment: &Environment) -> Result<()> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -156,14 +289,24 @@ async fn cql(dir: &Path) -> Result<()> {
         .collect();
     files.sort();
     let session = SessionBuilder::new()
-        .known_node(ServerKind::Cassandra.address())
+        .known_nodes(nodes)
         .build()
         .await
         .context("connecting to Cassandra")?;
+    let replication = environment.cql_replication();
     let mut count = 0;
     for file in &files {
         let text = std::fs::read_to_string(file)?;
         for statement in cql_statements(&text) {
+            let statement = match keyspace_created(&statement) {
+                Some(keyspace) => {
+                    let statement = with_replication(&statement, &replication)
+                        .with_context(|| format!("{}: {statement}", file.display()))?;
+                    align_keyspace(&session, &keyspace, &replication).await?;
+                    statement
+                }
+                None => statement,
+            };
             session
                 .query_unpaged(statement.as_str(), &[])
                 .await
@@ -178,7 +321,111 @@ async fn cql(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn index_templates(dir: &Path) -> Result<()> {
+/// The keyspace a `CREATE KEYSPACE` statement creates.
+fn keyspace_created(statement: &str) -> Option<String> {
+    let words: Vec<&str> = statement.split_whitespace().collect();
+    if !(words.len() > 2
+        && words[0].eq_ignore_ascii_case("create")
+        && words[1].eq_ignore_ascii_case("keyspace"))
+    {
+        return None;
+    }
+    let rest = &words[2..];
+    let name = if rest.len() > 3
+        && rest[0].eq_ignore_ascii_case("if")
+        && rest[1].eq_ignore_ascii_case("not")
+        && rest[2].eq_ignore_ascii_case("exists")
+    {
+        rest[3]
+    } else {
+        rest[0]
+    };
+    Some(name.trim_matches('"').to_owned())
+}
+
+/// The statement with its `replication = {...}` map replaced.
+fn with_replication(statement: &str, replication: &str) -> Result<String> {
+    let lower = statement.to_ascii_lowercase();
+    let at = lower
+        .find("replication")
+        .context("a CREATE KEYSPACE without a replication")?;
+    let open = at
+        + statement[at..]
+            .find('{')
+            .context("replication without a map")?;
+    let close = open
+        + statement[open..]
+            .find('}')
+            .context("an unclosed replication map")?;
+    Ok(format!(
+        "{}{replication}{}",
+        &statement[..open],
+        &statement[close + 1..]
+    ))
+}
+
+/// A keyspace that exists with another replication is altered to the environment's.
+async fn align_keyspace(
+    session: &scylla::client::session::Session,
+    keyspace: &str,
+    replication: &str,
+) -> Result<()> {
+    let rows = session
+        .query_unpaged(
+            "SELECT replication FROM system_schema.keyspaces WHERE keyspace_name = ?",
+            (keyspace,),
+        )
+        .await
+        .context("reading the keyspace's replication")?
+        .into_rows_result()?;
+    let Some((current,)) = rows.maybe_first_row::<(BTreeMap<String, String>,)>()? else {
+        return Ok(());
+    };
+    let wanted: BTreeMap<String, String> = parse_cql_map(replication);
+    let short = |m: &BTreeMap<String, String>| -> BTreeMap<String, String> {
+        m.iter()
+            .map(|(k, v)| {
+                let v = v.trim_start_matches("org.apache.cassandra.locator.");
+                (k.clone(), v.to_owned())
+            })
+            .collect()
+    };
+    if short(&current) == short(&wanted) {
+        return Ok(());
+    }
+    session
+        .query_unpaged(
+            format!("ALTER KEYSPACE {keyspace} WITH replication = {replication}"),
+            &[],
+        )
+        .await
+        .with_context(|| format!("altering the replication of keyspace {keyspace}"))?;
+    eprintln!(
+        "cassandra: keyspace {keyspace} had replication {current:?}; altered to {replication}. \
+         Existing data reaches its new replicas by a repair (nodetool repair -full {keyspace})"
+    );
+    Ok(())
+}
+
+/// `{'a': 'b', 'c': '3'}` as a map (the form `cql_replication` writes).
+fn parse_cql_map(text: &str) -> BTreeMap<String, String> {
+    text.trim_matches(|c| c == '{' || c == '}')
+        .split(',')
+        .filter_map(|entry| {
+            let (k, v) = entry.split_once(':')?;
+            Some((
+                k.trim().trim_matches('\'').to_owned(),
+                v.trim().trim_matches('\'').to_owned(),
+            ))
+        })
+        .collect()
+}
+
+async fn index_templates(
+    dir: &Path,
+    address: &str,
+    replication: &ElasticsearchReplication,
+) -> Result<()> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -193,13 +440,19 @@ async fn index_templates(dir: &Path) -> Result<()> {
             .file_stem()
             .and_then(|s| s.to_str())
             .context("template file name")?;
-        let body: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(file)?)
+        let mut body: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(file)?)
             .with_context(|| format!("parsing {}", file.display()))?;
+        if let Some(settings) = body
+            .pointer_mut("/template/settings")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            settings.insert(
+                "number_of_replicas".into(),
+                replication.number_of_replicas.into(),
+            );
+        }
         let response = client
-            .put(format!(
-                "http://{}/_index_template/{name}",
-                ServerKind::Opensearch.address()
-            ))
+            .put(format!("http://{address}/_index_template/{name}"))
             .json(&body)
             .send()
             .await?;
@@ -211,7 +464,7 @@ async fn index_templates(dir: &Path) -> Result<()> {
                 response.text().await.unwrap_or_default()
             );
         }
-        existing_indices(&client, name, &body).await?;
+        existing_indices(&client, address, name, &body, replication).await?;
     }
     println!("opensearch: {} index template(s) in place", files.len());
     Ok(())
@@ -224,21 +477,41 @@ async fn index_templates(dir: &Path) -> Result<()> {
 /// possible in place; Elasticsearch refuses it, and so does this step.
 async fn existing_indices(
     client: &reqwest::Client,
+    address: &str,
     name: &str,
     template: &serde_json::Value,
+    replication: &ElasticsearchReplication,
 ) -> Result<()> {
-    let Some(properties) = template.pointer("/template/mappings/properties") else {
-        return Ok(());
-    };
     let patterns: Vec<&str> = template["index_patterns"]
         .as_array()
         .map(|a| a.iter().filter_map(serde_json::Value::as_str).collect())
         .unwrap_or_default();
+    // Replicas are a dynamic setting: existing indices take the environment's.
+    for pattern in &patterns {
+        let response = client
+            .put(format!(
+                "http://{address}/{pattern}/_settings?allow_no_indices=true&expand_wildcards=open"
+            ))
+            .json(&serde_json::json!({
+                "index": { "number_of_replicas": replication.number_of_replicas }
+            }))
+            .send()
+            .await?;
+        if !response.status().is_success() {
+            let status = response.status();
+            bail!(
+                "template {name}: setting the replicas of the existing indices {pattern}: {status} {}",
+                response.text().await.unwrap_or_default()
+            );
+        }
+    }
+    let Some(properties) = template.pointer("/template/mappings/properties") else {
+        return Ok(());
+    };
     for pattern in patterns {
         let response = client
             .put(format!(
-                "http://{}/{pattern}/_mapping?allow_no_indices=true&expand_wildcards=open",
-                ServerKind::Opensearch.address()
+                "http://{address}/{pattern}/_mapping?allow_no_indices=true&expand_wildcards=open"
             ))
             .json(&serde_json::json!({ "properties": properties }))
             .send()
@@ -256,7 +529,51 @@ async fn existing_indices(
 
 #[cfg(test)]
 mod tests {
-    use super::cql_statements;
+    use super::*;
+
+    #[test]
+    fn every_environment_of_the_checkout_parses() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/environments");
+        for name in ["local", "cluster"] {
+            let text = std::fs::read_to_string(dir.join(format!("{name}.toml"))).unwrap();
+            Environment::parse(name, &text).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_keyspace_takes_the_environments_replication() {
+        let text = "[kafka]\nreplication_factor = 3\nmin_insync_replicas = 2\n\
+                    [cassandra]\nreplication = { class = \"NetworkTopologyStrategy\", dc1 = 3, dc2 = 3 }\n\
+                    [elasticsearch]\nnumber_of_replicas = 1\n";
+        let environment = Environment::parse("prod", text).unwrap();
+        let replication = environment.cql_replication();
+        assert_eq!(
+            replication,
+            "{'class': 'NetworkTopologyStrategy', 'dc1': '3', 'dc2': '3'}"
+        );
+        let statement = "CREATE KEYSPACE IF NOT EXISTS salesflow WITH replication = \
+                         {'class': 'SimpleStrategy', 'replication_factor': 1} AND durable_writes = true";
+        assert_eq!(keyspace_created(statement).as_deref(), Some("salesflow"));
+        assert_eq!(
+            with_replication(statement, &replication).unwrap(),
+            "CREATE KEYSPACE IF NOT EXISTS salesflow WITH replication = \
+             {'class': 'NetworkTopologyStrategy', 'dc1': '3', 'dc2': '3'} AND durable_writes = true"
+        );
+        assert_eq!(
+            keyspace_created("CREATE TABLE IF NOT EXISTS k.t (a int)"),
+            None
+        );
+        assert_eq!(parse_cql_map(&replication)["dc2"], "3");
+    }
+
+    #[test]
+    fn an_environment_with_more_in_sync_replicas_than_replicas_is_refused() {
+        let text = "[kafka]\nreplication_factor = 1\nmin_insync_replicas = 2\n\
+                    [cassandra]\nreplication = { class = \"SimpleStrategy\", replication_factor = 1 }\n\
+                    [elasticsearch]\nnumber_of_replicas = 0\n";
+        let error = Environment::parse("bad", text).unwrap_err().to_string();
+        assert!(error.contains("min_insync_replicas (2)"), "{error}");
+    }
 
     #[test]
     fn splits_statements_and_drops_comments() {

