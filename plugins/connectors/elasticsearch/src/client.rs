@@ -1,19 +1,36 @@
 //! The Elasticsearch operations salesflow needs: bulk index with external versions,
 //! aliases, index creation and swapping, search, get.
 
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use elasticsearch::Elasticsearch;
 use elasticsearch::auth::Credentials;
 use elasticsearch::http::Method;
 use elasticsearch::http::headers::HeaderMap;
-use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
+use elasticsearch::http::request::NdBody;
+use elasticsearch::http::response::Response;
+use elasticsearch::http::transport::{
+    ConnectionPool, SingleNodeConnectionPool, Transport, TransportBuilder,
+};
 use elasticsearch::indices::{IndicesCreateParts, IndicesExistsAliasParts};
-use elasticsearch::{BulkParts, Elasticsearch};
 use salesflow_plugin_api::bytes::Bytes;
+use salesflow_plugin_api::futures::future::join_all;
 use salesflow_plugin_api::{Backpressure, RetryPolicy};
 use serde_json::{Value, json};
 
 use crate::config::ElasticsearchSettings;
+use crate::pool::NodePool;
+
+/// The query of every bulk request: only what is read back. A bulk response otherwise
+/// repeats every document's index, id, version, shards and sequence number.
+const BULK_QUERY: [(&str, &str); 1] = [("filter_path", "errors,items.*.status,items.*.error")];
+
+/// The longest a health check waits for each node: within the host's 4 s per check,
+/// whatever `request_timeout` is.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A failed request to Elasticsearch: what was being done, and the error underneath.
 #[derive(Debug, thiserror::Error)]
@@ -56,41 +73,122 @@ pub struct Doc {
     pub source: Bytes,
 }
 
-/// A connected client.
+/// A connected client: requests go round-robin over the configured nodes, a node that
+/// cannot be reached skipped for a while ([`NodePool`]).
 #[derive(Clone)]
 pub struct Client {
     es: Elasticsearch,
+    pool: NodePool,
+    /// One client per node (the main one when there is only one): health checks ask
+    /// every node, not the next in turn.
+    probes: Arc<[Elasticsearch]>,
+    /// The nodes the last health check found not answering, as logged.
+    unhealthy: Arc<Mutex<String>>,
+    request_timeout: Duration,
     retry_timeout: Duration,
     max_request_bytes: usize,
     /// Counts retried bulk requests (for the sink's metrics).
     pub retried: prometheus_client::metrics::counter::Counter,
 }
 
+/// What a request's failure says about the node it went to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    /// It could not connect: nothing was sent, so the request may go to another node.
+    NotConnected,
+    /// It timed out: the node is skipped, but the request may have been carried out.
+    TimedOut,
+    /// Anything else: says nothing about the node.
+    Other,
+}
+
 impl Client {
     pub fn new(settings: &ElasticsearchSettings) -> Result<Self, EsError> {
-        let url = url::Url::parse(&settings.url).map_err(|e| err("the Elasticsearch URL", e))?;
-        let mut builder = TransportBuilder::new(SingleNodeConnectionPool::new(url))
-            .timeout(settings.request_timeout)
-            .disable_proxy();
-        if let (Some(user), Some(password)) = (&settings.username, &settings.password) {
-            builder = builder.auth(Credentials::Basic(
-                user.clone(),
-                password.expose().to_owned(),
-            ));
-        }
-        let transport = builder
-            .build()
-            .map_err(|e| err("building the Elasticsearch client", e))?;
+        let nodes = settings
+            .nodes()
+            .map_err(|e| err("the Elasticsearch nodes", e))?;
+        let pool = NodePool::new(nodes.clone())
+            .ok_or_else(|| EsError::new("no Elasticsearch node is configured"))?;
+        let es = Elasticsearch::new(transport(pool.clone(), settings)?);
+        let probes = if nodes.len() == 1 {
+            vec![es.clone()]
+        } else {
+            nodes
+                .into_iter()
+                .map(|url| {
+                    transport(SingleNodeConnectionPool::new(url), settings).map(Elasticsearch::new)
+                })
+                .collect::<Result<_, _>>()?
+        };
         Ok(Self {
-            es: Elasticsearch::new(transport),
+            es,
+            pool,
+            probes: probes.into(),
+            unhealthy: Arc::default(),
+            request_timeout: settings.request_timeout,
             retry_timeout: settings.retry_timeout,
             max_request_bytes: settings.max_request_bytes,
             retried: prometheus_client::metrics::counter::Counter::default(),
         })
     }
 
+    /// The client underneath. Its requests take turns over the nodes too, but their
+    /// failures are not reported to the pool, nor sent to another node: prefer
+    /// [`Client::call`].
     pub fn raw(&self) -> &Elasticsearch {
         &self.es
+    }
+
+    /// The nodes requests go to, and which of them are skipped.
+    pub fn pool(&self) -> &NodePool {
+        &self.pool
+    }
+
+    /// Registers the per-node metrics (see [`NodePool::register_metrics`]).
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.pool.register_metrics(registry);
+    }
+
+    /// Tells the pool what a request's failure says about its node; see [`Failure`].
+    fn report(&self, error: &elasticsearch::Error) -> Failure {
+        let (failure, url) = classify_with_url(error);
+        if let (Failure::NotConnected | Failure::TimedOut, Some(url)) = (failure, url) {
+            self.pool.mark_dead(url);
+        }
+        failure
+    }
+
+    /// Sends a request made by `send`, reporting its node's health to the pool: a node
+    /// that answers is up; one that cannot be connected to is skipped, and the request
+    /// goes to the next node (nothing was sent), at most once per node.
+    async fn send<F, Fut>(&self, mut send: F) -> Result<Response, elasticsearch::Error>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<Response, elasticsearch::Error>>,
+    {
+        let mut tries = self.pool.len();
+        loop {
+            match send().await {
+                Ok(response) => {
+                    // Which node each request went to, when asked for (no cost otherwise).
+                    tracing::trace!(
+                        url = %response.url(),
+                        status = %response.status_code(),
+                        "Elasticsearch answered"
+                    );
+                    self.pool.mark_alive(response.url());
+                    return Ok(response);
+                }
+                Err(e) => {
+                    tries -= 1;
+                    if self.report(&e) == Failure::NotConnected && tries > 0 {
+                        tracing::debug!(error = %e, "trying the next Elasticsearch node");
+                        continue;
+                    }
+                    return Err(e);
+                }
+            }
+        }
     }
 
     /// Indexes documents with external versions, in requests of at most
@@ -189,14 +287,18 @@ impl Client {
             body.push(Bytes::from(action.to_string()));
             body.push(d.source.clone());
         }
-        // Only what is read back: a bulk response otherwise repeats every document's
-        // index, id, version, shards and sequence number.
+        let body = NdBody::new(body);
         let response = self
-            .es
-            .bulk(BulkParts::None)
-            .filter_path(&["errors", "items.*.status", "items.*.error"])
-            .body(body)
-            .send()
+            .send(|| {
+                self.es.send(
+                    Method::Post,
+                    "/_bulk",
+                    HeaderMap::new(),
+                    Some(&BULK_QUERY),
+                    Some(&body),
+                    None,
+                )
+            })
             .await
             .map_err(|e| {
                 if e.is_timeout() {
@@ -218,9 +320,12 @@ impl Client {
                 transient: status.as_u16() == 429 || status.is_server_error(),
             });
         }
-        let body: Value = response.json().await.map_err(|e| Attempt {
-            message: format!("reading the response: {e}"),
-            transient: true,
+        let body: Value = response.json().await.map_err(|e| {
+            self.report(&e);
+            Attempt {
+                message: format!("reading the response: {e}"),
+                transient: true,
+            }
         })?;
         let items = body["items"].as_array().cloned().unwrap_or_default();
         if items.len() != pending.len() {
@@ -279,23 +384,28 @@ impl Client {
 
     /// Makes sure `alias` exists, creating `<alias>-000001` as its write index if not.
     pub async fn ensure_alias(&self, alias: &str) -> Result<(), EsError> {
+        let names = [alias];
+        let indices = self.es.indices();
         let exists = self
-            .es
-            .indices()
-            .exists_alias(IndicesExistsAliasParts::Name(&[alias]))
-            .send()
+            .send(|| {
+                indices
+                    .exists_alias(IndicesExistsAliasParts::Name(&names))
+                    .send()
+            })
             .await
             .map_err(|e| err(&format!("checking alias {alias}"), e))?;
         if exists.status_code().is_success() {
             return Ok(());
         }
         let index = format!("{alias}-000001");
+        let body = json!({ "aliases": { alias: { "is_write_index": true } } });
         let created = self
-            .es
-            .indices()
-            .create(IndicesCreateParts::Index(&index))
-            .body(json!({ "aliases": { alias: { "is_write_index": true } } }))
-            .send()
+            .send(|| {
+                indices
+                    .create(IndicesCreateParts::Index(&index))
+                    .body(body.clone())
+                    .send()
+            })
             .await
             .map_err(|e| err(&format!("creating {index}"), e))?;
         let status = created.status_code();
@@ -322,19 +432,23 @@ impl Client {
     ) -> Result<(u16, Value), EsError> {
         let body = body.map(|b| Bytes::from(b.to_string()));
         let response = self
-            .es
-            .send(
-                method,
-                path,
-                HeaderMap::new(),
-                Option::<&()>::None,
-                body,
-                None,
-            )
+            .send(|| {
+                self.es.send(
+                    method,
+                    path,
+                    HeaderMap::new(),
+                    Option::<&()>::None,
+                    body.as_ref(),
+                    None,
+                )
+            })
             .await
             .map_err(|e| err(path, e))?;
         let status = response.status_code().as_u16();
-        let text = response.text().await.map_err(|e| err(path, e))?;
+        let text = response.text().await.map_err(|e| {
+            self.report(&e);
+            err(path, e)
+        })?;
         let value = if text.is_empty() {
             Value::Null
         } else {
@@ -342,6 +456,135 @@ impl Client {
         };
         Ok((status, value))
     }
+
+    /// Asks every node `GET path` at once (each within 3 s at most), telling the pool
+    /// which answer: each node's URL (without credentials) and whether it answered 200,
+    /// or what it did instead.
+    pub async fn node_health(&self, path: &str) -> Vec<(String, Result<(), String>)> {
+        let timeout = self.request_timeout.min(PROBE_TIMEOUT);
+        let probes = self.probes.iter().enumerate().map(|(i, es)| async move {
+            let result = es
+                .send(
+                    Method::Get,
+                    path,
+                    HeaderMap::new(),
+                    Option::<&()>::None,
+                    Option::<&[u8]>::None,
+                    Some(timeout),
+                )
+                .await;
+            let health = match result {
+                Ok(response) => {
+                    self.pool.mark_alive_index(i);
+                    let status = response.status_code();
+                    if status.as_u16() == 200 {
+                        Ok(())
+                    } else {
+                        // The status and the error's type say enough; the body (which
+                        // may echo cluster details) stays out of the readiness answer.
+                        let body: Value = response.json().await.unwrap_or_default();
+                        let kind = body["error"]["type"].as_str().unwrap_or("unknown");
+                        Err(format!("{path} answered {status} ({kind})"))
+                    }
+                }
+                Err(e) => {
+                    let failure = self.report_node(i, &e);
+                    Err(match failure {
+                        Failure::NotConnected => format!("{path}: cannot connect"),
+                        Failure::TimedOut => format!("{path}: no answer within {timeout:?}"),
+                        Failure::Other => format!("{path}: the request failed"),
+                    })
+                }
+            };
+            (self.pool.name(i).to_owned(), health)
+        });
+        join_all(probes).await
+    }
+
+    /// A health check over every node ([`Client::node_health`]): healthy while at least
+    /// one node answers `path` with 200. The nodes that do not are logged (a warning
+    /// when that list changes) and named in the error when none answers.
+    pub async fn healthcheck(&self, path: &str) -> Result<(), String> {
+        let nodes = self.node_health(path).await;
+        let failing: Vec<String> = nodes
+            .iter()
+            .filter_map(|(node, health)| health.as_ref().err().map(|why| format!("{node}: {why}")))
+            .collect();
+        let answering = nodes.len() - failing.len();
+        let failing = failing.join("; ");
+        {
+            let mut last = self
+                .unhealthy
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if *last != failing {
+                if failing.is_empty() {
+                    tracing::info!("every Elasticsearch node answers again");
+                } else if answering > 0 {
+                    tracing::warn!(
+                        answering,
+                        failing = %failing,
+                        "some Elasticsearch nodes do not answer; the others serve"
+                    );
+                }
+                last.clone_from(&failing);
+            }
+        }
+        match answering {
+            0 if nodes.len() == 1 => Err(failing),
+            0 => Err(format!("no Elasticsearch node answers: {failing}")),
+            _ => Ok(()),
+        }
+    }
+
+    /// [`Client::report`] for a request sent to node `i` by its own client.
+    fn report_node(&self, i: usize, error: &elasticsearch::Error) -> Failure {
+        let failure = classify(error);
+        if failure != Failure::Other {
+            self.pool.mark_dead_index(i);
+        }
+        failure
+    }
+}
+
+/// What a request's failure says about its node, and the URL it was sent to.
+fn classify_with_url(error: &elasticsearch::Error) -> (Failure, Option<&url::Url>) {
+    let Some(http) =
+        std::error::Error::source(error).and_then(|source| source.downcast_ref::<reqwest::Error>())
+    else {
+        return (Failure::Other, None);
+    };
+    let failure = if http.is_connect() {
+        Failure::NotConnected
+    } else if http.is_timeout() {
+        Failure::TimedOut
+    } else {
+        Failure::Other
+    };
+    (failure, http.url())
+}
+
+fn classify(error: &elasticsearch::Error) -> Failure {
+    classify_with_url(error).0
+}
+
+/// A transport over `pool` with the settings' timeout and credentials.
+fn transport<P>(pool: P, settings: &ElasticsearchSettings) -> Result<Transport, EsError>
+where
+    P: ConnectionPool + Debug + Clone + Send + 'static,
+{
+    let mut builder = TransportBuilder::new(pool)
+        .timeout(settings.request_timeout)
+        .disable_proxy();
+    if let (Some(user), Some(password)) = (&settings.username, &settings.password) {
+        builder = builder.auth(Credentials::Basic(
+            user.clone(),
+            password.expose().to_owned(),
+        ));
+    }
+    builder
+        .build()
+        .map_err(|e| err("building the Elasticsearch client", e))
 }
 
 /// What a bulk write did.
@@ -359,4 +602,134 @@ fn first_chars(text: &str, n: usize) -> &str {
     text.char_indices()
         .nth(n)
         .map_or(text, |(cut, _)| &text[..cut])
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use salesflow_plugin_api::Settings;
+    use salesflow_plugin_api::toml;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A node that answers every request `200 {"count":0}`, and how many it answered.
+    async fn fake_node() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::clone(&answered);
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let count = Arc::clone(&count);
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buffer = [0u8; 4096];
+                    // Requests without a body: each ends with its head.
+                    loop {
+                        let n = socket.read(&mut buffer).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        request.extend_from_slice(&buffer[..n]);
+                        while let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                            request.drain(..end + 4);
+                            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            let body = r#"{"count":0}"#;
+                            let answer = format!(
+                                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                                 content-length: {}\r\n\r\n{body}",
+                                body.len()
+                            );
+                            socket.write_all(answer.as_bytes()).await.unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        (url, answered)
+    }
+
+    /// A URL nothing listens on.
+    fn dead_url() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}", listener.local_addr().unwrap())
+    }
+
+    fn client(urls: &[&str]) -> Client {
+        let list = urls
+            .iter()
+            .map(|u| format!("{u:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let settings = ElasticsearchSettings::from_table(
+            &toml::from_str(&format!("urls = [{list}]\nrequest_timeout = \"2s\"")).unwrap(),
+        )
+        .unwrap();
+        Client::new(&settings).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_request_that_cannot_connect_goes_to_the_next_node_which_is_then_skipped() {
+        let dead = dead_url();
+        let (live, answered) = fake_node().await;
+        let client = client(&[&dead, &live]);
+        // The first request in turn goes to the dead node, and on to the live one.
+        for _ in 0..4 {
+            let (status, body) = client.call(Method::Get, "/_count", None).await.unwrap();
+            assert_eq!((status, body["count"].as_u64()), (200, Some(0)));
+        }
+        assert_eq!(answered.load(std::sync::atomic::Ordering::SeqCst), 4);
+        let status = client.pool().status();
+        assert!(!status[0].up && status[0].failures >= 1, "{status:?}");
+        assert!(status[1].up, "{status:?}");
+        // The metrics say where the requests went: every one to the live node, and the
+        // dead one tried once (again only if a second passed, its back-off).
+        let mut registry = prometheus_client::registry::Registry::default();
+        client.register_metrics(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(
+            text.contains(&format!(
+                "salesflow_elasticsearch_requests_total{{node=\"{dead}\"}} "
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                "salesflow_elasticsearch_requests_total{{node=\"{live}\"}} 4"
+            )),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn healthy_while_one_node_answers_naming_those_that_do_not() {
+        let dead = dead_url();
+        let (live, _) = fake_node().await;
+        let client = client(&[&dead, &live]);
+        let nodes = client.node_health("/_all/_count").await;
+        assert_eq!(nodes[0].0, dead);
+        assert_eq!(nodes[0].1, Err("/_all/_count: cannot connect".to_owned()));
+        assert_eq!(nodes[1], (live.clone(), Ok(())));
+        // The check told the pool: the dead node is skipped.
+        assert!(!client.pool().status()[0].up);
+        assert_eq!(client.healthcheck("/_all/_count").await, Ok(()));
+
+        let other_dead = dead_url();
+        let down = super::tests::client(&[&dead, &other_dead]);
+        let error = down.healthcheck("/_all/_count").await.unwrap_err();
+        assert_eq!(
+            error,
+            format!(
+                "no Elasticsearch node answers: {dead}: /_all/_count: cannot connect; \
+                 {other_dead}: /_all/_count: cannot connect"
+            )
+        );
+        // Every node down: requests are still sent (and fail for what they are).
+        let failed = down.call(Method::Get, "/_count", None).await.unwrap_err();
+        assert!(failed.to_string().starts_with("/_count: "), "{failed}");
+    }
 }

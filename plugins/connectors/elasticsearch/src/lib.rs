@@ -5,13 +5,14 @@
 
 mod client;
 mod config;
+mod pool;
 
 pub use client::{BulkOutcome, Client, Doc, EsError};
 pub use config::{ElasticsearchSettings, SinkSettings};
+pub use pool::{FIRST_BACKOFF, MAX_BACKOFF, NodeLabels, NodePool, NodeStatus};
 
 use std::sync::Arc;
 
-use elasticsearch::http::Method;
 use salesflow_plugin_api::futures::FutureExt;
 use salesflow_plugin_api::prometheus_client::metrics::counter::Counter;
 use salesflow_plugin_api::{
@@ -83,26 +84,17 @@ impl Plugin for ElasticsearchSinkPlugin {
         } else {
             own.aliases.join(",")
         };
+        // Ready while at least one node answers; the others are named in the log, and
+        // in the error when none does.
         ctx.add_healthcheck(
             &format!("elasticsearch {targets}"),
             Arc::new(move || {
                 let client = check_client.clone();
                 let path = format!("/{targets}/_count");
-                async move {
-                    // The status says enough; the body (which may echo cluster details)
-                    // stays out of the readiness answer.
-                    match client.call(Method::Get, &path, None).await {
-                        Ok((200, _)) => Ok(()),
-                        Ok((status, body)) => {
-                            let kind = body["error"]["type"].as_str().unwrap_or("unknown");
-                            Err(format!("{path} answered {status} ({kind})"))
-                        }
-                        Err(_) => Err(format!("{path}: Elasticsearch did not answer")),
-                    }
-                }
-                .boxed()
+                async move { client.healthcheck(&path).await }.boxed()
             }),
         );
+        client.register_metrics(ctx.metrics);
         ctx.metrics.register(
             "salesflow_elasticsearch_bulk_retries",
             "Bulk requests (or their retryable items) sent again after a failure",

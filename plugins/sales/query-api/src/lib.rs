@@ -176,15 +176,14 @@ impl Plugin for QueryApiPlugin {
                         "/{},{}/_count",
                         api.settings.detailed_alias, api.settings.summary_alias
                     );
-                    match api.es.call(Method::Get, &path, None).await {
-                        Ok((200, _)) => Ok(()),
-                        Ok((status, body)) => Err(format!("{path} answered {status}: {body}")),
-                        Err(e) => Err(e.to_string()),
-                    }
+                    // Ready while at least one node answers; the others are named in
+                    // the log, and in the error when none does.
+                    api.es.healthcheck(&path).await
                 }
                 .boxed()
             }),
         );
+        api.es.register_metrics(ctx.metrics);
         let check = Arc::clone(&api);
         ctx.add_healthcheck(
             "cassandra event store",
