@@ -13,6 +13,7 @@ use clap::Parser;
     after_help = "Examples:\n  \
                   salesflow load load/profiles/smoke.toml\n  \
                   salesflow load load/profiles/steady.toml --target http://127.0.0.1:8080\n  \
+                  salesflow load load/profiles/steady.toml --target http://api-1:8080,http://api-2:8080\n  \
                   salesflow load load/profiles/soak.toml --monitor http://127.0.0.1:8080/metrics\n  \
                   salesflow load load/profiles/steady.toml --compare load/reports/steady-OLD.json\n  \
                   salesflow load load/profiles/smoke.toml --run-id 1f2e3d4c5b6a7980\n  \
@@ -31,9 +32,11 @@ pub struct Cli {
     /// Where to write the reports.
     #[arg(long)]
     pub report_dir: Option<PathBuf>,
-    /// The API base URL, e.g. `http://127.0.0.1:8080`.
-    #[arg(long)]
-    pub target: Option<String>,
+    /// The API base URL, e.g. `http://127.0.0.1:8080`. Several Command API processes:
+    /// the option again, or their URLs separated by commas; orders go round-robin over
+    /// them, queries to the first (unless `--query`).
+    #[arg(long, value_name = "URL", value_delimiter = ',')]
+    pub target: Vec<String>,
     /// The Query API base URL, when it is served elsewhere than `--target`.
     #[arg(long)]
     pub query: Option<String>,
@@ -54,6 +57,21 @@ pub struct Cli {
     pub query_key_env: Option<String>,
 }
 
+/// The run's options from its command line.
+fn options(cli: &Cli) -> crate::Options {
+    crate::Options {
+        run_id: cli.run_id,
+        compare: cli.compare.clone(),
+        report_dir: cli.report_dir.clone(),
+        target: (!cli.target.is_empty()).then(|| cli.target.join(",")),
+        query: cli.query.clone(),
+        monitor: cli.monitor.clone(),
+        ca_certificate: cli.ca_cert.clone(),
+        ingest_key_env: cli.ingest_key_env.clone(),
+        query_key_env: cli.query_key_env.clone(),
+    }
+}
+
 fn parse_hex(text: &str) -> Result<u64, String> {
     u64::from_str_radix(text.trim_start_matches("0x"), 16).map_err(|e| e.to_string())
 }
@@ -67,17 +85,7 @@ pub fn main_with(name: &str, args: &[String]) -> ExitCode {
         Err(code) if code == ExitCode::SUCCESS => return code,
         Err(_) => return ExitCode::from(2),
     };
-    let options = crate::Options {
-        run_id: cli.run_id,
-        compare: cli.compare,
-        report_dir: cli.report_dir,
-        target: cli.target,
-        query: cli.query,
-        monitor: cli.monitor,
-        ca_certificate: cli.ca_cert,
-        ingest_key_env: cli.ingest_key_env,
-        query_key_env: cli.query_key_env,
-    };
+    let options = options(&cli);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -128,4 +136,51 @@ impl salesflow_plugin_api::Command for LoadCommand {
 /// Adds `salesflow load`.
 pub fn register(registrar: &mut dyn salesflow_plugin_api::Registrar) {
     registrar.command(std::sync::Arc::new(LoadCommand));
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::profile::Urls;
+
+    fn targets(args: &[&str]) -> Option<String> {
+        let cli = Cli::try_parse_from(
+            ["salesflow-load", "load/profiles/smoke.toml"]
+                .iter()
+                .chain(args),
+        )
+        .unwrap();
+        options(&cli).target
+    }
+
+    #[test]
+    fn target_is_one_url_repeated_or_separated_by_commas() {
+        assert_eq!(targets(&[]), None);
+        assert_eq!(
+            targets(&["--target", "http://a:8080"]).as_deref(),
+            Some("http://a:8080")
+        );
+        let both = [
+            targets(&[
+                "--target",
+                "http://a:8080",
+                "--target",
+                "http://b:8080,http://c:8080",
+            ]),
+            targets(&[
+                "--target=http://a:8080,http://b:8080",
+                "--target",
+                "http://c:8080",
+            ]),
+        ];
+        for target in both {
+            let urls = Urls::parse(&target.unwrap()).unwrap();
+            assert_eq!(
+                urls.all(),
+                ["http://a:8080", "http://b:8080", "http://c:8080"]
+            );
+        }
+    }
 }

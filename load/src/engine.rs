@@ -43,6 +43,8 @@ pub struct Engine {
     pub in_flight: AtomicUsize,
     pub aborted: Mutex<Option<String>>,
     singles: AtomicU64,
+    /// Whose turn it is among the Command API URLs.
+    command_turn: AtomicUsize,
     followers: Mutex<tokio::task::JoinSet<()>>,
 }
 
@@ -100,6 +102,7 @@ impl Engine {
             in_flight: AtomicUsize::new(0),
             aborted: Mutex::new(None),
             singles: AtomicU64::new(0),
+            command_turn: AtomicUsize::new(0),
             followers: Mutex::new(tokio::task::JoinSet::new()),
             profile,
         }))
@@ -141,6 +144,14 @@ impl Engine {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .record(scenario, at, outcome, status, latency);
+    }
+
+    /// The Command API base URL the next request goes to: round-robin over the targets.
+    fn command_api(&self) -> &str {
+        self.profile
+            .target
+            .command_api
+            .at(self.command_turn.fetch_add(1, Ordering::Relaxed))
     }
 
     fn stopped(&self) -> bool {
@@ -185,7 +196,7 @@ impl Engine {
         let body = order
             .as_ref()
             .map_or_else(|| duplicate.clone().unwrap_or_default(), |o| o.body.clone());
-        let url = format!("{}/orders", self.profile.target.command_api);
+        let url = format!("{}/orders", self.command_api());
         let request = with_key(self.client.post(&url), self.keys.ingest.as_ref());
         let response = match request.json(&body).send().await {
             Ok(r) => r,
@@ -243,7 +254,7 @@ impl Engine {
                 .collect()
         };
         let bodies: Vec<&Value> = orders.iter().map(|o| &o.body).collect();
-        let url = format!("{}/orders/batch", self.profile.target.command_api);
+        let url = format!("{}/orders/batch", self.command_api());
         let request = with_key(self.client.post(&url), self.keys.ingest.as_ref());
         let response = match request.json(&bodies).send().await {
             Ok(r) => r,
@@ -529,5 +540,112 @@ impl Engine {
         while self.in_flight.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A Command API that accepts every request (202), and how many it accepted.
+    async fn command_api() -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let count = Arc::clone(&count);
+                tokio::spawn(async move {
+                    let mut buffered = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    loop {
+                        // One request: its head, then `content-length` bytes of body.
+                        let complete =
+                            buffered
+                                .windows(4)
+                                .position(|w| w == b"\r\n\r\n")
+                                .and_then(|end| {
+                                    let head =
+                                        String::from_utf8_lossy(&buffered[..end]).to_lowercase();
+                                    let length = head
+                                        .lines()
+                                        .find_map(|l| l.strip_prefix("content-length:"))
+                                        .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+                                    (buffered.len() >= end + 4 + length).then_some(end + 4 + length)
+                                });
+                        if let Some(size) = complete {
+                            buffered.drain(..size);
+                            count.fetch_add(1, Ordering::SeqCst);
+                            socket
+                                .write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n")
+                                .await
+                                .unwrap();
+                            continue;
+                        }
+                        let n = socket.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buffered.extend_from_slice(&chunk[..n]);
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    #[tokio::test]
+    async fn orders_go_round_robin_over_the_command_apis_and_are_all_remembered() {
+        let (a, to_a) = command_api().await;
+        let (b, to_b) = command_api().await;
+        let (c, to_c) = command_api().await;
+        let profile: Profile = toml::from_str(&format!(
+            r#"
+name = "spread"
+[target]
+command_api = ["{a}", "{b}/", "{c}"]
+[data]
+batch_size = 3
+[freshness]
+sample_every = 0
+[reconcile]
+enabled = false
+[[scenarios]]
+name = "post-order"
+kind = "post-order"
+[[scenarios]]
+name = "post-batch"
+kind = "post-batch"
+[[steps]]
+kind = "inject"
+rate = 1
+duration = "1s"
+"#
+        ))
+        .unwrap();
+        let engine = Engine::new(profile, 7).unwrap();
+        let mut orders = 0;
+        for turn in 0..12 {
+            let scenario = turn % 2;
+            Arc::clone(&engine).execute(scenario, Instant::now()).await;
+            orders += if scenario == 0 { 1 } else { 3 };
+        }
+        let sent: Vec<usize> = [&to_a, &to_b, &to_c]
+            .iter()
+            .map(|n| n.load(Ordering::SeqCst))
+            .collect();
+        assert_eq!(sent, [4, 4, 4]);
+        // Every accepted order is in the ledger the reconciliation reads, whichever
+        // process took it.
+        let ledger = engine.ledger.lock().unwrap();
+        assert_eq!(ledger.orders.len(), orders);
+        let stats = engine.stats.lock().unwrap();
+        assert_eq!(stats.total.ok(), 12);
     }
 }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::engine::Engine;
 use crate::profile::{Metric, Profile, Threshold};
@@ -33,7 +33,9 @@ pub struct Options {
     pub compare: Option<PathBuf>,
     /// Where reports go (overrides the profile's).
     pub report_dir: Option<PathBuf>,
-    /// The Command and Query API base URL (overrides the profile's).
+    /// The Command and Query API base URL (overrides the profile's); several Command API
+    /// processes' separated by commas, orders going round-robin over them and queries to
+    /// the first.
     pub target: Option<String>,
     /// The Query API base URL, when it is served elsewhere than `target`.
     pub query: Option<String>,
@@ -176,8 +178,9 @@ impl Progress {
 pub async fn run(path: &Path, options: &Options) -> Result<Outcome> {
     let mut profile = Profile::load(path)?;
     if let Some(target) = &options.target {
-        profile.target.command_api.clone_from(target);
-        profile.target.query_api.clone_from(target);
+        let targets = crate::profile::Urls::parse(target).context("--target")?;
+        profile.target.query_api = targets.first().to_owned();
+        profile.target.command_api = targets;
     }
     if let Some(query) = &options.query {
         profile.target.query_api.clone_from(query);
@@ -196,8 +199,13 @@ pub async fn run(path: &Path, options: &Options) -> Result<Outcome> {
         .unwrap_or_else(|| uuid::Uuid::new_v4().as_u64_pair().0 >> 16);
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let load_before = loadavg();
+    let spread = if profile.target.command_api.all().len() > 1 {
+        " (round-robin)"
+    } else {
+        ""
+    };
     println!(
-        "salesflow load: profile {} (seed {}, run {run_id:x}) against {}",
+        "salesflow load: profile {} (seed {}, run {run_id:x}) against {}{spread}",
         profile.name, profile.seed, profile.target.command_api
     );
     let engine = Engine::new(profile.clone(), run_id)?;

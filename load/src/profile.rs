@@ -42,8 +42,10 @@ fn default_seed() -> u64 {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Target {
-    #[serde(default = "default_api")]
-    pub command_api: String,
+    /// The Command API: one base URL, or a list of several processes' (orders go
+    /// round-robin over them).
+    #[serde(default = "default_apis")]
+    pub command_api: Urls,
     #[serde(default = "default_api")]
     pub query_api: String,
     #[serde(default = "default_kafka")]
@@ -121,6 +123,83 @@ impl Target {
     }
 }
 
+/// One base URL or several, each `http://` or `https://` (without a trailing `/`):
+/// written as a string or a list of strings in a profile, and as URLs separated by
+/// commas on the command line. Requests spread over them take turns ([`Urls::at`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Urls(Vec<String>);
+
+impl Urls {
+    /// Checks `urls`: at least one, each an `http://` or `https://` URL.
+    pub fn new(urls: Vec<String>) -> Result<Self> {
+        if urls.is_empty() {
+            bail!("no URL given: at least one is needed");
+        }
+        let mut checked = Vec::with_capacity(urls.len());
+        for (i, url) in urls.into_iter().enumerate() {
+            let trimmed = url.trim().trim_end_matches('/');
+            let parsed = reqwest::Url::parse(trimmed)
+                .with_context(|| format!("URL {} ({url:?}) is not a URL", i + 1))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                bail!("URL {} ({url:?}) is not http:// or https://", i + 1);
+            }
+            checked.push(trimmed.to_owned());
+        }
+        Ok(Self(checked))
+    }
+
+    /// URLs separated by commas, e.g. `http://a:8080,http://b:8080`.
+    pub fn parse(text: &str) -> Result<Self> {
+        Self::new(text.split(',').map(str::to_owned).collect())
+    }
+
+    pub fn first(&self) -> &str {
+        &self.0[0]
+    }
+
+    pub fn all(&self) -> &[String] {
+        &self.0
+    }
+
+    /// The URL whose turn `turn` is: round-robin.
+    pub fn at(&self, turn: usize) -> &str {
+        &self.0[turn % self.0.len()]
+    }
+}
+
+impl std::fmt::Display for Urls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(", "))
+    }
+}
+
+impl<'de> Deserialize<'de> for Urls {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Vec<String>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a URL or a list of URLs")
+            }
+            fn visit_str<E: serde::de::Error>(self, url: &str) -> Result<Self::Value, E> {
+                Ok(vec![url.to_owned()])
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut urls = Vec::new();
+                while let Some(url) = seq.next_element::<String>()? {
+                    urls.push(url);
+                }
+                Ok(urls)
+            }
+        }
+        let urls = deserializer.deserialize_any(Visitor)?;
+        Urls::new(urls).map_err(|e| serde::de::Error::custom(format!("{e:#}")))
+    }
+}
+
 /// API keys to send, when the APIs want them.
 #[derive(Clone, Default)]
 pub struct Keys {
@@ -149,6 +228,9 @@ pub fn with_key(request: reqwest::RequestBuilder, key: Option<&String>) -> reqwe
 fn default_api() -> String {
     "http://127.0.0.1:8080".into()
 }
+fn default_apis() -> Urls {
+    Urls(vec![default_api()])
+}
 fn default_kafka() -> String {
     "127.0.0.1:9092".into()
 }
@@ -171,7 +253,7 @@ fn default_max_in_flight() -> usize {
 impl Default for Target {
     fn default() -> Self {
         Self {
-            command_api: default_api(),
+            command_api: default_apis(),
             query_api: default_api(),
             kafka_bootstrap: default_kafka(),
             orders_topic: default_orders_topic(),
@@ -575,9 +657,84 @@ duration = "2s"
         let p = parse(MINIMAL).unwrap();
         assert_eq!(p.seed, 42);
         assert_eq!(p.data.max_orders_per_cart, 50);
-        assert_eq!(p.target.command_api, "http://127.0.0.1:8080");
+        assert_eq!(p.target.command_api.all(), ["http://127.0.0.1:8080"]);
         assert!(p.reconcile.enabled);
         assert_eq!(p.steps[0].duration(), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn the_command_api_is_one_url_or_a_list() {
+        let one = parse(&format!(
+            "{MINIMAL}[target]\ncommand_api = \"http://api-1:8080/\"\n"
+        ))
+        .unwrap();
+        assert_eq!(one.target.command_api.all(), ["http://api-1:8080"]);
+        let several = parse(&format!(
+            "{MINIMAL}[target]\ncommand_api = [\"http://a:8080\", \"https://b:8443/api/\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            several.target.command_api.all(),
+            ["http://a:8080", "https://b:8443/api"]
+        );
+        assert_eq!(several.target.command_api.first(), "http://a:8080");
+        let turns: Vec<&str> = (0..5).map(|t| several.target.command_api.at(t)).collect();
+        assert_eq!(
+            turns,
+            [
+                "http://a:8080",
+                "https://b:8443/api",
+                "http://a:8080",
+                "https://b:8443/api",
+                "http://a:8080"
+            ]
+        );
+        assert_eq!(
+            several.target.command_api.to_string(),
+            "http://a:8080, https://b:8443/api"
+        );
+        // The query API stays one URL.
+        assert_eq!(several.target.query_api, "http://127.0.0.1:8080");
+    }
+
+    #[test]
+    fn command_line_targets_are_separated_by_commas() {
+        let urls = Urls::parse("http://a:8080, http://b:8080/").unwrap();
+        assert_eq!(urls.all(), ["http://a:8080", "http://b:8080"]);
+        assert_eq!(
+            Urls::parse("http://a:8080").unwrap().all(),
+            ["http://a:8080"]
+        );
+        let e = format!("{:#}", Urls::parse("http://a:8080,,http://b").unwrap_err());
+        assert!(e.contains("URL 2 (\"\")"), "{e}");
+        let e = format!("{:#}", Urls::parse("http://a:8080,ftp://b").unwrap_err());
+        assert!(
+            e.contains("URL 2 (\"ftp://b\") is not http:// or https://"),
+            "{e}"
+        );
+        let e = format!("{:#}", Urls::new(Vec::new()).unwrap_err());
+        assert!(e.contains("at least one"), "{e}");
+    }
+
+    #[test]
+    fn bad_command_apis_say_what_is_wrong() {
+        for (value, expected) in [
+            ("[]", "no URL given"),
+            ("[\"http://a:8080\", \"a:b:c\"]", "URL 2"),
+            (
+                "[\"http://a:8080\", \"localhost:8080\"]",
+                "not http:// or https://",
+            ),
+            ("\"not a url\"", "URL 1 (\"not a url\") is not a URL"),
+            ("8080", "a URL or a list of URLs"),
+        ] {
+            let text = format!("{MINIMAL}[target]\ncommand_api = {value}\n");
+            let e = format!("{:#}", parse(&text).unwrap_err());
+            assert!(
+                e.contains(expected),
+                "{value}: expected {expected:?} in {e:?}"
+            );
+        }
     }
 
     #[test]
