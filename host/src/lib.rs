@@ -102,6 +102,16 @@ fn cli(registry: &Registry) -> Clap {
             Clap::new("plugins")
                 .about("List every plugin with its settings, defaults and docs")
                 .after_help("Examples:\n  salesflow plugins\n  salesflow plugins | less"),
+        )
+        .subcommand(
+            Clap::new("schema")
+                .about("Print a JSON Schema of pipeline.toml, from every plugin's settings (for editors)")
+                .after_help(
+                    "Examples:\n  \
+                     salesflow schema > pipeline.schema.json\n  \
+                     # then, first line of pipeline.toml (Taplo / Even Better TOML):\n  \
+                     #:schema ./pipeline.schema.json",
+                ),
         );
     for command in registry.commands() {
         cli = cli.subcommand(
@@ -150,11 +160,19 @@ pub fn main() -> ExitCode {
     let Some((name, sub)) = matches.subcommand() else {
         return ExitCode::FAILURE;
     };
-    if name == "plugins" {
+    if name == "plugins" || name == "schema" {
         // This binary's plugins, plus the configured folder's when the config loads.
         let registry = salesflow_host::load_plan(&config, &sets, registry.clone())
             .map_or(registry, |(_, plan)| plan.registry);
-        print!("{}", salesflow_host::describe_plugins(&registry));
+        if name == "schema" {
+            let schema = salesflow_host::schema::config_schema(&registry);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&schema).unwrap_or_default()
+            );
+        } else {
+            print!("{}", salesflow_host::describe_plugins(&registry));
+        }
         return ExitCode::SUCCESS;
     }
     if let Some(command) = registry.command(name).cloned() {
@@ -270,7 +288,9 @@ mod tests {
     fn the_command_line_lists_every_registered_command() {
         let registry = builtins();
         let help = cli(&registry).render_long_help().to_string();
-        for name in ["run", "check", "graph", "plugins", "dlq", "replay", "load"] {
+        for name in [
+            "run", "check", "graph", "plugins", "schema", "dlq", "replay", "load",
+        ] {
             assert!(help.contains(name), "{name} missing from:\n{help}");
         }
     }

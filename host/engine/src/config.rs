@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
+use salesflow_plugin_api::schemars;
 use serde::Deserialize;
 
 /// A configuration problem at a key path.
@@ -214,14 +215,16 @@ impl Loaded {
 }
 
 /// The host's own sections: `[server]`, `[log]`, `[plugins]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSettings {
     /// Where the HTTP server (routes, `/health/*`, `/metrics`) listens.
     #[serde(default = "default_address")]
+    #[schemars(with = "String")]
     pub address: std::net::SocketAddr,
     /// How long shutdown may take: sources stop, in-flight batches finish, sinks flush.
     #[serde(default = "default_grace", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub shutdown_grace: Duration,
     /// An `OpenAPI` document served at `/openapi.json` (relative to the config file).
     #[serde(default)]
@@ -230,10 +233,12 @@ pub struct ServerSettings {
     /// connection is closed: slow clients cannot hold connections by trickling bytes.
     /// With TLS it also bounds the handshake.
     #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub header_read_timeout: Duration,
     /// A whole request, body included, must be answered within this; past it the answer
     /// is 408. Longer than any source's own request timeout.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    #[schemars(with = "String")]
     pub request_timeout: Duration,
     /// Most connections open at once; more are closed at once.
     #[serde(default = "default_max_connections")]
@@ -244,7 +249,7 @@ pub struct ServerSettings {
 }
 
 /// `[server.tls]`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSettings {
     /// The certificate chain (PEM), leaf first.
@@ -287,7 +292,7 @@ impl Default for ServerSettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -295,7 +300,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     /// A `tracing` filter: `info`, `salesflow=debug,rdkafka=warn`, ...
@@ -319,7 +324,7 @@ impl Default for LogSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginDirSettings {
     /// A folder of run-time plugins (shared libraries); relative to the config file.

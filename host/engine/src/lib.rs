@@ -9,6 +9,7 @@ pub mod listener;
 pub mod metrics;
 pub mod registry;
 pub mod runtime;
+pub mod schema;
 pub mod server;
 pub mod topology;
 
