@@ -6,8 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use hdrhistogram::Histogram;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rust_decimal::Decimal;
 use salesflow_testkit::{Host, Launch};
 use serde_json::Value;
@@ -119,11 +123,146 @@ pub fn isolated(tag: &str) -> Vec<String> {
     Sales::named(salesflow_bin(), tag).sets()
 }
 
+/// Creates the run's topics as the single-node stack holds them: one copy each.
 pub async fn isolated_topics(tag: &str) -> Result<()> {
     let sales = Sales::named(salesflow_bin(), tag);
     create_topics(&[&sales.orders, &sales.cart_events], 12).await;
     create_topics(&[&sales.orders_dlq, &sales.cart_events_dlq], 1).await;
     Ok(())
+}
+
+/// How a run's topics are replicated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replication {
+    /// The single-node stack: one copy ([`isolated_topics`]).
+    Single,
+    /// A cluster: `factor` copies, of which `min_insync` must have a record before it is
+    /// acknowledged (`acks=all`), so that losing one broker loses nothing acknowledged.
+    Replicated { factor: i32, min_insync: i32 },
+}
+
+impl Replication {
+    /// The local stack's cluster profile (`schemas/environments/cluster.toml`).
+    pub const CLUSTER: Self = Self::Replicated {
+        factor: 3,
+        min_insync: 2,
+    };
+}
+
+/// Creates the run's topics with `replication`; replicated ones are checked afterwards
+/// (every partition has a leader and `factor` in-sync replicas, and the topic says
+/// `min.insync.replicas`), so a run never goes on with fewer copies than it claims.
+pub async fn isolated_topics_with(tag: &str, replication: Replication) -> Result<()> {
+    let Replication::Replicated { factor, min_insync } = replication else {
+        return isolated_topics(tag).await;
+    };
+    let sales = Sales::named(salesflow_bin(), tag);
+    let topics = [
+        (sales.orders.as_str(), 12),
+        (sales.cart_events.as_str(), 12),
+        (sales.orders_dlq.as_str(), 1),
+        (sales.cart_events_dlq.as_str(), 1),
+    ];
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .context("a Kafka admin client")?;
+    let min_isr = min_insync.to_string();
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, partitions)| {
+            NewTopic::new(name, *partitions, TopicReplication::Fixed(factor))
+                .set("min.insync.replicas", &min_isr)
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(60)));
+    for result in admin.create_topics(&new, &options).await? {
+        if let Err((name, code)) = result {
+            bail!("creating topic {name} ({factor} replicas): {code}");
+        }
+    }
+    let names: Vec<String> = topics.iter().map(|(n, _)| (*n).to_owned()).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let short = under_replicated(&names, factor).await?;
+        if short.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "topics not fully replicated 60 s after creation: {}",
+                short.join("; ")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let resources: Vec<ResourceSpecifier<'_>> = topics
+        .iter()
+        .map(|(name, _)| ResourceSpecifier::Topic(name))
+        .collect();
+    for resource in admin
+        .describe_configs(&resources, &AdminOptions::new())
+        .await?
+    {
+        let resource = resource.map_err(|code| anyhow::anyhow!("describing topics: {code}"))?;
+        let value = resource
+            .get("min.insync.replicas")
+            .and_then(|e| e.value.clone())
+            .unwrap_or_default();
+        if value != min_isr {
+            bail!(
+                "topic {:?}: min.insync.replicas is {value:?}, not {min_isr}",
+                resource.specifier
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The partitions of `topics` (all their partitions; `factor` replicas each when given)
+/// that lack a leader, a replica or an in-sync replica, as `topic/partition: why`; empty
+/// when every one is fully replicated and in sync. Read from the cluster's metadata.
+pub async fn under_replicated(
+    topics: &[String],
+    factor: impl Into<Option<i32>>,
+) -> Result<Vec<String>> {
+    let factor = factor.into();
+    let topics = topics.to_vec();
+    tokio::task::spawn_blocking(move || -> Result<Vec<String>> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .create()
+            .context("a Kafka client for metadata")?;
+        let mut short = Vec::new();
+        for topic in &topics {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), Duration::from_secs(10))
+                .with_context(|| format!("metadata of {topic}"))?;
+            for t in metadata.topics() {
+                if let Some(e) = t.error() {
+                    short.push(format!("{topic}: {e:?}"));
+                    continue;
+                }
+                if t.partitions().is_empty() {
+                    short.push(format!("{topic}: no partitions yet"));
+                }
+                for p in t.partitions() {
+                    let replicas = p.replicas().len();
+                    let isr = p.isr().len();
+                    let wanted = factor.map_or(replicas, |f| usize::try_from(f).unwrap_or(0));
+                    if p.leader() < 0 || replicas < wanted || isr < replicas {
+                        short.push(format!(
+                            "{topic}/{}: leader {}, {replicas} replicas, {isr} in sync",
+                            p.id(),
+                            p.leader()
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(short)
+    })
+    .await?
 }
 
 pub async fn drop_isolated(tag: &str) {
