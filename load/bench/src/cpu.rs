@@ -89,16 +89,25 @@ fn children() -> f64 {
         })
 }
 
-/// The local stack's running servers, from its pid files.
+/// The local stack's running servers, from its pid files: one process of each, or every
+/// node of the cluster profile (`kafka-2.pid`), all named by their kind.
 pub fn servers() -> Vec<Tracked> {
     let run = crate::common::repo().join(".stack/run");
-    SERVERS
-        .iter()
-        .filter_map(|name| {
-            let pid = std::fs::read_to_string(run.join(format!("{name}.pid"))).ok()?;
-            Some(Tracked::new(*name, pid.trim().parse().ok()?))
-        })
-        .collect()
+    let mut found = Vec::new();
+    for name in SERVERS {
+        let mut files = vec![run.join(format!("{name}.pid"))];
+        files.extend((1..=9).map(|i| run.join(format!("{name}-{i}.pid"))));
+        for file in files {
+            if let Some(pid) = std::fs::read_to_string(file)
+                .ok()
+                .and_then(|text| text.trim().parse::<u32>().ok())
+                .filter(|&pid| i32::try_from(pid).ok().and_then(used).is_some())
+            {
+                found.push(Tracked::new(name, pid));
+            }
+        }
+    }
+    found
 }
 
 /// Waits until the local stack's servers are quiet: their CPU together below

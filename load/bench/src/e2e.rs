@@ -10,7 +10,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::common::{
-    Salesflow, drive, drop_isolated, isolated, isolated_topics, order, rss_mib, tag,
+    Replication, Salesflow, drive, drop_isolated, isolated, isolated_topics_with, order, rss_mib,
+    tag,
 };
 use crate::cpu::{self, Meter, Phase, ServerCost, Tracked};
 use crate::{Row, latency};
@@ -170,14 +171,19 @@ async fn lag(address: &str) -> Option<f64> {
     (!lags.is_empty()).then(|| lags.iter().sum())
 }
 
+/// `extra` are `--set` overrides for every salesflow process (the cluster profile's
+/// addresses), `replication` that of the run's topics.
 pub async fn run(
     clients: usize,
     duration: Duration,
     costs: &[ServerCost],
+    extra: &[String],
+    replication: Replication,
 ) -> Result<(Row, Vec<(String, String)>)> {
     let t = tag();
-    isolated_topics(&t).await?;
+    isolated_topics_with(&t, replication).await?;
     let mut sets = isolated(&t);
+    sets.extend(extra.iter().cloned());
     for source in [
         "pipelines.domain.sources.orders",
         "pipelines.projections.sources.cart-events",

@@ -23,6 +23,7 @@
 
 mod accounting;
 mod cassandra;
+mod cluster;
 use salesflow_bench::{common, cpu};
 mod e2e;
 mod es;
@@ -49,7 +50,9 @@ struct Cli {
     /// Concurrent clients for HTTP phases.
     #[arg(long, default_value_t = 32)]
     clients: usize,
-    /// Only these parts (http, kafka, cassandra, elasticsearch, e2e); default all.
+    /// Only these parts (http, kafka, cassandra, elasticsearch, e2e, cluster); default
+    /// all. `cluster` runs end to end again on the local stack's cluster profile (it stops
+    /// the single-node stack, and starts it again afterwards).
     #[arg(long = "only")]
     only: Vec<String>,
     /// Seconds of end-to-end load (every pipeline over every server) before anything is
@@ -124,7 +127,7 @@ fn loadavg() -> String {
 
 /// Lets the servers finish what the previous phase left them (compactions, merges,
 /// flushes) before the next is measured, and says how long that took.
-async fn settle() {
+pub(crate) async fn settle() {
     let (waited, cores) = cpu::settle(0.15, Duration::from_secs(90)).await;
     println!(
         "  servers settled after {waited:.0} s (their CPU in the last second: {cores:.2} cores)"
@@ -144,7 +147,14 @@ async fn main() -> Result<()> {
     if cli.warmup > 0 {
         println!("== Warm-up: end to end for {} s, not measured", cli.warmup);
         settle().await;
-        let (row, _) = e2e::run(cli.clients, Duration::from_secs(cli.warmup), &[]).await?;
+        let (row, _) = e2e::run(
+            cli.clients,
+            Duration::from_secs(cli.warmup),
+            &[],
+            &[],
+            common::Replication::Single,
+        )
+        .await?;
         let jit: f64 = row.phases.iter().map(|p| p.usage.jit_total()).sum();
         let servers: f64 = row
             .phases
@@ -186,7 +196,20 @@ async fn main() -> Result<()> {
         println!("== End to end");
         settle().await;
         let costs = accounting::costs(&rows);
-        let (row, more) = e2e::run(cli.clients, duration, &costs).await?;
+        let (row, more) = e2e::run(
+            cli.clients,
+            duration,
+            &costs,
+            &[],
+            common::Replication::Single,
+        )
+        .await?;
+        rows.push(row);
+        figures.extend(more);
+    }
+    if wants("cluster") {
+        println!("== End to end on the cluster profile");
+        let (row, more) = cluster::run(cli.clients, duration, cli.warmup, &rows).await?;
         rows.push(row);
         figures.extend(more);
     }

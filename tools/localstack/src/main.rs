@@ -147,6 +147,9 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         } => {
             let profile = if cluster {
                 Profile::Cluster
+            } else if !servers.is_empty() && running_any(&layout, layout.profile()) {
+                // `up cassandra-2`: a node of the profile that runs.
+                layout.profile()
             } else {
                 Profile::Single
             };
@@ -226,6 +229,13 @@ fn switch_profile(layout: &Layout, profile: Profile) -> Result<()> {
     layout.set_profile(profile)
 }
 
+fn running_any(layout: &Layout, profile: Profile) -> bool {
+    profile
+        .all_nodes(ServerKind::ALL)
+        .into_iter()
+        .any(|n| process::running_pid(layout, n).is_some())
+}
+
 fn kinds_of(nodes: &[Node]) -> Vec<ServerKind> {
     let mut kinds: Vec<ServerKind> = Vec::new();
     for node in nodes {
@@ -250,8 +260,8 @@ fn print_cluster_settings() {
     println!(
         "cluster profile: salesflow reaches every node with (compose/local/cluster.env)\n  \
          SALESFLOW__KAFKA__BOOTSTRAP_SERVERS={}\n  \
-         SALESFLOW__CASSANDRA__NODES=[{}]\n  \
-         SALESFLOW__ELASTICSEARCH__URLS=[{}]",
+         SALESFLOW__CASSANDRA__NODES='[{}]'\n  \
+         SALESFLOW__ELASTICSEARCH__URL='[{}]'",
         profile.client_addresses(ServerKind::Kafka).join(","),
         quoted(ServerKind::Cassandra, ""),
         quoted(ServerKind::Opensearch, "http://"),
