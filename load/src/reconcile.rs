@@ -69,6 +69,40 @@ async fn read_model(
     )
 }
 
+/// One bucket of a cart's events, retried with a back-off for up to 30 s: a cluster whose
+/// nodes restart under a fault suite answers some reads with errors for a while.
+async fn read_bucket(
+    session: &scylla::client::session::Session,
+    statement: &scylla::statement::prepared::PreparedStatement,
+    cart: Uuid,
+    bucket: i32,
+) -> Result<scylla::response::query_result::QueryRowsResult> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(200);
+    loop {
+        let attempt = async {
+            session
+                .execute_unpaged(statement, (cart, bucket))
+                .await?
+                .into_rows_result()
+                .map_err(anyhow::Error::from)
+        }
+        .await;
+        match attempt {
+            Ok(rows) => return Ok(rows),
+            Err(_) if started.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                return Err(e.context(format!(
+                    "reading the event store (cart {cart}, bucket {bucket})"
+                )));
+            }
+        }
+    }
+}
+
 /// Checks every accepted order (order id -> cart id).
 pub async fn reconcile<S: std::hash::BuildHasher>(
     profile: &Profile,
@@ -154,20 +188,18 @@ pub async fn reconcile<S: std::hash::BuildHasher>(
         "SELECT seq, order_id FROM {}.cart_events WHERE cart_id = ? AND bucket = ?",
         profile.target.keyspace
     );
-    let statement = session
+    let mut statement = session
         .prepare(cql.as_str())
         .await
         .context("preparing the event store read")?;
+    // A read: the driver may retry it on another replica (a node restarting or shutting
+    // down while the reconciliation runs answers "overloaded" or "shutting down").
+    statement.set_is_idempotent(true);
     let mut mismatched: Vec<(Uuid, Vec<String>)> = Vec::new();
     for (cart, wanted) in &by_cart {
         let mut events: Vec<(i64, Uuid)> = Vec::new();
         for bucket in 0..i32::MAX {
-            let rows = session
-                .execute_unpaged(&statement, (*cart, bucket))
-                .await
-                .context("reading the event store")?
-                .into_rows_result()
-                .context("reading the event store")?;
+            let rows = read_bucket(&session, &statement, *cart, bucket).await?;
             let before = events.len();
             for row in rows
                 .rows::<(i64, Uuid)>()
