@@ -67,16 +67,30 @@ pub fn stop(layout: &Layout, node: Node) -> Result<Option<u32>> {
 /// cluster must go together: a Kafka broker stopped after the other controllers waits for
 /// a quorum that is gone.
 pub fn stop_together(layout: &Layout, nodes: &[Node]) -> Vec<(Node, Result<Option<u32>>)> {
-    for &node in nodes {
-        if let Some(pid) = running_pid(layout, node)
-            && let Ok(raw) = i32::try_from(pid)
-        {
+    let running: Vec<(Node, Option<u32>)> = nodes
+        .iter()
+        .map(|&node| (node, running_pid(layout, node)))
+        .collect();
+    for (_, pid) in &running {
+        if let Some(raw) = pid.and_then(|p| i32::try_from(p).ok()) {
             signal_group(raw, Signal::SIGTERM);
         }
     }
-    nodes
-        .iter()
-        .map(|&node| (node, stop_with(layout, node, Signal::SIGTERM)))
+    running
+        .into_iter()
+        .map(|(node, pid)| {
+            let result = match pid {
+                // Gone already (it stopped on the signal above): only its pid file and
+                // ports are left to see to.
+                Some(pid) if !is_alive(pid) => wait_ports_closed(node, Duration::from_secs(10))
+                    .map(|()| {
+                        let _ = std::fs::remove_file(layout.pid_file(node));
+                        Some(pid)
+                    }),
+                _ => stop_with(layout, node, Signal::SIGTERM),
+            };
+            (node, result)
+        })
         .collect()
 }
 
