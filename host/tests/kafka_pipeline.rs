@@ -260,12 +260,14 @@ async fn the_same_topology_runs_in_one_process_or_two() {
             vec![Host::start(std::path::Path::new(BIN), &config, &["run"])]
         };
         let records = read_all(&output, Duration::from_secs(90), |r| r.len() >= 1500);
+        let mut logs = String::new();
         for host in hosts {
             let (status, log) = host.stop(Duration::from_secs(30));
             assert!(status.success(), "{log}");
+            logs.push_str(&log);
         }
         let got: BTreeSet<i64> = numbers(&records).into_iter().collect();
-        assert_eq!(got.len(), 1500, "split = {split}");
+        assert_eq!(got.len(), 1500, "split = {split}; the hosts said:\n{logs}");
         assert_key_order(&records);
         support::delete_topics(&[&input, &middle, &output]).await;
     }
