@@ -417,13 +417,38 @@ fn a_plugin_of_another_abi_version_is_refused() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
+    let (major, minor) = (
+        salesflow_plugin_abi::ABI_VERSION,
+        salesflow_plugin_abi::ABI_MINOR,
+    );
     let expected = format!(
-        "built for plugin ABI version {}, but this host speaks version {}",
-        salesflow_plugin_abi::ABI_VERSION + 1,
-        salesflow_plugin_abi::ABI_VERSION
+        "built for plugin ABI version {}.0, but this host speaks version {major}.{minor}",
+        major + 1
     );
     assert!(stderr.contains(&expected), "{stderr}");
     assert!(stderr.contains("plugins.dir"), "{stderr}");
+
+    // A newer minor version than the host's is refused too, saying so.
+    let plugins = support::build_example_plugin(&["newer-minor"]);
+    let text = format!(
+        "[plugins]\ndir = \"{}\"\n{}",
+        plugins.path().display(),
+        relay("a", "b", "g", BATCH)
+    );
+    let (_dir, config) = support::config(&text);
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&config)
+        .arg("check")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let expected = format!(
+        "built for plugin ABI version {major}.{}, newer than this host's {major}.{minor}",
+        minor + 1
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -748,4 +773,172 @@ topic = "{two}"
     let (status, log) = host.stop(Duration::from_secs(30));
     assert!(status.success(), "{log}");
     support::delete_topics(&[&one, &two]).await;
+}
+
+/// Run-time plugins beyond a stateless stage, on the real Kafka: a stateless stage that
+/// panics on every tenth record sends exactly those to the dead letters and everything
+/// else through, once; a timer-driven window holding events across batches (its input
+/// committed only once its summaries are out) feeding a Kafka sink and a run-time file
+/// sink; the same window panicking on every tenth record while it holds events still
+/// dead-letters each of them once and reads its input to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_time_stages_and_sinks_hold_emit_on_timers_and_dead_letter_what_they_panic_on() {
+    const COUNT: usize = 600;
+    let filter = support::build_example_plugin(&[]);
+    let window = support::build_plugin("salesflow-example-window", &[]);
+    let plugins = tempfile::tempdir().unwrap();
+    for dir in [filter.path(), window.path()] {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, plugins.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let input = unique("rt-in");
+    let [out1, dead1, out2, out3, dead3] =
+        ["rt-out1", "rt-dead1", "rt-out2", "rt-out3", "rt-dead3"].map(unique);
+    create_topic(&input, 3).await;
+    for topic in [&out1, &dead1, &out2, &out3, &dead3] {
+        create_topic(topic, 1).await;
+    }
+    produce(&input, COUNT, 6, |_| String::new()).await;
+    let files = tempfile::tempdir().unwrap();
+    let lines = files.path().join("summaries.jsonl");
+    let tag = unique("rt");
+    let source = |pipeline: &str| {
+        format!(
+            "[pipelines.{pipeline}.sources.in]\ntype = \"kafka\"\ntopics = [\"{input}\"]\n\
+             group_id = \"{tag}-{pipeline}\"\nmax_batch_records = 50\ncommit_interval = \"200ms\"\n"
+        )
+    };
+    let sink = |pipeline: &str, name: &str, from: &str, topic: &str| {
+        format!(
+            "[pipelines.{pipeline}.sinks.{name}]\ntype = \"kafka\"\ninputs = [\"{from}\"]\n\
+             topic = \"{topic}\"\n"
+        )
+    };
+    let text = format!(
+        r#"
+[plugins]
+dir = "{dir}"
+
+[kafka]
+bootstrap_servers = "{bootstrap}"
+
+{filter_source}
+[pipelines.filter.stages.check]
+type = "example-filter"
+inputs = ["in"]
+drop_field = "drop"
+drop_value = true
+panic_every = 10
+{filter_out}{filter_dead}
+{window_source}
+[pipelines.window.stages.window]
+type = "example-window"
+inputs = ["in"]
+window_ms = 300
+seq_field = "n"
+{window_out}
+[pipelines.window.sinks.file]
+type = "example-file"
+inputs = ["window"]
+path = "{lines}"
+
+{poison_source}
+[pipelines.poison.stages.window]
+type = "example-window"
+inputs = ["in"]
+window_ms = 300
+seq_field = "n"
+panic_every = 10
+{poison_out}{poison_dead}"#,
+        dir = plugins.path().display(),
+        bootstrap = support::bootstrap(),
+        filter_source = source("filter"),
+        filter_out = sink("filter", "out", "check", &out1),
+        filter_dead = sink("filter", "dead", "check.failed", &dead1),
+        window_source = source("window"),
+        window_out = sink("window", "out", "window", &out2),
+        lines = lines.display(),
+        poison_source = source("poison"),
+        poison_out = sink("poison", "out", "window", &out3),
+        poison_dead = sink("poison", "dead", "window.failed", &dead3),
+    );
+    let (_dir, config) = support::config(&text);
+    let host = Host::start(std::path::Path::new(BIN), &config, &["run"]);
+    let all = i64::try_from(COUNT).unwrap();
+    let poisoned: BTreeSet<i64> = (0..all).filter(|n| n % 10 == 0).collect();
+    let survivors = all - i64::try_from(poisoned.len()).unwrap();
+    let total = |records: &[Record]| -> i64 {
+        records
+            .iter()
+            .map(|r| r.payload["count"].as_i64().unwrap())
+            .sum()
+    };
+
+    // Every pipeline reads its input to the end and commits it: none stopped on a panic,
+    // and the windows released what they held.
+    for pipeline in ["filter", "window", "poison"] {
+        wait_all_committed(&input, &format!("{tag}-{pipeline}"));
+    }
+
+    // The stateless stage: the tenth records are dead letters, with the reason; the rest
+    // went through, each once.
+    let dead = read_all(&dead1, Duration::from_secs(30), |r| {
+        r.len() >= poisoned.len()
+    });
+    let passed = read_all(&out1, Duration::from_secs(30), |r| {
+        r.len() >= COUNT - poisoned.len()
+    });
+    let (status, log) = host.stop(Duration::from_secs(30));
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        numbers(&dead).into_iter().collect::<BTreeSet<_>>(),
+        poisoned,
+        "{log}"
+    );
+    assert_eq!(dead.len(), poisoned.len(), "each dead letter once");
+    for letter in &dead {
+        assert!(
+            letter.headers["salesflow.error"].contains("asked to panic"),
+            "{:?}",
+            letter.headers
+        );
+        assert_eq!(letter.headers["salesflow.failed.by"], "filter/check");
+    }
+    let passed_numbers = numbers(&passed);
+    assert_eq!(passed_numbers.len(), COUNT - poisoned.len(), "each once");
+    assert!(passed_numbers.iter().all(|n| !poisoned.contains(n)));
+
+    // The window: summaries covering every event exactly once (no panics there), the same
+    // in Kafka and in the run-time file sink.
+    let summaries = read_all(&out2, Duration::from_secs(10), |r| total(r) >= all);
+    assert_eq!(total(&summaries), all, "{summaries:?}");
+    let mut in_kafka: Vec<String> = summaries.iter().map(|r| r.payload.to_string()).collect();
+    let mut in_file: Vec<String> = std::fs::read_to_string(&lines)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    in_kafka.sort();
+    in_file.sort();
+    assert_eq!(in_kafka, in_file);
+
+    // The window that panics while holding events: its held events were read again
+    // (at least once each), each poisoned event dead-lettered exactly once.
+    let dead = read_all(&dead3, Duration::from_secs(10), |r| {
+        r.len() >= poisoned.len()
+    });
+    assert_eq!(
+        numbers(&dead).into_iter().collect::<BTreeSet<_>>(),
+        poisoned
+    );
+    assert_eq!(dead.len(), poisoned.len(), "each dead letter once");
+    let summaries = read_all(&out3, Duration::from_secs(10), |r| total(r) >= survivors);
+    assert!(total(&summaries) >= survivors);
+    support::delete_topics(&[&input, &out1, &dead1, &out2, &out3, &dead3]).await;
 }

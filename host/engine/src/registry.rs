@@ -43,8 +43,9 @@ impl Registry {
             .insert((plugin.kind(), plugin.name().to_owned()), plugin);
     }
 
-    /// Loads every shared library of `dir` as a run-time stage plugin. A library that is
-    /// not a salesflow plugin, or of another ABI version, is an error naming it.
+    /// Loads every shared library of `dir`: each holds run-time stages and sinks. A
+    /// library that is not a salesflow plugin, or of an ABI version this host cannot load,
+    /// is an error naming it; so is a plugin whose kind and name another already has.
     pub fn load_dir(&mut self, dir: &Path) -> Result<Vec<String>, String> {
         let entries =
             std::fs::read_dir(dir).map_err(|e| format!("plugins folder {}: {e}", dir.display()))?;
@@ -58,17 +59,24 @@ impl Registry {
         paths.sort();
         let mut loaded = Vec::new();
         for path in paths {
-            let plugin = dynamic::DynamicPlugin::load(&path)?;
-            loaded.push(format!("{} ({})", plugin.name(), path.display()));
-            let plugin: Arc<dyn Plugin> = Arc::new(plugin);
-            if self.get(ComponentKind::Stage, plugin.name()).is_some() {
-                return Err(format!(
-                    "{}: a stage plugin named {:?} exists already",
-                    path.display(),
-                    plugin.name()
+            for plugin in dynamic::load(&path)? {
+                loaded.push(format!(
+                    "{} {} ({})",
+                    plugin.kind(),
+                    plugin.name(),
+                    path.display()
                 ));
+                let plugin: Arc<dyn Plugin> = Arc::new(plugin);
+                if self.get(plugin.kind(), plugin.name()).is_some() {
+                    return Err(format!(
+                        "{}: a {} plugin named {:?} exists already",
+                        path.display(),
+                        plugin.kind(),
+                        plugin.name()
+                    ));
+                }
+                self.add(plugin);
             }
-            self.add(plugin);
         }
         Ok(loaded)
     }

@@ -110,6 +110,15 @@ pub async fn start(
             let sub = registry
                 .sub_registry_with_label(("pipeline".into(), pipeline.name.clone().into()))
                 .sub_registry_with_label(("component".into(), node.name.clone().into()));
+            let outputs_read = pipeline
+                .nodes
+                .iter()
+                .flat_map(|other| &other.inputs)
+                .filter_map(|input| match crate::topology::split_input(input) {
+                    (component, Some(port)) if component == node.name => Some(port.to_owned()),
+                    _ => None,
+                })
+                .collect();
             let mut ctx = BuildContext::new(
                 &pipeline.name,
                 &node.name,
@@ -117,7 +126,8 @@ pub async fn start(
                 sources_stop.clone(),
                 &mut routes,
                 &mut healthchecks,
-            );
+            )
+            .with_outputs_read(outputs_read);
             let where_ = format!(
                 "{}/{} ({} {})",
                 pipeline.name, node.name, node.type_name, node.kind

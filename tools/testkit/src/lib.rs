@@ -530,25 +530,32 @@ pub fn config(text: &str) -> (tempfile::TempDir, PathBuf) {
 /// Builds the example run-time plugin as a shared library (in its own target folder, so
 /// the build never waits on the test run's) and returns a folder holding only it.
 pub fn build_example_plugin(features: &[&str]) -> tempfile::TempDir {
+    build_plugin("salesflow-example-filter", features)
+}
+
+/// Builds the plugin library of workspace package `package` (a `cdylib`) in its own
+/// target folder and returns a folder holding only it.
+pub fn build_plugin(package: &str, features: &[&str]) -> tempfile::TempDir {
     let workspace = repo();
     let target = std::env::var("CARGO_TARGET_DIR")
         .map_or_else(|_| workspace.join("target"), PathBuf::from)
-        .join(format!("example-plugin{}", features.join("-")));
+        .join(format!("{package}{}", features.join("-")));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
         .current_dir(&workspace)
-        .args(["build", "--quiet", "-p", "salesflow-example-filter"])
+        .args(["build", "--quiet", "-p", package])
         .arg("--target-dir")
         .arg(&target);
     if !features.is_empty() {
         command.args(["--features", &features.join(",")]);
     }
     let status = command.status().expect("run cargo build");
-    assert!(status.success(), "building the example plugin failed");
+    assert!(status.success(), "building plugin {package} failed");
     let library = target.join("debug").join(format!(
-        "{}salesflow_example_filter.{}",
+        "{}{}.{}",
         std::env::consts::DLL_PREFIX,
+        package.replace('-', "_"),
         std::env::consts::DLL_EXTENSION
     ));
     let dir = tempfile::tempdir().unwrap();

@@ -1,57 +1,106 @@
-//! The boundary between the salesflow host and stage plugins loaded at run time.
+//! The boundary between the salesflow host and plugins loaded at run time.
 //!
-//! A run-time plugin is a shared library (`cdylib`) that exports one static,
-//! [`SYMBOL`] (`SALESFLOW_PLUGIN`), a [`PluginDeclaration`]. The host reads its first two
-//! fields — [`ABI_MAGIC`] and the ABI version — before it calls anything, and refuses a
-//! library whose version differs from its own, naming both. Those two fields keep their
-//! place in every future version; everything after them may change with the version.
+//! A run-time plugin library is a shared library (`cdylib`) that exports one static,
+//! [`SYMBOL`] (`SALESFLOW_PLUGIN`), a [`LibraryDeclaration`] listing its plugins: stages
+//! (with state across batches, a timer, a flush at shutdown and named outputs) and sinks
+//! (which write somewhere and say when it is durable). The host reads the declaration's
+//! first three fields — [`ABI_MAGIC`], the major and the minor ABI version — before it
+//! calls anything. It refuses a library built for another major version, naming both, and
+//! one built for a newer minor version than its own; it accepts older minor versions
+//! (a minor version only appends fields the host then knows to be absent). Those three
+//! fields keep their place in every future version.
 //!
 //! Calls move whole batches: one call per batch, never per event. A batch crosses as one
-//! byte buffer in the format of [`encode_events`] / [`decode_events`]. Every exported
-//! function catches panics and returns [`STATUS_PANIC`] with the message, so a panic never
-//! unwinds into the host. Buffers are freed by the side that allocated them.
+//! byte buffer (see [`encode_events`]). Every exported function catches panics and returns
+//! [`STATUS_PANIC`] with the message, so a panic never unwinds into the host. Buffers are
+//! freed by the side that allocated them. The host calls a plugin off its async workers
+//! (on a blocking thread), so a slow call never stalls the rest of the process, and one
+//! instance's calls never overlap.
 //!
-//! Writing a plugin: implement [`DynStage`] and export it with [`export_stage!`]:
+//! Writing a plugin: implement [`DynStage`] or [`DynSink`] and export them with
+//! [`export_plugins!`] (or [`export_stage!`] for a library of one stage):
 //!
 //! ```
-//! use salesflow_plugin_abi::{DynEvent, DynStage, export_stage};
+//! use salesflow_plugin_abi::{DynEvent, DynStage, export_plugins};
 //!
-//! /// Drops events whose payload is empty.
-//! struct DropEmpty;
+//! /// Drops events whose payload is empty; sends those over 1 KiB to `large`.
+//! struct Sort;
 //!
-//! impl DynStage for DropEmpty {
+//! impl DynStage for Sort {
 //!     fn new(_config_json: &str) -> Result<Self, String> {
-//!         Ok(DropEmpty)
+//!         Ok(Sort)
 //!     }
 //!     fn process(&mut self, events: Vec<DynEvent>) -> Result<Vec<DynEvent>, String> {
-//!         Ok(events.into_iter().filter(|e| !e.payload.is_empty()).collect())
+//!         Ok(events
+//!             .into_iter()
+//!             .filter(|e| !e.payload.is_empty())
+//!             .map(|mut e| {
+//!                 if e.payload.len() > 1024 {
+//!                     e.output = Some("large".into());
+//!                 }
+//!                 e
+//!             })
+//!             .collect())
 //!     }
 //! }
 //!
-//! export_stage!(DropEmpty, "drop-empty", "Drops events with an empty payload");
+//! export_plugins! {
+//!     stage(Sort, "sort", "Drops empty events; large ones go to `large`", outputs = ["large"]),
+//! }
 //! # fn main() {}
 //! ```
+//!
+//! [`testing`] runs a plugin through this same boundary in a unit test, without a host.
 
 #![allow(unsafe_code)] // This crate is the FFI boundary; every unsafe block says why it holds.
 
+mod codec;
+pub mod testing;
+
 use std::ffi::{c_char, c_void};
+use std::time::Duration;
+
+pub use codec::{
+    DecodeError, DynEvent, EventRef, StageResult, decode_events, decode_refusals,
+    decode_stage_result, encode_events, encode_refusals, encode_stage_result,
+};
 
 /// "SALESFLW" in ASCII: marks a salesflow plugin declaration.
 pub const ABI_MAGIC: u64 = u64::from_be_bytes(*b"SALESFLW");
 
-/// The version of this ABI. Any change to [`PluginDeclaration`] after its first two fields,
-/// to the function signatures, or to the batch encoding, increments it.
-pub const ABI_VERSION: u32 = 1;
+/// The major version of this ABI: a change to what a host of one version can read of a
+/// library of another (a field moved or retyped, a function's meaning changed, the batch
+/// encoding changed) increments it. Version 1 held one stage and no minor version.
+pub const ABI_VERSION: u32 = 2;
+
+/// The minor version: fields appended to the end of [`LibraryDeclaration`] or
+/// [`PluginEntry`] increment it; a host reads them only from libraries that declare them.
+pub const ABI_MINOR: u32 = 0;
 
 /// The name of the exported static, NUL-terminated.
 pub const SYMBOL: &[u8] = b"SALESFLOW_PLUGIN\0";
 
 /// The call succeeded.
 pub const STATUS_OK: i32 = 0;
-/// The plugin reported an error; the buffer holds its message (UTF-8).
+/// The plugin reported an error; the buffer holds its message (UTF-8). The host may try
+/// the same input again.
 pub const STATUS_ERROR: i32 = 1;
-/// The plugin panicked; the buffer holds the panic message (UTF-8).
+/// The plugin panicked; the buffer holds the panic message (UTF-8). The host destroys the
+/// instance and makes a new one.
 pub const STATUS_PANIC: i32 = 2;
+/// A sink refuses some events for good; the buffer holds them (see [`encode_refusals`]),
+/// and the others were written.
+pub const STATUS_REFUSED: i32 = 3;
+
+/// [`PluginEntry::kind`] of a stage.
+pub const KIND_STAGE: u32 = 1;
+/// [`PluginEntry::kind`] of a sink.
+pub const KIND_SINK: u32 = 2;
+
+/// [`TickFn`]'s `reason`: the time the plugin asked for has come.
+pub const TICK_TIMER: u32 = 0;
+/// [`TickFn`]'s `reason`: the input has ended (shutdown); emit or write what is held.
+pub const TICK_FLUSH: u32 = 1;
 
 /// Bytes lent by the caller for the duration of a call.
 #[repr(C)]
@@ -81,7 +130,7 @@ impl ByteSlice {
 }
 
 /// Bytes allocated by the plugin and handed to the host, which returns them through
-/// [`PluginDeclaration::free_buffer`] (each side frees with its own allocator).
+/// [`LibraryDeclaration::free_buffer`] (each side frees with its own allocator).
 #[repr(C)]
 pub struct OwnedBuffer {
     pub ptr: *mut u8,
@@ -126,248 +175,120 @@ impl OwnedBuffer {
     }
 }
 
-/// Creates a stage instance from its settings, as JSON. On success writes the instance to
-/// `instance`; on failure writes a message to `error`.
+/// Creates an instance from its settings, as JSON. On success writes the instance to
+/// `instance`; on failure writes a message to `error`. Must not do I/O that can wait
+/// (`salesflow check` creates and drops an instance to validate the settings).
 pub type CreateFn = unsafe extern "C" fn(
     config_json: ByteSlice,
     instance: *mut *mut c_void,
     error: *mut OwnedBuffer,
 ) -> i32;
-/// Processes one encoded batch; writes the encoded output batch (or a message) to `output`.
-pub type ProcessFn =
+/// A stage: processes one encoded batch and writes a [`StageResult`] (or a message) to
+/// `output`. A sink: writes one encoded batch; `output` gets nothing, a message, or the
+/// refusals ([`STATUS_REFUSED`]).
+pub type CallFn =
     unsafe extern "C" fn(instance: *mut c_void, input: ByteSlice, output: *mut OwnedBuffer) -> i32;
+/// A stage's timer ([`TICK_TIMER`]) or flush ([`TICK_FLUSH`]): writes a [`StageResult`].
+/// A sink's flush: writes nothing, or a message.
+pub type TickFn =
+    unsafe extern "C" fn(instance: *mut c_void, reason: u32, output: *mut OwnedBuffer) -> i32;
 /// Drops an instance.
 pub type DestroyFn = unsafe extern "C" fn(instance: *mut c_void);
 /// Frees a buffer the plugin handed out.
 pub type FreeBufferFn = unsafe extern "C" fn(buffer: OwnedBuffer);
 
+/// One plugin of a library.
+#[repr(C)]
+pub struct PluginEntry {
+    /// [`KIND_STAGE`] or [`KIND_SINK`].
+    pub kind: u32,
+    /// The type name (`type = "..."` in pipeline.toml), NUL-terminated.
+    pub name: *const c_char,
+    /// One line saying what it does, NUL-terminated.
+    pub summary: *const c_char,
+    /// A stage's named outputs, comma-separated, NUL-terminated (empty: none).
+    pub outputs: *const c_char,
+    pub create: CreateFn,
+    pub call: CallFn,
+    pub tick: TickFn,
+    pub destroy: DestroyFn,
+}
+
 /// What a plugin library exports as `SALESFLOW_PLUGIN`.
 #[repr(C)]
-pub struct PluginDeclaration {
+pub struct LibraryDeclaration {
     /// Always [`ABI_MAGIC`]. Stable position.
     pub magic: u64,
-    /// The [`ABI_VERSION`] the plugin was built against. Stable position.
+    /// The [`ABI_VERSION`] the library was built against. Stable position.
     pub abi_version: u32,
-    /// The plugin's type name (`type = "..."` in pipeline.toml), NUL-terminated.
-    pub name: *const c_char,
-    /// One line saying what the stage does, NUL-terminated.
-    pub summary: *const c_char,
-    pub create: CreateFn,
-    pub process: ProcessFn,
-    pub destroy: DestroyFn,
+    /// The [`ABI_MINOR`] it was built against. Stable position.
+    pub abi_minor: u32,
+    pub plugins: *const PluginEntry,
+    pub plugin_count: usize,
     pub free_buffer: FreeBufferFn,
 }
 
-// SAFETY: the declaration is immutable static data (pointers to static strings and
-// functions); sharing it between threads is sound.
-unsafe impl Sync for PluginDeclaration {}
+// SAFETY: the declaration is immutable static data (pointers to static strings, entries
+// and functions); sharing it between threads is sound.
+unsafe impl Sync for LibraryDeclaration {}
+// SAFETY: as above.
+unsafe impl Sync for PluginEntry {}
 
-/// One event as it crosses the boundary.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct DynEvent {
-    /// The position of the input event this one came from, when the plugin passes an event
-    /// through or derives it from one; the host uses it to keep the event's origin (topic,
-    /// partition, offset). `None` for events the plugin makes up.
-    pub input_index: Option<u32>,
-    pub key: Option<Vec<u8>>,
-    pub payload: Vec<u8>,
-    pub headers: Vec<(String, Vec<u8>)>,
-    pub timestamp_ms: Option<i64>,
-}
-
-/// A malformed batch buffer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DecodeError(pub String);
-
-impl std::fmt::Display for DecodeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "malformed batch buffer: {}", self.0)
-    }
-}
-
-impl std::error::Error for DecodeError {}
-
-const HAS_KEY: u8 = 1;
-const HAS_TIMESTAMP: u8 = 2;
-const HAS_INDEX: u8 = 4;
-
-/// Encodes events: `u32 count`, then per event `u8 flags`, `[u32 input index]`,
-/// `[u32 len, key]`, `[i64 timestamp]`, `u32 len, payload`, `u16 header count`, and per
-/// header `u16 len, name, u32 len, value`; integers little-endian.
-pub fn encode_events<'a, I>(events: I, count: usize) -> Vec<u8>
-where
-    I: IntoIterator<Item = EventRef<'a>>,
-{
-    let mut out = Vec::with_capacity(4 + count * 64);
-    out.extend_from_slice(&u32::try_from(count).unwrap_or(u32::MAX).to_le_bytes());
-    for event in events {
-        let mut flags = 0;
-        if event.key.is_some() {
-            flags |= HAS_KEY;
-        }
-        if event.timestamp_ms.is_some() {
-            flags |= HAS_TIMESTAMP;
-        }
-        if event.input_index.is_some() {
-            flags |= HAS_INDEX;
-        }
-        out.push(flags);
-        if let Some(index) = event.input_index {
-            out.extend_from_slice(&index.to_le_bytes());
-        }
-        if let Some(key) = event.key {
-            put_bytes32(&mut out, key);
-        }
-        if let Some(ts) = event.timestamp_ms {
-            out.extend_from_slice(&ts.to_le_bytes());
-        }
-        put_bytes32(&mut out, event.payload);
-        let headers: Vec<_> = event.headers.collect();
-        out.extend_from_slice(
-            &u16::try_from(headers.len())
-                .unwrap_or(u16::MAX)
-                .to_le_bytes(),
-        );
-        for (name, value) in headers.into_iter().take(usize::from(u16::MAX)) {
-            let name = &name.as_bytes()[..name.len().min(usize::from(u16::MAX))];
-            out.extend_from_slice(&u16::try_from(name.len()).unwrap_or(u16::MAX).to_le_bytes());
-            out.extend_from_slice(name);
-            put_bytes32(&mut out, value);
-        }
-    }
-    out
-}
-
-/// A borrowed view of an event for [`encode_events`].
-pub struct EventRef<'a> {
-    pub input_index: Option<u32>,
-    pub key: Option<&'a [u8]>,
-    pub payload: &'a [u8],
-    pub headers: Box<dyn Iterator<Item = (&'a str, &'a [u8])> + 'a>,
-    pub timestamp_ms: Option<i64>,
-}
-
-impl<'a> From<&'a DynEvent> for EventRef<'a> {
-    fn from(e: &'a DynEvent) -> Self {
-        EventRef {
-            input_index: e.input_index,
-            key: e.key.as_deref(),
-            payload: &e.payload,
-            headers: Box::new(e.headers.iter().map(|(n, v)| (n.as_str(), v.as_slice()))),
-            timestamp_ms: e.timestamp_ms,
-        }
-    }
-}
-
-fn put_bytes32(out: &mut Vec<u8>, bytes: &[u8]) {
-    let len = bytes.len().min(u32::MAX as usize);
-    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
-    out.extend_from_slice(&bytes[..len]);
-}
-
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|&end| end <= self.bytes.len())
-            .ok_or_else(|| DecodeError(format!("needs {n} bytes at offset {}", self.at)))?;
-        let out = &self.bytes[self.at..end];
-        self.at = end;
-        Ok(out)
-    }
-    fn u8(&mut self) -> Result<u8, DecodeError> {
-        Ok(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Result<u16, DecodeError> {
-        let b = self.take(2)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
-    }
-    fn u32(&mut self) -> Result<u32, DecodeError> {
-        let b = self.take(4)?;
-        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-    }
-    fn i64(&mut self) -> Result<i64, DecodeError> {
-        let b = self.take(8)?;
-        let mut a = [0; 8];
-        a.copy_from_slice(b);
-        Ok(i64::from_le_bytes(a))
-    }
-    fn bytes32(&mut self) -> Result<&'a [u8], DecodeError> {
-        let n = self.u32()? as usize;
-        self.take(n)
-    }
-}
-
-/// Decodes a buffer written by [`encode_events`].
-pub fn decode_events(bytes: &[u8]) -> Result<Vec<DynEvent>, DecodeError> {
-    let mut r = Reader { bytes, at: 0 };
-    let count = r.u32()? as usize;
-    // Every event takes at least 7 bytes: a count larger than that is a lie.
-    if count > bytes.len() / 7 + 1 {
-        return Err(DecodeError(format!(
-            "{count} events cannot fit in {} bytes",
-            bytes.len()
-        )));
-    }
-    let mut events = Vec::with_capacity(count);
-    for _ in 0..count {
-        let flags = r.u8()?;
-        let input_index = if flags & HAS_INDEX != 0 {
-            Some(r.u32()?)
-        } else {
-            None
-        };
-        let key = if flags & HAS_KEY != 0 {
-            Some(r.bytes32()?.to_vec())
-        } else {
-            None
-        };
-        let timestamp_ms = if flags & HAS_TIMESTAMP != 0 {
-            Some(r.i64()?)
-        } else {
-            None
-        };
-        let payload = r.bytes32()?.to_vec();
-        let header_count = r.u16()?;
-        let mut headers = Vec::with_capacity(usize::from(header_count));
-        for _ in 0..header_count {
-            let name_len = usize::from(r.u16()?);
-            let name = std::str::from_utf8(r.take(name_len)?)
-                .map_err(|_| DecodeError("header name is not UTF-8".into()))?
-                .to_owned();
-            headers.push((name, r.bytes32()?.to_vec()));
-        }
-        events.push(DynEvent {
-            input_index,
-            key,
-            payload,
-            headers,
-            timestamp_ms,
-        });
-    }
-    if r.at != bytes.len() {
-        return Err(DecodeError(format!(
-            "{} trailing bytes",
-            bytes.len() - r.at
-        )));
-    }
-    Ok(events)
-}
-
-/// A stage implemented in a plugin library. One instance serves one lane of the host: its
-/// calls never overlap.
+/// A stage implemented in a plugin library. One instance serves one lane of the host:
+/// its calls never overlap, and it sees its lane's batches in order.
+///
+/// A stage may keep events across calls (a window, a batch): it then says so with
+/// [`DynStage::holds_events`], and the host acknowledges the input to its sources only
+/// once the stage holds nothing — so a crash never loses what it held.
 pub trait DynStage: Sized + Send + 'static {
     /// Builds the stage from its settings in pipeline.toml (the component's table minus
     /// `type` and `inputs`), given as JSON.
     fn new(config_json: &str) -> Result<Self, String>;
-    /// Transforms one batch. Events passed through keep their `input_index`.
+    /// Transforms one batch. Events passed through keep their `input_index`; an event
+    /// with `output` set goes to that named output.
     fn process(&mut self, events: Vec<DynEvent>) -> Result<Vec<DynEvent>, String>;
+    /// Whether the stage holds input events for a later call. Asked after every call.
+    fn holds_events(&self) -> bool {
+        false
+    }
+    /// When the host should call [`DynStage::on_timer`], from now. Asked after every
+    /// call; `None`: no timer.
+    fn next_timer(&self) -> Option<Duration> {
+        None
+    }
+    /// The time asked for by [`DynStage::next_timer`] has come.
+    fn on_timer(&mut self) -> Result<Vec<DynEvent>, String> {
+        Ok(Vec::new())
+    }
+    /// The input has ended (shutdown): emit whatever is held.
+    fn flush(&mut self) -> Result<Vec<DynEvent>, String> {
+        self.on_timer()
+    }
+}
+
+/// Why a sink's write did not (wholly) succeed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SinkError {
+    /// Nothing of the batch is known to be written; trying again may help (a server down,
+    /// a timeout). The host retries, then fails the batch back to its sources.
+    Retry(String),
+    /// These events (by position in the write, each with why) can never be written; the
+    /// others were. They become dead letters when the sink's `failed` output is read.
+    Refused(Vec<(usize, String)>),
+}
+
+/// A sink implemented in a plugin library: writes batches somewhere durable. One instance
+/// serves one lane; its calls never overlap.
+pub trait DynSink: Sized + Send + 'static {
+    /// Builds the sink from its settings, as JSON (as [`DynStage::new`]).
+    fn new(config_json: &str) -> Result<Self, String>;
+    /// Writes the events; returns once they are durable (the host then acknowledges them
+    /// to their sources).
+    fn write(&mut self, events: Vec<DynEvent>) -> Result<(), SinkError>;
+    /// Shutdown: push out anything buffered.
+    fn flush(&mut self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Runs `f`, turning a panic into [`STATUS_PANIC`] with its message in `out`.
@@ -375,19 +296,15 @@ pub trait DynStage: Sized + Send + 'static {
 /// # Safety
 /// `out` must be null or point to a writable `OwnedBuffer` slot.
 #[doc(hidden)]
-pub unsafe fn guard(out: *mut OwnedBuffer, f: impl FnOnce() -> Result<Vec<u8>, String>) -> i32 {
+pub unsafe fn guard(
+    out: *mut OwnedBuffer,
+    f: impl FnOnce() -> Result<Vec<u8>, (i32, Vec<u8>)>,
+) -> i32 {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
     let (status, bytes) = match result {
         Ok(Ok(bytes)) => (STATUS_OK, bytes),
-        Ok(Err(message)) => (STATUS_ERROR, message.into_bytes()),
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_owned())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".to_owned());
-            (STATUS_PANIC, message.into_bytes())
-        }
+        Ok(Err((status, bytes))) => (status, bytes),
+        Err(panic) => (STATUS_PANIC, panic_message(panic.as_ref()).into_bytes()),
     };
     if !out.is_null() {
         // SAFETY: per the function contract.
@@ -396,119 +313,260 @@ pub unsafe fn guard(out: *mut OwnedBuffer, f: impl FnOnce() -> Result<Vec<u8>, S
     status
 }
 
-/// Exports a [`DynStage`] as this library's `SALESFLOW_PLUGIN`.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+fn error(message: String) -> (i32, Vec<u8>) {
+    (STATUS_ERROR, message.into_bytes())
+}
+
+/// # Safety
+/// The host's side of [`CreateFn`].
+unsafe fn create_with<T>(
+    config: ByteSlice,
+    instance: *mut *mut c_void,
+    out: *mut OwnedBuffer,
+    new: fn(&str) -> Result<T, String>,
+) -> i32 {
+    let call = || {
+        // SAFETY: the host lends the config bytes for this call.
+        let bytes = unsafe { config.as_slice() };
+        let json = std::str::from_utf8(bytes).map_err(|e| error(e.to_string()))?;
+        let made = new(json).map_err(error)?;
+        // SAFETY: the host passes a valid slot for the instance pointer.
+        unsafe { instance.write(Box::into_raw(Box::new(made)).cast::<c_void>()) };
+        Ok(Vec::new())
+    };
+    // SAFETY: the host passes a writable slot for the message.
+    unsafe { guard(out, call) }
+}
+
+fn stage_result<T: DynStage>(stage: &T, events: Vec<DynEvent>) -> Vec<u8> {
+    encode_stage_result(&StageResult {
+        events,
+        holding: stage.holds_events(),
+        timer: stage.next_timer(),
+    })
+}
+
+/// [`CreateFn`] of a stage `T`.
+///
+/// # Safety
+/// Called by the host per the ABI.
+#[doc(hidden)]
+pub unsafe extern "C" fn stage_create<T: DynStage>(
+    config: ByteSlice,
+    instance: *mut *mut c_void,
+    error: *mut OwnedBuffer,
+) -> i32 {
+    // SAFETY: per the ABI.
+    unsafe { create_with::<T>(config, instance, error, T::new) }
+}
+
+/// [`CallFn`] of a stage `T`.
+///
+/// # Safety
+/// Called by the host per the ABI, with an instance made by [`stage_create::<T>`].
+#[doc(hidden)]
+pub unsafe extern "C" fn stage_call<T: DynStage>(
+    instance: *mut c_void,
+    input: ByteSlice,
+    output: *mut OwnedBuffer,
+) -> i32 {
+    let call = || {
+        // SAFETY: `instance` comes from `stage_create::<T>`; its calls never overlap.
+        let stage = unsafe { &mut *instance.cast::<T>() };
+        // SAFETY: the host lends the input bytes for this call.
+        let events =
+            decode_events(unsafe { input.as_slice() }).map_err(|e| error(e.to_string()))?;
+        let out = stage.process(events).map_err(error)?;
+        Ok(stage_result(stage, out))
+    };
+    // SAFETY: the host passes a writable slot for the output.
+    unsafe { guard(output, call) }
+}
+
+/// [`TickFn`] of a stage `T`.
+///
+/// # Safety
+/// As [`stage_call`].
+#[doc(hidden)]
+pub unsafe extern "C" fn stage_tick<T: DynStage>(
+    instance: *mut c_void,
+    reason: u32,
+    output: *mut OwnedBuffer,
+) -> i32 {
+    let call = || {
+        // SAFETY: as in `stage_call`.
+        let stage = unsafe { &mut *instance.cast::<T>() };
+        let out = if reason == TICK_FLUSH {
+            stage.flush()
+        } else {
+            stage.on_timer()
+        }
+        .map_err(error)?;
+        Ok(stage_result(stage, out))
+    };
+    // SAFETY: the host passes a writable slot for the output.
+    unsafe { guard(output, call) }
+}
+
+/// [`CreateFn`] of a sink `T`.
+///
+/// # Safety
+/// Called by the host per the ABI.
+#[doc(hidden)]
+pub unsafe extern "C" fn sink_create<T: DynSink>(
+    config: ByteSlice,
+    instance: *mut *mut c_void,
+    error: *mut OwnedBuffer,
+) -> i32 {
+    // SAFETY: per the ABI.
+    unsafe { create_with::<T>(config, instance, error, T::new) }
+}
+
+/// [`CallFn`] of a sink `T`.
+///
+/// # Safety
+/// Called by the host per the ABI, with an instance made by [`sink_create::<T>`].
+#[doc(hidden)]
+pub unsafe extern "C" fn sink_call<T: DynSink>(
+    instance: *mut c_void,
+    input: ByteSlice,
+    output: *mut OwnedBuffer,
+) -> i32 {
+    let call = || {
+        // SAFETY: `instance` comes from `sink_create::<T>`; its calls never overlap.
+        let sink = unsafe { &mut *instance.cast::<T>() };
+        // SAFETY: the host lends the input bytes for this call.
+        let events =
+            decode_events(unsafe { input.as_slice() }).map_err(|e| error(e.to_string()))?;
+        match sink.write(events) {
+            Ok(()) => Ok(Vec::new()),
+            Err(SinkError::Retry(message)) => Err(error(message)),
+            Err(SinkError::Refused(refused)) => Err((STATUS_REFUSED, encode_refusals(&refused))),
+        }
+    };
+    // SAFETY: the host passes a writable slot for the output.
+    unsafe { guard(output, call) }
+}
+
+/// [`TickFn`] of a sink `T`: its flush.
+///
+/// # Safety
+/// As [`sink_call`].
+#[doc(hidden)]
+pub unsafe extern "C" fn sink_tick<T: DynSink>(
+    instance: *mut c_void,
+    reason: u32,
+    output: *mut OwnedBuffer,
+) -> i32 {
+    let call = || {
+        // SAFETY: as in `sink_call`.
+        let sink = unsafe { &mut *instance.cast::<T>() };
+        if reason == TICK_FLUSH {
+            sink.flush().map_err(error)?;
+        }
+        Ok(Vec::new())
+    };
+    // SAFETY: the host passes a writable slot for the output.
+    unsafe { guard(output, call) }
+}
+
+/// [`DestroyFn`] of `T`.
+///
+/// # Safety
+/// Called by the host once per instance made by this library's create function for `T`.
+#[doc(hidden)]
+pub unsafe extern "C" fn destroy<T>(instance: *mut c_void) {
+    if !instance.is_null() {
+        let _ = std::panic::catch_unwind(|| {
+            // SAFETY: `instance` is a `Box<T>` from `create_with`, destroyed once.
+            drop(unsafe { Box::from_raw(instance.cast::<T>()) });
+        });
+    }
+}
+
+/// [`FreeBufferFn`]: every buffer this library hands out.
+///
+/// # Safety
+/// `buffer` must come from [`OwnedBuffer::from_vec`] in this library.
+#[doc(hidden)]
+pub unsafe extern "C" fn free_buffer(buffer: OwnedBuffer) {
+    // SAFETY: per the function contract.
+    drop(unsafe { buffer.into_vec() });
+}
+
+/// Exports this library's plugins as `SALESFLOW_PLUGIN`: each a `stage(TYPE, "name",
+/// "summary")` (optionally `, outputs = ["a", "b"]`) or a `sink(TYPE, "name",
+/// "summary")`.
+#[macro_export]
+macro_rules! export_plugins {
+    ($($kind:ident ($ty:ty, $name:literal, $summary:literal $(, outputs = [$($out:literal),* $(,)?])? )),+ $(,)?) => {
+        $crate::export_plugins!(@abi ($crate::ABI_VERSION, $crate::ABI_MINOR);
+            $($kind ($ty, $name, $summary $(, outputs = [$($out),*])?)),+);
+    };
+    // Declares other ABI versions: only for tests of the host's version check.
+    (@abi ($major:expr, $minor:expr); $($kind:ident ($ty:ty, $name:literal, $summary:literal $(, outputs = [$($out:literal),* $(,)?])? )),+ $(,)?) => {
+        const __SALESFLOW_PLUGINS: &[$crate::PluginEntry] = &[
+            $($crate::export_plugins!(@entry $kind, $ty, $name, $summary, [$($($out),*)?])),+
+        ];
+        #[unsafe(no_mangle)]
+        pub static SALESFLOW_PLUGIN: $crate::LibraryDeclaration = $crate::LibraryDeclaration {
+            magic: $crate::ABI_MAGIC,
+            abi_version: $major,
+            abi_minor: $minor,
+            plugins: __SALESFLOW_PLUGINS.as_ptr(),
+            plugin_count: __SALESFLOW_PLUGINS.len(),
+            free_buffer: $crate::free_buffer,
+        };
+    };
+    (@entry stage, $ty:ty, $name:literal, $summary:literal, [$($out:literal),*]) => {
+        $crate::PluginEntry {
+            kind: $crate::KIND_STAGE,
+            name: concat!($name, "\0").as_ptr().cast(),
+            summary: concat!($summary, "\0").as_ptr().cast(),
+            outputs: $crate::export_plugins!(@outputs [$($out),*]),
+            create: $crate::stage_create::<$ty>,
+            call: $crate::stage_call::<$ty>,
+            tick: $crate::stage_tick::<$ty>,
+            destroy: $crate::destroy::<$ty>,
+        }
+    };
+    (@entry sink, $ty:ty, $name:literal, $summary:literal, []) => {
+        $crate::PluginEntry {
+            kind: $crate::KIND_SINK,
+            name: concat!($name, "\0").as_ptr().cast(),
+            summary: concat!($summary, "\0").as_ptr().cast(),
+            outputs: "\0".as_ptr().cast(),
+            create: $crate::sink_create::<$ty>,
+            call: $crate::sink_call::<$ty>,
+            tick: $crate::sink_tick::<$ty>,
+            destroy: $crate::destroy::<$ty>,
+        }
+    };
+    (@outputs []) => { "\0".as_ptr().cast() };
+    (@outputs [$first:literal $(, $rest:literal)*]) => {
+        concat!($first $(, ",", $rest)*, "\0").as_ptr().cast()
+    };
+}
+
+/// Exports a library of one [`DynStage`]: `export_stage!(TYPE, "name", "summary")`.
 #[macro_export]
 macro_rules! export_stage {
     ($stage:ty, $name:literal, $summary:literal) => {
-        $crate::export_stage!(@abi $crate::ABI_VERSION, $stage, $name, $summary);
-    };
-    // Declares another ABI version: only for tests of the host's version check.
-    (@abi $version:expr, $stage:ty, $name:literal, $summary:literal) => {
-        mod __salesflow_plugin_export {
-            use super::*;
-            use std::ffi::c_void;
-            use $crate::{ByteSlice, DynStage, OwnedBuffer};
-
-            unsafe extern "C" fn create(
-                config: ByteSlice,
-                instance: *mut *mut c_void,
-                error: *mut OwnedBuffer,
-            ) -> i32 {
-                // SAFETY: the host passes a writable slot for the message.
-                unsafe { $crate::guard(error, || {
-                    // SAFETY: the host lends the config bytes for this call.
-                    let bytes = unsafe { config.as_slice() };
-                    let json = std::str::from_utf8(bytes).map_err(|e| e.to_string())?;
-                    let stage = <$stage as DynStage>::new(json)?;
-                    let boxed: Box<$stage> = Box::new(stage);
-                    // SAFETY: the host passes a valid slot for the instance pointer.
-                    unsafe { instance.write(Box::into_raw(boxed).cast::<c_void>()) };
-                    Ok(Vec::new())
-                }) }
-            }
-
-            unsafe extern "C" fn process(
-                instance: *mut c_void,
-                input: ByteSlice,
-                output: *mut OwnedBuffer,
-            ) -> i32 {
-                // SAFETY: the host passes a writable slot for the output.
-                unsafe { $crate::guard(output, || {
-                    // SAFETY: `instance` comes from `create` and is used by one lane at a time.
-                    let stage = unsafe { &mut *instance.cast::<$stage>() };
-                    // SAFETY: the host lends the input bytes for this call.
-                    let events = $crate::decode_events(unsafe { input.as_slice() })
-                        .map_err(|e| e.to_string())?;
-                    let out = stage.process(events)?;
-                    Ok($crate::encode_events(out.iter().map(Into::into), out.len()))
-                }) }
-            }
-
-            unsafe extern "C" fn destroy(instance: *mut c_void) {
-                if !instance.is_null() {
-                    let _ = std::panic::catch_unwind(|| {
-                        // SAFETY: `instance` comes from `create` and is destroyed once.
-                        drop(unsafe { Box::from_raw(instance.cast::<$stage>()) });
-                    });
-                }
-            }
-
-            unsafe extern "C" fn free_buffer(buffer: OwnedBuffer) {
-                // SAFETY: every buffer handed out was made by OwnedBuffer::from_vec here.
-                drop(unsafe { buffer.into_vec() });
-            }
-
-            #[unsafe(no_mangle)]
-            pub static SALESFLOW_PLUGIN: $crate::PluginDeclaration = $crate::PluginDeclaration {
-                magic: $crate::ABI_MAGIC,
-                abi_version: $version,
-                name: concat!($name, "\0").as_ptr().cast(),
-                summary: concat!($summary, "\0").as_ptr().cast(),
-                create,
-                process,
-                destroy,
-                free_buffer,
-            };
-        }
+        $crate::export_plugins!(stage($stage, $name, $summary));
     };
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sample() -> Vec<DynEvent> {
-        vec![
-            DynEvent {
-                input_index: Some(0),
-                key: Some(b"cart-1".to_vec()),
-                payload: br#"{"a":1}"#.to_vec(),
-                headers: vec![("h".into(), b"v".to_vec())],
-                timestamp_ms: Some(1_700_000_000_000),
-            },
-            DynEvent::default(),
-        ]
-    }
-
-    #[test]
-    fn events_round_trip() {
-        let events = sample();
-        let bytes = encode_events(events.iter().map(Into::into), events.len());
-        assert_eq!(decode_events(&bytes).unwrap(), events);
-    }
-
-    #[test]
-    fn truncated_and_padded_buffers_are_refused() {
-        let events = sample();
-        let bytes = encode_events(events.iter().map(Into::into), events.len());
-        for cut in 0..bytes.len() {
-            assert!(decode_events(&bytes[..cut]).is_err(), "cut at {cut}");
-        }
-        let mut padded = bytes.clone();
-        padded.push(0);
-        assert!(decode_events(&padded).is_err());
-        assert!(decode_events(&[0xff, 0xff, 0xff, 0x7f]).is_err());
-    }
 
     #[test]
     fn guard_turns_a_panic_into_a_status() {
@@ -518,5 +576,12 @@ mod tests {
         assert_eq!(status, STATUS_PANIC);
         // SAFETY: made by from_vec in this library.
         assert_eq!(unsafe { out.into_vec() }, b"boom");
+    }
+
+    #[test]
+    fn the_stable_header_keeps_its_offsets() {
+        assert_eq!(std::mem::offset_of!(LibraryDeclaration, magic), 0);
+        assert_eq!(std::mem::offset_of!(LibraryDeclaration, abi_version), 8);
+        assert_eq!(std::mem::offset_of!(LibraryDeclaration, abi_minor), 12);
     }
 }

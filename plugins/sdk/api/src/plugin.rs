@@ -118,6 +118,8 @@ pub struct BuildContext<'a> {
     pub shutdown: CancellationToken,
     routes: &'a mut Vec<Route>,
     healthchecks: &'a mut Vec<Healthcheck>,
+    /// The component's named outputs that another component reads.
+    outputs_read: Vec<String>,
 }
 
 impl<'a> BuildContext<'a> {
@@ -136,7 +138,22 @@ impl<'a> BuildContext<'a> {
             shutdown,
             routes,
             healthchecks,
+            outputs_read: Vec::new(),
         }
+    }
+
+    /// Says which of the component's named outputs other components read.
+    #[must_use]
+    pub fn with_outputs_read(mut self, outputs: Vec<String>) -> Self {
+        self.outputs_read = outputs;
+        self
+    }
+
+    /// Whether another component reads the named output `name` (`inputs =
+    /// ["component.name"]`): a component may fail a batch back to its source rather than
+    /// send events where nobody reads them.
+    pub fn output_is_read(&self, name: &str) -> bool {
+        self.outputs_read.iter().any(|o| o == name)
     }
 
     /// Serves `router` (which handles `path`) on the process's HTTP server.

@@ -27,6 +27,10 @@ struct Settings {
     /// For tests of the boundary: a payload containing this text makes the plugin panic.
     #[serde(default)]
     panic_on: Option<String>,
+    /// For tests of dead letters: events whose top-level `n` is a multiple of this make
+    /// the plugin panic.
+    #[serde(default)]
+    panic_every: Option<u64>,
 }
 
 struct ExampleFilter {
@@ -55,6 +59,15 @@ impl DynStage for ExampleFilter {
             }
             let value: serde_json::Value = serde_json::from_slice(&event.payload)
                 .map_err(|e| format!("event is not JSON: {e}"))?;
+            if let (Some(every), Some(n)) = (
+                self.settings.panic_every.filter(|&e| e > 0),
+                value.get("n").and_then(serde_json::Value::as_u64),
+            ) {
+                assert!(
+                    n % every != 0,
+                    "asked to panic on every {every}th event; this one is {n}"
+                );
+            }
             if value.get(&self.settings.drop_field) == Some(&self.settings.drop_value) {
                 continue;
             }
@@ -69,18 +82,23 @@ impl DynStage for ExampleFilter {
     }
 }
 
-#[cfg(not(feature = "wrong-abi"))]
+#[cfg(not(any(feature = "wrong-abi", feature = "newer-minor")))]
 salesflow_plugin_abi::export_stage!(
     ExampleFilter,
     "example-filter",
     "Drops events whose JSON field equals a value; stamps the rest with a header"
 );
 
-// The same plugin declared for an ABI version this host does not speak.
+// The same plugin declared for an ABI major version this host does not speak.
 #[cfg(feature = "wrong-abi")]
-salesflow_plugin_abi::export_stage!(
-    @abi salesflow_plugin_abi::ABI_VERSION + 1,
-    ExampleFilter,
-    "example-filter",
-    "Declared for the next ABI version"
+salesflow_plugin_abi::export_plugins!(
+    @abi (salesflow_plugin_abi::ABI_VERSION + 1, 0);
+    stage(ExampleFilter, "example-filter", "Declared for the next ABI major version")
+);
+
+// The same plugin declared for a minor version newer than this host's.
+#[cfg(feature = "newer-minor")]
+salesflow_plugin_abi::export_plugins!(
+    @abi (salesflow_plugin_abi::ABI_VERSION, salesflow_plugin_abi::ABI_MINOR + 1);
+    stage(ExampleFilter, "example-filter", "Declared for the next ABI minor version")
 );
