@@ -3,6 +3,7 @@
 //! set of [`builtins`].
 
 mod builtins;
+mod scaffold;
 
 pub use builtins::builtins;
 
@@ -104,6 +105,50 @@ fn cli(registry: &Registry) -> Clap {
                 .after_help("Examples:\n  salesflow plugins\n  salesflow plugins | less"),
         )
         .subcommand(
+            Clap::new("plugin")
+                .about("Start a run-time plugin library of your own")
+                .after_help(
+                    "Examples:\n  \
+                     salesflow plugin new shop-window\n  \
+                     salesflow plugin new --help",
+                )
+                .subcommand_required(true)
+                .subcommand(
+                    Clap::new("new")
+                        .about(
+                            "Create a cargo project (outside this repository) for a run-time plugin \
+                             library: a timer-driven stage NAME and a sink NAME-file, with tests",
+                        )
+                        .after_help(
+                            "Examples:\n  \
+                             salesflow plugin new shop-window\n  \
+                             salesflow plugin new shop-window --dir ~/src --sdk ~/salesflow/plugins/sdk/abi\n\n\
+                             The walk-through: docs/plugins.md",
+                        )
+                        .arg(
+                            Arg::new("name")
+                                .required(true)
+                                .help("The plugin's type name, also the project's folder and crate"),
+                        )
+                        .arg(
+                            Arg::new("dir")
+                                .long("dir")
+                                .value_parser(value_parser!(PathBuf))
+                                .default_value(".")
+                                .help("The folder to create the project in"),
+                        )
+                        .arg(
+                            Arg::new("sdk")
+                                .long("sdk")
+                                .value_parser(value_parser!(PathBuf))
+                                .help(
+                                    "The folder of the plugin SDK crate (salesflow-plugin-abi). \
+                                     Default: the one this binary was built from",
+                                ),
+                        ),
+                ),
+        )
+        .subcommand(
             Clap::new("schema")
                 .about("Print a JSON Schema of pipeline.toml, from every plugin's settings (for editors)")
                 .after_help(
@@ -160,6 +205,18 @@ pub fn main() -> ExitCode {
     let Some((name, sub)) = matches.subcommand() else {
         return ExitCode::FAILURE;
     };
+    if name == "plugin" {
+        let Some(("new", new)) = sub.subcommand() else {
+            return ExitCode::FAILURE;
+        };
+        let project = new.get_one::<String>("name").map_or("", String::as_str);
+        let parent = new
+            .get_one::<PathBuf>("dir")
+            .cloned()
+            .unwrap_or_else(|| PathBuf::from("."));
+        let sdk = new.get_one::<PathBuf>("sdk").map(PathBuf::as_path);
+        return scaffold::run_new(project, &parent, sdk);
+    }
     if name == "plugins" || name == "schema" {
         // This binary's plugins, plus the configured folder's when the config loads.
         let registry = salesflow_host::load_plan(&config, &sets, registry.clone())
@@ -289,7 +346,7 @@ mod tests {
         let registry = builtins();
         let help = cli(&registry).render_long_help().to_string();
         for name in [
-            "run", "check", "graph", "plugins", "schema", "dlq", "replay", "load",
+            "run", "check", "graph", "plugins", "plugin", "schema", "dlq", "replay", "load",
         ] {
             assert!(help.contains(name), "{name} missing from:\n{help}");
         }

@@ -2,6 +2,8 @@
 //! plugins it is given, and runs, checks, draws or documents it. It knows the plugin SDK
 //! and nothing else: the binary registers the plugins and commands (`Registrar`).
 
+pub use salesflow_plugin_api::{NAME_RULE as PLUGIN_NAME_RULE, is_name as is_plugin_name};
+
 pub mod adaptive;
 pub mod config;
 pub mod dynamic;
