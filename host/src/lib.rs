@@ -69,11 +69,21 @@ fn cli(registry: &Registry) -> Clap {
         )
         .subcommand(
             Clap::new("check")
-                .about("Validate the configuration without connecting to anything; the exit code says")
+                .about("Validate the configuration without connecting to anything (or, with --connect, reach every server too); the exit code says")
                 .after_help(
                     "Examples:\n  \
                      salesflow check\n  \
+                     salesflow check --connect                    # also build each component and run its health checks\n  \
                      salesflow --config other.toml --set log.level=debug check",
+                )
+                .arg(
+                    Arg::new("connect")
+                        .long("connect")
+                        .action(ArgAction::SetTrue)
+                        .help(
+                            "Also build every component (connecting to its servers) and run each \
+                             health check once; reads and writes nothing",
+                        ),
                 ),
         )
         .subcommand(
@@ -257,6 +267,9 @@ pub fn main() -> ExitCode {
     match name {
         "check" => {
             print!("{}", salesflow_host::summary(&loaded, &plan));
+            if sub.get_flag("connect") {
+                return check_connect(&plan);
+            }
             ExitCode::SUCCESS
         }
         "graph" => {
@@ -273,6 +286,40 @@ pub fn main() -> ExitCode {
         }
         "run" => run(plan, sub),
         _ => ExitCode::FAILURE,
+    }
+}
+
+/// `check --connect`: every component built and every health check run once.
+fn check_connect(plan: &salesflow_host::topology::Plan) -> ExitCode {
+    salesflow_host::init_logging("warn", plan.log.format);
+    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    else {
+        eprintln!("salesflow: cannot start the async runtime");
+        return ExitCode::FAILURE;
+    };
+    let found = runtime.block_on(salesflow_host::runtime::check_connections(
+        plan,
+        std::time::Duration::from_secs(10),
+    ));
+    let failed = found.iter().filter(|c| c.result.is_err()).count();
+    println!("connections:");
+    for check in &found {
+        match &check.result {
+            Ok(()) => println!("  ok      {}", check.name),
+            Err(e) => println!("  FAILED  {}: {e}", check.name),
+        }
+    }
+    println!(
+        "{} check(s): {} ok, {failed} failed",
+        found.len(),
+        found.len() - failed
+    );
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

@@ -1,6 +1,7 @@
 //! `salesflow check` rejects each kind of bad configuration before anything connects,
 //! naming the file, the line and the key path (or the override that set it), and never
-//! prints a secret. `salesflow graph` draws the default pipeline.toml.
+//! prints a secret. `salesflow graph` draws the default pipeline.toml. `salesflow check
+//! --connect` reaches the real servers and names what does not answer.
 
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
@@ -325,4 +326,54 @@ fn graph_draws_the_default_pipeline_toml() {
     assert_eq!(stdout.matches(" -->").count(), edges);
     let (ok, dot, _) = salesflow(&default, &["graph", "--format", "dot"], &[]);
     assert!(ok && dot.starts_with("digraph salesflow"));
+}
+
+/// `check --connect` builds every component against the real servers and runs each health
+/// check once: all ok on the local stack, exit 0; a server that does not answer is a
+/// FAILED line naming the component and why, and a non-zero exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_connect_runs_every_health_check_and_names_what_failed() {
+    let (input, output) = (
+        support::unique("connect-in"),
+        support::unique("connect-out"),
+    );
+    support::create_topic(&input, 1).await;
+    support::create_topic(&output, 1).await;
+    let relay = format!(
+        r#"
+[kafka]
+bootstrap_servers = "{bootstrap}"
+
+[pipelines.relay.sources.in]
+type = "kafka"
+topics = ["{input}"]
+group_id = "{input}"
+
+[pipelines.relay.sinks.out]
+type = "kafka"
+inputs = ["in"]
+topic = "{output}"
+"#,
+        bootstrap = support::bootstrap()
+    );
+    let (_dir, config) = support::config(&relay);
+    let (ok, stdout, stderr) = salesflow(&config, &["check", "--connect"], &[]);
+    assert!(ok, "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("ok      relay/in: kafka topics {input}")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("2 check(s): 2 ok, 0 failed"), "{stdout}");
+
+    // An Elasticsearch node nobody listens on: the check fails, by name, and says why.
+    let broken = format!(
+        "{relay}\n[pipelines.relay.sinks.search]\ntype = \"elasticsearch\"\ninputs = [\"in\"]\n\
+         url = \"http://127.0.0.1:1\"\naliases = [\"nowhere\"]\n"
+    );
+    let (_dir, config) = support::config(&broken);
+    let (ok, stdout, stderr) = salesflow(&config, &["check", "--connect"], &[]);
+    assert!(!ok, "{stdout}{stderr}");
+    assert!(stdout.contains("FAILED  relay/search"), "{stdout}");
+    assert!(stdout.contains("1 failed"), "{stdout}");
+    support::delete_topics(&[&input, &output]).await;
 }

@@ -94,6 +94,68 @@ enum Inbound {
     PerKey(Arc<KeyedLanes>),
 }
 
+/// What `salesflow check --connect` found for one component or dependency.
+pub struct Connected {
+    /// `pipeline/component: what` (a health check's name), or `pipeline/component
+    /// (type kind): build` for a component that could not be built.
+    pub name: String,
+    pub result: Result<(), String>,
+}
+
+/// Builds every component of the plan (making its connections), runs every health check
+/// once (each within `timeout`), and drops it all: nothing is consumed or written.
+pub async fn check_connections(plan: &Plan, timeout: Duration) -> Vec<Connected> {
+    let mut found = Vec::new();
+    let mut healthchecks = Vec::new();
+    let stop = CancellationToken::new();
+    let mut registry = Registry::default();
+    let mut built = Vec::new();
+    for pipeline in &plan.pipelines {
+        for node in &pipeline.nodes {
+            let mut routes = Vec::new();
+            let mut ctx = BuildContext::new(
+                &pipeline.name,
+                &node.name,
+                &mut registry,
+                stop.clone(),
+                &mut routes,
+                &mut healthchecks,
+            );
+            let name = format!(
+                "{}/{} ({} {}): build",
+                pipeline.name, node.name, node.type_name, node.kind
+            );
+            match tokio::time::timeout(timeout, node.plugin.build(node.settings.clone(), &mut ctx))
+                .await
+            {
+                Ok(Ok(component)) => built.push(component),
+                Ok(Err(e)) => found.push(Connected {
+                    name,
+                    result: Err(e.to_string()),
+                }),
+                Err(_) => found.push(Connected {
+                    name,
+                    result: Err(format!("no answer within {timeout:?}")),
+                }),
+            }
+        }
+    }
+    let checks = healthchecks.into_iter().map(|check| async move {
+        let result = match tokio::time::timeout(timeout, (check.check)()).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        };
+        Connected {
+            name: check.name,
+            result,
+        }
+    });
+    found.extend(futures::future::join_all(checks).await);
+    stop.cancel();
+    drop(built);
+    found
+}
+
 /// Builds every component of the plan, then starts them.
 pub async fn start(
     plan: &Plan,
