@@ -18,5 +18,6 @@ pub fn builtins() -> Registry {
     salesflow_sales_query_api::register(&mut registry);
     // Tools.
     salesflow_load::cli::register(&mut registry);
+    salesflow_top::register(&mut registry);
     registry
 }

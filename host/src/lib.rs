@@ -393,7 +393,7 @@ mod tests {
         let registry = builtins();
         let help = cli(&registry).render_long_help().to_string();
         for name in [
-            "run", "check", "graph", "plugins", "plugin", "schema", "dlq", "replay", "load",
+            "run", "check", "graph", "plugins", "plugin", "schema", "dlq", "replay", "load", "top",
         ] {
             assert!(help.contains(name), "{name} missing from:\n{help}");
         }
