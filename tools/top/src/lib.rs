@@ -190,7 +190,7 @@ pub fn rows(process: &str, before: &Scrape, after: &Scrape, seconds: f64) -> (Ve
             batch_ms: (batches > 0.0).then(|| spent / batches * 1000.0),
         });
     }
-    let lags = series(
+    let mut lags = series(
         after,
         "salesflow_kafka_consumer_lag",
         &["pipeline", "component", "topic", "partition"],
@@ -204,7 +204,16 @@ pub fn rows(process: &str, before: &Scrape, after: &Scrape, seconds: f64) -> (Ve
         partition: k[3].clone(),
         lag,
     })
-    .collect();
+    .collect::<Vec<_>>();
+    // Partitions in numeric order.
+    lags.sort_by_key(|l| {
+        (
+            l.pipeline.clone(),
+            l.component.clone(),
+            l.topic.clone(),
+            l.partition.parse::<i64>().unwrap_or(i64::MAX),
+        )
+    });
     (out, lags)
 }
 
