@@ -400,9 +400,10 @@ fn dedup(records: &[Record]) -> Vec<Record> {
     out
 }
 
-#[test]
-fn a_plugin_of_another_abi_version_is_refused() {
-    let plugins = support::build_example_plugin(&["wrong-abi"]);
+/// `salesflow check` with the example plugin built with `feature`: it must fail; its
+/// stderr.
+fn check_refuses_plugin_built_with(feature: &str) -> String {
+    let plugins = support::build_example_plugin(&[feature]);
     let text = format!(
         "[plugins]\ndir = \"{}\"\n{}",
         plugins.path().display(),
@@ -415,12 +416,17 @@ fn a_plugin_of_another_abi_version_is_refused() {
         .arg("check")
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_plugin_of_another_abi_version_is_refused() {
     let (major, minor) = (
         salesflow_plugin_abi::ABI_VERSION,
         salesflow_plugin_abi::ABI_MINOR,
     );
+    let stderr = check_refuses_plugin_built_with("wrong-abi");
     let expected = format!(
         "built for plugin ABI version {}.0, but this host speaks version {major}.{minor}",
         major + 1
@@ -429,21 +435,7 @@ fn a_plugin_of_another_abi_version_is_refused() {
     assert!(stderr.contains("plugins.dir"), "{stderr}");
 
     // A newer minor version than the host's is refused too, saying so.
-    let plugins = support::build_example_plugin(&["newer-minor"]);
-    let text = format!(
-        "[plugins]\ndir = \"{}\"\n{}",
-        plugins.path().display(),
-        relay("a", "b", "g", BATCH)
-    );
-    let (_dir, config) = support::config(&text);
-    let out = std::process::Command::new(BIN)
-        .arg("--config")
-        .arg(&config)
-        .arg("check")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let stderr = check_refuses_plugin_built_with("newer-minor");
     let expected = format!(
         "built for plugin ABI version {major}.{}, newer than this host's {major}.{minor}",
         minor + 1
