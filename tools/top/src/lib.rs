@@ -311,13 +311,7 @@ async fn scrape_all(client: &reqwest::Client, targets: &[String]) -> Vec<Result<
         let text = response.text().await.map_err(|e| e.to_string())?;
         Scrape::parse(&text)
     });
-    futures_join(scrapes).await
-}
-
-async fn futures_join<F: std::future::Future>(
-    futures: impl IntoIterator<Item = F>,
-) -> Vec<F::Output> {
-    salesflow_plugin_api::futures::future::join_all(futures).await
+    salesflow_plugin_api::futures::future::join_all(scrapes).await
 }
 
 fn process_name(target: &str) -> String {
