@@ -246,6 +246,48 @@ pub struct ServerSettings {
     /// Serve HTTPS: PEM files, relative to the config file.
     #[serde(default)]
     pub tls: Option<TlsSettings>,
+    /// `salesflow tap`: a sample of the live events leaving a component. Off by default.
+    #[serde(default)]
+    pub tap: TapSettings,
+}
+
+/// `[server.tap]`.
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TapSettings {
+    /// Serve `GET /tap/{pipeline}/{component}` (events as NDJSON).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Most events a watcher receives per second; the rest are skipped.
+    #[serde(default = "default_tap_rate")]
+    pub max_events_per_second: u32,
+    /// Most events one request may ask for.
+    #[serde(default = "default_tap_events")]
+    pub max_events: u32,
+    /// API keys for the tap, as for an API source: give it the Query API's variable to
+    /// put the tap behind the same keys. Without it the tap is open to whoever reaches
+    /// the server.
+    #[serde(default)]
+    pub auth: Option<salesflow_plugin_api::auth::AuthSettings>,
+}
+
+impl Default for TapSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            max_events_per_second: default_tap_rate(),
+            max_events: default_tap_events(),
+            auth: None,
+        }
+    }
+}
+
+fn default_tap_rate() -> u32 {
+    100
+}
+
+fn default_tap_events() -> u32 {
+    1000
 }
 
 /// `[server.tls]`.
@@ -288,6 +330,7 @@ impl Default for ServerSettings {
             request_timeout: default_request_timeout(),
             max_connections: default_max_connections(),
             tls: None,
+            tap: TapSettings::default(),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod registry;
 pub mod runtime;
 pub mod schema;
 pub mod server;
+pub mod tap;
 pub mod topology;
 
 use std::fmt::Write as _;
@@ -230,14 +231,19 @@ pub async fn run(plan: Plan) -> Result<bool> {
     let mut registry = MetricsRegistry::default();
     let runtime_metrics = metrics::RuntimeMetrics::register(&mut registry);
     let listener_metrics = listener::Metrics::register(&mut registry);
+    let tap_keys = tap::keys(&plan.server.tap).map_err(|e| anyhow::anyhow!("server.tap.{e}"))?;
     let sources_stop = CancellationToken::new();
     let started = runtime::start(&plan, &mut registry, &runtime_metrics, &sources_stop).await?;
     let runtime::Started {
         mut tasks,
         lanes,
-        routes,
+        mut routes,
         healthchecks,
+        taps,
     } = started;
+    if plan.server.tap.enabled {
+        routes.push(tap::route(taps, &plan.server.tap, tap_keys));
+    }
 
     let address = listener.local_addr()?;
     // Readiness is checked in the background (at once, then every 2 s): probes read the

@@ -80,6 +80,9 @@ pub struct Started {
     pub lanes: TaskTracker,
     pub routes: Vec<Route>,
     pub healthchecks: Vec<Healthcheck>,
+    /// Each component output's tap, by `pipeline/component` (or `pipeline/component.output`),
+    /// when `[server.tap]` is enabled.
+    pub taps: std::collections::BTreeMap<String, Arc<salesflow_plugin_api::Tap>>,
 }
 
 enum Built {
@@ -272,12 +275,23 @@ pub async fn start(
                 .push((pipeline.clone(), node.name.clone()));
         }
     }
+    let taps: Mutex<std::collections::BTreeMap<String, Arc<salesflow_plugin_api::Tap>>> =
+        Mutex::new(std::collections::BTreeMap::new());
     let outputs = |pipeline: &str, name: &str, labels: &NodeLabels| {
         let downstream: Vec<Downstream> = consumers
             .get(&(pipeline.to_owned(), name.to_owned()))
             .map(|list| list.iter().map(|key| downstream_of[key].clone()).collect())
             .unwrap_or_default();
-        Output::new(downstream, Some(Observer::new(metrics, labels)))
+        let output = Output::new(downstream, Some(Observer::new(metrics, labels)));
+        if plan.server.tap.enabled {
+            let tap = salesflow_plugin_api::Tap::new();
+            taps.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(format!("{pipeline}/{name}"), Arc::clone(&tap));
+            output.with_tap(tap)
+        } else {
+            output
+        }
     };
 
     let mut tasks = JoinSet::new();
@@ -347,6 +361,9 @@ pub async fn start(
         lanes,
         routes,
         healthchecks,
+        taps: taps
+            .into_inner()
+            .unwrap_or_else(std::sync::PoisonError::into_inner),
     })
 }
 

@@ -1,3 +1,6 @@
+//! Operator tools over running processes' HTTP endpoints: `salesflow tap` (see [`tap`])
+//! and `salesflow top`.
+//!
 //! `salesflow top`: a live terminal view of one or more salesflow processes, built from
 //! their `/metrics` only — per pipeline and component the events per second in and out,
 //! errors and dead letters per second, how full its input channels are and how long a
@@ -13,6 +16,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+
+pub mod tap;
 
 /// One scrape of one process: every series by name and labels.
 #[derive(Clone, Debug, Default)]
@@ -532,9 +537,10 @@ impl salesflow_plugin_api::Command for TopCommand {
     }
 }
 
-/// Adds `salesflow top`.
+/// Adds `salesflow top` and `salesflow tap`.
 pub fn register(registrar: &mut dyn salesflow_plugin_api::Registrar) {
     registrar.command(std::sync::Arc::new(TopCommand));
+    registrar.command(std::sync::Arc::new(tap::TapCommand));
 }
 
 #[cfg(test)]

@@ -257,6 +257,7 @@ pub trait OutputObserver: Send + Sync + 'static {
 pub struct Output {
     downstream: Vec<Downstream>,
     observer: Option<Arc<dyn OutputObserver>>,
+    tap: Option<Arc<crate::tap::Tap>>,
 }
 
 impl Output {
@@ -264,7 +265,15 @@ impl Output {
         Self {
             downstream,
             observer,
+            tap: None,
         }
+    }
+
+    /// The same output, offering what it sends to `tap` (`salesflow tap`).
+    #[must_use]
+    pub fn with_tap(mut self, tap: Arc<crate::tap::Tap>) -> Self {
+        self.tap = Some(tap);
+        self
     }
 
     /// Sends a batch to every downstream node, waiting while a channel is full.
@@ -279,6 +288,9 @@ impl Output {
     }
 
     async fn send_inner(&self, batch: Batch, wait: Option<Duration>) -> Result<(), SendError> {
+        if let Some(tap) = &self.tap {
+            tap.offer(&batch.events);
+        }
         let started = tokio::time::Instant::now();
         let events = batch.len();
         let deadline = wait.map(|w| started + w);

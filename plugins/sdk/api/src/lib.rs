@@ -20,6 +20,7 @@ pub mod event;
 pub mod json;
 pub mod plugin;
 pub mod retry;
+pub mod tap;
 
 pub use ack::{AckHandle, AckSet, Rejection, Status};
 pub use cache::{CacheBudget, SizedLru};
@@ -35,6 +36,7 @@ pub use plugin::{
     Settings, merged_schema, parse_settings, split_settings,
 };
 pub use retry::{Retried, RetryPolicy};
+pub use tap::{Tap, Watch};
 
 /// Re-exported so that plugins use the host's versions.
 pub use {async_trait::async_trait, axum, bytes, futures, prometheus_client, schemars, toml};
