@@ -298,6 +298,27 @@ pub async fn run(path: &Path, options: &Options) -> Result<Outcome> {
             }
         })
     };
+    // Ctrl-C (SIGINT) ends the run early, as a broken abort threshold does: the requests in
+    // flight finish, and what was accepted is still reconciled and reported. A second one
+    // quits at once.
+    let interrupt = {
+        let engine = Arc::clone(&engine);
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                println!(
+                    "interrupted: stopping the run, then reconciling what was accepted (Ctrl-C again quits)"
+                );
+                engine
+                    .aborted
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get_or_insert_with(|| "interrupted (SIGINT)".to_owned());
+            }
+            if tokio::signal::ctrl_c().await.is_ok() {
+                std::process::exit(130);
+            }
+        })
+    };
     engine.run().await;
     let seconds = engine.elapsed().as_secs_f64() - profile.warmup.as_secs_f64();
     engine.settle_followers().await;
@@ -423,6 +444,7 @@ pub async fn run(path: &Path, options: &Options) -> Result<Outcome> {
         && reconciliation
             .as_ref()
             .is_none_or(reconcile::Reconciliation::clean);
+    interrupt.abort();
     Ok(Outcome {
         report,
         files,
