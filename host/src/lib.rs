@@ -57,7 +57,13 @@ fn cli(registry: &Registry) -> Clap {
                     "Examples:\n  \
                      salesflow run\n  \
                      salesflow run --pipeline command-api --pipeline query-api\n  \
-                     salesflow --set pipelines.domain.stages.carts.buffer=4 run --pipeline domain",
+                     salesflow --set pipelines.domain.stages.carts.buffer=4 run --pipeline domain\n  \
+                     salesflow run --watch                    # reload when pipeline.toml or a plugin library changes\n  \
+                     kill -HUP <pid>                          # reload now (with or without --watch)\n\n\
+                     A reload checks the new configuration first: an invalid one changes nothing (logged, \
+                     and salesflow_config_last_reload_successful is 0). A valid one restarts only the \
+                     pipelines it changed, each drained and committed first; the others never stop. \
+                     [server] and [log] apply at the next start.",
                 )
                 .arg(
                     Arg::new("pipeline")
@@ -65,6 +71,16 @@ fn cli(registry: &Registry) -> Clap {
                         .short('p')
                         .action(ArgAction::Append)
                         .help("A pipeline to run; repeat for several. Default: all"),
+                )
+                .arg(
+                    Arg::new("watch")
+                        .long("watch")
+                        .short('w')
+                        .action(ArgAction::SetTrue)
+                        .help(
+                            "Reload the configuration when its file, or a library in the plugins \
+                             folder, changes (SIGHUP always reloads)",
+                        ),
                 ),
         )
         .subcommand(
@@ -284,7 +300,15 @@ pub fn main() -> ExitCode {
             print!("{drawing}");
             ExitCode::SUCCESS
         }
-        "run" => run(plan, sub),
+        "run" => {
+            let source = salesflow_host::supervisor::ConfigSource {
+                path: config,
+                sets,
+                registry: builtins(),
+                selected: pipelines(sub),
+            };
+            run(plan, source, sub.get_flag("watch"))
+        }
         _ => ExitCode::FAILURE,
     }
 }
@@ -357,8 +381,12 @@ fn invalid(config: &std::path::Path, problems: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn run(mut plan: salesflow_host::topology::Plan, sub: &ArgMatches) -> ExitCode {
-    if let Err(e) = plan.select(&pipelines(sub)) {
+fn run(
+    mut plan: salesflow_host::topology::Plan,
+    source: salesflow_host::supervisor::ConfigSource,
+    watch: bool,
+) -> ExitCode {
+    if let Err(e) = plan.select(&source.selected) {
         eprintln!("{e}");
         return ExitCode::FAILURE;
     }
@@ -373,7 +401,7 @@ fn run(mut plan: salesflow_host::topology::Plan, sub: &ArgMatches) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(salesflow_host::run(plan)) {
+    match runtime.block_on(salesflow_host::run(plan, source, watch)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {

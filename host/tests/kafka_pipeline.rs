@@ -772,7 +772,9 @@ topic = "{two}"
 /// else through, once; a timer-driven window holding events across batches (its input
 /// committed only once its summaries are out) feeding a Kafka sink and a run-time file
 /// sink; the same window panicking on every tenth record while it holds events still
-/// dead-letters each of them once and reads its input to the end.
+/// dead-letters each of them once and reads its input to the end. The plugins' own
+/// metrics show in `/metrics` and their health in `/health/ready`: a file sink that
+/// cannot write (`/dev/full`) says why there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_time_stages_and_sinks_hold_emit_on_timers_and_dead_letter_what_they_panic_on() {
     const COUNT: usize = 600;
@@ -843,7 +845,13 @@ inputs = ["in"]
 window_ms = 300
 seq_field = "n"
 panic_every = 10
-{poison_out}{poison_dead}"#,
+{poison_out}{poison_dead}
+{full_source}
+[pipelines.full.sinks.file]
+type = "example-file"
+inputs = ["in"]
+path = "/dev/full"
+"#,
         dir = plugins.path().display(),
         bootstrap = support::bootstrap(),
         filter_source = source("filter"),
@@ -855,6 +863,7 @@ panic_every = 10
         poison_source = source("poison"),
         poison_out = sink("poison", "out", "window", &out3),
         poison_dead = sink("poison", "dead", "window.failed", &dead3),
+        full_source = source("full"),
     );
     let (_dir, config) = support::config(&text);
     let host = Host::start(std::path::Path::new(BIN), &config, &["run"]);
@@ -873,6 +882,60 @@ panic_every = 10
     for pipeline in ["filter", "window", "poison"] {
         wait_all_committed(&input, &format!("{tag}-{pipeline}"));
     }
+
+    // The plugins' own metrics, beside the built-in ones; their health in readiness.
+    let metrics = metrics_of(&host).await;
+    let series = |name: &str, pipeline: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!("{name}{{"))
+                    && l.contains(&format!("pipeline=\"{pipeline}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} of {pipeline}:\n{metrics}"))
+    };
+    assert!(series("salesflow_plugin_window_events_total", "window") >= 600.0);
+    assert!(series("salesflow_plugin_window_summaries_total", "window") >= 6.0);
+    assert!(series("salesflow_plugin_file_lines_total", "window") >= 6.0);
+    assert!(
+        metrics.contains("# HELP salesflow_plugin_window_held_events Events in the open window")
+    );
+    support::assert_promtool_accepts(&metrics);
+    let client = reqwest::Client::new();
+    let ready_url = format!("http://{}/health/ready", host.address());
+    let mut readiness = serde_json::Value::Null;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        readiness = support::get_json(&client, &ready_url).await;
+        let full = readiness["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "full/file: plugin")
+            .cloned();
+        if full.is_some_and(|c| c["status"] == "down") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let check = |name: &str| {
+        readiness["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no check {name}: {readiness}"))
+    };
+    let full = check("full/file: plugin");
+    assert_eq!(full["status"], "down", "{readiness}");
+    assert!(
+        full["error"].as_str().unwrap().contains("/dev/full"),
+        "{readiness}"
+    );
+    assert_eq!(check("window/file: plugin")["status"], "up", "{readiness}");
+    assert_eq!(readiness["status"], "not ready");
 
     // The stateless stage: the tenth records are dead letters, with the reason; the rest
     // went through, each once.

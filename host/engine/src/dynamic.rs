@@ -27,10 +27,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use sha2::{Digest as _, Sha256};
+
 use salesflow_plugin_abi::{
     ABI_MAGIC, ABI_MINOR, ABI_VERSION, ByteSlice, EventRef, FreeBufferFn, KIND_SINK, KIND_STAGE,
-    LibraryDeclaration, OwnedBuffer, PluginEntry, STATUS_ERROR, STATUS_OK, STATUS_PANIC,
-    STATUS_REFUSED, SYMBOL, StageResult, TICK_FLUSH, TICK_TIMER, decode_refusals,
+    LibraryDeclaration, MetricKind, OwnedBuffer, PluginEntry, ReportFn, STATUS_ERROR, STATUS_OK,
+    STATUS_PANIC, STATUS_REFUSED, SYMBOL, StageResult, TICK_FLUSH, TICK_TIMER, decode_refusals,
     decode_stage_result, encode_events,
 };
 use salesflow_plugin_api::bytes::Bytes;
@@ -87,13 +89,74 @@ pub fn check_version(plugin: (u32, u32), host: (u32, u32)) -> Result<(), String>
     Ok(())
 }
 
-/// The plugins of one library.
-pub fn load(path: &Path) -> Result<Vec<DynamicPlugin>, String> {
+/// Libraries loaded so far, by digest (their declarations' addresses): a library loaded
+/// again unchanged, at a reload, is not mapped a second time.
+static LOADED: Mutex<Vec<(String, usize)>> = Mutex::new(Vec::new());
+
+/// The plugins of one library, and the library's digest (the first 8 bytes of its SHA-256,
+/// in hex). The library is loaded from a private copy removed once it is mapped, never
+/// from the plugins folder itself: a library replaced in the folder, even overwritten in
+/// place, is loaded afresh at the next reload, and the one running is never changed under
+/// it. Libraries are never unloaded, so each changed version loaded stays mapped.
+pub fn load(path: &Path) -> Result<(Vec<DynamicPlugin>, String), String> {
     let shown = path.display();
+    let bytes = std::fs::read(path).map_err(|e| format!("{shown}: cannot read: {e}"))?;
+    let digest =
+        Sha256::digest(&bytes)[..8]
+            .iter()
+            .fold(String::with_capacity(16), |mut hex, b| {
+                use std::fmt::Write as _;
+                let _ = write!(hex, "{b:02x}");
+                hex
+            });
+    let mut loaded = LOADED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let known = loaded.iter().find(|(d, _)| *d == digest).map(|(_, a)| *a);
+    let declaration: &'static LibraryDeclaration = if let Some(address) = known {
+        // SAFETY: an address stored below, of a declaration in a library never unloaded.
+        unsafe { &*(address as *const LibraryDeclaration) }
+    } else {
+        let declaration = open(path, &bytes)?;
+        loaded.push((digest.clone(), std::ptr::from_ref(declaration) as usize));
+        declaration
+    };
+    drop(loaded);
+    if declaration.plugins.is_null() || declaration.plugin_count == 0 {
+        return Err(format!("{shown}: the library declares no plugins"));
+    }
+    // SAFETY: the declaration's `plugins` points to `plugin_count` static entries.
+    let entries: &'static [PluginEntry] =
+        unsafe { std::slice::from_raw_parts(declaration.plugins, declaration.plugin_count) };
+    // A library of minor version 0 has no report function (its declaration ends before).
+    let report = (declaration.abi_minor >= 1).then_some(declaration.report);
+    let plugins = entries
+        .iter()
+        .map(|entry| DynamicPlugin::new(entry, declaration.free_buffer, report, path))
+        .collect::<Result<_, _>>()?;
+    Ok((plugins, digest))
+}
+
+/// Maps a private copy of the library (`bytes`, read from `path`) and checks its
+/// declaration's magic number and ABI version.
+fn open(path: &Path, bytes: &[u8]) -> Result<&'static LibraryDeclaration, String> {
+    let shown = path.display();
+    let folder = tempfile::Builder::new()
+        .prefix("salesflow-plugin-")
+        .tempdir()
+        .map_err(|e| format!("{shown}: cannot make a private copy: {e}"))?;
+    let copy = folder.path().join(
+        path.file_name()
+            .unwrap_or_else(|| std::ffi::OsStr::new("plugin")),
+    );
+    std::fs::write(&copy, bytes)
+        .map_err(|e| format!("{shown}: cannot make a private copy: {e}"))?;
     // SAFETY: loading runs the library's initialisers. The plugins folder is part of the
     // operator's configuration, trusted like the host binary itself.
-    let library = unsafe { libloading::Library::new(path) }
+    let library = unsafe { libloading::Library::new(&copy) }
         .map_err(|e| format!("{shown}: cannot load: {e}"))?;
+    // The mapping outlives the file.
+    drop(folder);
     // SAFETY: a data symbol: the Symbol's value is the static's address.
     let pointer: *const LibraryDeclaration = unsafe {
         *library
@@ -128,16 +191,7 @@ pub fn load(path: &Path) -> Result<Vec<DynamicPlugin>, String> {
     // static lives for the rest of the process.
     let declaration: &'static LibraryDeclaration = unsafe { &*pointer };
     std::mem::forget(library);
-    if declaration.plugins.is_null() || declaration.plugin_count == 0 {
-        return Err(format!("{shown}: the library declares no plugins"));
-    }
-    // SAFETY: the declaration's `plugins` points to `plugin_count` static entries.
-    let entries: &'static [PluginEntry] =
-        unsafe { std::slice::from_raw_parts(declaration.plugins, declaration.plugin_count) };
-    entries
-        .iter()
-        .map(|entry| DynamicPlugin::new(entry, declaration.free_buffer, path))
-        .collect()
+    Ok(declaration)
 }
 
 /// One stage or sink of a plugin library.
@@ -145,6 +199,8 @@ pub fn load(path: &Path) -> Result<Vec<DynamicPlugin>, String> {
 pub struct DynamicPlugin {
     entry: &'static PluginEntry,
     free_buffer: FreeBufferFn,
+    /// The library's report function (ABI 2.1 and later).
+    report: Option<ReportFn>,
     kind: ComponentKind,
     name: &'static str,
     summary: &'static str,
@@ -157,6 +213,7 @@ impl DynamicPlugin {
     fn new(
         entry: &'static PluginEntry,
         free_buffer: FreeBufferFn,
+        report: Option<ReportFn>,
         path: &Path,
     ) -> Result<Self, String> {
         let shown = path.display();
@@ -195,6 +252,7 @@ impl DynamicPlugin {
         Ok(Self {
             entry,
             free_buffer,
+            report,
             kind,
             name,
             summary,
@@ -221,6 +279,7 @@ impl DynamicPlugin {
             STATUS_OK if !pointer.is_null() => Ok(Instance {
                 entry: self.entry,
                 free_buffer: self.free_buffer,
+                report: self.report,
                 pointer,
             }),
             STATUS_OK => Err("the plugin returned no instance".into()),
@@ -297,12 +356,24 @@ impl Plugin for DynamicPlugin {
             self.create(&settings)
                 .map_err(|e| PluginError::context(self.name, e))?,
         );
+        let reports = Arc::new(Reports::default());
+        if self.report.is_some() {
+            ctx.metrics
+                .register_collector(Box::new(ReportCollector(Arc::clone(&reports))));
+            let lanes = Arc::clone(&reports);
+            let check: salesflow_plugin_api::HealthFn = Arc::new(move || {
+                let unhealthy = lanes.unhealthy();
+                Box::pin(async move { unhealthy.map_or(Ok(()), Err) })
+            });
+            ctx.add_healthcheck("plugin", check);
+        }
         let shared = Arc::new(Shared {
             plugin: self.clone(),
             settings,
             label: format!("{}/{}", ctx.pipeline, ctx.component),
             dead_letters: ctx.output_is_read(FAILED),
             quarantine: Mutex::new(Quarantine::default()),
+            reports,
         });
         Ok(match self.kind {
             ComponentKind::Sink => Component::Sink(Arc::new(SinkMaker(shared))),
@@ -320,6 +391,101 @@ struct Shared {
     /// Whether another component reads this one's `failed` output.
     dead_letters: bool,
     quarantine: Mutex<Quarantine>,
+    /// Each lane's last report (metrics and health).
+    reports: Arc<Reports>,
+}
+
+/// The last report of each lane's instance.
+#[derive(Debug, Default)]
+struct Reports {
+    lanes: Mutex<std::collections::BTreeMap<usize, salesflow_plugin_abi::Report>>,
+}
+
+impl Reports {
+    fn lanes(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<usize, salesflow_plugin_abi::Report>>
+    {
+        self.lanes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn record(&self, lane: usize, report: salesflow_plugin_abi::Report) {
+        self.lanes().insert(lane, report);
+    }
+
+    /// Why lanes say they cannot work, if any does.
+    fn unhealthy(&self) -> Option<String> {
+        let lanes = self.lanes();
+        let why: Vec<String> = lanes
+            .iter()
+            .filter_map(|(lane, r)| r.unhealthy.as_ref().map(|w| format!("lane {lane}: {w}")))
+            .collect();
+        (!why.is_empty()).then(|| why.join("; "))
+    }
+}
+
+/// A plugin's own metrics, as its instances last reported them: `salesflow_plugin_<name>`
+/// with a `lane` label (the registry adds pipeline and component). A name that is not a
+/// metric name, or that changes kind between lanes, is left out.
+#[derive(Debug)]
+struct ReportCollector(Arc<Reports>);
+
+impl prometheus_client::collector::Collector for ReportCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        use prometheus_client::metrics::MetricType;
+        type Series = (MetricKind, String, Vec<(usize, f64)>);
+        let mut families: std::collections::BTreeMap<String, Series> =
+            std::collections::BTreeMap::new();
+        for (lane, report) in self.0.lanes().iter() {
+            for metric in &report.metrics {
+                if !is_metric_name(&metric.name) {
+                    continue;
+                }
+                let family = families
+                    .entry(metric.name.clone())
+                    .or_insert_with(|| (metric.kind, metric.help.clone(), Vec::new()));
+                if family.0 == metric.kind {
+                    family.2.push((*lane, metric.value));
+                }
+            }
+        }
+        for (name, (kind, help, values)) in families {
+            let name = format!("salesflow_plugin_{name}");
+            let kind_of = match kind {
+                MetricKind::Counter => MetricType::Counter,
+                MetricKind::Gauge => MetricType::Gauge,
+            };
+            let mut family = encoder.encode_descriptor(&name, &help, None, kind_of)?;
+            for (lane, value) in values {
+                let labels = [("lane", lane.to_string())];
+                let sample = family.encode_family(&labels)?;
+                match kind {
+                    MetricKind::Counter => {
+                        prometheus_client::metrics::counter::ConstCounter::new(value.max(0.0))
+                            .encode(sample)?;
+                    }
+                    MetricKind::Gauge => {
+                        prometheus_client::metrics::gauge::ConstGauge::new(value).encode(sample)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Lower-case letters, digits and `_`, starting with a letter.
+fn is_metric_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// The origins of events this component dead-lettered, oldest first out.
@@ -365,6 +531,7 @@ impl Shared {
 struct Instance {
     entry: &'static PluginEntry,
     free_buffer: FreeBufferFn,
+    report: Option<ReportFn>,
     pointer: *mut c_void,
 }
 
@@ -395,6 +562,20 @@ impl Instance {
         };
         (status, take(self.free_buffer, output))
     }
+
+    /// The instance's metrics and health, when its library reports them.
+    fn report(&mut self) -> Option<Result<salesflow_plugin_abi::Report, String>> {
+        let report = self.report?;
+        let mut output = OwnedBuffer::EMPTY;
+        // SAFETY: as in `invoke`; the library declared the function (minor version 1+).
+        let status = unsafe { report(self.pointer, &raw mut output) };
+        let bytes = take(self.free_buffer, output);
+        Some(if status == STATUS_OK {
+            salesflow_plugin_abi::decode_report(&bytes)
+        } else {
+            Err(String::from_utf8_lossy(&bytes).into_owned())
+        })
+    }
 }
 
 enum Call {
@@ -419,16 +600,29 @@ impl Failure {
     }
 }
 
+/// One lane's instance (made again after a panic).
+struct Slot {
+    lane: usize,
+    instance: Mutex<Option<Instance>>,
+}
+
+impl Slot {
+    fn new(lane: usize, instance: Instance) -> Arc<Self> {
+        Arc::new(Self {
+            lane,
+            instance: Mutex::new(Some(instance)),
+        })
+    }
+}
+
 /// Runs one call on a blocking thread. A panic destroys the instance (made afresh by the
 /// next call); so does a plugin that could not be made.
-async fn run_call(
-    shared: &Arc<Shared>,
-    slot: &Arc<Mutex<Option<Instance>>>,
-    call: Call,
-) -> Result<Vec<u8>, Failure> {
+async fn run_call(shared: &Arc<Shared>, slot: &Arc<Slot>, call: Call) -> Result<Vec<u8>, Failure> {
     let (shared, slot) = (Arc::clone(shared), Arc::clone(slot));
     tokio::task::spawn_blocking(move || {
+        let lane = slot.lane;
         let mut slot = slot
+            .instance
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if slot.is_none() {
@@ -443,6 +637,13 @@ async fn run_call(
             return Err(Failure::Error("no instance".into()));
         };
         let (status, bytes) = instance.invoke(&call);
+        if status != STATUS_PANIC {
+            match instance.report() {
+                Some(Ok(report)) => shared.reports.record(lane, report),
+                Some(Err(e)) => warn!(component = %shared.label, error = %e, "the plugin's report could not be read"),
+                None => {}
+            }
+        }
         let text = || String::from_utf8_lossy(&bytes).into_owned();
         match status {
             STATUS_OK => Ok(bytes),
@@ -485,7 +686,7 @@ fn backoff(attempt: u32) -> Duration {
 struct StageMaker(Arc<Shared>);
 
 impl StageFactory for StageMaker {
-    fn create(&self, _lane: usize) -> Result<Box<dyn Stage>, PluginError> {
+    fn create(&self, lane: usize) -> Result<Box<dyn Stage>, PluginError> {
         let instance = self
             .0
             .plugin
@@ -493,7 +694,7 @@ impl StageFactory for StageMaker {
             .map_err(|e| PluginError::context(self.0.plugin.name, e))?;
         Ok(Box::new(DynamicStage {
             shared: Arc::clone(&self.0),
-            slot: Arc::new(Mutex::new(Some(instance))),
+            slot: Slot::new(lane, instance),
             pending: AckSet::none(),
             holding: false,
             timer: None,
@@ -504,7 +705,7 @@ impl StageFactory for StageMaker {
 
 struct DynamicStage {
     shared: Arc<Shared>,
-    slot: Arc<Mutex<Option<Instance>>>,
+    slot: Arc<Slot>,
     /// The claims of input the plugin may still hold events of.
     pending: AckSet,
     /// Whether the plugin said, after its last call, that it holds events.
@@ -775,7 +976,7 @@ impl Stage for DynamicStage {
 struct SinkMaker(Arc<Shared>);
 
 impl SinkFactory for SinkMaker {
-    fn create(&self, _lane: usize) -> Result<Box<dyn Sink>, PluginError> {
+    fn create(&self, lane: usize) -> Result<Box<dyn Sink>, PluginError> {
         let instance = self
             .0
             .plugin
@@ -783,21 +984,21 @@ impl SinkFactory for SinkMaker {
             .map_err(|e| PluginError::context(self.0.plugin.name, e))?;
         Ok(Box::new(DynamicSink {
             shared: Arc::clone(&self.0),
-            slot: Arc::new(Mutex::new(Some(instance))),
+            slot: Slot::new(lane, instance),
         }))
     }
 }
 
 struct DynamicSink {
     shared: Arc<Shared>,
-    slot: Arc<Mutex<Option<Instance>>>,
+    slot: Arc<Slot>,
 }
 
 /// Writes a batch: [`ATTEMPTS`] tries; then, if the plugin panicked, each event alone,
 /// those that still panic refused for good.
 async fn write_batch(
     shared: Arc<Shared>,
-    slot: Arc<Mutex<Option<Instance>>>,
+    slot: Arc<Slot>,
     events: Arc<[Event]>,
 ) -> Result<(), PluginError> {
     let name = shared.plugin.name;

@@ -13,8 +13,10 @@ pub mod registry;
 pub mod runtime;
 pub mod schema;
 pub mod server;
+pub mod supervisor;
 pub mod tap;
 pub mod topology;
+pub mod watch;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -24,7 +26,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use prometheus_client::registry::Registry as MetricsRegistry;
 use salesflow_plugin_api::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::config::{Loaded, LogFormat};
 use crate::registry::Registry;
@@ -222,8 +224,11 @@ pub fn init_logging(level: &str, format: LogFormat) {
 }
 
 /// `salesflow run`: serves and runs the plan until SIGTERM/Ctrl-C or a fatal error, then
-/// shuts down within the grace period. Returns whether everything ended cleanly.
-pub async fn run(plan: Plan) -> Result<bool> {
+/// shuts down within the grace period. SIGHUP — and with `watch`, a change to the
+/// configuration file or the plugins folder — reloads the configuration from `source`,
+/// restarting only the pipelines it changed (see [`supervisor`]). Returns whether
+/// everything ended cleanly.
+pub async fn run(plan: Plan, source: supervisor::ConfigSource, watch: bool) -> Result<bool> {
     // The address is taken first: if it is not free, nothing has started.
     let listener = tokio::net::TcpListener::bind(plan.server.address)
         .await
@@ -232,30 +237,44 @@ pub async fn run(plan: Plan) -> Result<bool> {
     let runtime_metrics = metrics::RuntimeMetrics::register(&mut registry);
     let listener_metrics = listener::Metrics::register(&mut registry);
     let tap_keys = tap::keys(&plan.server.tap).map_err(|e| anyhow::anyhow!("server.tap.{e}"))?;
-    let sources_stop = CancellationToken::new();
-    let started = runtime::start(&plan, &mut registry, &runtime_metrics, &sources_stop).await?;
-    let runtime::Started {
-        mut tasks,
-        lanes,
-        mut routes,
-        healthchecks,
-        taps,
-    } = started;
-    if plan.server.tap.enabled {
-        routes.push(tap::route(taps, &plan.server.tap, tap_keys));
-    }
+    let shared = server::Shared::new(&mut registry);
+    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
+    let mut pipelines = supervisor::Supervisor::new(
+        &mut registry,
+        runtime_metrics,
+        shared.clone(),
+        &plan,
+        ended_tx,
+    );
+    pipelines.start_all(&plan).await?;
+    let (reload_tx, mut reloads) = tokio::sync::mpsc::channel(4);
+    watch::on_sighup(reload_tx.clone()).context("listening for SIGHUP")?;
+    let _watcher = if watch {
+        Some(
+            watch::on_change(&source.path, plan.plugin_dir.as_deref(), reload_tx)
+                .with_context(|| format!("watching {}", source.path.display()))?,
+        )
+    } else {
+        None
+    };
 
     let address = listener.local_addr()?;
+    let server_stop = CancellationToken::new();
     // Readiness is checked in the background (at once, then every 2 s): probes read the
     // last results instead of each costing three round trips to the servers.
     let health = server::monitor_health(
-        healthchecks,
+        shared.health.clone(),
         &mut registry,
         Duration::from_secs(2),
-        sources_stop.clone(),
+        server_stop.clone(),
     );
+    let mut extra = Vec::new();
+    if plan.server.tap.enabled {
+        extra.push(tap::route(shared.taps.clone(), &plan.server.tap, tap_keys));
+    }
     let app = server::router(
-        routes,
+        &shared,
+        extra,
         health,
         Arc::new(Mutex::new(registry)),
         plan.openapi.clone(),
@@ -264,7 +283,6 @@ pub async fn run(plan: Plan) -> Result<bool> {
         salesflow_plugin_api::axum::http::StatusCode::REQUEST_TIMEOUT,
         plan.server.request_timeout,
     ));
-    let server_stop = sources_stop.clone();
     let options = listener::Options {
         header_read_timeout: plan.server.header_read_timeout,
         max_connections: plan.server.max_connections,
@@ -276,58 +294,31 @@ pub async fn run(plan: Plan) -> Result<bool> {
         app,
         options,
         listener_metrics,
-        server_stop,
+        server_stop.clone(),
         grace,
     ));
     for plugin in &plan.loaded_plugins {
         info!(plugin = %plugin, "run-time plugin loaded");
     }
-    let names: Vec<&str> = plan.pipelines.iter().map(|p| p.name.as_str()).collect();
-    info!(%address, pipelines = ?names, "salesflow running; listening on {address}");
+    info!(%address, pipelines = ?pipelines.names(), "salesflow running; listening on {address}");
 
-    let mut clean = true;
-    tokio::select! {
-        () = shutdown_signal() => info!("shutdown requested"),
-        Some(ended) = tasks.join_next() => {
-            match ended {
-                Ok((label, Ok(()))) => warn!(component = %label, "ended on its own; shutting down"),
-                Ok((label, Err(e))) => {
-                    error!(component = %label, error = %e, "failed; shutting down");
-                    clean = false;
-                }
-                Err(e) => {
-                    error!(error = %e, "a task panicked; shutting down");
-                    clean = false;
-                }
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => {
+                info!("shutdown requested");
+                break;
             }
+            Some(pipeline) = ended.recv() => {
+                warn!(%pipeline, "a pipeline's task ended; shutting down");
+                break;
+            }
+            Some(why) = reloads.recv() => pipelines.reload(&source, why).await,
         }
     }
-    sources_stop.cancel();
-    let grace = plan.server.shutdown_grace;
-    let drained = tokio::time::timeout(grace, async {
-        while let Some(ended) = tasks.join_next().await {
-            match ended {
-                Ok((_, Ok(()))) => {}
-                Ok((label, Err(e))) => {
-                    error!(component = %label, error = %e, "failed while stopping");
-                    clean = false;
-                }
-                Err(e) => {
-                    error!(error = %e, "a task panicked while stopping");
-                    clean = false;
-                }
-            }
-        }
-        // Lanes made per key end once their inputs have closed.
-        lanes.close();
-        lanes.wait().await;
-    })
-    .await;
-    if drained.is_err() {
-        error!(remaining = tasks.len(), grace = ?grace, "shutdown grace period exceeded; aborting");
-        tasks.abort_all();
-        clean = false;
-    }
+    server_stop.cancel();
+    let clean = pipelines.shutdown().await;
     match tokio::time::timeout(Duration::from_secs(5), server).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => bail!("HTTP server task: {e}"),

@@ -216,8 +216,15 @@ impl OutputObserver for Observer {
 ///
 /// When the registry cannot be encoded.
 pub fn exposition(registry: &Registry) -> Result<String, std::fmt::Error> {
+    exposition_of(&[registry])
+}
+
+/// The same for several registries (the host's and each pipeline's), as one exposition.
+pub fn exposition_of(registries: &[&Registry]) -> Result<String, std::fmt::Error> {
     let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, registry)?;
+    for registry in registries {
+        prometheus_client::encoding::text::encode(&mut text, registry)?;
+    }
     Ok(one_family_per_name(&text))
 }
 
@@ -233,7 +240,7 @@ fn one_family_per_name(text: &str) -> String {
     let mut current: Option<usize> = None;
     for line in text.lines() {
         if line == "# EOF" {
-            break;
+            continue;
         }
         let header = ["# HELP ", "# TYPE ", "# UNIT "]
             .iter()

@@ -59,9 +59,10 @@ impl Registry {
         paths.sort();
         let mut loaded = Vec::new();
         for path in paths {
-            for plugin in dynamic::load(&path)? {
+            let (plugins, digest) = dynamic::load(&path)?;
+            for plugin in plugins {
                 loaded.push(format!(
-                    "{} {} ({})",
+                    "{} {} ({}, sha256 {digest})",
                     plugin.kind(),
                     plugin.name(),
                     path.display()

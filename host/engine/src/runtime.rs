@@ -37,7 +37,7 @@ use crate::adaptive::{Concurrency, Limiter, Outcome};
 use crate::metrics::{
     ErrorLabels, LaneLabels, NodeLabels, Observer, OutcomeLabels, RuntimeMetrics,
 };
-use crate::topology::{Lanes, Node, Plan};
+use crate::topology::{Lanes, Node, PipelinePlan, Plan};
 
 /// What a task reports when it ends.
 pub type TaskResult = (String, Result<(), PluginError>);
@@ -57,7 +57,7 @@ pub enum StartError {
         made: ComponentKind,
         expected: ComponentKind,
     },
-    #[error("two components serve the HTTP path {0}")]
+    #[error("two components, or a component and the host itself, serve the HTTP path {0}")]
     DuplicatePath(String),
     #[error("building {component} lane {lane}: {source}")]
     Lane {
@@ -83,6 +83,9 @@ pub struct Started {
     /// Each component output's tap, by `pipeline/component` (or `pipeline/component.output`),
     /// when `[server.tap]` is enabled.
     pub taps: std::collections::BTreeMap<String, Arc<salesflow_plugin_api::Tap>>,
+    /// The sources, built and wired, started by [`Started::launch`].
+    sources: Vec<(String, Output, Box<dyn salesflow_plugin_api::Source>)>,
+    sources_stop: CancellationToken,
 }
 
 enum Built {
@@ -166,11 +169,35 @@ pub async fn start(
     metrics: &RuntimeMetrics,
     sources_stop: &CancellationToken,
 ) -> Result<Started, StartError> {
+    let mut started = start_pipelines(
+        &plan.pipelines,
+        plan.server.tap.enabled,
+        &std::collections::HashSet::new(),
+        registry,
+        metrics,
+        sources_stop,
+    )
+    .await?;
+    started.launch();
+    Ok(started)
+}
+
+/// Builds every component of these pipelines and starts their stages and sinks; the
+/// sources start at [`Started::launch`]. Their HTTP routes may not take a path of `taken`
+/// (served by the host or another pipeline already).
+pub async fn start_pipelines<S: std::hash::BuildHasher + Clone>(
+    pipelines: &[PipelinePlan],
+    tap_enabled: bool,
+    taken: &std::collections::HashSet<String, S>,
+    registry: &mut Registry,
+    metrics: &RuntimeMetrics,
+    sources_stop: &CancellationToken,
+) -> Result<Started, StartError> {
     let mut routes = Vec::new();
     let mut healthchecks = Vec::new();
     let mut built: Vec<(String, Node, Built)> = Vec::new();
 
-    for pipeline in &plan.pipelines {
+    for pipeline in pipelines {
         for node in &pipeline.nodes {
             let sub = registry
                 .sub_registry_with_label(("pipeline".into(), pipeline.name.clone().into()))
@@ -226,7 +253,7 @@ pub async fn start(
         }
     }
 
-    let mut seen_paths = std::collections::HashSet::new();
+    let mut seen_paths = taken.clone();
     for route in &routes {
         if !seen_paths.insert(route.path.clone()) {
             return Err(StartError::DuplicatePath(route.path.clone()));
@@ -283,7 +310,7 @@ pub async fn start(
             .map(|list| list.iter().map(|key| downstream_of[key].clone()).collect())
             .unwrap_or_default();
         let output = Output::new(downstream, Some(Observer::new(metrics, labels)));
-        if plan.server.tap.enabled {
+        if tap_enabled {
             let tap = salesflow_plugin_api::Tap::new();
             taps.lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -348,14 +375,6 @@ pub async fn start(
     // Only the outputs hold senders now: a channel closes when its last producer ends.
     drop(downstream_of);
     drop(inbound);
-    for (label, out, source) in planned {
-        let stop = sources_stop.clone();
-        info!(component = %label, "source starting");
-        tasks.spawn(async move {
-            let result = source.run(out, stop).await;
-            (label, result)
-        });
-    }
     Ok(Started {
         tasks,
         lanes,
@@ -364,7 +383,25 @@ pub async fn start(
         taps: taps
             .into_inner()
             .unwrap_or_else(std::sync::PoisonError::into_inner),
+        sources: planned,
+        sources_stop: sources_stop.clone(),
     })
+}
+
+impl Started {
+    /// Starts the sources: until now only stages and sinks wait on their channels, and
+    /// nothing has been read. Dropped instead, the whole is stopped without having read
+    /// anything.
+    pub fn launch(&mut self) {
+        for (label, out, source) in std::mem::take(&mut self.sources) {
+            let stop = self.sources_stop.clone();
+            info!(component = %label, "source starting");
+            self.tasks.spawn(async move {
+                let result = source.run(out, stop).await;
+                (label, result)
+            });
+        }
+    }
 }
 
 /// A stage's or sink's lane: made from its factory, then run on its channel.

@@ -1,7 +1,9 @@
 //! The process's one HTTP server: the routes plugins contribute, `/health/live`,
 //! `/health/ready` and `/metrics`, behind tracing and request metrics.
 
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -17,6 +19,7 @@ use salesflow_plugin_api::axum::response::{IntoResponse, Response};
 use salesflow_plugin_api::axum::routing::get;
 use salesflow_plugin_api::axum::{Json, Router};
 use salesflow_plugin_api::{Healthcheck, Route};
+use tower::ServiceExt as _;
 
 use serde_json::json;
 use tower_http::classify::ServerErrorsFailureClass;
@@ -183,7 +186,7 @@ struct CheckLabels {
 /// `/health/ready` and exporting them as `salesflow_dependency_up{check}` and
 /// `salesflow_ready`, for alerting.
 pub fn monitor_health(
-    checks: Vec<Healthcheck>,
+    checks: HealthChecks,
     registry: &mut Registry,
     every: Duration,
     stop: salesflow_plugin_api::CancellationToken,
@@ -209,7 +212,9 @@ pub fn monitor_health(
                 () = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let results = run_checks(&checks).await;
+            let results = run_checks(&checks.get()).await;
+            // Checks of pipelines stopped by a reload are not shown any more.
+            up.clear();
             let mut all = true;
             for (name, result) in &results {
                 all &= result.is_ok();
@@ -314,6 +319,7 @@ impl ProcessMetrics {
 #[derive(Clone)]
 struct MetricsState {
     registry: Arc<Mutex<Registry>>,
+    pipelines: PipelineRegistries,
     process: Arc<ProcessMetrics>,
 }
 
@@ -324,7 +330,15 @@ async fn metrics(State(state): State<MetricsState>) -> Response {
         let registry = registry
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        crate::metrics::exposition(&registry)
+        let pipelines = state
+            .pipelines
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let all: Vec<&Registry> = std::iter::once(&*registry)
+            .chain(pipelines.values())
+            .collect();
+        crate::metrics::exposition_of(&all)
     };
     match encoded {
         Ok(body) => (
@@ -339,28 +353,161 @@ async fn metrics(State(state): State<MetricsState>) -> Response {
     }
 }
 
-/// The server's router.
+/// The paths the host serves itself; no plugin may take them.
+pub const HOST_PATHS: &[&str] = &[
+    "/health/live",
+    "/health/ready",
+    "/metrics",
+    "/openapi.json",
+    crate::tap::PATH,
+];
+
+/// The routes of the running pipelines, replaced as pipelines start and stop. A request
+/// no host path matches goes to them; while a reload restarts pipelines, a path nobody
+/// serves is answered 503 with `Retry-After` (it may be a restarting pipeline's).
+#[derive(Clone)]
+pub struct PipelineRoutes {
+    current: Arc<RwLock<Router>>,
+    restarting: Arc<AtomicBool>,
+    metrics: HttpMetrics,
+}
+
+impl PipelineRoutes {
+    /// Serves these routes from now on. Their paths are distinct (checked at start).
+    pub fn set(&self, routes: Vec<Route>) {
+        let mut app = Router::new();
+        for route in routes {
+            app = app.merge(route.router);
+        }
+        let app = app.layer(middleware::from_fn_with_state(self.metrics.clone(), track));
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = app;
+    }
+
+    /// Whether pipelines are being restarted (their paths answer 503 meanwhile).
+    pub fn set_restarting(&self, restarting: bool) {
+        self.restarting.store(restarting, Ordering::Relaxed);
+    }
+
+    async fn dispatch(self, request: Request) -> Response {
+        let router = self
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let response = match router.oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        if response.status() == StatusCode::NOT_FOUND && self.restarting.load(Ordering::Relaxed) {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                Json(json!({ "error": "the pipeline serving this path is restarting for a new configuration; retry" })),
+            )
+                .into_response();
+        }
+        response
+    }
+}
+
+/// The running pipelines' readiness checks, replaced as pipelines start and stop.
+#[derive(Clone, Default)]
+pub struct HealthChecks {
+    inner: Arc<Mutex<Vec<Healthcheck>>>,
+}
+
+impl HealthChecks {
+    pub fn set(&self, checks: Vec<Healthcheck>) {
+        *self
+            .inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = checks;
+    }
+
+    fn get(&self) -> Vec<Healthcheck> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Each running pipeline's metrics registry: a restarted pipeline registers its
+/// components' metrics afresh in a new one.
+#[derive(Clone, Default)]
+pub struct PipelineRegistries {
+    inner: Arc<Mutex<BTreeMap<String, Registry>>>,
+}
+
+impl PipelineRegistries {
+    pub fn insert(&self, pipeline: &str, registry: Registry) {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(pipeline.to_owned(), registry);
+    }
+
+    pub fn remove(&self, pipeline: &str) {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(pipeline);
+    }
+}
+
+/// What the running pipelines contribute to the server.
+#[derive(Clone)]
+pub struct Shared {
+    pub routes: PipelineRoutes,
+    pub health: HealthChecks,
+    pub registries: PipelineRegistries,
+    pub taps: crate::tap::TapTable,
+}
+
+impl Shared {
+    /// Nothing yet; the request metrics are registered in `registry`.
+    pub fn new(registry: &mut Registry) -> Self {
+        Self {
+            routes: PipelineRoutes {
+                current: Arc::new(RwLock::new(Router::new())),
+                restarting: Arc::new(AtomicBool::new(false)),
+                metrics: HttpMetrics::register(registry),
+            },
+            health: HealthChecks::default(),
+            registries: PipelineRegistries::default(),
+            taps: crate::tap::TapTable::default(),
+        }
+    }
+}
+
+/// The server's router: the host's own paths (and `extra`, such as the tap), then the
+/// running pipelines' routes.
 pub fn router(
-    routes: Vec<Route>,
+    shared: &Shared,
+    extra: Vec<Route>,
     health: HealthState,
     registry: Arc<Mutex<Registry>>,
     openapi: Option<String>,
 ) -> Router {
-    let (http_metrics, process) = {
+    let process = {
         let mut r = registry
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        (
-            HttpMetrics::register(&mut r),
-            Arc::new(ProcessMetrics::register(&mut r)),
-        )
+        Arc::new(ProcessMetrics::register(&mut r))
     };
     let mut app = Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready).with_state(health))
         .route(
             "/metrics",
-            get(metrics).with_state(MetricsState { registry, process }),
+            get(metrics).with_state(MetricsState {
+                registry,
+                pipelines: shared.registries.clone(),
+                process,
+            }),
         );
     if let Some(document) = openapi {
         app = app.route(
@@ -368,11 +515,16 @@ pub fn router(
             get(move || async move { ([(header::CONTENT_TYPE, "application/json")], document) }),
         );
     }
-    for route in routes {
+    for route in extra {
         app = app.merge(route.router);
     }
-    app.layer(middleware::from_fn_with_state(http_metrics, track))
-        .layer(TraceLayer::new_for_http().on_failure(log_failure))
+    let routes = shared.routes.clone();
+    app.route_layer(middleware::from_fn_with_state(
+        shared.routes.metrics.clone(),
+        track,
+    ))
+    .fallback(move |request: Request| routes.clone().dispatch(request))
+    .layer(TraceLayer::new_for_http().on_failure(log_failure))
 }
 
 /// A 503 is load shed on purpose (counted in `salesflow_http_requests_total` and the

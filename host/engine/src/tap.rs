@@ -6,7 +6,7 @@
 //! changes the pipeline (see `salesflow_plugin_api::tap`).
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use salesflow_plugin_api::auth::{ApiKeys, AuthSettings};
@@ -27,8 +27,37 @@ use crate::config::TapSettings;
 /// The longest a request may watch.
 const MAX_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The path the tap is served on.
+pub const PATH: &str = "/tap/{pipeline}/{component}";
+
+/// Every running component output's tap, by `pipeline/component[.output]`; replaced as
+/// pipelines start and stop.
+#[derive(Clone, Default)]
+pub struct TapTable {
+    inner: Arc<RwLock<BTreeMap<String, Arc<Tap>>>>,
+}
+
+impl TapTable {
+    pub fn set(&self, taps: BTreeMap<String, Arc<Tap>>) {
+        *self
+            .inner
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = taps;
+    }
+
+    fn get(&self, name: &str) -> Result<Arc<Tap>, Vec<String>> {
+        let taps = self
+            .inner
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        taps.get(name)
+            .cloned()
+            .ok_or_else(|| taps.keys().cloned().collect())
+    }
+}
+
 struct Taps {
-    taps: BTreeMap<String, Arc<Tap>>,
+    taps: TapTable,
     settings: TapSettings,
 }
 
@@ -44,21 +73,17 @@ pub fn keys(settings: &TapSettings) -> Result<Option<ApiKeys>, ConfigError> {
 }
 
 /// The tap route, protected by `keys` when there are any.
-pub fn route(
-    taps: BTreeMap<String, Arc<Tap>>,
-    settings: &TapSettings,
-    keys: Option<ApiKeys>,
-) -> Route {
+pub fn route(taps: TapTable, settings: &TapSettings, keys: Option<ApiKeys>) -> Route {
     let state = Arc::new(Taps {
         taps,
         settings: settings.clone(),
     });
-    let mut router = Router::new().route("/tap/{pipeline}/{component}", get(tap).with_state(state));
+    let mut router = Router::new().route(PATH, get(tap).with_state(state));
     if let Some(keys) = keys {
         router = salesflow_plugin_api::auth::protect(router, keys);
     }
     Route {
-        path: "/tap/{pipeline}/{component}".into(),
+        path: PATH.into(),
         router,
     }
 }
@@ -73,15 +98,17 @@ async fn tap(
     Query(params): Query<Params>,
 ) -> Response {
     let name = format!("{pipeline}/{component}");
-    let Some(tap) = taps.taps.get(&name) else {
-        let known: Vec<&str> = taps.taps.keys().map(String::as_str).collect();
-        return refuse(
-            StatusCode::NOT_FOUND,
-            &format!(
-                "no component output {name}; these can be tapped: {}",
-                known.join(", ")
-            ),
-        );
+    let tap = match taps.taps.get(&name) {
+        Ok(tap) => tap,
+        Err(known) => {
+            return refuse(
+                StatusCode::NOT_FOUND,
+                &format!(
+                    "no component output {name}; these can be tapped: {}",
+                    known.join(", ")
+                ),
+            );
+        }
     };
     let max = taps.settings.max_events;
     let limit = params.limit.unwrap_or(10);

@@ -61,6 +61,7 @@ impl std::fmt::Display for Lanes {
     }
 }
 
+#[derive(Clone)]
 pub struct PipelinePlan {
     pub name: String,
     /// Sources first, then stages in dependency order, then sinks.
@@ -77,6 +78,8 @@ pub struct Plan {
     pub registry: Registry,
     pub pipelines: Vec<PipelinePlan>,
     pub loaded_plugins: Vec<String>,
+    /// The run-time plugins' folder (`[plugins] dir`, resolved), when set.
+    pub plugin_dir: Option<std::path::PathBuf>,
 }
 
 impl Plan {
@@ -168,6 +171,7 @@ pub fn plan(loaded: &Loaded, mut registry: Registry) -> Result<Plan, Vec<String>
         ));
     }
     let mut loaded_plugins = Vec::new();
+    let mut resolved_plugin_dir = None;
     if let Some(dir) = &plugin_dir.dir {
         let dir = if dir.is_relative() {
             loaded
@@ -182,6 +186,7 @@ pub fn plan(loaded: &Loaded, mut registry: Registry) -> Result<Plan, Vec<String>
             Ok(names) => loaded_plugins = names,
             Err(e) => problems.push(Problem::new(path(&["plugins", "dir"]), e)),
         }
+        resolved_plugin_dir = Some(dir);
     }
 
     let shared_sections = registry.shared_sections();
@@ -240,6 +245,7 @@ pub fn plan(loaded: &Loaded, mut registry: Registry) -> Result<Plan, Vec<String>
             registry,
             pipelines,
             loaded_plugins,
+            plugin_dir: resolved_plugin_dir,
         })
     } else {
         Err(problems.iter().map(|p| loaded.describe(p)).collect())

@@ -113,3 +113,39 @@ fn names_follow_the_rule() {
         problems(&text)
     );
 }
+
+/// What a reload compares: a pipeline's fingerprint changes with any of its components'
+/// settings, wiring, lanes or buffers, and with nothing of another pipeline's.
+#[test]
+fn a_pipelines_fingerprint_follows_its_own_configuration_only() {
+    use salesflow_host::supervisor::fingerprint;
+    let two = |first_lanes: &str, second_buffer: &str| {
+        format!(
+            "{CHAIN}\n[pipelines.q.sources.in]\ntype = \"feed\"\nfeed = \"q\"\n\n\
+             [pipelines.q.sinks.out]\ntype = \"collect\"\nsink = \"q\"\ninputs = [\"in\"]\n\
+             buffer = {second_buffer}\n"
+        )
+        .replace("lanes = \"auto\"", &format!("lanes = {first_lanes}"))
+    };
+    let prints = |text: &str| -> Vec<String> {
+        let plan = planned(text).unwrap();
+        plan.pipelines
+            .iter()
+            .map(|p| fingerprint(p, &plan.loaded_plugins))
+            .collect()
+    };
+    let base = prints(&two("\"auto\"", "4"));
+    assert_eq!(
+        base,
+        prints(&two("\"auto\"", "4")),
+        "the same text, the same prints"
+    );
+    let lanes = prints(&two("3", "4"));
+    assert_ne!(base[0], lanes[0], "p's lanes changed");
+    assert_eq!(base[1], lanes[1], "q did not change");
+    let buffer = prints(&two("\"auto\"", "8"));
+    assert_eq!(base[0], buffer[0], "p did not change");
+    assert_ne!(base[1], buffer[1], "q's buffer changed");
+    let setting = prints(&two("\"auto\"", "4").replace("sink = \"q\"", "sink = \"q2\""));
+    assert_ne!(base[1], setting[1], "q's sink setting changed");
+}

@@ -75,7 +75,7 @@ pub const ABI_VERSION: u32 = 2;
 
 /// The minor version: fields appended to the end of [`LibraryDeclaration`] or
 /// [`PluginEntry`] increment it; a host reads them only from libraries that declare them.
-pub const ABI_MINOR: u32 = 0;
+pub const ABI_MINOR: u32 = 1;
 
 /// The name of the exported static, NUL-terminated.
 pub const SYMBOL: &[u8] = b"SALESFLOW_PLUGIN\0";
@@ -196,6 +196,10 @@ pub type TickFn =
 pub type DestroyFn = unsafe extern "C" fn(instance: *mut c_void);
 /// Frees a buffer the plugin handed out.
 pub type FreeBufferFn = unsafe extern "C" fn(buffer: OwnedBuffer);
+/// Since minor version 1: an instance's own metrics and health, written to `output` (see
+/// [`encode_report`]). The host calls it after each call, on the same thread, never
+/// overlapping the instance's other calls.
+pub type ReportFn = unsafe extern "C" fn(instance: *mut c_void, output: *mut OwnedBuffer) -> i32;
 
 /// One plugin of a library.
 #[repr(C)]
@@ -226,6 +230,117 @@ pub struct LibraryDeclaration {
     pub plugins: *const PluginEntry,
     pub plugin_count: usize,
     pub free_buffer: FreeBufferFn,
+    /// Since minor version 1 (a host reads it only from libraries that declare it).
+    pub report: ReportFn,
+}
+
+/// Whether a metric only grows (a counter) or goes up and down (a gauge).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+}
+
+/// One of a plugin instance's own metrics. The host shows it in `/metrics` as
+/// `salesflow_plugin_<name>` (a counter with `_total`), labelled with the pipeline, the
+/// component and the lane, beside the built-in components' metrics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Metric {
+    pub kind: MetricKind,
+    /// Lower-case letters, digits and `_`, starting with a letter.
+    pub name: String,
+    /// One line: what it counts or measures.
+    pub help: String,
+    pub value: f64,
+}
+
+impl Metric {
+    /// A count that only grows (events seen, windows closed).
+    pub fn counter(name: &str, help: &str, value: u64) -> Self {
+        #[allow(clippy::cast_precision_loss)] // Exact up to 2^53.
+        let value = value as f64;
+        Self {
+            kind: MetricKind::Counter,
+            name: name.to_owned(),
+            help: help.to_owned(),
+            value,
+        }
+    }
+
+    /// A level that goes up and down (events held, open windows).
+    pub fn gauge(name: &str, help: &str, value: f64) -> Self {
+        Self {
+            kind: MetricKind::Gauge,
+            name: name.to_owned(),
+            help: help.to_owned(),
+            value,
+        }
+    }
+}
+
+/// What [`ReportFn`] says of an instance.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Report {
+    pub metrics: Vec<Metric>,
+    /// `Some(why)` when the instance says it cannot do its work.
+    pub unhealthy: Option<String>,
+}
+
+/// A report as [`ReportFn`] writes it: one line per metric, `counter|gauge NAME VALUE
+/// HELP`, and `unhealthy MESSAGE` when the instance is not healthy (line breaks in help and
+/// messages become spaces).
+pub fn encode_report(report: &Report) -> Vec<u8> {
+    use std::fmt::Write as _;
+    let one_line = |s: &str| s.replace(['\n', '\r'], " ");
+    let mut out = String::new();
+    for m in &report.metrics {
+        let kind = match m.kind {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+        };
+        let _ = writeln!(
+            out,
+            "{kind} {} {} {}",
+            one_line(&m.name),
+            m.value,
+            one_line(&m.help)
+        );
+    }
+    if let Some(why) = &report.unhealthy {
+        let _ = writeln!(out, "unhealthy {}", one_line(why));
+    }
+    out.into_bytes()
+}
+
+/// Reads what [`encode_report`] wrote; a line it cannot read is an error naming it.
+pub fn decode_report(bytes: &[u8]) -> Result<Report, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("report is not UTF-8: {e}"))?;
+    let mut report = Report::default();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        let kind = match word {
+            "counter" => MetricKind::Counter,
+            "gauge" => MetricKind::Gauge,
+            "unhealthy" => {
+                report.unhealthy = Some(rest.to_owned());
+                continue;
+            }
+            _ => return Err(format!("report line {line:?}: unknown kind {word:?}")),
+        };
+        let mut parts = rest.splitn(3, ' ');
+        let name = parts.next().unwrap_or_default();
+        let value = parts
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or_else(|| format!("report line {line:?}: no number after the name"))?;
+        report.metrics.push(Metric {
+            kind,
+            name: name.to_owned(),
+            help: parts.next().unwrap_or_default().to_owned(),
+            value,
+        });
+    }
+    Ok(report)
 }
 
 // SAFETY: the declaration is immutable static data (pointers to static strings, entries
@@ -264,6 +379,15 @@ pub trait DynStage: Sized + Send + 'static {
     fn flush(&mut self) -> Result<Vec<DynEvent>, String> {
         self.on_timer()
     }
+    /// This instance's own metrics (see [`Metric`]), read by the host after every call.
+    fn metrics(&self) -> Vec<Metric> {
+        Vec::new()
+    }
+    /// Whether this instance can do its work. An `Err` shows in `/health/ready` as the
+    /// component's `plugin` check until a later call reports `Ok`.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Why a sink's write did not (wholly) succeed.
@@ -287,6 +411,14 @@ pub trait DynSink: Sized + Send + 'static {
     fn write(&mut self, events: Vec<DynEvent>) -> Result<(), SinkError>;
     /// Shutdown: push out anything buffered.
     fn flush(&mut self) -> Result<(), String> {
+        Ok(())
+    }
+    /// This instance's own metrics (as [`DynStage::metrics`]).
+    fn metrics(&self) -> Vec<Metric> {
+        Vec::new()
+    }
+    /// Whether this instance can do its work (as [`DynStage::health`]).
+    fn health(&self) -> Result<(), String> {
         Ok(())
     }
 }
@@ -325,6 +457,63 @@ fn error(message: String) -> (i32, Vec<u8>) {
     (STATUS_ERROR, message.into_bytes())
 }
 
+/// What an instance pointer points to: its report function first (so that the one
+/// [`report`] of the library can find it whatever the plugin's type), then the plugin.
+#[repr(C)]
+struct Instance<T> {
+    report: unsafe fn(*const c_void) -> Vec<u8>,
+    inner: T,
+}
+
+/// The plugin inside an instance pointer.
+///
+/// # Safety
+/// `instance` must come from `create_with::<T>` and be live; no other reference to it may
+/// be in use.
+unsafe fn inner<'a, T>(instance: *mut c_void) -> &'a mut T {
+    // SAFETY: per the function contract.
+    unsafe { &mut (*instance.cast::<Instance<T>>()).inner }
+}
+
+/// # Safety
+/// `instance` must be an `Instance<T>` of a stage `T`.
+unsafe fn stage_report<T: DynStage>(instance: *const c_void) -> Vec<u8> {
+    // SAFETY: per the function contract.
+    let stage = unsafe { &(*instance.cast::<Instance<T>>()).inner };
+    encode_report(&Report {
+        metrics: stage.metrics(),
+        unhealthy: stage.health().err(),
+    })
+}
+
+/// # Safety
+/// `instance` must be an `Instance<T>` of a sink `T`.
+unsafe fn sink_report<T: DynSink>(instance: *const c_void) -> Vec<u8> {
+    // SAFETY: per the function contract.
+    let sink = unsafe { &(*instance.cast::<Instance<T>>()).inner };
+    encode_report(&Report {
+        metrics: sink.metrics(),
+        unhealthy: sink.health().err(),
+    })
+}
+
+/// [`ReportFn`] of every plugin of the library.
+///
+/// # Safety
+/// Called by the host per the ABI, with an instance made by this library.
+#[doc(hidden)]
+pub unsafe extern "C" fn report(instance: *mut c_void, output: *mut OwnedBuffer) -> i32 {
+    let call = || {
+        // SAFETY: every instance this library makes is an `Instance<T>`, whose first field
+        // (repr(C)) is its report function.
+        let report = unsafe { *instance.cast::<unsafe fn(*const c_void) -> Vec<u8>>() };
+        // SAFETY: that function reads the instance it was stored in.
+        Ok(unsafe { report(instance) })
+    };
+    // SAFETY: the host passes a writable slot for the output.
+    unsafe { guard(output, call) }
+}
+
 /// # Safety
 /// The host's side of [`CreateFn`].
 unsafe fn create_with<T>(
@@ -332,14 +521,19 @@ unsafe fn create_with<T>(
     instance: *mut *mut c_void,
     out: *mut OwnedBuffer,
     new: fn(&str) -> Result<T, String>,
+    report: unsafe fn(*const c_void) -> Vec<u8>,
 ) -> i32 {
     let call = || {
         // SAFETY: the host lends the config bytes for this call.
         let bytes = unsafe { config.as_slice() };
         let json = std::str::from_utf8(bytes).map_err(|e| error(e.to_string()))?;
         let made = new(json).map_err(error)?;
+        let made = Box::new(Instance {
+            report,
+            inner: made,
+        });
         // SAFETY: the host passes a valid slot for the instance pointer.
-        unsafe { instance.write(Box::into_raw(Box::new(made)).cast::<c_void>()) };
+        unsafe { instance.write(Box::into_raw(made).cast::<c_void>()) };
         Ok(Vec::new())
     };
     // SAFETY: the host passes a writable slot for the message.
@@ -365,7 +559,7 @@ pub unsafe extern "C" fn stage_create<T: DynStage>(
     error: *mut OwnedBuffer,
 ) -> i32 {
     // SAFETY: per the ABI.
-    unsafe { create_with::<T>(config, instance, error, T::new) }
+    unsafe { create_with::<T>(config, instance, error, T::new, stage_report::<T>) }
 }
 
 /// [`CallFn`] of a stage `T`.
@@ -380,7 +574,7 @@ pub unsafe extern "C" fn stage_call<T: DynStage>(
 ) -> i32 {
     let call = || {
         // SAFETY: `instance` comes from `stage_create::<T>`; its calls never overlap.
-        let stage = unsafe { &mut *instance.cast::<T>() };
+        let stage = unsafe { inner::<T>(instance) };
         // SAFETY: the host lends the input bytes for this call.
         let events =
             decode_events(unsafe { input.as_slice() }).map_err(|e| error(e.to_string()))?;
@@ -403,7 +597,7 @@ pub unsafe extern "C" fn stage_tick<T: DynStage>(
 ) -> i32 {
     let call = || {
         // SAFETY: as in `stage_call`.
-        let stage = unsafe { &mut *instance.cast::<T>() };
+        let stage = unsafe { inner::<T>(instance) };
         let out = if reason == TICK_FLUSH {
             stage.flush()
         } else {
@@ -427,7 +621,7 @@ pub unsafe extern "C" fn sink_create<T: DynSink>(
     error: *mut OwnedBuffer,
 ) -> i32 {
     // SAFETY: per the ABI.
-    unsafe { create_with::<T>(config, instance, error, T::new) }
+    unsafe { create_with::<T>(config, instance, error, T::new, sink_report::<T>) }
 }
 
 /// [`CallFn`] of a sink `T`.
@@ -442,7 +636,7 @@ pub unsafe extern "C" fn sink_call<T: DynSink>(
 ) -> i32 {
     let call = || {
         // SAFETY: `instance` comes from `sink_create::<T>`; its calls never overlap.
-        let sink = unsafe { &mut *instance.cast::<T>() };
+        let sink = unsafe { inner::<T>(instance) };
         // SAFETY: the host lends the input bytes for this call.
         let events =
             decode_events(unsafe { input.as_slice() }).map_err(|e| error(e.to_string()))?;
@@ -468,7 +662,7 @@ pub unsafe extern "C" fn sink_tick<T: DynSink>(
 ) -> i32 {
     let call = || {
         // SAFETY: as in `sink_call`.
-        let sink = unsafe { &mut *instance.cast::<T>() };
+        let sink = unsafe { inner::<T>(instance) };
         if reason == TICK_FLUSH {
             sink.flush().map_err(error)?;
         }
@@ -486,8 +680,8 @@ pub unsafe extern "C" fn sink_tick<T: DynSink>(
 pub unsafe extern "C" fn destroy<T>(instance: *mut c_void) {
     if !instance.is_null() {
         let _ = std::panic::catch_unwind(|| {
-            // SAFETY: `instance` is a `Box<T>` from `create_with`, destroyed once.
-            drop(unsafe { Box::from_raw(instance.cast::<T>()) });
+            // SAFETY: `instance` is a `Box<Instance<T>>` from `create_with`, destroyed once.
+            drop(unsafe { Box::from_raw(instance.cast::<Instance<T>>()) });
         });
     }
 }
@@ -524,6 +718,7 @@ macro_rules! export_plugins {
             plugins: __SALESFLOW_PLUGINS.as_ptr(),
             plugin_count: __SALESFLOW_PLUGINS.len(),
             free_buffer: $crate::free_buffer,
+            report: $crate::report,
         };
     };
     (@entry stage, $ty:ty, $name:literal, $summary:literal, [$($out:literal),*]) => {

@@ -94,6 +94,15 @@ fn create(config_json: &str, create: crate::CreateFn) -> Result<*mut c_void, Cal
     Ok(instance)
 }
 
+/// An instance's report, read through the library's [`crate::report`] as the host does.
+fn report(instance: *mut c_void) -> Result<crate::Report, CallError> {
+    let mut output = OwnedBuffer::EMPTY;
+    // SAFETY: the instance is live and ours; a valid slot for the output.
+    let status = unsafe { crate::report(instance, &raw mut output) };
+    let bytes = outcome(status, take(output))?;
+    crate::decode_report(&bytes).map_err(CallError::Malformed)
+}
+
 fn encode_input(events: &[DynEvent]) -> Vec<u8> {
     encode_events(
         events.iter().enumerate().map(|(i, e)| {
@@ -151,6 +160,11 @@ impl<T: DynStage> StageHarness<T> {
         self.tick(TICK_FLUSH)
     }
 
+    /// The stage's metrics and health, as the host reads them after each call.
+    pub fn report(&mut self) -> Result<crate::Report, CallError> {
+        report(self.instance)
+    }
+
     fn tick(&mut self, reason: u32) -> Result<StageResult, CallError> {
         let mut output = OwnedBuffer::EMPTY;
         // SAFETY: as in `process`.
@@ -194,6 +208,11 @@ impl<T: DynSink> SinkHarness<T> {
             )
         };
         outcome(status, take(output)).map(drop)
+    }
+
+    /// The sink's metrics and health, as the host reads them after each call.
+    pub fn report(&mut self) -> Result<crate::Report, CallError> {
+        report(self.instance)
     }
 
     /// Shutdown: the sink's flush.

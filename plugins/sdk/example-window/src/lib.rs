@@ -20,6 +20,12 @@
 //! acknowledging; a payload that is not JSON is refused for good (a dead letter when the
 //! sink's `failed` output is read).
 //!
+//! Both report their own metrics and health, which the host shows with its own:
+//! `salesflow_plugin_window_events_total`, `salesflow_plugin_window_summaries_total`,
+//! `salesflow_plugin_window_held_events`, `salesflow_plugin_file_lines_total`,
+//! `salesflow_plugin_file_refused_total` (each labelled with pipeline, component and
+//! lane); the sink is unhealthy in `/health/ready` while its last write failed.
+//!
 //! ```toml
 //! [pipelines.p.sinks.file]
 //! type = "example-file"
@@ -31,7 +37,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use salesflow_plugin_abi::{DynEvent, DynSink, DynStage, SinkError, export_plugins};
+use salesflow_plugin_abi::{DynEvent, DynSink, DynStage, Metric, SinkError, export_plugins};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -56,6 +62,10 @@ pub struct Window {
     /// The open window: when it closes, and its counts per key.
     closes: Option<Instant>,
     keys: BTreeMap<String, Tally>,
+    /// Events taken in, summaries emitted, and events held now: its metrics.
+    events: u64,
+    summaries: u64,
+    held: u64,
 }
 
 impl DynStage for Window {
@@ -72,6 +82,9 @@ impl DynStage for Window {
             settings,
             closes: None,
             keys: BTreeMap::new(),
+            events: 0,
+            summaries: 0,
+            held: 0,
         })
     }
 
@@ -96,6 +109,8 @@ impl DynStage for Window {
                 .unwrap_or_default();
             let tally = self.keys.entry(key).or_default();
             tally.count += 1;
+            self.events += 1;
+            self.held += 1;
             if let Some(seq) = seq {
                 tally.first = Some(tally.first.map_or(seq, |f| f.min(seq)));
                 tally.last = Some(tally.last.map_or(seq, |l| l.max(seq)));
@@ -118,6 +133,8 @@ impl DynStage for Window {
 
     fn on_timer(&mut self) -> Result<Vec<DynEvent>, String> {
         self.closes = None;
+        self.held = 0;
+        self.summaries += self.keys.len() as u64;
         Ok(std::mem::take(&mut self.keys)
             .into_iter()
             .map(|(key, tally)| {
@@ -134,6 +151,20 @@ impl DynStage for Window {
             })
             .collect())
     }
+
+    fn metrics(&self) -> Vec<Metric> {
+        #[allow(clippy::cast_precision_loss)] // Exact up to 2^53 events.
+        let held = self.held as f64;
+        vec![
+            Metric::counter("window_events", "Events taken into a window", self.events),
+            Metric::counter(
+                "window_summaries",
+                "Summaries emitted as windows closed",
+                self.summaries,
+            ),
+            Metric::gauge("window_held_events", "Events in the open window", held),
+        ]
+    }
 }
 
 #[derive(Deserialize)]
@@ -144,6 +175,11 @@ struct FileSettings {
 
 pub struct JsonLines {
     file: std::fs::File,
+    path: std::path::PathBuf,
+    lines: u64,
+    refused: u64,
+    /// Why the last write failed, while it did.
+    failing: Option<String>,
 }
 
 impl DynSink for JsonLines {
@@ -155,7 +191,13 @@ impl DynSink for JsonLines {
             .append(true)
             .open(&settings.path)
             .map_err(|e| format!("settings: path {}: {e}", settings.path.display()))?;
-        Ok(Self { file })
+        Ok(Self {
+            file,
+            path: settings.path,
+            lines: 0,
+            refused: 0,
+            failing: None,
+        })
     }
 
     fn write(&mut self, events: Vec<DynEvent>) -> Result<(), SinkError> {
@@ -169,10 +211,18 @@ impl DynSink for JsonLines {
             lines.extend_from_slice(&event.payload);
             lines.push(b'\n');
         }
-        self.file
+        if let Err(e) = self
+            .file
             .write_all(&lines)
             .and_then(|()| self.file.sync_data())
-            .map_err(|e| SinkError::Retry(format!("writing the file: {e}")))?;
+        {
+            let why = format!("writing {}: {e}", self.path.display());
+            self.failing = Some(why.clone());
+            return Err(SinkError::Retry(why));
+        }
+        self.failing = None;
+        self.lines += (events.len() - refused.len()) as u64;
+        self.refused += refused.len() as u64;
         if refused.is_empty() {
             Ok(())
         } else {
@@ -181,7 +231,23 @@ impl DynSink for JsonLines {
     }
 
     fn flush(&mut self) -> Result<(), String> {
-        self.file.sync_all().map_err(|e| e.to_string())
+        // Every write was synced before it returned: nothing is left to push out.
+        Ok(())
+    }
+
+    fn metrics(&self) -> Vec<Metric> {
+        vec![
+            Metric::counter("file_lines", "Lines written and synced", self.lines),
+            Metric::counter(
+                "file_refused",
+                "Events refused for good (not JSON)",
+                self.refused,
+            ),
+        ]
+    }
+
+    fn health(&self) -> Result<(), String> {
+        self.failing.clone().map_or(Ok(()), Err)
     }
 }
 
@@ -225,6 +291,19 @@ mod tests {
                 serde_json::json!({"key": "b", "count": 1, "first": 2, "last": 2}),
             ]
         );
+        // Its own metrics, as the host reads them after each call.
+        let report = stage.report().unwrap();
+        let value = |name: &str| {
+            report
+                .metrics
+                .iter()
+                .find(|m| m.name == name)
+                .map(|m| m.value)
+        };
+        assert_eq!(value("window_events"), Some(3.0));
+        assert_eq!(value("window_summaries"), Some(2.0));
+        assert_eq!(value("window_held_events"), Some(0.0));
+        assert_eq!(report.unhealthy, None);
     }
 
     #[test]
