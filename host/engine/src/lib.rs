@@ -317,6 +317,9 @@ pub async fn run(plan: Plan, source: supervisor::ConfigSource, watch: bool) -> R
             Some(why) = reloads.recv() => pipelines.reload(&source, why).await,
         }
     }
+    // The pipelines first: a source that serves HTTP then sees its own stop, not the
+    // server's, and ends as stopping rather than "on its own".
+    pipelines.stop_all();
     server_stop.cancel();
     let clean = pipelines.shutdown().await;
     match tokio::time::timeout(Duration::from_secs(5), server).await {

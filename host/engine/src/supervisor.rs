@@ -518,6 +518,13 @@ impl Supervisor {
         clean
     }
 
+    /// Tells every pipeline to stop (without waiting; [`Supervisor::shutdown`] waits).
+    pub fn stop_all(&self) {
+        for running in self.running.values() {
+            running.stop.cancel();
+        }
+    }
+
     pub fn names(&self) -> Vec<String> {
         self.running.keys().cloned().collect()
     }

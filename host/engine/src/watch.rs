@@ -17,6 +17,31 @@ use tracing::{info, warn};
 /// How long the watched files must be quiet before a change is acted on.
 pub const SETTLE: Duration = Duration::from_millis(300);
 
+/// The longest a burst of changes delays a reload.
+pub const MAX_SETTLE: Duration = Duration::from_secs(2);
+
+/// Whether a change to `path` may change the configuration: the file itself, a
+/// Kubernetes volume's `..data` swap beside it, or a library in the plugins folder. Other
+/// files in the folder (a log written next to the configuration) are not.
+fn concerns(path: &Path, config: &Path, plugins: Option<&Path>) -> bool {
+    if path == config {
+        return true;
+    }
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    if path.parent() == config.parent() && name.starts_with("..") {
+        return true;
+    }
+    plugins.is_some_and(|dir| {
+        path.parent() == Some(dir)
+            && path
+                .extension()
+                .is_some_and(|e| e == std::env::consts::DLL_EXTENSION)
+    })
+}
+
 /// Why a reload was asked for.
 pub type Reason = &'static str;
 
@@ -89,13 +114,33 @@ pub fn on_change(
     info!(config = %config.display(), plugins = ?plugins, "watching the configuration for changes");
     tokio::spawn(async move {
         let mut seen = snapshot(&config, plugins.as_deref());
-        while let Some(event) = events.recv().await {
-            if let Err(e) = event {
+        let relevant = |event: &notify::Result<notify::Event>| match event {
+            Ok(event) => event
+                .paths
+                .iter()
+                .any(|path| concerns(path, &config, plugins.as_deref())),
+            Err(e) => {
                 warn!(error = %e, "watching the configuration");
+                false
+            }
+        };
+        while let Some(event) = events.recv().await {
+            if !relevant(&event) {
                 continue;
             }
-            // Wait for the burst to end.
-            while let Ok(Some(_)) = tokio::time::timeout(SETTLE, events.recv()).await {}
+            // Wait for the burst to end (quiet for SETTLE), or at most MAX_SETTLE.
+            let deadline = tokio::time::Instant::now() + MAX_SETTLE;
+            let mut quiet = tokio::time::Instant::now() + SETTLE;
+            loop {
+                match tokio::time::timeout_at(quiet.min(deadline), events.recv()).await {
+                    Ok(Some(event)) if relevant(&event) => {
+                        quiet = tokio::time::Instant::now() + SETTLE;
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
             let now = snapshot(&config, plugins.as_deref());
             if now != seen {
                 seen = now;
@@ -106,4 +151,29 @@ pub fn on_change(
         }
     });
     Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_configuration_a_volume_swap_and_libraries_ask_for_a_reload() {
+        let config = Path::new("/etc/salesflow/pipeline.toml");
+        let plugins = Some(Path::new("/usr/lib/salesflow/plugins"));
+        let concerned = |path: &str| concerns(Path::new(path), config, plugins);
+        assert!(concerned("/etc/salesflow/pipeline.toml"));
+        assert!(
+            concerned("/etc/salesflow/..data"),
+            "a ConfigMap volume's swap"
+        );
+        assert!(concerned("/usr/lib/salesflow/plugins/libshop.so"));
+        assert!(
+            !concerned("/etc/salesflow/salesflow.log"),
+            "a log beside it"
+        );
+        assert!(!concerned("/etc/salesflow/.pipeline.toml.swp"));
+        assert!(!concerned("/usr/lib/salesflow/plugins/README"));
+        assert!(!concerned("/usr/lib/salesflow/plugins/old/libshop.so"));
+    }
 }
