@@ -476,11 +476,22 @@ impl Supervisor {
         }
         for name in previous
             .keys()
-            .filter(|name| !self.running.contains_key(*name))
+            .filter(|name| !self.running.contains_key(*name) && !self.down.contains_key(*name))
         {
-            if !self.down.contains_key(name) {
-                info!(pipeline = %name, "removed by the new configuration");
-            }
+            info!(pipeline = %name, "removed by the new configuration");
+        }
+        // What the new configuration no longer has leaves no trace: no failing readiness
+        // check of a pipeline left down earlier, no `running` series stuck at 0.
+        let known: Vec<String> = plan.pipelines.iter().map(|p| p.name.clone()).collect();
+        let gone: Vec<String> = previous
+            .keys()
+            .chain(self.down.keys())
+            .filter(|name| !known.contains(name))
+            .cloned()
+            .collect();
+        self.down.retain(|name, _| known.contains(name));
+        for pipeline in gone {
+            self.metrics.running.remove(&PipelineLabels { pipeline });
         }
         self.publish();
         self.shared.routes.set_restarting(false);

@@ -4,7 +4,8 @@
 //! applied while the load generator posts orders; then every accepted order is reconciled
 //! against the event store and the read models, as the fault suite does. The Query API's
 //! pipeline, never edited, never restarts; an invalid edit is refused and the running
-//! topology goes on; SIGHUP reloads too.
+//! topology goes on; SIGHUP reloads too; a pipeline added and then removed starts and stops
+//! alone.
 
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
@@ -298,6 +299,35 @@ async fn twenty_reloads_under_load_lose_and_duplicate_nothing_and_an_invalid_edi
     assert!(line.contains("carts out of order 0"), "{line}");
     let accepted: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!(accepted > 500, "{line}");
+
+    // A pipeline added, then removed: it starts and stops alone, and leaves no series
+    // behind that an alert would read as down.
+    let spare = format!(
+        "\n[pipelines.spare.sources.in]\ntype = \"http\"\npath = \"/spare\"\nbody = \"single\"\n\n\
+         [pipelines.spare.sinks.out]\ntype = \"kafka\"\ninputs = [\"in\"]\ntopic = \"{}\"\n",
+        sales.orders_dlq
+    );
+    save(&config, &(edit(&original, 20) + &spare));
+    wait_for_series(&client, &base, APPLIED, 23).await;
+    let added = metrics(&client, &base).await;
+    assert_eq!(starts(&added, "spare"), 1, "{added}");
+    assert_eq!(
+        value(&added, "salesflow_pipeline_running{pipeline=\"spare\"}"),
+        1
+    );
+    assert_eq!(starts(&added, "domain"), 21, "nothing else restarted");
+    save(&config, &edit(&original, 20));
+    wait_for_series(&client, &base, APPLIED, 24).await;
+    let removed = metrics(&client, &base).await;
+    assert!(
+        !removed.contains("salesflow_pipeline_running{pipeline=\"spare\"}"),
+        "{removed}"
+    );
+    assert_eq!(starts(&removed, "query-api"), 1);
+    assert_eq!(
+        value(&removed, "salesflow_config_last_reload_successful"),
+        1
+    );
 
     let (status, log) = host.stop(Duration::from_secs(60));
     assert!(status.success(), "{log}");
