@@ -5,10 +5,11 @@
 //!
 //! A `cart-events` record carries one event and the cart's totals after it, never the
 //! whole cart. Each lane keeps the carts of its partitions in memory (bounded in bytes)
-//! and folds each cart's next event into it; a cart not in memory, an event that is not
-//! the next one (a gap: the cart's events came through two partitions, or a record was
-//! dead-lettered), or totals that disagree with the fold make the lane rebuild the cart
-//! from the event store — the domain appends an event before publishing it, so the store
+//! and folds each cart's next event into it; a cart not in memory starts from its first
+//! event when that is the first it gets (a new cart: nothing to read back). A cart not in
+//! memory otherwise, an event that is not the next one (a gap: the cart's events came
+//! through two partitions, or a record was dead-lettered), or totals that disagree with
+//! the fold make the lane rebuild the cart from the event store — the domain appends an event before publishing it, so the store
 //! always holds it. An older event than the cart's version is already in it. One pair of
 //! documents per cart and batch: its state after the batch — written even when every
 //! event of the batch was already folded in, because the memory runs ahead of the
@@ -275,8 +276,21 @@ fn fold_in_memory(
     (false, skipped)
 }
 
+/// A cart not in memory whose updates start at its first event: that event alone, checked
+/// against the totals it came with — nothing to read back, the rest of its updates fold
+/// onto it as onto a cart in memory. (Most carts a busy shop's projections meet are new;
+/// reading each back cost the event store a partition read per cart.)
+fn new_cart(updates: &[(usize, CartEvent, Option<CartTotals>)]) -> Option<Cart> {
+    let (_, first, totals) = updates.first().filter(|(_, e, _)| e.seq == 1)?;
+    let cart = Cart::new(first);
+    totals
+        .as_ref()
+        .is_none_or(|t| *t == cart.totals())
+        .then_some(cart)
+}
+
 /// Folds a cart's updates in order; rebuilds it from the event store when it is not in
-/// memory or an update is not its next event.
+/// memory (and they do not start at its first event) or an update is not its next event.
 async fn fold(
     store: &EventStore,
     work: CartWork,
@@ -285,11 +299,18 @@ async fn fold(
 ) -> Result<Folded, PluginError> {
     let cart_id = work.cart_id;
     let last = work.updates.last().map_or(0, |u| u.0);
-    let mut cart = work.cart;
+    // Updates already in the cart: none of a cart in memory, the first of a new one.
+    let (mut cart, folded) = if work.cart.is_some() {
+        (work.cart, 0)
+    } else {
+        let cart = new_cart(&work.updates);
+        let folded = usize::from(cart.is_some());
+        (cart, folded)
+    };
     let rebuild = match cart.as_mut() {
         None => true,
         Some(current) => {
-            let (rebuild, skipped) = fold_in_memory(current, &work.updates);
+            let (rebuild, skipped) = fold_in_memory(current, &work.updates[folded..]);
             stale.inc_by(skipped);
             rebuild
         }
@@ -515,6 +536,21 @@ mod tests {
         let mut forged = updates(&all[1..2]);
         forged[0].2.as_mut().unwrap().subtotal += rust_decimal::Decimal::ONE;
         assert!(fold_in_memory(&mut folded, &forged).0);
+    }
+
+    #[test]
+    fn a_new_cart_starts_from_its_first_event_without_the_store() {
+        let cart = Uuid::from_u128(4);
+        let all = events(cart, 3);
+        let fresh = new_cart(&updates(&all)).expect("starts at seq 1");
+        assert_eq!(fresh.version, 1);
+        assert_eq!(fresh.totals(), all[0].1);
+        // Not from its first event: the cart must be read back.
+        assert!(new_cart(&updates(&all[1..])).is_none());
+        // Totals that disagree with the first event: read back too.
+        let mut forged = updates(&all[..1]);
+        forged[0].2.as_mut().unwrap().subtotal += rust_decimal::Decimal::ONE;
+        assert!(new_cart(&forged).is_none());
     }
 
     #[test]
