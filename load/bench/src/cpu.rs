@@ -110,6 +110,20 @@ pub fn servers() -> Vec<Tracked> {
     found
 }
 
+/// Each running server of the local stack with its niceness ("kafka 0, cassandra 10"):
+/// a server started under `SALESFLOW_STACK_NICE` yields the CPU to the rest, which moves
+/// every ratio the report gives.
+pub fn niceness() -> String {
+    servers()
+        .iter()
+        .filter_map(|t| {
+            let stat = procfs::process::Process::new(t.pid).ok()?.stat().ok()?;
+            Some(format!("{} {}", t.name, stat.nice))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Waits until the local stack's servers are quiet: their CPU together below
 /// `quiet_cores` for two seconds in a row, or `limit` passed. A phase started while a
 /// server still compacts or merges what the previous phase wrote would be charged for

@@ -115,6 +115,8 @@ struct Report {
     cpus: usize,
     load_before: String,
     load_after: String,
+    /// The servers' niceness, as `cpu::niceness` gives it.
+    niceness: String,
     rows: Vec<Row>,
     figures: Vec<(String, String)>,
 }
@@ -219,13 +221,15 @@ async fn main() -> Result<()> {
         cpus: std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
         load_before,
         load_after: loadavg(),
+        niceness: cpu::niceness(),
         rows,
         figures,
     };
     let mut md = format!(
-        "# salesflow benchmark\n\n{} — {} cores, load average {} before, {} after.\n\n\
+        "# salesflow benchmark\n\n{} — {} cores, load average {} before, {} after; the \
+         servers' niceness: {}.\n\n\
          | area | salesflow | ceiling | ratio | target |\n|---|---:|---:|---:|---|\n",
-        report.started_at, report.cpus, report.load_before, report.load_after
+        report.started_at, report.cpus, report.load_before, report.load_after, report.niceness
     );
     for r in &report.rows {
         let verdict = match r.passed() {

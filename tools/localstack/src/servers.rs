@@ -493,14 +493,14 @@ impl<'a> Server<'a> {
 }
 
 /// The niceness of a server off the ingest path (Cassandra, OpenSearch: the domain's
-/// appends and the projections' bulk requests), on a machine every server shares. They
-/// still get every cycle nobody else wants, but a request waiting for its 202 (the Command
-/// API and Kafka, at 0) does not queue behind a bulk request or a Paxos round: at 150
-/// orders/s on 2 cores, p50 POST to 202 went from 54-74 ms to 9-10 ms. Under overload
-/// accepting comes first and the downstream lag drains later. `SALESFLOW_STACK_NICE=0`
-/// runs them at 0.
+/// appends, the projections' bulk requests and every query), on a machine every server
+/// shares: `SALESFLOW_STACK_NICE`, 0 (the default) to 19. Above 0 a request waiting for
+/// its 202 (the Command API and Kafka, at 0) does not queue behind a bulk request or a
+/// Paxos round — at 150 orders/s on 2 cores, p50 POST to 202 went from 54-74 ms to 9-10
+/// ms at 10 — but whatever reads the stores starves under a heavy write load: queries
+/// time out, a replay crawls, the lag after an overload drains 2-3x slower. So it is
+/// for measuring the ingest path, not the default.
 fn background_nice(kind: ServerKind) -> Result<Option<u8>> {
-    const DEFAULT: u8 = 10;
     if !matches!(kind, ServerKind::Cassandra | ServerKind::Opensearch) {
         return Ok(None);
     }
@@ -513,7 +513,7 @@ fn background_nice(kind: ServerKind) -> Result<Option<u8>> {
             .with_context(|| {
                 format!("SALESFLOW_STACK_NICE={v:?}: expected a niceness from 0 to 19")
             })?,
-        Err(_) => DEFAULT,
+        Err(_) => 0,
     };
     Ok((nice > 0).then_some(nice))
 }

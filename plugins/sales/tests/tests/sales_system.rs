@@ -403,7 +403,13 @@ async fn a_replay_under_load_leaves_no_cart_behind() {
             let client = reqwest::Client::new();
             let mut accepted = Vec::new();
             let mut n = 1000;
-            while replaying.load(std::sync::atomic::Ordering::SeqCst) {
+            // A bounded load, as a shop sends it: at most 50 orders a second and 3000 in
+            // all. Unpaced, the poster outruns a replay starved of CPU, and the replay (and
+            // the lag it leaves) grows with every order posted meanwhile.
+            let mut pace = tokio::time::interval(Duration::from_millis(20));
+            pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while replaying.load(std::sync::atomic::Ordering::SeqCst) && accepted.len() < 3000 {
+                pace.tick().await;
                 let i = rng.below(carts.len() as u64) as usize;
                 let o = order(i, &carts[i], &mut rng, n);
                 post_accepted(&client, &base, std::slice::from_ref(&o.json)).await;
