@@ -32,13 +32,31 @@ const BULK_QUERY: [(&str, &str); 1] = [("filter_path", "errors,items.*.status,it
 /// whatever `request_timeout` is.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// A failed request to Elasticsearch: what was being done, and the error underneath.
+/// A failed request to Elasticsearch: what was being done, and the error underneath with
+/// every cause below it ("error sending request" alone does not say whether the request
+/// timed out or the connection was closed).
 #[derive(Debug, thiserror::Error)]
-#[error("{context}{}", .source.as_ref().map(|s| format!(": {s}")).unwrap_or_default())]
+#[error("{context}{}", .source.as_deref().map(|s| causes(s)).unwrap_or_default())]
 pub struct EsError {
     context: String,
     #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+/// ": error: its cause: the cause's cause", each level once (a wrapper that repeats its
+/// source's words in its own is not said twice).
+fn causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = String::new();
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let words = e.to_string();
+        if !text.ends_with(&words) {
+            text.push_str(": ");
+            text.push_str(&words);
+        }
+        next = e.source();
+    }
+    text
 }
 
 impl EsError {
@@ -669,6 +687,31 @@ mod tests {
         )
         .unwrap();
         Client::new(&settings).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_failed_request_names_its_cause_not_only_the_url() {
+        // A node that takes the request and never answers: past `request_timeout` (2 s)
+        // the error must say it timed out, not just "error sending request".
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let silent = tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            // Held open until the test ends.
+            std::future::pending::<()>().await;
+            drop(socket);
+        });
+        let error = client(&[&url])
+            .call(Method::Get, "/_count", None)
+            .await
+            .unwrap_err()
+            .to_string();
+        silent.abort();
+        assert!(
+            error.starts_with("/_count: error sending request"),
+            "{error}"
+        );
+        assert!(error.contains("timed out"), "{error}");
     }
 
     #[tokio::test]
