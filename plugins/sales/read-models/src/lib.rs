@@ -9,8 +9,10 @@
 //! event when that is the first it gets (a new cart: nothing to read back). A cart not in
 //! memory otherwise, an event that is not the next one (a gap: the cart's events came
 //! through two partitions, or a record was dead-lettered), or totals that disagree with
-//! the fold make the lane rebuild the cart from the event store — the domain appends an event before publishing it, so the store
-//! always holds it. An older event than the cart's version is already in it. One pair of
+//! the fold make the lane rebuild the cart from the event store — the domain appends an
+//! event before publishing it, so the store always holds it. (That trusts `cart-events`
+//! to be the domain's alone: see the trust boundary under invariant 7 in
+//! ARCHITECTURE.md.) An older event than the cart's version is already in it. One pair of
 //! documents per cart and batch: its state after the batch — written even when every
 //! event of the batch was already folded in, because the memory runs ahead of the
 //! writes: a batch whose documents were never written (the sink failed it, or it was
