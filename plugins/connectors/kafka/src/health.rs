@@ -63,9 +63,9 @@ pub(crate) fn consumer_topics(source: Arc<Shared>, topics: Vec<String>) -> Healt
     })
 }
 
-pub fn producer_topic(producer: Arc<crate::sink::SinkProducer>, topic: String) -> HealthFn {
+pub fn producer_topic(producer: Arc<crate::sink::SharedProducer>, topic: String) -> HealthFn {
     Arc::new(move || {
-        let producer = Arc::clone(&producer);
+        let producer = producer.get();
         let topic = topic.clone();
         async move {
             tokio::task::spawn_blocking(move || {

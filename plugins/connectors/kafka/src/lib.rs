@@ -140,13 +140,15 @@ impl Plugin for KafkaSinkPlugin {
             properties = %redacted(&settings.properties),
             "building kafka sink"
         );
-        let producer: sink::SinkProducer = settings
-            .client_config()
-            .create_with_context(sink::DeliveryContext {
-                name: format!("{}/{}", ctx.pipeline, ctx.component),
-                metrics: Arc::new(metrics::SinkMetrics::register(ctx.metrics)),
-            })
-            .map_err(|e| PluginError::context("creating the Kafka producer", e))?;
+        let config = settings.client_config();
+        let context = sink::DeliveryContext {
+            name: format!("{}/{}", ctx.pipeline, ctx.component),
+            metrics: Arc::new(metrics::SinkMetrics::register(ctx.metrics)),
+        };
+        let producer = sink::SharedProducer::new(Box::new(move || {
+            config.create_with_context(context.clone())
+        }))
+        .map_err(|e| PluginError::context("creating the Kafka producer", e))?;
         let producer = Arc::new(producer);
         ctx.add_healthcheck(
             &format!("kafka topic {}", settings.topic),
@@ -160,7 +162,7 @@ impl Plugin for KafkaSinkPlugin {
 }
 
 struct SinkMaker {
-    producer: Arc<sink::SinkProducer>,
+    producer: Arc<sink::SharedProducer>,
     settings: Arc<KafkaSinkSettings>,
 }
 

@@ -276,6 +276,8 @@ impl SourceMetrics {
 pub struct SinkMetrics {
     pub delivered: Counter,
     pub failed: Counter,
+    /// Producers made afresh after their messages timed out.
+    pub renewed: Counter,
     pub in_flight: Gauge,
     pub queue: Gauge,
     pub errors: Family<KindLabels, Counter>,
@@ -301,6 +303,7 @@ impl SinkMetrics {
         let m = Self {
             delivered: Counter::default(),
             failed: Counter::default(),
+            renewed: Counter::default(),
             in_flight: Gauge::default(),
             queue: Gauge::default(),
             errors: Family::default(),
@@ -324,6 +327,11 @@ impl SinkMetrics {
             "salesflow_kafka_produce_failures",
             "Messages whose delivery failed",
             m.failed.clone(),
+        );
+        registry.register(
+            "salesflow_kafka_producer_renewals",
+            "Producers made afresh because their messages timed out (a stuck client, see the sink's docs)",
+            m.renewed.clone(),
         );
         registry.register(
             "salesflow_kafka_producer_in_flight_messages",

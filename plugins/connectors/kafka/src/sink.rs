@@ -25,8 +25,70 @@ use tracing::warn;
 use crate::config::KafkaSinkSettings;
 use crate::metrics::SinkMetrics;
 
-/// The producer every lane of a sink shares.
+/// A Kafka producer of the sink.
 pub type SinkProducer = ThreadedProducer<DeliveryContext>;
+
+/// The producer every lane of a sink shares, made afresh when its messages time out.
+///
+/// librdkafka 2.12 can leave a producer unable to deliver for good after a metadata
+/// answer without a partition leader — what a single broker says while it shuts down
+/// (`new leader-1 not found in cache`): its messages time out, a batch at a time, long
+/// after the broker is back. A new producer asks for metadata afresh, so a write whose
+/// messages timed out renews the producer; its source delivers that write again.
+pub struct SharedProducer {
+    current: std::sync::RwLock<Arc<SinkProducer>>,
+    make: Box<dyn Fn() -> Result<SinkProducer, KafkaError> + Send + Sync>,
+}
+
+impl SharedProducer {
+    /// A shared producer made by `make`, now and whenever it is renewed.
+    pub fn new(
+        make: Box<dyn Fn() -> Result<SinkProducer, KafkaError> + Send + Sync>,
+    ) -> Result<Self, KafkaError> {
+        let first = make()?;
+        Ok(Self {
+            current: std::sync::RwLock::new(Arc::new(first)),
+            make,
+        })
+    }
+
+    /// The producer to send with now.
+    pub fn get(&self) -> Arc<SinkProducer> {
+        Arc::clone(
+            &self
+                .current
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Replaces `stale` with a new producer, unless another lane already has. The old
+    /// one goes when its last write lets go of it.
+    fn renew(&self, stale: &Arc<SinkProducer>) {
+        let mut current = self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !Arc::ptr_eq(&current, stale) {
+            return;
+        }
+        match (self.make)() {
+            Ok(fresh) => {
+                warn!(
+                    sink = %stale.context().name,
+                    "messages timed out: the producer is made afresh"
+                );
+                stale.context().metrics.renewed.inc();
+                *current = Arc::new(fresh);
+            }
+            Err(e) => warn!(
+                sink = %stale.context().name,
+                error = %e,
+                "messages timed out and a new producer could not be made; keeping the old one"
+            ),
+        }
+    }
+}
 
 /// One write's outstanding deliveries: every message of the batch holds a reference, and
 /// the last delivery report completes the write.
@@ -44,6 +106,8 @@ pub struct Failures {
     /// Messages refused for good: their position in the write (when known) or their key
     /// and payload (a delivery report names its message, not its position), and why.
     pub refused: Vec<(Refusal, String)>,
+    /// Some message was not delivered within `delivery_timeout_ms`.
+    pub timed_out: bool,
 }
 
 /// Which message a permanent failure was about.
@@ -110,6 +174,7 @@ impl BatchDelivery {
 
 /// Routes delivery reports to their batch: one reference count per message, no
 /// allocation per message.
+#[derive(Clone)]
 pub struct DeliveryContext {
     pub(crate) name: String,
     pub(crate) metrics: Arc<SinkMetrics>,
@@ -146,7 +211,12 @@ impl ProducerContext for DeliveryContext {
                     ),
                     e.to_string(),
                 ),
-                _ => batch.fail(e.to_string()),
+                code => {
+                    if code == Some(RDKafkaErrorCode::MessageTimedOut) {
+                        batch.lock().timed_out = true;
+                    }
+                    batch.fail(e.to_string());
+                }
             }
         } else {
             self.metrics.delivered.inc();
@@ -157,7 +227,7 @@ impl ProducerContext for DeliveryContext {
 
 /// One lane's handle on the shared producer.
 pub struct KafkaSink {
-    pub(crate) producer: Arc<SinkProducer>,
+    pub(crate) producer: Arc<SharedProducer>,
     pub(crate) settings: Arc<KafkaSinkSettings>,
     /// Raised when librdkafka's queue is full: the brokers take less than is produced.
     pub(crate) pressure: Backpressure,
@@ -170,6 +240,7 @@ impl Sink for KafkaSink {
     }
 
     async fn write(&mut self, events: Arc<[Event]>) -> Result<WriteFuture, PluginError> {
+        let producer = self.producer.get();
         let (batch, done) = BatchDelivery::new(events.len());
         for (queued, event) in events.iter().enumerate() {
             let field_key = self
@@ -203,9 +274,9 @@ impl Sink for KafkaSink {
             // Wait for room when librdkafka's queue is full: backpressure, not an error.
             let mut backoff = Duration::from_micros(500);
             loop {
-                match self.producer.send(record) {
+                match producer.send(record) {
                     Ok(()) => {
-                        self.producer.context().metrics.in_flight.inc();
+                        producer.context().metrics.in_flight.inc();
                         break;
                     }
                     Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
@@ -244,12 +315,17 @@ impl Sink for KafkaSink {
         }
         batch.settle();
         let topic = self.settings.topic.clone();
+        let shared = Arc::clone(&self.producer);
         Ok(Box::pin(async move {
             let Ok(failures) = done.await else {
                 return Err(PluginError::new(format!(
                     "delivery to {topic}: the producer went away before reporting"
                 )));
             };
+            if failures.timed_out {
+                shared.renew(&producer);
+            }
+            drop(producer);
             if let Some(reason) = failures.transient {
                 return Err(PluginError::new(format!("delivery to {topic}: {reason}")));
             }
@@ -269,7 +345,7 @@ impl Sink for KafkaSink {
     }
 
     async fn flush(&mut self) -> Result<(), PluginError> {
-        let producer = Arc::clone(&self.producer);
+        let producer = self.producer.get();
         tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30)))
             .await
             .map_err(|e| PluginError::context("flushing the producer", e))?
@@ -303,7 +379,63 @@ fn locate(events: &[Event], refused: Vec<(Refusal, String)>) -> Vec<(usize, Stri
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use salesflow_plugin_api::json::top_level_field as key_from_field;
+    use salesflow_plugin_api::{Settings, toml};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_write_whose_messages_time_out_renews_the_producer_once() {
+        // Nothing listens there: the message waits for a broker until it times out.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let settings = KafkaSinkSettings::from_table(
+            &toml::from_str(&format!(
+                "bootstrap_servers = \"127.0.0.1:{port}\"\ntopic = \"t\"\n\
+                 delivery_timeout_ms = 1000"
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let config = settings.client_config();
+        let metrics = Arc::new(SinkMetrics::register(
+            &mut prometheus_client::registry::Registry::default(),
+        ));
+        let context = DeliveryContext {
+            name: "test/sink".into(),
+            metrics: Arc::clone(&metrics),
+        };
+        let shared = Arc::new(
+            SharedProducer::new(Box::new(move || {
+                config.create_with_context(context.clone())
+            }))
+            .unwrap(),
+        );
+        let first = shared.get();
+        let mut sink = KafkaSink {
+            producer: Arc::clone(&shared),
+            settings: Arc::new(settings),
+            pressure: Backpressure::default(),
+        };
+        let events: Arc<[Event]> = vec![Event::new(&b"{}"[..])].into();
+        let error = sink.write(events).await.unwrap().await.unwrap_err();
+        assert!(error.to_string().contains("timed out"), "{error}");
+        let second = shared.get();
+        assert!(
+            !Arc::ptr_eq(&first, &second),
+            "the producer was not renewed"
+        );
+        assert_eq!(metrics.renewed.get(), 1);
+        // A lane still holding the old producer does not renew the new one again.
+        shared.renew(&first);
+        assert!(Arc::ptr_eq(&second, &shared.get()));
+        assert_eq!(metrics.renewed.get(), 1);
+    }
 
     #[test]
     fn refused_messages_are_found_by_content_in_order() {
