@@ -1,12 +1,21 @@
-//! The stall watch: notices a member that stays out of its consumer group although the
-//! group coordinator answers.
+//! The stall watch: notices a member that stays out of its consumer group although Kafka
+//! answers.
 //!
 //! librdkafka rejoins a group by itself after a lost session or a failed rebalance, and
-//! nearly always that is enough. A member can still be left outside for good (a rebalance
-//! whose completion never comes, a callback that never returns), and then it reads
-//! nothing while its partitions wait: no error, no log line. The watch measures how long
-//! the member has been out of a `steady` group while the coordinator is `up` (time with
-//! Kafka unreachable does not count: that is an outage, not a stall). The statistics
+//! nearly always that is enough. A member can still be left outside for good, and then it
+//! reads nothing while its partitions wait:
+//! - with the coordinator `up`: a rebalance whose completion never comes, a callback that
+//!   never returns;
+//! - with no coordinator at all: librdkafka 2.12 can lose every broker of its metadata
+//!   when a single broker shuts down (`new leader-1 not found in cache`) and never learn
+//!   them again — its metadata requests fail with `Broker transport failure` long after
+//!   the broker is back (the client bug the Kafka sink mends by renewing its producer).
+//!   The consumer's own view cannot tell that from an outage, so the source asks Kafka
+//!   with a client of its own (a probe, see `Shared::stall`) while the coordinator is not
+//!   up.
+//!
+//! The watch measures how long the member has been in either state. Time with Kafka not
+//! answering the probe does not count: that is an outage, not a stall. The statistics
 //! arrive on the consumer thread; a thread that stops serving them leaves the last state
 //! seen, so a member stuck outside the group keeps counting.
 
@@ -19,6 +28,9 @@ pub(crate) struct GroupWatch {
     state: String,
     /// The member's join state as last reported (`steady` in a settled group).
     join_state: String,
+    /// Whether the last probe found Kafka answering (asked only while the coordinator is
+    /// not up).
+    kafka_answers: bool,
     /// Since when the member has been outside a steady group with the coordinator up.
     unsteady_since: Option<Instant>,
 }
@@ -29,19 +41,43 @@ impl GroupWatch {
         Self {
             state: "init".to_owned(),
             join_state: "init".to_owned(),
+            kafka_answers: false,
             unsteady_since: Some(now),
         }
     }
 
     /// Takes the group's state and the member's join state from a statistics report.
     pub(crate) fn observe(&mut self, state: &str, join_state: &str, now: Instant) {
-        if state != "up" || join_state == "steady" {
+        state.clone_into(&mut self.state);
+        join_state.clone_into(&mut self.join_state);
+        self.update(now);
+    }
+
+    /// Whether the source should ask Kafka itself: the coordinator is not up, so the
+    /// member's own state cannot tell an outage from a stuck client.
+    pub(crate) fn wants_probe(&self) -> bool {
+        self.state != "up"
+    }
+
+    /// Takes what a probe found: whether Kafka answered.
+    pub(crate) fn probed(&mut self, kafka_answers: bool, now: Instant) {
+        self.kafka_answers = kafka_answers;
+        self.update(now);
+    }
+
+    fn update(&mut self, now: Instant) {
+        let stuck = if self.state == "up" {
+            self.join_state != "steady"
+        } else {
+            // No coordinator: an outage while Kafka does not answer, a stuck client
+            // while it does.
+            self.kafka_answers
+        };
+        if !stuck {
             self.unsteady_since = None;
         } else if self.unsteady_since.is_none() {
             self.unsteady_since = Some(now);
         }
-        state.clone_into(&mut self.state);
-        join_state.clone_into(&mut self.join_state);
     }
 
     /// How long the member has been outside a steady group with the coordinator up.
@@ -54,9 +90,14 @@ impl GroupWatch {
     pub(crate) fn stalled(&self, now: Instant, limit: Duration) -> Option<String> {
         let outside = self.unsteady_for(now);
         (self.unsteady_since.is_some() && outside >= limit).then(|| {
+            let answering = if self.state == "up" {
+                "although the coordinator answers"
+            } else {
+                "without a coordinator although Kafka answers another client"
+            };
             format!(
                 "the consumer has been out of its group for {} s (join state {}, group state {}) \
-                 although the coordinator answers; the limit is group_stall_timeout = {} s",
+                 {answering}; the limit is group_stall_timeout = {} s",
                 outside.as_secs(),
                 self.join_state,
                 self.state,
@@ -99,9 +140,14 @@ mod tests {
         watch.observe("query-coord", "init", at(110));
         assert!(watch.stalled(at(710), LIMIT).is_none());
         // Back: the member rejoins through the join states, each a few seconds.
+        // Back: the probe finds Kafka answering, the coordinator is found soon after...
+        watch.probed(true, at(713));
+        assert!(watch.wants_probe());
+        // ...and the member rejoins through the join states, each a few seconds.
         watch.observe("up", "wait-join", at(715));
+        assert!(!watch.wants_probe());
         watch.observe("up", "wait-sync", at(718));
-        assert_eq!(watch.unsteady_for(at(720)), Duration::from_secs(5));
+        assert_eq!(watch.unsteady_for(at(720)), Duration::from_secs(7));
         watch.observe("up", "steady", at(721));
         assert!(watch.stalled(at(900), LIMIT).is_none());
     }
@@ -119,5 +165,41 @@ mod tests {
         let reason = watch.stalled(at(70), LIMIT).expect("stalled");
         assert!(reason.contains("join state wait-join"), "{reason}");
         assert!(reason.contains("group state up"), "{reason}");
+        assert!(
+            reason.contains("although the coordinator answers"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn a_member_without_a_coordinator_while_kafka_answers_a_probe_is_stalled() {
+        let start = Instant::now();
+        let at = |s: u64| start + Duration::from_secs(s);
+        let mut watch = GroupWatch::new(start);
+        watch.observe("up", "steady", at(1));
+        // The broker shut down: the probe finds nothing answering; nothing counts.
+        watch.observe("query-coord", "steady", at(10));
+        assert!(watch.wants_probe());
+        watch.probed(false, at(11));
+        assert!(watch.stalled(at(200), LIMIT).is_none());
+        // It is back and answers the probe, but the member never finds it again.
+        watch.probed(true, at(210));
+        watch.observe("query-coord", "init", at(240));
+        assert!(watch.stalled(at(269), LIMIT).is_none());
+        let reason = watch.stalled(at(270), LIMIT).expect("stalled");
+        assert!(reason.contains("60 s"), "{reason}");
+        assert!(reason.contains("group state query-coord"), "{reason}");
+        assert!(
+            reason.contains("without a coordinator although Kafka answers another client"),
+            "{reason}"
+        );
+        // Kafka gone again before the limit: the count starts over once it is back.
+        watch.probed(false, at(271));
+        assert!(watch.stalled(at(400), LIMIT).is_none());
+        watch.probed(true, at(401));
+        assert_eq!(watch.unsteady_for(at(411)), Duration::from_secs(10));
+        // Found after all: the count stops.
+        watch.observe("up", "steady", at(412));
+        assert!(watch.stalled(at(500), LIMIT).is_none());
     }
 }

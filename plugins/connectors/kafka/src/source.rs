@@ -284,8 +284,9 @@ impl Member {
         } = self;
         let waiting = Arc::clone(shared);
         let closing = tokio::task::spawn_blocking(move || {
+            let deadline = drain_deadline(&waiting);
             for (key, handle) in handles {
-                wait_done(&waiting, &key, &handle);
+                wait_done(&waiting, &key, &handle, deadline);
             }
             // The consumer thread commits what was acknowledged, synchronously, and leaves.
             stop_thread.cancel();
@@ -314,9 +315,15 @@ impl Member {
     }
 }
 
-fn wait_done(shared: &Shared, key: &PartitionKey, handle: &PartitionHandle) {
-    let limit = shared.settings.drain_timeout + Duration::from_secs(5);
-    if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = handle.done.recv_timeout(limit) {
+/// When partitions stopped together must have drained by: they drain at the same time,
+/// so one limit for them all (not one each, which a wedged sink would multiply).
+fn drain_deadline(shared: &Shared) -> Instant {
+    Instant::now() + shared.settings.drain_timeout + Duration::from_secs(5)
+}
+
+fn wait_done(shared: &Shared, key: &PartitionKey, handle: &PartitionHandle, deadline: Instant) {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = handle.done.recv_timeout(left) {
         warn!(source = %shared.name, topic = %key.0, partition = key.1, "partition task did not finish draining");
     }
 }
@@ -434,10 +441,29 @@ impl Shared {
     }
 
     /// Resolves once the member has stalled outside its group; keeps the metric current.
+    ///
+    /// While the coordinator is not up, Kafka is asked every few seconds with a client
+    /// made for the purpose (metadata for the first topic): the consumer's own view
+    /// cannot tell Kafka down from a client that lost its brokers for good.
     async fn stall(&self) -> String {
+        const PROBE_EVERY: Duration = Duration::from_secs(5);
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut next_probe = Instant::now();
         loop {
             tick.tick().await;
+            let wants_probe = self
+                .group
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .wants_probe();
+            if wants_probe && Instant::now() >= next_probe {
+                let answers = self.probe().await;
+                next_probe = Instant::now() + PROBE_EVERY;
+                self.group
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .probed(answers, Instant::now());
+            }
             let now = Instant::now();
             let (outside, stalled) = {
                 let group = self
@@ -456,6 +482,28 @@ impl Shared {
                 return reason;
             }
         }
+    }
+
+    /// Whether Kafka answers a client other than the consumer: a fresh one (not in the
+    /// group) asks for the first topic's metadata.
+    async fn probe(&self) -> bool {
+        let config = self.settings.client_config();
+        let topic = self.settings.topics.first().cloned().unwrap_or_default();
+        let name = self.name.clone();
+        // Making a client starts its threads, and dropping it waits for them.
+        let probing = tokio::task::spawn_blocking(move || {
+            let client: BaseConsumer = match config.create() {
+                Ok(client) => client,
+                Err(e) => {
+                    debug!(source = %name, error = %e, "could not make a probe client");
+                    return false;
+                }
+            };
+            client
+                .fetch_metadata(Some(&topic), Duration::from_secs(4))
+                .is_ok()
+        });
+        probing.await.unwrap_or(false)
     }
 
     fn lane(&self, topic: &str, partition: i32) -> u64 {
@@ -556,8 +604,9 @@ impl Shared {
         for (_, handle) in &revoked {
             handle.stop.cancel();
         }
+        let deadline = drain_deadline(self);
         for (key, handle) in &revoked {
-            wait_done(self, key, handle);
+            wait_done(self, key, handle, deadline);
             self.metrics.rebalance("revoke");
             self.metrics.forget(&key.0, key.1);
             info!(source = %self.name, topic = %key.0, partition = key.1, "partition revoked and drained");
