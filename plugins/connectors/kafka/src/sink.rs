@@ -62,31 +62,45 @@ impl SharedProducer {
         )
     }
 
-    /// Replaces `stale` with a new producer, unless another lane already has. The old
-    /// one goes when its last write lets go of it.
-    fn renew(&self, stale: &Arc<SinkProducer>) {
-        let mut current = self
-            .current
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !Arc::ptr_eq(&current, stale) {
+    /// Replaces `stale` with a new producer, unless another lane already has. Blocking:
+    /// making a producer starts its threads, and the last reference to the stale one
+    /// destroys it (which waits for its threads), so it runs off the async workers. The
+    /// lock is held only for the swap: other lanes' `get()` never wait for a producer
+    /// being made.
+    fn renew(&self, stale: Arc<SinkProducer>) {
+        if !Arc::ptr_eq(&self.get(), &stale) {
             return;
         }
-        match (self.make)() {
-            Ok(fresh) => {
+        let fresh = match (self.make)() {
+            Ok(fresh) => Arc::new(fresh),
+            Err(e) => {
                 warn!(
                     sink = %stale.context().name,
-                    "messages timed out: the producer is made afresh"
+                    error = %e,
+                    "messages timed out and a new producer could not be made; keeping the old one"
                 );
-                stale.context().metrics.renewed.inc();
-                *current = Arc::new(fresh);
+                return;
             }
-            Err(e) => warn!(
-                sink = %stale.context().name,
-                error = %e,
-                "messages timed out and a new producer could not be made; keeping the old one"
-            ),
+        };
+        {
+            let mut current = self
+                .current
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !Arc::ptr_eq(&current, &stale) {
+                // Another lane renewed it meanwhile; this one's is dropped unused.
+                return;
+            }
+            *current = fresh;
         }
+        warn!(
+            sink = %stale.context().name,
+            "messages timed out: the producer is made afresh"
+        );
+        stale.context().metrics.renewed.inc();
+        // Here, not on an async worker: if this was the last reference, dropping it
+        // waits for the stale producer's threads.
+        drop(stale);
     }
 }
 
@@ -323,9 +337,13 @@ impl Sink for KafkaSink {
                 )));
             };
             if failures.timed_out {
-                shared.renew(&producer);
+                let renewing = tokio::task::spawn_blocking(move || shared.renew(producer));
+                if let Err(e) = renewing.await {
+                    warn!(error = %e, "renewing the producer failed");
+                }
+            } else {
+                drop(producer);
             }
-            drop(producer);
             if let Some(reason) = failures.transient {
                 return Err(PluginError::new(format!("delivery to {topic}: {reason}")));
             }
@@ -432,7 +450,7 @@ mod tests {
         );
         assert_eq!(metrics.renewed.get(), 1);
         // A lane still holding the old producer does not renew the new one again.
-        shared.renew(&first);
+        shared.renew(Arc::clone(&first));
         assert!(Arc::ptr_eq(&second, &shared.get()));
         assert_eq!(metrics.renewed.get(), 1);
     }
