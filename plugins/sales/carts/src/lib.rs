@@ -2,8 +2,14 @@
 //! only writer of the event store.
 //!
 //! Each lane owns the carts of the partitions routed to it. A cart's state (who owns it,
-//! its currency, its totals, its order ids) is rebuilt from the event store on first use,
-//! and again whenever its partition comes back after being away. For every batch, the
+//! its currency, its totals, its order ids) is kept in memory once known. A cart that is
+//! not (first use, its partition come back after being away, evicted) is first taken to
+//! be new: its orders are decided on an empty cart and appended at version 0, which the
+//! fence refuses if the cart's first event exists; then it is rebuilt from the event
+//! store and decided again. Most carts a lane meets are new, so that saves a read per
+//! cart; while most of the lane's recent unknown carts turned out to exist (after a
+//! restart, a rebalance, a cache too small), it reads them first instead (see
+//! [`ColdCarts`]). For every batch, the
 //! orders of each cart are decided in partition order and the new events are appended to
 //! the event store **fenced** by the version the decision was made on: when another
 //! writer got there first (a producer with another partitioner put the cart on a second
@@ -110,6 +116,11 @@ struct OutcomeLabel {
     outcome: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GuessLabel {
+    outcome: String,
+}
+
 /// Adds the cart stage.
 pub fn register(registrar: &mut dyn salesflow_plugin_api::Registrar) {
     registrar.plugin(Arc::new(CartPlugin));
@@ -178,6 +189,13 @@ impl Plugin for CartPlugin {
             "Times a cart's orders were decided again after another writer appended to it",
             redecided.clone(),
         );
+        let guesses = Family::<GuessLabel, Counter>::default();
+        ctx.metrics.register(
+            "salesflow_cart_guesses",
+            "Carts not in memory taken to be new and appended at version 0 without a read, \
+             by how that came out (new; existing: refused by the fence, read and decided again)",
+            guesses.clone(),
+        );
         let budget = CacheBudget::new(own.max_cache_bytes);
         budget.register(ctx.metrics, "carts");
         Ok(Component::Stage(Arc::new(Factory {
@@ -187,6 +205,7 @@ impl Plugin for CartPlugin {
             outcomes,
             loads,
             redecided,
+            guesses,
             budget,
         })))
     }
@@ -199,6 +218,7 @@ struct Factory {
     outcomes: Family<OutcomeLabel, Counter>,
     loads: Counter,
     redecided: Counter,
+    guesses: Family<GuessLabel, Counter>,
     budget: Arc<CacheBudget>,
 }
 
@@ -211,6 +231,15 @@ impl StageFactory for Factory {
                 })
                 .clone()
         };
+        // Each guard is dropped inside its closure: a family's read guard held while
+        // another label is created (a write) would deadlock.
+        let guess = |name: &str| {
+            self.guesses
+                .get_or_create(&GuessLabel {
+                    outcome: name.to_owned(),
+                })
+                .clone()
+        };
         let counters = Counters {
             accepted: outcome("accepted"),
             duplicate: outcome("duplicate"),
@@ -218,6 +247,8 @@ impl StageFactory for Factory {
             invalid: outcome("invalid"),
             loads: self.loads.clone(),
             redecided: self.redecided.clone(),
+            guessed_new: guess("new"),
+            guessed_wrong: guess("existing"),
         };
         Ok(Box::new(CartStage {
             store: Arc::clone(&self.store),
@@ -225,6 +256,7 @@ impl StageFactory for Factory {
             carts: SizedLru::new(self.settings.max_carts, Arc::clone(&self.budget)),
             load_concurrency: self.settings.load_concurrency,
             max_conflicts: self.settings.max_conflicts,
+            cold: ColdCarts::default(),
             counters,
         }))
     }
@@ -238,6 +270,8 @@ struct Counters {
     invalid: Counter,
     loads: Counter,
     redecided: Counter,
+    guessed_new: Counter,
+    guessed_wrong: Counter,
 }
 
 struct Cached {
@@ -252,6 +286,7 @@ struct CartStage {
     carts: SizedLru<Uuid, Cached>,
     load_concurrency: usize,
     max_conflicts: usize,
+    cold: ColdCarts,
     counters: Counters,
 }
 
@@ -287,13 +322,42 @@ struct CartWork {
     orders: Vec<(usize, Order)>,
 }
 
+/// How a lane treats carts it does not hold: taken to be new (decided on an empty cart,
+/// appended fenced at version 0, which fails if the cart's first event exists) or read
+/// first.
+///
+/// Guessing "new" costs a new cart nothing and an existing one a refused conditional
+/// write before the read; reading first costs every cart a read. The lane keeps a moving
+/// share of its recent unknown carts that existed (each counts 1/16, so it follows the
+/// last few dozen) and guesses while that share is under a half. Both ways tell whether
+/// the cart existed, so the share stays current whichever way the lane reads.
+#[derive(Debug, Default)]
+struct ColdCarts {
+    existing: f64,
+}
+
+impl ColdCarts {
+    const WEIGHT: f64 = 1.0 / 16.0;
+
+    fn guess_new(&self) -> bool {
+        self.existing < 0.5
+    }
+
+    fn observe(&mut self, existed: bool) {
+        let x = if existed { 1.0 } else { 0.0 };
+        self.existing += (x - self.existing) * Self::WEIGHT;
+    }
+}
+
 /// Decides a cart's orders and appends the new events, fenced by the version they were
-/// decided on; on a conflict, reloads the cart and decides again.
+/// decided on; on a conflict, reloads the cart and decides again. A cart not in memory is
+/// taken to be new when `guess_new` (see [`ColdCarts`]), else read first.
 async fn settle(
     store: &dyn CartLog,
     work: CartWork,
     now: DateTime<Utc>,
     max_conflicts: usize,
+    guess_new: bool,
     counters: &Counters,
 ) -> Result<Settled, PluginError> {
     let CartWork {
@@ -312,18 +376,32 @@ async fn settle(
                 .iter()
                 .map(|(position, _)| (*position, Outcome::Unreadable(e.to_string())))
                 .collect(),
+            existed: None,
         };
-    let mut state = if let Some(state) = state {
-        state
-    } else {
-        counters.loads.inc();
-        match store.load(cart_id).await {
-            Ok(events) => CartState::from_events(&events),
-            Err(e) if e.is_corrupt() => return Ok(unreadable(&orders, &e)),
-            Err(e) => return Err(PluginError::context("rebuilding a cart", e)),
+    // Whether the cart, not in memory, turned out to exist (None: it was in memory).
+    let mut existed = None;
+    // Decisions made on a guessed empty cart, not yet confirmed by an append.
+    let mut guessed = false;
+    let mut state = match state {
+        Some(state) => state,
+        None if guess_new => {
+            guessed = true;
+            CartState::default()
+        }
+        None => {
+            counters.loads.inc();
+            match store.load(cart_id).await {
+                Ok(events) => {
+                    existed = Some(!events.is_empty());
+                    CartState::from_events(&events)
+                }
+                Err(e) if e.is_corrupt() => return Ok(unreadable(&orders, &e)),
+                Err(e) => return Err(PluginError::context("rebuilding a cart", e)),
+            }
         }
     };
-    for _ in 0..=max_conflicts {
+    let mut attempts = 0;
+    while attempts <= max_conflicts {
         let base = state.version();
         let mut outcomes = Vec::with_capacity(orders.len());
         let mut new_events = Vec::new();
@@ -339,18 +417,49 @@ async fn settle(
             };
             outcomes.push((*position, outcome));
         }
+        if guessed && new_events.is_empty() {
+            // Nothing to append, so nothing confirms the cart was empty (an order it
+            // already holds would have been refused here): read it, decide again.
+            guessed = false;
+            counters.loads.inc();
+            match store.load(cart_id).await {
+                Ok(events) => {
+                    existed = Some(!events.is_empty());
+                    state = CartState::from_events(&events);
+                }
+                Err(e) if e.is_corrupt() => return Ok(unreadable(&orders, &e)),
+                Err(e) => return Err(PluginError::context("rebuilding a cart", e)),
+            }
+            continue;
+        }
         match store.append(cart_id, base, &new_events).await {
             Ok(()) => {
+                if guessed {
+                    // Seq 1 did not exist: the cart was new, as guessed.
+                    counters.guessed_new.inc();
+                    existed = Some(false);
+                }
                 return Ok(Settled {
                     cart_id,
                     state: Some(state),
                     assignment,
                     outcomes,
+                    existed,
                 });
             }
             Err(AppendError::Conflict { .. }) => {
-                // Another writer appended first: what the cart is now, then decide again.
-                counters.redecided.inc();
+                if guessed {
+                    // Not new after all: read it and decide again (not a conflict with
+                    // another writer, so it does not count against `max_conflicts`).
+                    guessed = false;
+                    counters.guessed_wrong.inc();
+                    existed = Some(true);
+                } else {
+                    // Another writer appended first: what the cart is now, then decide
+                    // again.
+                    counters.redecided.inc();
+                    attempts += 1;
+                }
                 counters.loads.inc();
                 match store.load_serial(cart_id).await {
                     Ok(events) => state = CartState::from_events(&events),
@@ -376,6 +485,9 @@ struct Settled {
     state: Option<CartState>,
     assignment: Option<u64>,
     outcomes: Vec<(usize, Outcome)>,
+    /// For a cart that was not in memory: whether it had events (None: it was in memory,
+    /// or its history could not be read).
+    existed: Option<bool>,
 }
 
 #[async_trait]
@@ -430,8 +542,9 @@ impl Stage for CartStage {
         let now = Utc::now();
         let (store, counters, max_conflicts) =
             (self.store.as_ref(), &self.counters, self.max_conflicts);
+        let guess_new = self.cold.guess_new();
         let settled: Vec<_> = futures::stream::iter(work)
-            .map(|cart| settle(store, cart, now, max_conflicts, counters))
+            .map(|cart| settle(store, cart, now, max_conflicts, guess_new, counters))
             .buffer_unordered(self.load_concurrency)
             .try_collect()
             .await?;
@@ -443,7 +556,11 @@ impl Stage for CartStage {
                 state,
                 assignment,
                 outcomes: cart_outcomes,
+                existed,
             } = settled;
+            if let Some(existed) = existed {
+                self.cold.observe(existed);
+            }
             if let Some(state) = state {
                 let size = state.approximate_bytes();
                 self.carts.put(cart_id, Cached { state, assignment }, size);
@@ -599,6 +716,9 @@ mod tests {
             expected: u64,
             events: &[CartEvent],
         ) -> Result<(), AppendError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::unavailable("appending", "down").into());
+            }
             let mut carts = self.carts.lock().unwrap();
             let stored = carts.entry(cart_id).or_default();
             if let Some(order) = self.intruder.lock().unwrap().take() {
@@ -669,7 +789,10 @@ mod tests {
                 invalid: counter("invalid"),
                 loads: Counter::default(),
                 redecided: Counter::default(),
+                guessed_new: Counter::default(),
+                guessed_wrong: Counter::default(),
             },
+            cold: ColdCarts::default(),
         }
     }
 
@@ -772,6 +895,17 @@ mod tests {
         let mut stage = stage(Arc::clone(&log));
         let (broken, fine) = (Uuid::from_u128(3), Uuid::from_u128(4));
         *log.corrupt.lock().unwrap() = Some(broken);
+        // Something else wrote to the cart: the stage's first append (taking the cart to
+        // be new) is refused by the fence, and the read finds the history unreadable.
+        log.carts.lock().unwrap().insert(
+            broken,
+            vec![CartEvent {
+                cart_id: broken,
+                seq: 7,
+                recorded_at: Utc::now(),
+                order: order(broken, 29, "EUR"),
+            }],
+        );
         let (updates, rejected) = run(
             &mut stage,
             vec![
@@ -788,6 +922,89 @@ mod tests {
             why.contains("cannot be read") && why.contains("seq 7 first"),
             "{why}"
         );
+        assert_eq!(log.carts.lock().unwrap()[&broken].len(), 1, "nothing added");
+    }
+
+    /// A cart not in memory is taken to be new: a new cart costs no read, an existing one
+    /// a refused append, then a read, and its orders decided on what it holds.
+    #[tokio::test]
+    async fn a_cart_not_in_memory_is_appended_without_a_read_unless_it_exists() {
+        let log = Arc::new(MemoryLog::default());
+        let mut stage = stage(Arc::clone(&log));
+        let (new, old) = (Uuid::from_u128(6), Uuid::from_u128(7));
+        let (updates, _) = run(&mut stage, vec![json(&order(new, 60, "EUR"))])
+            .await
+            .unwrap();
+        assert_eq!(updates[0].event.seq, 1);
+        assert_eq!(stage.counters.loads.get(), 0, "a new cart is not read");
+        assert_eq!(stage.counters.guessed_new.get(), 1);
+
+        // A cart with history the stage does not hold (another lane wrote it, or it was
+        // evicted): an order it already has stays a duplicate, a new one takes seq 3,
+        // and another currency is refused by the stored cart's rules.
+        let first = order(old, 70, "EUR");
+        log.carts.lock().unwrap().insert(
+            old,
+            [first.clone(), order(old, 71, "EUR")]
+                .into_iter()
+                .enumerate()
+                .map(|(i, order)| CartEvent {
+                    cart_id: old,
+                    seq: i as u64 + 1,
+                    recorded_at: Utc::now(),
+                    order,
+                })
+                .collect(),
+        );
+        let (updates, rejected) = run(
+            &mut stage,
+            vec![
+                json(&first),
+                json(&order(old, 72, "EUR")),
+                json(&order(old, 73, "USD")),
+            ],
+        )
+        .await
+        .unwrap();
+        let seqs: Vec<u64> = updates.iter().map(|u| u.event.seq).collect();
+        assert_eq!(seqs, vec![1, 3]);
+        assert_eq!(updates[1].cart.order_count, 3);
+        assert_eq!(rejected.len(), 1, "another currency than the stored cart's");
+        assert_eq!(stage.counters.guessed_wrong.get(), 1);
+        assert_eq!(stage.counters.redecided.get(), 0, "not another writer");
+        assert_eq!(log.carts.lock().unwrap()[&old].len(), 3);
+
+        // Only a repeat of an order the cart holds (evicted meanwhile): the guessed
+        // append is refused, the cart read, and the order published again, never stored
+        // twice.
+        let (repeat, known) = (Uuid::from_u128(8), order(Uuid::from_u128(8), 80, "EUR"));
+        run(&mut stage, vec![json(&known)]).await.unwrap();
+        stage.carts.take(&repeat);
+        let loads = stage.counters.loads.get();
+        let (updates, _) = run(&mut stage, vec![json(&known)]).await.unwrap();
+        assert_eq!(updates[0].event.seq, 1);
+        assert_eq!(log.carts.lock().unwrap()[&repeat].len(), 1);
+        assert_eq!(stage.counters.loads.get(), loads + 1);
+    }
+
+    /// While most of the carts a lane does not hold turn out to exist (after a restart),
+    /// it reads them first; once most are new again, it goes back to guessing.
+    #[test]
+    fn a_lane_guesses_new_carts_while_most_unknown_carts_are_new() {
+        let mut cold = ColdCarts::default();
+        assert!(cold.guess_new());
+        let mut existing = 0;
+        while cold.guess_new() {
+            cold.observe(true);
+            existing += 1;
+        }
+        assert!((10..=12).contains(&existing), "{existing}");
+        let mut new = 0;
+        while !cold.guess_new() {
+            cold.observe(false);
+            new += 1;
+        }
+        assert!((1..=12).contains(&new), "{new}");
     }
 
     /// A store that does not answer fails the batch (its source reads it again later)
