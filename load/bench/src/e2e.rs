@@ -128,7 +128,8 @@ fn requests_per_order(
         .filter(|(_, d)| *d > 0.0)
         .collect();
     per.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let total = per.iter().map(|(_, d)| d).sum();
+    // A fold from +0.0: `sum` of no floats is -0.0, which prints as "-0.000".
+    let total = per.iter().fold(0.0, |total, (_, d)| total + d);
     (per, total)
 }
 
