@@ -92,7 +92,7 @@ pub struct KafkaSourceSettings {
     #[serde(default = "default_statistics_interval_ms")]
     pub statistics_interval_ms: u32,
     /// How long the member may stay out of a steady group while the group coordinator is
-    /// up, or without a coordinator while Kafka answers a probe client, before the source
+    /// up, or without one while the coordinator answers a probe client, before the source
     /// declares it stalled: readiness fails with the reason and the
     /// source replaces its consumer (its partitions drained and committed first). Default:
     /// the longer of 60 s and `drain_timeout` + 2 x `session_timeout_ms` + 10 s, well
@@ -204,7 +204,7 @@ impl Settings for KafkaSourceSettings {
 
 impl KafkaSourceSettings {
     /// How long the member may stay out of a steady group (coordinator up), or without a
-    /// coordinator while Kafka answers a probe client, before the source replaces its
+    /// coordinator while it answers a probe client, before the source replaces its
     /// consumer.
     pub fn stall_timeout(&self) -> Duration {
         self.group_stall_timeout.unwrap_or_else(|| {

@@ -10,12 +10,12 @@
 //!   when a single broker shuts down (`new leader-1 not found in cache`) and never learn
 //!   them again — its metadata requests fail with `Broker transport failure` long after
 //!   the broker is back (the client bug the Kafka sink mends by renewing its producer).
-//!   The consumer's own view cannot tell that from an outage, so the source asks Kafka
-//!   with a client of its own (a probe, see `Shared::stall`) while the coordinator is not
-//!   up.
+//!   The consumer's own view cannot tell that from an outage, so while the coordinator is
+//!   not up the source asks the group's coordinator with a client of its own (a probe,
+//!   see `Shared::probe`).
 //!
-//! The watch measures how long the member has been in either state. Time with Kafka not
-//! answering the probe does not count: that is an outage, not a stall. The statistics
+//! The watch measures how long the member has been in either state. Time with the
+//! coordinator not answering the probe does not count: that is an outage, not a stall. The statistics
 //! arrive on the consumer thread; a thread that stops serving them leaves the last state
 //! seen, so a member stuck outside the group keeps counting.
 
@@ -28,10 +28,10 @@ pub(crate) struct GroupWatch {
     state: String,
     /// The member's join state as last reported (`steady` in a settled group).
     join_state: String,
-    /// Whether the last probe found Kafka answering (asked only while the coordinator is
-    /// not up).
+    /// Whether the last probe found the group's coordinator answering (asked only while
+    /// the member's coordinator is not up; forgotten once it is).
     kafka_answers: bool,
-    /// Since when the member has been outside a steady group with the coordinator up.
+    /// Since when the member has been stuck (see [`GroupWatch::update`]).
     unsteady_since: Option<Instant>,
 }
 
@@ -48,6 +48,11 @@ impl GroupWatch {
 
     /// Takes the group's state and the member's join state from a statistics report.
     pub(crate) fn observe(&mut self, state: &str, join_state: &str, now: Instant) {
+        if state == "up" {
+            // A probe's answer is about one loss of the coordinator; the next one is
+            // probed afresh.
+            self.kafka_answers = false;
+        }
         state.clone_into(&mut self.state);
         join_state.clone_into(&mut self.join_state);
         self.update(now);
@@ -59,18 +64,20 @@ impl GroupWatch {
         self.state != "up"
     }
 
-    /// Takes what a probe found: whether Kafka answered.
+    /// Takes what a probe found: whether the group's coordinator answered it.
     pub(crate) fn probed(&mut self, kafka_answers: bool, now: Instant) {
         self.kafka_answers = kafka_answers;
         self.update(now);
     }
 
+    /// Starts or stops the count: stuck is outside a steady group with the coordinator up,
+    /// or without a coordinator while the probe reaches it.
     fn update(&mut self, now: Instant) {
         let stuck = if self.state == "up" {
             self.join_state != "steady"
         } else {
-            // No coordinator: an outage while Kafka does not answer, a stuck client
-            // while it does.
+            // No coordinator: an outage while the probe gets no answer either, a stuck
+            // client while it does.
             self.kafka_answers
         };
         if !stuck {
@@ -80,7 +87,8 @@ impl GroupWatch {
         }
     }
 
-    /// How long the member has been outside a steady group with the coordinator up.
+    /// How long the member has been stuck: outside a steady group with the coordinator up,
+    /// or without a coordinator while the probe reaches it.
     pub(crate) fn unsteady_for(&self, now: Instant) -> Duration {
         self.unsteady_since
             .map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
@@ -93,7 +101,7 @@ impl GroupWatch {
             let answering = if self.state == "up" {
                 "although the coordinator answers"
             } else {
-                "without a coordinator although Kafka answers another client"
+                "without a coordinator although the group's coordinator answers another client"
             };
             format!(
                 "the consumer has been out of its group for {} s (join state {}, group state {}) \
@@ -190,7 +198,7 @@ mod tests {
         assert!(reason.contains("60 s"), "{reason}");
         assert!(reason.contains("group state query-coord"), "{reason}");
         assert!(
-            reason.contains("without a coordinator although Kafka answers another client"),
+            reason.contains("although the group's coordinator answers another client"),
             "{reason}"
         );
         // Kafka gone again before the limit: the count starts over once it is back.
@@ -201,5 +209,10 @@ mod tests {
         // Found after all: the count stops.
         watch.observe("up", "steady", at(412));
         assert!(watch.stalled(at(500), LIMIT).is_none());
+        // Lost again later: the old probe's answer does not count; a new one is needed.
+        watch.observe("query-coord", "steady", at(600));
+        assert_eq!(watch.unsteady_for(at(700)), Duration::ZERO);
+        watch.probed(true, at(701));
+        assert_eq!(watch.unsteady_for(at(705)), Duration::from_secs(4));
     }
 }

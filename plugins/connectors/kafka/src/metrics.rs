@@ -101,7 +101,7 @@ pub struct SourceMetrics {
     /// Partitions waiting to deliver a failed batch again.
     pub retrying: Gauge,
     /// Seconds the member has been out of a steady group with the coordinator up, or
-    /// without a coordinator while Kafka answers a probe client.
+    /// without a coordinator while the group's coordinator answers a probe client.
     pub unsteady: Gauge,
     /// Consumers replaced because the member stalled outside its group.
     pub replaced: Counter,
@@ -189,7 +189,7 @@ impl SourceMetrics {
         );
         registry.register(
             "salesflow_kafka_group_unsteady_seconds",
-            "Seconds the source has been out of a steady consumer group while Kafka answers (coordinator up, or none while a probe client reaches Kafka)",
+            "Seconds the source has been out of a steady consumer group while Kafka answers (coordinator up, or none while a probe client reaches the group's coordinator)",
             m.unsteady.clone(),
         );
         registry.register(

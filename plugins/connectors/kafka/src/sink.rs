@@ -63,10 +63,12 @@ impl SharedProducer {
     }
 
     /// Replaces `stale` with a new producer, unless another lane already has. Blocking:
-    /// making a producer starts its threads, and the last reference to the stale one
-    /// destroys it (which waits for its threads), so it runs off the async workers. The
-    /// lock is held only for the swap: other lanes' `get()` never wait for a producer
-    /// being made.
+    /// making a producer starts its threads, and dropping the last reference to the
+    /// stale one waits for its threads, so it runs off the async workers (a write still
+    /// holding the stale one when this returns drops it where it finishes). The lock is
+    /// held only for the swap: other lanes' `get()` never wait for a producer being made;
+    /// lanes that time out together may each make one, and all but the first are dropped
+    /// unused.
     fn renew(&self, stale: Arc<SinkProducer>) {
         if !Arc::ptr_eq(&self.get(), &stale) {
             return;

@@ -82,6 +82,17 @@ struct PartitionHandle {
     done: std::sync::mpsc::Receiver<()>,
 }
 
+/// The stall watch's probe client: its errors are the probe's answer, not log lines.
+struct ProbeContext;
+
+impl ClientContext for ProbeContext {
+    fn log(&self, _level: rdkafka::config::RDKafkaLogLevel, _fac: &str, _log_message: &str) {}
+
+    fn error(&self, _error: rdkafka::error::KafkaError, _reason: &str) {}
+}
+
+impl ConsumerContext for ProbeContext {}
+
 /// The consumer's context: rebalance callbacks and client errors.
 pub struct SourceContext {
     shared: Arc<Shared>,
@@ -484,26 +495,34 @@ impl Shared {
         }
     }
 
-    /// Whether Kafka answers a client other than the consumer: a fresh one (not in the
-    /// group) asks for the first topic's metadata.
+    /// Whether the group's coordinator answers a client other than the consumer: a fresh
+    /// one (never subscribed, so not a member) reads the group's committed offset of the
+    /// first topic's partition 0, which only the coordinator can answer. A coordinator
+    /// that is itself unavailable (its `__consumer_offsets` partition without a leader)
+    /// fails the probe: that is an outage, not a stuck client.
     async fn probe(&self) -> bool {
-        let config = self.settings.client_config();
+        const LIMIT: Duration = Duration::from_secs(4);
+        let mut config = self.settings.client_config();
+        config.set("statistics.interval.ms", "0");
         let topic = self.settings.topics.first().cloned().unwrap_or_default();
         let name = self.name.clone();
         // Making a client starts its threads, and dropping it waits for them.
         let probing = tokio::task::spawn_blocking(move || {
-            let client: BaseConsumer = match config.create() {
+            let client: BaseConsumer<ProbeContext> = match config.create_with_context(ProbeContext)
+            {
                 Ok(client) => client,
                 Err(e) => {
                     debug!(source = %name, error = %e, "could not make a probe client");
                     return false;
                 }
             };
-            client
-                .fetch_metadata(Some(&topic), Duration::from_secs(4))
-                .is_ok()
+            let mut partition = TopicPartitionList::new();
+            partition.add_partition(&topic, 0);
+            client.committed_offsets(partition, LIMIT).is_ok()
         });
-        probing.await.unwrap_or(false)
+        // Bounded: a probe client whose close wedges is left to finish on its own thread;
+        // the watch goes on.
+        matches!(tokio::time::timeout(LIMIT * 3, probing).await, Ok(Ok(true)))
     }
 
     fn lane(&self, topic: &str, partition: i32) -> u64 {
@@ -996,5 +1015,39 @@ mod tests {
         assert!(!tracker.failed());
         let again = tracker.push(10, 30);
         assert_eq!(tracker.ack(again, true), Some(30));
+    }
+
+    /// The stall watch's probe against the local stack's Kafka (`SALESFLOW_KAFKA_BOOTSTRAP`,
+    /// default 127.0.0.1:9092; the test suite runs with the stack up): the group's
+    /// coordinator answers it; at a port nothing listens on, it fails.
+    #[tokio::test]
+    async fn the_probe_reaches_a_live_coordinator_and_fails_without_one() {
+        use salesflow_plugin_api::{Settings, toml};
+
+        let source = |bootstrap: &str| {
+            let settings = crate::config::KafkaSourceSettings::from_table(
+                &toml::from_str(&format!(
+                    "bootstrap_servers = \"{bootstrap}\"\ntopics = [\"probe-test\"]\n\
+                     group_id = \"probe-test-{}\"",
+                    uuid::Uuid::new_v4()
+                ))
+                .unwrap(),
+            )
+            .unwrap();
+            let metrics = std::sync::Arc::new(crate::metrics::SourceMetrics::register(
+                &mut prometheus_client::registry::Registry::default(),
+            ));
+            super::KafkaSource::new("test/probe".into(), settings, metrics).unwrap()
+        };
+        let live =
+            std::env::var("SALESFLOW_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
+        assert!(source(&live).shared.probe().await, "no answer from {live}");
+
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        assert!(!source(&format!("127.0.0.1:{port}")).shared.probe().await);
     }
 }
