@@ -327,7 +327,8 @@ struct CartWork {
 /// first.
 ///
 /// Guessing "new" costs a new cart nothing and an existing one a refused conditional
-/// write before the read; reading first costs every cart a read. The lane keeps a moving
+/// write before a serial read (and `events_by_hour` rows for seqs it may not have);
+/// reading first costs every cart a read. The lane keeps a moving
 /// share of its recent unknown carts that existed (each counts 1/16, so it follows the
 /// last few dozen) and guesses while that share is under a half. Both ways tell whether
 /// the cart existed, so the share stays current whichever way the lane reads.
@@ -418,8 +419,9 @@ async fn settle(
             outcomes.push((*position, outcome));
         }
         if guessed && new_events.is_empty() {
-            // Nothing to append, so nothing confirms the cart was empty (an order it
-            // already holds would have been refused here): read it, decide again.
+            // Nothing to append, so nothing would confirm the guess. No rule refuses a
+            // cart's first order today, so this is not reached; were one added, the
+            // refusal must come from the stored cart: read it, decide again.
             guessed = false;
             counters.loads.inc();
             match store.load(cart_id).await {
@@ -677,9 +679,9 @@ mod tests {
 
     use super::*;
 
-    /// An event store in memory, with the fence of the real one (an append lands only
-    /// at the cart's version), and a second writer that can slip an order in just before
-    /// the stage's next append.
+    /// An event store in memory, with the fence of the real one (an append is refused
+    /// when any of its seqs exists: `IF NOT EXISTS` per row), and a second writer that can
+    /// slip an order in just before the stage's next append.
     #[derive(Default)]
     struct MemoryLog {
         carts: Mutex<HashMap<Uuid, Vec<CartEvent>>>,
@@ -729,10 +731,12 @@ mod tests {
                     order,
                 });
             }
-            if stored.len() as u64 != expected {
+            let taken = |seq: u64| stored.iter().any(|e| e.seq == seq);
+            if (1..=events.len() as u64).any(|i| taken(expected + i)) {
                 return Err(AppendError::Conflict { cart_id, expected });
             }
             stored.extend(events.iter().cloned());
+            stored.sort_by_key(|e| e.seq);
             Ok(())
         }
 
@@ -895,16 +899,21 @@ mod tests {
         let mut stage = stage(Arc::clone(&log));
         let (broken, fine) = (Uuid::from_u128(3), Uuid::from_u128(4));
         *log.corrupt.lock().unwrap() = Some(broken);
-        // Something else wrote to the cart: the stage's first append (taking the cart to
-        // be new) is refused by the fence, and the read finds the history unreadable.
+        // Something else wrote seq 1 and 3 of the cart: the stage's first append (taking
+        // the cart to be new, seq 1) is refused by the fence, and the read finds the
+        // history unreadable. (A foreign history without seq 1 would take the guessed
+        // append, and be found unreadable at the cart's next read: see ARCHITECTURE.)
         log.carts.lock().unwrap().insert(
             broken,
-            vec![CartEvent {
-                cart_id: broken,
-                seq: 7,
-                recorded_at: Utc::now(),
-                order: order(broken, 29, "EUR"),
-            }],
+            [1, 3]
+                .into_iter()
+                .map(|seq| CartEvent {
+                    cart_id: broken,
+                    seq,
+                    recorded_at: Utc::now(),
+                    order: order(broken, 28 + u128::from(seq), "EUR"),
+                })
+                .collect(),
         );
         let (updates, rejected) = run(
             &mut stage,
@@ -922,7 +931,7 @@ mod tests {
             why.contains("cannot be read") && why.contains("seq 7 first"),
             "{why}"
         );
-        assert_eq!(log.carts.lock().unwrap()[&broken].len(), 1, "nothing added");
+        assert_eq!(log.carts.lock().unwrap()[&broken].len(), 2, "nothing added");
     }
 
     /// A cart not in memory is taken to be new: a new cart costs no read, an existing one

@@ -70,7 +70,7 @@ pub fn register(store: &EventStore, settings: &CassandraSettings, ctx: &mut Buil
     );
     ctx.metrics.register(
         "salesflow_cassandra_append_conflicts",
-        "Appends refused because the cart was not at the expected version (another writer appended first)",
+        "Appends refused because the cart was not at the expected version (another writer appended first, or a cart the domain took to be new existed)",
         store.conflict_counter(),
     );
     let check = store.clone();

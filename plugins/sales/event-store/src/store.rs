@@ -15,8 +15,9 @@
 //! caller reloads the cart anyway.
 //!
 //! `events_by_hour` rows are written first, plainly (idempotent upserts): an append that
-//! then conflicts leaves a row naming a cart and seq that exist (written by the other
-//! writer) — replays read that table only to find which carts to rebuild.
+//! then conflicts leaves rows naming a cart that exists, with seqs it may not have yet (a
+//! cart the domain took to be new appends from seq 1) — replays read that table only to
+//! find which carts to rebuild, once each.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
