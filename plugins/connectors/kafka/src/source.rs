@@ -453,8 +453,8 @@ impl Shared {
 
     /// Resolves once the member has stalled outside its group; keeps the metric current.
     ///
-    /// While the coordinator is not up, Kafka is asked every few seconds with a client
-    /// made for the purpose (metadata for the first topic): the consumer's own view
+    /// While the coordinator is not up, the group's coordinator is asked every few seconds
+    /// with a client made for the purpose (see [`Shared::probe`]): the consumer's own view
     /// cannot tell Kafka down from a client that lost its brokers for good.
     async fn stall(&self) -> String {
         const PROBE_EVERY: Duration = Duration::from_secs(5);
