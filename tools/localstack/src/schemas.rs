@@ -212,9 +212,28 @@ async fn topics(file: &Path, bootstrap: &[String], replication: &KafkaReplicatio
 
     // A topic declared with more partitions than it has grows; one with more than
     // declared is reported (partitions cannot shrink, and keys would move).
-    let metadata = tokio::task::block_in_place(|| {
-        admin.inner().fetch_metadata(None, Duration::from_secs(10))
-    })?;
+    // A topic just created reaches the broker's metadata a moment after CreateTopics
+    // answers (KRaft hands it on asynchronously): ask again until every one shows up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let metadata = loop {
+        let metadata = tokio::task::block_in_place(|| {
+            admin.inner().fetch_metadata(None, Duration::from_secs(10))
+        })?;
+        let missing = spec.topic.iter().find(|declared| {
+            !metadata
+                .topics()
+                .iter()
+                .any(|t| t.name() == declared.name && !t.partitions().is_empty())
+        });
+        match missing {
+            None => break metadata,
+            Some(declared) if std::time::Instant::now() >= deadline => bail!(
+                "topic {} does not show up in the metadata 30 s after it was created",
+                declared.name
+            ),
+            Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    };
     let mut grow = Vec::new();
     for declared in &spec.topic {
         let Some(actual) = metadata.topics().iter().find(|t| t.name() == declared.name) else {
