@@ -381,6 +381,8 @@ impl Engine {
             let wanted = order.to_string();
             let deadline = scheduled + engine.profile.freshness.timeout;
             let at = scheduled.saturating_duration_since(engine.started);
+            let poll_max = engine.profile.freshness.poll_max;
+            let mut pause = Duration::from_millis(10).min(poll_max);
             loop {
                 if let Ok(r) = with_key(engine.client.get(&url), engine.keys.query.as_ref())
                     .send()
@@ -407,7 +409,8 @@ impl Engine {
                         .record_freshness(at, None);
                     return;
                 }
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 3 / 2).min(poll_max);
             }
         });
     }

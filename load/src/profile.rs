@@ -479,6 +479,13 @@ pub struct Freshness {
     pub sample_every: usize,
     #[serde(default = "default_fresh_timeout", with = "humantime_serde")]
     pub timeout: Duration,
+    /// The longest pause between two reads of a followed order's cart. The pauses start
+    /// at 10 ms and grow by half each time up to this, so a sample is read a dozen times
+    /// in its first second instead of fifty: every read is a real-time GET, which makes
+    /// OpenSearch refresh the shard, and at 20 ms apart the probes cost the system more
+    /// than the orders they follow. A reported freshness is late by at most one pause.
+    #[serde(default = "default_poll_max", with = "humantime_serde")]
+    pub poll_max: Duration,
 }
 
 fn default_sample_every() -> usize {
@@ -487,12 +494,16 @@ fn default_sample_every() -> usize {
 fn default_fresh_timeout() -> Duration {
     Duration::from_secs(30)
 }
+fn default_poll_max() -> Duration {
+    Duration::from_millis(100)
+}
 
 impl Default for Freshness {
     fn default() -> Self {
         Self {
             sample_every: default_sample_every(),
             timeout: default_fresh_timeout(),
+            poll_max: default_poll_max(),
         }
     }
 }
@@ -582,6 +593,13 @@ impl Profile {
         if self.data.carts == 0 || self.data.currencies.is_empty() || self.data.batch_size == 0 {
             bail!("data: carts, currencies and batch_size must not be empty or zero");
         }
+        if self.freshness.poll_max < Duration::from_millis(1) {
+            bail!(
+                "freshness.poll_max: at least 1ms (it spaces the reads of a followed cart; \
+                 got {:?})",
+                self.freshness.poll_max
+            );
+        }
         if !(1..=1000).contains(&self.data.max_orders_per_cart) {
             bail!("data.max_orders_per_cart: between 1 and 1000 (the cart's own limit)");
         }
@@ -660,6 +678,7 @@ duration = "2s"
         assert_eq!(p.target.command_api.all(), ["http://127.0.0.1:8080"]);
         assert!(p.reconcile.enabled);
         assert_eq!(p.steps[0].duration(), Duration::from_secs(2));
+        assert_eq!(p.freshness.poll_max, Duration::from_millis(100));
     }
 
     #[test]
@@ -765,6 +784,10 @@ duration = "2s"
             (
                 format!("{MINIMAL}[data]\nmax_orders_per_cart = 1001\n"),
                 "max_orders_per_cart",
+            ),
+            (
+                format!("{MINIMAL}[freshness]\npoll_max = \"0s\"\n"),
+                "freshness.poll_max: at least 1ms",
             ),
             (
                 MINIMAL.replace(
