@@ -368,9 +368,19 @@ settle_timeout = "60s"
         Duration::from_secs(1),
         Duration::from_secs(22),
     );
+    // Kafka's own floor under the same load: 20 bare sends a second to a topic of their
+    // own (0.1 of the orders' rate: it adds little), during the whole run.
+    let probe_topic = format!("{t}-bare");
+    salesflow_testkit::create_topics(&[&probe_topic], 12).await;
+    let bare = latency::bare_produce(probe_topic.clone(), 20, Duration::from_secs(22));
     let outcome = salesflow_load::run(&profile, &options)
         .await
         .context("the half-rate load run")?;
+    let bare = bare
+        .await?
+        .context("the bare producer beside the half-rate run");
+    salesflow_testkit::delete_topics(&[&probe_topic]).await;
+    let (bare_p50, bare_p99, bare_sent) = bare?;
     let inside = latency::breakdown(
         &inside_before,
         &latency::histograms(&address).await,
@@ -409,6 +419,10 @@ settle_timeout = "60s"
         format!("{:.1} ms", report.scenarios[0].p50_ms),
     ));
     figures.extend(inside);
+    figures.push((
+        "  Kafka's own floor in the same run: a bare librdkafka producer (the Command API's settings, 20 records/s, one at a time), p50 / p99 send to acknowledged".into(),
+        format!("{bare_p50:.1} ms / {bare_p99:.1} ms ({bare_sent} sends)"),
+    ));
     figures.push((
         format!("p99 POST to queryable at {half:.0} orders/s (target < 1 s)"),
         format!("{:.0} ms", report.freshness.p99_ms),

@@ -3,11 +3,17 @@
 //! brokers acknowledged), and librdkafka's view of that write (the wait in the producer
 //! before sending, and the produce request's round trip to the broker). Set beside the
 //! load driver's own p99, it says whether a slow 202 is the network and the driver, our
-//! code, or Kafka.
+//! code, or Kafka. [`bare_produce`] measures the floor under it in the same run: a bare
+//! librdkafka producer, shaped as the Command API's, sending one record at a time.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use anyhow::{Context, Result};
+use hdrhistogram::Histogram;
 use prometheus_parse::{Scrape, Value};
+use rdkafka::ClientConfig;
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 /// Cumulative histogram buckets: (upper bound in seconds, count).
 type Buckets = Vec<(f64, f64)>;
@@ -180,6 +186,79 @@ pub async fn sink_limits(addresses: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// Kafka's own time to acknowledge, measured beside a run: a producer with the Command
+/// API's settings (acks=all, idempotent, linger 1 ms, lz4, Nagle off) and nothing else —
+/// no HTTP, no validation, no channel — sends a 600-byte record to `topic` every
+/// `1 / rate` s for `how_long`, each send timed from the call to its acknowledgement.
+/// Sent open loop (a slow acknowledgement does not delay the next send), so it sees what
+/// a POST arriving at that moment would. Its p50 and p99, in ms, and how many it sent.
+pub fn bare_produce(
+    topic: String,
+    rate: u32,
+    how_long: Duration,
+) -> tokio::task::JoinHandle<Result<(f64, f64, u64)>> {
+    tokio::spawn(async move {
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", salesflow_testkit::bootstrap())
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "1")
+            .set("compression.type", "lz4")
+            .set("socket.nagle.disable", "true")
+            .create()
+            .context("the bare producer")?;
+        // Up to a minute, in microseconds (`saturating_record` does not resize a
+        // histogram: without bounds every value would be clamped to 2 µs).
+        let micros = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(
+            1, 60_000_000, 3,
+        )?));
+        let payload = Arc::new(vec![b'x'; 600]);
+        let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let end = Instant::now() + how_long;
+        let mut sends = tokio::task::JoinSet::new();
+        let mut n = 0u64;
+        while Instant::now() < end {
+            tick.tick().await;
+            n += 1;
+            let (producer, topic, payload, micros) = (
+                producer.clone(),
+                topic.clone(),
+                Arc::clone(&payload),
+                Arc::clone(&micros),
+            );
+            sends.spawn(async move {
+                let key = n.to_string();
+                let started = Instant::now();
+                let record = FutureRecord::to(&topic)
+                    .key(&key)
+                    .payload(payload.as_slice());
+                producer
+                    .send(record, Duration::from_secs(30))
+                    .await
+                    .map_err(|(e, _)| anyhow::anyhow!("a bare produce to {topic}: {e}"))?;
+                let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                micros
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .saturating_record(took);
+                anyhow::Ok(())
+            });
+        }
+        while let Some(sent) = sends.join_next().await {
+            sent??;
+        }
+        let h = micros
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        anyhow::ensure!(!h.is_empty(), "the bare producer timed no send to {topic}");
+        #[allow(clippy::cast_precision_loss)]
+        let ms = |q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        Ok((ms(0.5), ms(0.99), h.len()))
+    })
+}
+
 fn median(mut values: Vec<f64>) -> Option<f64> {
     values.sort_by(f64::total_cmp);
     values.get(values.len() / 2).copied()
@@ -234,6 +313,21 @@ pub fn breakdown(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Needs the local stack's Kafka (`scripts/stack up`).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_bare_producer_times_real_acknowledgements() {
+        let topic = format!("{}-bare", salesflow_bench::common::tag());
+        salesflow_testkit::create_topics(&[&topic], 1).await;
+        let timed = bare_produce(topic.clone(), 50, Duration::from_secs(2))
+            .await
+            .unwrap();
+        salesflow_testkit::delete_topics(&[&topic]).await;
+        let (p50, p99, sent) = timed.unwrap();
+        // An acknowledgement over loopback takes tens of microseconds at the least.
+        assert!(p50 >= 0.05 && p99 >= p50, "p50 {p50} ms, p99 {p99} ms");
+        assert!((90..=101).contains(&sent), "{sent} sends in 2 s at 50/s");
+    }
 
     #[test]
     fn the_p99_is_the_bound_of_the_bucket_it_falls_in() {
