@@ -110,7 +110,14 @@ async fn relays_everything_in_key_order_and_commits_after_the_sink() {
     create_topic(&output, 4).await;
     produce(&input, 3000, 30, |_| String::new()).await;
 
-    let (_dir, config) = support::config(&relay(&input, &output, &group, BATCH));
+    // Two producers under the sink's two lanes: a key's partition keeps one lane, so
+    // one producer, and its order.
+    let config = relay(&input, &output, &group, BATCH).replace(
+        &format!("topic = \"{output}\"\nlanes = 2\n"),
+        &format!("topic = \"{output}\"\nlanes = 2\nproducers = 2\n"),
+    );
+    assert!(config.contains("producers = 2"), "{config}");
+    let (_dir, config) = support::config(&config);
     let host = Host::start(std::path::Path::new(BIN), &config, &["run"]);
     let records = tokio::task::spawn_blocking({
         let output = output.clone();
@@ -118,6 +125,21 @@ async fn relays_everything_in_key_order_and_commits_after_the_sink() {
     })
     .await
     .unwrap();
+    // Each idempotent producer asked for its id once; both are counted (from their
+    // statistics, which come every interval).
+    let wanted = "salesflow_kafka_requests_total{pipeline=\"relay\",component=\"out\",request=\"InitProducerId\"} 2\n";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let metrics = metrics_of(&host).await;
+        if metrics.contains(wanted) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {wanted} in {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let (status, log) = host.stop(Duration::from_secs(30));
     assert!(status.success(), "{log}");
 

@@ -285,6 +285,14 @@ pub struct KafkaSinkSettings {
     /// `linger.ms`: how long the producer waits to fill a batch.
     #[serde(default = "default_linger_ms")]
     pub linger_ms: u32,
+    /// Producers the sink's lanes share (lane i writes through producer i % producers),
+    /// 1-16. Each is its own connection to each broker, and a broker serves one
+    /// connection's requests one after another: a sink whose every write waits for its
+    /// acknowledgement (the Command API's) queues behind its own earlier requests on one
+    /// connection, and two halve that wait. More producers make smaller produce requests,
+    /// which cost the brokers more CPU per record.
+    #[serde(default = "default_producers")]
+    pub producers: u16,
     /// `batch.size`: most bytes in one produce batch per partition.
     #[serde(default = "default_batch_size")]
     pub batch_size: u32,
@@ -358,6 +366,9 @@ fn default_metadata_refresh_ms() -> u32 {
     30_000
 }
 
+fn default_producers() -> u16 {
+    1
+}
 fn default_linger_ms() -> u32 {
     5
 }
@@ -406,6 +417,9 @@ impl Settings for KafkaSinkSettings {
                 &["delivery_timeout_ms"],
                 "must be at least 1000",
             ));
+        }
+        if !(1..=16).contains(&self.producers) {
+            return Err(ConfigError::at(&["producers"], "must be between 1 and 16"));
         }
         check_properties(&self.properties, SINK_FIXED)
     }
@@ -572,6 +586,17 @@ mod tests {
         ))
         .unwrap_err();
         assert!(e.message.contains("lingr_ms"), "{e}");
+        for producers in [0, 17] {
+            let e = KafkaSinkSettings::from_table(&table(&format!(
+                "bootstrap_servers = \"b:9092\"\ntopic = \"t\"\nproducers = {producers}"
+            )))
+            .unwrap_err();
+            assert_eq!(e.path, ["producers"]);
+            assert!(e.message.contains("between 1 and 16"), "{e}");
+        }
+        let one =
+            KafkaSinkSettings::from_table(&table("bootstrap_servers = \"b:9092\"\ntopic = \"t\""));
+        assert_eq!(one.unwrap().producers, 1);
     }
 
     #[test]

@@ -145,31 +145,38 @@ impl Plugin for KafkaSinkPlugin {
             name: format!("{}/{}", ctx.pipeline, ctx.component),
             metrics: Arc::new(metrics::SinkMetrics::register(ctx.metrics)),
         };
-        let producer = sink::SharedProducer::new(Box::new(move || {
-            config.create_with_context(context.clone())
-        }))
-        .map_err(|e| PluginError::context("creating the Kafka producer", e))?;
-        let producer = Arc::new(producer);
+        let producers = (0..settings.producers)
+            .map(|_| {
+                let (config, context) = (config.clone(), context.clone());
+                sink::SharedProducer::new(Box::new(move || {
+                    config.create_with_context(context.clone())
+                }))
+                .map(Arc::new)
+                .map_err(|e| PluginError::context("creating the Kafka producer", e))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        // Every producer reaches the same brokers: the first one answers for the topic.
         ctx.add_healthcheck(
             &format!("kafka topic {}", settings.topic),
-            health::producer_topic(Arc::clone(&producer), settings.topic.clone()),
+            health::producer_topic(Arc::clone(&producers[0]), settings.topic.clone()),
         );
         Ok(Component::Sink(Arc::new(SinkMaker {
-            producer,
+            producers,
             settings: Arc::new(settings),
         })))
     }
 }
 
 struct SinkMaker {
-    producer: Arc<sink::SharedProducer>,
+    /// `producers` of them (at least one); lane i writes through i % their number.
+    producers: Vec<Arc<sink::SharedProducer>>,
     settings: Arc<KafkaSinkSettings>,
 }
 
 impl SinkFactory for SinkMaker {
-    fn create(&self, _lane: usize) -> Result<Box<dyn Sink>, PluginError> {
+    fn create(&self, lane: usize) -> Result<Box<dyn Sink>, PluginError> {
         Ok(Box::new(sink::KafkaSink {
-            producer: Arc::clone(&self.producer),
+            producer: Arc::clone(&self.producers[lane % self.producers.len()]),
             settings: Arc::clone(&self.settings),
             pressure: salesflow_plugin_api::Backpressure::default(),
         }))

@@ -67,7 +67,11 @@ impl RequestCounts {
                 let Ok(count) = u64::try_from(*count) else {
                     continue;
                 };
-                let key = (broker.name.clone(), request.clone());
+                // Per client too: a sink's producers each count from zero.
+                let key = (
+                    format!("{}/{}", statistics.name, broker.name),
+                    request.clone(),
+                );
                 let before = last.insert(key, count).unwrap_or(0);
                 let added = if count >= before {
                     count - before
@@ -287,7 +291,21 @@ pub struct SinkMetrics {
     /// round trips to the broker.
     pub latency: Family<LatencyLabels, Gauge<f64, AtomicU64>>,
     pub requests: RequestCounts,
+    /// Each producer's last report, by client name (a sink has `producers` of them): the
+    /// queue gauge is their sum, each latency gauge their highest.
+    clients: Mutex<HashMap<String, ClientView>>,
 }
+
+/// What one producer's last statistics said.
+struct ClientView {
+    at: std::time::Instant,
+    queue: i64,
+    latency: HashMap<LatencyLabels, f64>,
+}
+
+/// A producer not heard of for this long is gone (renewed or closed): its last report no
+/// longer counts.
+const CLIENT_GONE: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LatencyLabels {
@@ -310,6 +328,7 @@ impl SinkMetrics {
             errors: Family::default(),
             latency: Family::default(),
             requests: RequestCounts::register(registry),
+            clients: Mutex::new(HashMap::new()),
         };
         drop(m.errors.get_or_create(&KindLabels {
             kind: "client".into(),
@@ -352,12 +371,27 @@ impl SinkMetrics {
         m
     }
 
-    /// Takes one statistics report: the queue length, and each broker's latency
-    /// quantiles when its window saw any request (an idle window leaves the last ones).
+    /// Takes one producer's statistics report: its queue length, and each broker's
+    /// latency quantiles when its window saw any request (an idle window keeps the last
+    /// ones). The gauges then show all the sink's producers: queues summed, latencies at
+    /// the highest.
     pub fn observe(&self, statistics: &Statistics) {
         self.requests.observe(statistics);
-        self.queue
-            .set(i64::try_from(statistics.msg_cnt).unwrap_or(i64::MAX));
+        let now = std::time::Instant::now();
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        clients.retain(|_, c| now.duration_since(c.at) < CLIENT_GONE);
+        let view = clients
+            .entry(statistics.name.clone())
+            .or_insert_with(|| ClientView {
+                at: now,
+                queue: 0,
+                latency: HashMap::new(),
+            });
+        view.at = now;
+        view.queue = i64::try_from(statistics.msg_cnt).unwrap_or(i64::MAX);
         for broker in statistics.brokers.values().filter(|b| b.nodeid >= 0) {
             for (stage, window) in [("queue", &broker.int_latency), ("broker", &broker.rtt)] {
                 let Some(window) = window.as_ref().filter(|w| w.cnt > 0) else {
@@ -366,15 +400,25 @@ impl SinkMetrics {
                 for (percentile, micros) in [("50", window.p50), ("99", window.p99)] {
                     #[allow(clippy::cast_precision_loss)] // microseconds, far below 2^52
                     let seconds = micros as f64 / 1e6;
-                    self.latency
-                        .get_or_create(&LatencyLabels {
+                    view.latency.insert(
+                        LatencyLabels {
                             broker: broker.nodeid.to_string(),
                             stage: stage.to_owned(),
                             percentile: percentile.to_owned(),
-                        })
-                        .set(seconds);
+                        },
+                        seconds,
+                    );
                 }
             }
+        }
+        self.queue.set(clients.values().map(|c| c.queue).sum());
+        let mut highest: HashMap<&LatencyLabels, f64> = HashMap::new();
+        for (labels, seconds) in clients.values().flat_map(|c| &c.latency) {
+            let h = highest.entry(labels).or_insert(*seconds);
+            *h = h.max(*seconds);
+        }
+        for (labels, seconds) in highest {
+            self.latency.get_or_create(labels).set(seconds);
         }
     }
 }
