@@ -567,6 +567,8 @@ struct LaneMetrics {
     batches_in: prometheus_client::metrics::counter::Counter,
     batch_size: prometheus_client::metrics::histogram::Histogram,
     processing: prometheus_client::metrics::histogram::Histogram,
+    /// Sinks only: the age of each event delivered.
+    age: Option<prometheus_client::metrics::histogram::Histogram>,
     fill: prometheus_client::metrics::gauge::Gauge,
     errors: prometheus_client::metrics::counter::Counter,
     in_flight: prometheus_client::metrics::gauge::Gauge,
@@ -599,6 +601,8 @@ impl LaneMetrics {
         let batches_in = m.batches_in.get_or_create(labels).clone();
         let batch_size = m.batch_size.get_or_create(labels).clone();
         let processing = m.processing_seconds.get_or_create(labels).clone();
+        let age =
+            (labels.kind == "sink").then(|| m.event_age_seconds.get_or_create(labels).clone());
         let fill = m.channel_fill.get_or_create(&lane_labels).clone();
         let kind = if labels.kind == "sink" {
             "write"
@@ -624,6 +628,7 @@ impl LaneMetrics {
             batches_in,
             batch_size,
             processing,
+            age,
             fill,
             errors,
             in_flight,
@@ -643,6 +648,21 @@ impl LaneMetrics {
         self.batch_size.observe(batch.len() as f64);
         let queued = self.capacity.saturating_sub(rx.capacity());
         self.fill.set(i64::try_from(queued).unwrap_or(i64::MAX));
+    }
+
+    /// Each delivered event's age: how long after its timestamp it became durable here.
+    /// A timestamp ahead of this clock (another producer's) counts as age 0.
+    fn delivered_age(&self, events: &[Event]) {
+        let Some(age) = &self.age else {
+            return;
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        for ts in events.iter().filter_map(|e| e.timestamp_ms) {
+            #[allow(clippy::cast_precision_loss)]
+            age.observe(now_ms.saturating_sub(ts).max(0) as f64 / 1000.0);
+        }
     }
 
     /// Retired: its channel no longer exists.
@@ -824,6 +844,7 @@ impl SinkLane {
         let e = match result {
             Ok(()) => {
                 metrics.delivered.inc();
+                metrics.delivered_age(&events);
                 acks.finish(&Status::Delivered);
                 return;
             }

@@ -219,6 +219,59 @@ max_concurrency = 64
     );
 }
 
+/// A sink reports each delivered event's age (now minus its timestamp): the pipeline's
+/// latency since the event was received, without probes. Events without a timestamp are
+/// not counted; one stamped ahead of this clock counts as age 0.
+#[tokio::test]
+async fn a_sink_reports_the_age_of_what_it_delivered() {
+    let running = Running::start(FAN, &["a", "b"]).await;
+    let now_ms = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis(),
+    )
+    .unwrap();
+    let stamped = |payload: &str, ts: Option<i64>| {
+        let mut event = salesflow_plugin_api::Event::new(payload.as_bytes().to_vec());
+        event.timestamp_ms = ts;
+        event
+    };
+    let events = vec![
+        stamped("old", Some(now_ms - 3_000)),
+        stamped("unstamped", None),
+        stamped("ahead", Some(now_ms + 60_000)),
+    ];
+    let mut from_a = running.send_events("a", events, 0);
+    assert_eq!(outcome(&mut from_a).await, Status::Delivered);
+    let text = running.exposition();
+    for sink in ["one", "two"] {
+        let series = format!(
+            "salesflow_sink_event_age_seconds_count{{pipeline=\"p\",component=\"{sink}\",kind=\"sink\",plugin=\"collect\"}} "
+        );
+        let count = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"));
+        assert_eq!(count, "2", "{sink}");
+        let sum_series = series.replace("_count", "_sum");
+        let sum: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix(&sum_series))
+            .unwrap()
+            .parse()
+            .unwrap();
+        // 3 s old when sent, plus however long the delivery took; the other counts 0.
+        assert!((3.0..10.0).contains(&sum), "{sink}: ages summed to {sum}");
+    }
+    // The stage reports no ages: only sinks deliver.
+    assert!(
+        !text.contains("salesflow_sink_event_age_seconds_count{pipeline=\"p\",component=\"pass\""),
+        "{text}"
+    );
+    running.stop().await;
+}
+
 /// `lanes = "auto"`: a lane per key, each sequential, made as keys appear.
 #[tokio::test]
 async fn lanes_per_key_follow_the_keys() {

@@ -314,6 +314,7 @@ pub struct Running {
     pub stages_made: Arc<AtomicUsize>,
     pub stop: CancellationToken,
     pub started: Started,
+    pub metrics: Metrics,
 }
 
 impl Running {
@@ -350,7 +351,25 @@ impl Running {
             stages_made,
             stop,
             started,
+            metrics,
         }
+    }
+
+    /// The metrics in the exposition format, as `/metrics` serves them.
+    pub fn exposition(&self) -> String {
+        salesflow_host::metrics::exposition(&self.metrics).unwrap()
+    }
+
+    /// Sends these events on a feed; the receiver hears the batch's outcome.
+    pub fn send_events(
+        &self,
+        feed: &str,
+        events: Vec<Event>,
+        lane: u64,
+    ) -> mpsc::UnboundedReceiver<Status> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.feeds[feed].send((events, lane, tx)).unwrap();
+        rx
     }
 
     /// Sends events on a feed; the receiver hears the batch's outcome.
@@ -360,13 +379,11 @@ impl Running {
         payloads: &[&str],
         lane: u64,
     ) -> mpsc::UnboundedReceiver<Status> {
-        let (tx, rx) = mpsc::unbounded_channel();
         let events = payloads
             .iter()
             .map(|p| Event::new(p.as_bytes().to_vec()))
             .collect();
-        self.feeds[feed].send((events, lane, tx)).unwrap();
-        rx
+        self.send_events(feed, events, lane)
     }
 
     pub fn written(&self, sink: &str) -> Vec<String> {
