@@ -16,7 +16,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 /// Cumulative histogram buckets: (upper bound in seconds, count).
-type Buckets = Vec<(f64, f64)>;
+pub type Buckets = Vec<(f64, f64)>;
 
 /// The Command API's latency histograms at one moment.
 #[derive(Clone, Debug, Default)]
@@ -87,6 +87,12 @@ pub async fn histograms(address: &str) -> Histograms {
 /// The p99 of what was observed between two readings: the upper bound of the bucket it
 /// falls in (so at most one bucket, a factor of 2, above the true value).
 fn p99(before: &Buckets, after: &Buckets) -> Option<f64> {
+    quantile(before, after, 0.99)
+}
+
+/// The quantile `q` of what was observed between two readings, as the upper bound of the
+/// bucket it falls in.
+fn quantile(before: &Buckets, after: &Buckets, q: f64) -> Option<f64> {
     let delta: Vec<(f64, f64)> = after
         .iter()
         .enumerate()
@@ -98,8 +104,37 @@ fn p99(before: &Buckets, after: &Buckets) -> Option<f64> {
     }
     delta
         .iter()
-        .find(|(_, n)| *n >= total * 0.99)
+        .find(|(_, n)| *n >= total * q)
         .map(|(le, _)| *le)
+}
+
+/// A sink's `salesflow_sink_event_age_seconds` now: how old each event it delivered was
+/// when its write became durable (empty when it cannot be read).
+pub async fn event_ages(address: &str, component: &str) -> Buckets {
+    let mut out = Buckets::new();
+    let Some(scrape) = scrape(address).await else {
+        return out;
+    };
+    for sample in &scrape.samples {
+        if let Value::Histogram(buckets) = &sample.value
+            && sample.metric == "salesflow_sink_event_age_seconds"
+            && sample.labels.get("component") == Some(component)
+        {
+            add(&mut out, buckets);
+        }
+    }
+    out
+}
+
+/// The events counted and the p50 and p99 (seconds, bucket bounds) between two readings
+/// of an age histogram.
+pub fn ages(before: &Buckets, after: &Buckets) -> Option<(f64, f64, f64)> {
+    let count = after.last()?.1 - before.last().map_or(0.0, |b| b.1);
+    Some((
+        count,
+        quantile(before, after, 0.5)?,
+        quantile(before, after, 0.99)?,
+    ))
 }
 
 /// librdkafka's p99s over its last statistics window, the worst broker's: the wait in
@@ -346,5 +381,7 @@ mod tests {
         ];
         assert_eq!(p99(&before, &after), Some(0.002));
         assert_eq!(p99(&after, &after), None);
+        assert_eq!(ages(&before, &after), Some((100.0, 0.001, 0.002)));
+        assert_eq!(ages(&after, &after), None);
     }
 }

@@ -117,8 +117,29 @@ struct Report {
     load_after: String,
     /// The servers' niceness, as `cpu::niceness` gives it.
     niceness: String,
+    /// The share of the machine's CPU time the hypervisor gave to others (steal) during
+    /// the run: a shared machine's figures move with it.
+    steal: f64,
     rows: Vec<Row>,
     figures: Vec<(String, String)>,
+}
+
+/// The machine's CPU time so far, from `/proc/stat`: (stolen, all), in ticks.
+fn cpu_ticks() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    (
+        ticks.get(7).copied().unwrap_or(0),
+        ticks.iter().take(8).sum(),
+    )
 }
 
 fn loadavg() -> String {
@@ -143,6 +164,7 @@ async fn main() -> Result<()> {
     let duration = Duration::from_secs(cli.seconds);
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let load_before = loadavg();
+    let ticks_before = cpu_ticks();
     let mut rows = Vec::new();
     let mut figures: Vec<(String, String)> = Vec::new();
 
@@ -222,14 +244,26 @@ async fn main() -> Result<()> {
         load_before,
         load_after: loadavg(),
         niceness: cpu::niceness(),
+        steal: {
+            let (stolen, all) = cpu_ticks();
+            #[allow(clippy::cast_precision_loss)]
+            let share = stolen.saturating_sub(ticks_before.0) as f64
+                / all.saturating_sub(ticks_before.1).max(1) as f64;
+            share
+        },
         rows,
         figures,
     };
     let mut md = format!(
         "# salesflow benchmark\n\n{} — {} cores, load average {} before, {} after; the \
-         servers' niceness: {}.\n\n\
+         servers' niceness: {}; CPU time taken by the hypervisor for others (steal): {:.1} %.\n\n\
          | area | salesflow | ceiling | ratio | target |\n|---|---:|---:|---:|---|\n",
-        report.started_at, report.cpus, report.load_before, report.load_after, report.niceness
+        report.started_at,
+        report.cpus,
+        report.load_before,
+        report.load_after,
+        report.niceness,
+        report.steal * 100.0
     );
     for r in &report.rows {
         let verdict = match r.passed() {
