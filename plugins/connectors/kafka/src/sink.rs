@@ -234,12 +234,46 @@ impl ProducerContext for DeliveryContext {
                     batch.fail(e.to_string());
                 }
             }
+        } else if let Ok(message) = result
+            && message.offset() < 0
+        {
+            // See `UNCONFIRMED`: counted as failed, the write is delivered again.
+            self.metrics.failed.inc();
+            self.metrics
+                .errors
+                .get_or_create(&crate::metrics::KindLabels {
+                    kind: "unconfirmed".into(),
+                })
+                .inc();
+            batch.fail(format!(
+                "{} [{}]: {UNCONFIRMED}",
+                message.topic(),
+                message.partition()
+            ));
         } else {
             self.metrics.delivered.inc();
         }
         batch.settle();
     }
 }
+
+/// Why a delivery report of success without an offset fails its write.
+///
+/// With `acks=all` a broker's acknowledgement carries the offset it wrote the message
+/// at. librdkafka also reports success *without* one ("implicit ack", offset -1001): a
+/// produce request failed in a way it takes for "possibly written", and a later request
+/// of the same partition succeeded, so it assumes the earlier messages were written too.
+/// A broker holding no state yet for the producer on that partition accepts a first
+/// batch at any sequence number, so on a partition just created (the topic grew) the
+/// earlier messages may never have been written: reproduced with librdkafka 2.12.1 and
+/// Kafka 4.1, the first produce to a new partition answered "not leader" (the broker had
+/// announced the partition before creating its log), the next one written, and the
+/// first one's messages reported delivered and missing from the log. So such a report
+/// is not taken as delivered: the write fails and its source delivers it again (an
+/// order posted again is a duplicate the domain drops; one written after all, the same).
+const UNCONFIRMED: &str = "acknowledged without an offset (librdkafka's implicit \
+     acknowledgement after a failed request); whether it was written is unknown, so it \
+     is delivered again";
 
 /// One lane's handle on the shared producer.
 pub struct KafkaSink {
@@ -455,6 +489,72 @@ mod tests {
         shared.renew(Arc::clone(&first));
         assert!(Arc::ptr_eq(&second, &shared.get()));
         assert_eq!(metrics.renewed.get(), 1);
+    }
+
+    /// The guard against librdkafka's implicit acknowledgements, on the real broker: a
+    /// producer with `acks=0` (which the sink's settings refuse, so it is made here
+    /// directly) has every message reported delivered without an offset, as an implicit
+    /// acknowledgement is; the write must fail, not count as written. The loss itself
+    /// needs a partition created between two pipelined produce requests, see
+    /// `examples/grow_topic.rs`.
+    #[tokio::test]
+    async fn a_delivery_reported_without_an_offset_fails_the_write() {
+        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use rdkafka::client::DefaultClientContext;
+
+        let bootstrap =
+            std::env::var("SALESFLOW_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
+        let topic = format!("sink-unconfirmed-{}", uuid::Uuid::new_v4().simple());
+        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .unwrap();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+        let created = admin
+            .create_topics(
+                &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
+                &options,
+            )
+            .await
+            .unwrap();
+        assert!(created[0].is_ok(), "{created:?}");
+
+        let settings = KafkaSinkSettings::from_table(
+            &toml::from_str(&format!(
+                "bootstrap_servers = \"{bootstrap}\"\ntopic = \"{topic}\""
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let mut config = settings.client_config();
+        config.set("acks", "0").set("enable.idempotence", "false");
+        let metrics = Arc::new(SinkMetrics::register(
+            &mut prometheus_client::registry::Registry::default(),
+        ));
+        let context = DeliveryContext {
+            name: "test/sink".into(),
+            metrics: Arc::clone(&metrics),
+        };
+        let mut sink = KafkaSink {
+            producer: Arc::new(
+                SharedProducer::new(Box::new(move || {
+                    config.create_with_context(context.clone())
+                }))
+                .unwrap(),
+            ),
+            settings: Arc::new(settings),
+            pressure: Backpressure::default(),
+        };
+        let events: Arc<[Event]> = vec![Event::new(&b"{}"[..]), Event::new(&b"[]"[..])].into();
+        let error = sink.write(events).await.unwrap().await.unwrap_err();
+        assert!(
+            error.to_string().contains("acknowledged without an offset"),
+            "{error}"
+        );
+        assert_eq!(metrics.delivered.get(), 0);
+        assert_eq!(metrics.failed.get(), 2);
+        let deleted = admin.delete_topics(&[&topic], &options).await.unwrap();
+        assert!(deleted[0].is_ok(), "{deleted:?}");
     }
 
     #[test]
