@@ -656,9 +656,7 @@ impl LaneMetrics {
         let Some(age) = &self.age else {
             return;
         };
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let now_ms = salesflow_plugin_api::event::now_ms();
         for ts in events.iter().filter_map(|e| e.timestamp_ms) {
             #[allow(clippy::cast_precision_loss)]
             age.observe(now_ms.saturating_sub(ts).max(0) as f64 / 1000.0);
@@ -844,8 +842,9 @@ impl SinkLane {
         let e = match result {
             Ok(()) => {
                 metrics.delivered.inc();
-                metrics.delivered_age(&events);
                 acks.finish(&Status::Delivered);
+                // After the acknowledgement: the sources need not wait for it.
+                metrics.delivered_age(&events);
                 return;
             }
             Err(e) => e,

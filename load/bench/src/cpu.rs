@@ -22,6 +22,24 @@ pub const CHILDREN: &str = "driver children";
 /// The prefix of salesflow processes' names.
 pub const SALESFLOW: &str = "salesflow";
 
+/// The machine's CPU time so far, from `/proc/stat`: (stolen, all), in ticks.
+pub fn machine_ticks() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<u64> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    (
+        ticks.get(7).copied().unwrap_or(0),
+        ticks.iter().take(8).sum(),
+    )
+}
+
 /// A process to account for.
 #[derive(Clone, Debug)]
 pub struct Tracked {

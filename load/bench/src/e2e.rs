@@ -16,8 +16,11 @@ use crate::common::{
 use crate::cpu::{self, Meter, Phase, ServerCost, Tracked};
 use crate::{Row, latency};
 
+/// How long the half-rate run injects orders (after its 2 s warm-up).
+const HALF_INJECTION: Duration = Duration::from_secs(20);
+
 /// The half-rate run's CPU is metered from this moment of the run for this long: inside
-/// its 20 s of load, after its 2 s warm-up.
+/// its injection, after its warm-up.
 const HALF_WINDOW: (Duration, Duration) = (Duration::from_secs(3), Duration::from_secs(18));
 
 /// How many of a server's units one order costs: a Kafka record on `orders` and one on
@@ -350,13 +353,14 @@ weight = 1
 [[steps]]
 kind = "inject"
 rate = {half:.1}
-duration = "20s"
+duration = "{injection}s"
 [freshness]
 sample_every = 50
 [reconcile]
 enabled = true
 settle_timeout = "60s"
-"#
+"#,
+            injection = HALF_INJECTION.as_secs(),
         ),
     )?;
     let options = salesflow_load::Options {
@@ -492,7 +496,8 @@ settle_timeout = "60s"
     let reconciliation = report.reconciliation.clone().unwrap_or_default();
     // The orders accepted inside the meter's window, at the injection's mean rate.
     #[allow(clippy::cast_precision_loss)]
-    let half_accepted = report.scenarios[0].ok as f64 * HALF_WINDOW.1.as_secs_f64() / 20.0;
+    let half_accepted =
+        report.scenarios[0].ok as f64 * HALF_WINDOW.1.as_secs_f64() / HALF_INJECTION.as_secs_f64();
     figures.push((
         "half-rate run reconciliation".into(),
         format!(

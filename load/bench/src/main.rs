@@ -124,24 +124,6 @@ struct Report {
     figures: Vec<(String, String)>,
 }
 
-/// The machine's CPU time so far, from `/proc/stat`: (stolen, all), in ticks.
-fn cpu_ticks() -> (u64, u64) {
-    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks: Vec<u64> = text
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|t| t.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal (guest time is inside user).
-    (
-        ticks.get(7).copied().unwrap_or(0),
-        ticks.iter().take(8).sum(),
-    )
-}
-
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -164,7 +146,7 @@ async fn main() -> Result<()> {
     let duration = Duration::from_secs(cli.seconds);
     let started_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let load_before = loadavg();
-    let ticks_before = cpu_ticks();
+    let ticks_before = cpu::machine_ticks();
     let mut rows = Vec::new();
     let mut figures: Vec<(String, String)> = Vec::new();
 
@@ -245,7 +227,7 @@ async fn main() -> Result<()> {
         load_after: loadavg(),
         niceness: cpu::niceness(),
         steal: {
-            let (stolen, all) = cpu_ticks();
+            let (stolen, all) = cpu::machine_ticks();
             #[allow(clippy::cast_precision_loss)]
             let share = stolen.saturating_sub(ticks_before.0) as f64
                 / all.saturating_sub(ticks_before.1).max(1) as f64;

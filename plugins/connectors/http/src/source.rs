@@ -2,7 +2,6 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use salesflow_plugin_api::axum::body::{Body, Bytes as BodyBytes};
 use salesflow_plugin_api::axum::extract::State;
@@ -251,10 +250,7 @@ async fn parse(
             serde_json::Value::Null,
         )));
     }
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .ok()
-        .and_then(|d| i64::try_from(d.as_millis()).ok());
+    let now_ms = Some(salesflow_plugin_api::event::now_ms());
     let ids = settings
         .id_field
         .as_deref()

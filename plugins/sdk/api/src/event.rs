@@ -6,6 +6,15 @@ use bytes::Bytes;
 
 use crate::ack::{AckSet, Status};
 
+/// Now, in milliseconds since the Unix epoch: the unit of [`Event::timestamp_ms`] (0 on a
+/// clock set before 1970).
+#[must_use]
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// One event: an opaque payload (JSON for every built-in plugin), an optional key, headers
 /// and where it came from. Cloning is cheap: the bytes are reference-counted.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -47,9 +56,7 @@ impl Event {
     pub fn dead_letter(mut self, reason: &str, by: &str) -> Self {
         self.headers
             .retain(|(name, _)| !DEAD_LETTER_HEADERS.contains(&name.as_str()));
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
+        let now_ms = now_ms();
         let mut add = |name: &str, value: String| {
             self.headers.push((name.to_owned(), Bytes::from(value)));
         };
