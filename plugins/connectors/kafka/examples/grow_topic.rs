@@ -18,26 +18,24 @@
 //! It prints, per round, the messages acknowledged, those acknowledged without an offset,
 //! and those acknowledged but not in the log. Exit code 1 if any message acknowledged
 //! *with* an offset is missing (a loss the sink's guard would not catch). Bounded: every
-//! round lasts about three seconds and deletes its topic. Loopback brokers only.
+//! round lasts about three seconds and deletes its topic. The broker is the local
+//! stack's (`SALESFLOW_KAFKA_BOOTSTRAP`, else 127.0.0.1:9092); loopback brokers only.
 
 use std::collections::HashSet;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use clap::Parser;
-use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewPartitions};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use salesflow_testkit::bootstrap;
 
 #[derive(Parser)]
 struct Cli {
-    #[arg(long, default_value = "127.0.0.1:9092")]
-    bootstrap: String,
     /// Rounds (one topic each).
     #[arg(long, default_value_t = 20)]
     rounds: usize,
@@ -63,23 +61,16 @@ type Acked = (String, i32, i64);
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", &cli.bootstrap)
+        .set("bootstrap.servers", bootstrap())
         .create()
         .expect("admin client");
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let (mut unconfirmed_lost, mut confirmed_lost) = (0, 0);
     for round in 0..cli.rounds {
         let topic = format!("grow-topic-{}-{round}", std::process::id());
-        let created = admin
-            .create_topics(
-                &[NewTopic::new(&topic, cli.from, TopicReplication::Fixed(1))],
-                &options,
-            )
-            .await
-            .expect("create topic");
-        assert!(created[0].is_ok(), "{created:?}");
+        salesflow_testkit::create_topic(&topic, cli.from).await;
         let acked = produce_while_growing(&cli, &admin, &options, &topic).await;
-        let stored = read_back(&cli, &topic, acked.len());
+        let stored = read_back(&topic, acked.len());
         let without_offset = acked.iter().filter(|(_, _, o)| *o < 0).count();
         let lost: Vec<&Acked> = acked.iter().filter(|a| !stored.contains(&a.0)).collect();
         let lost_with_offset = lost.iter().filter(|(_, _, o)| *o >= 0).count();
@@ -93,11 +84,7 @@ async fn main() -> ExitCode {
         );
         unconfirmed_lost += lost.len() - lost_with_offset;
         confirmed_lost += lost_with_offset;
-        let deleted = admin
-            .delete_topics(&[&topic], &options)
-            .await
-            .expect("delete topic");
-        assert!(deleted[0].is_ok(), "{deleted:?}");
+        salesflow_testkit::delete_topics(&[&topic]).await;
     }
     println!(
         "{} rounds: {unconfirmed_lost} lost after an acknowledgement without an offset, {confirmed_lost} after one with an offset",
@@ -118,7 +105,7 @@ async fn produce_while_growing(
     topic: &str,
 ) -> Vec<Acked> {
     let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &cli.bootstrap)
+        .set("bootstrap.servers", bootstrap())
         .set("enable.idempotence", "true")
         .set("acks", "all")
         .set("socket.nagle.disable", "true")
@@ -140,9 +127,11 @@ async fn produce_while_growing(
                 let mut batch = Vec::new();
                 for i in 0..3 {
                     let key = format!("{worker}-{n}-{i}");
+                    // A JSON string, as the readers of this repository expect.
+                    let payload = format!("\"{key}\"");
                     let mut record = FutureRecord::to(&topic)
                         .key(&key)
-                        .payload(&key)
+                        .payload(&payload)
                         .partition(partition);
                     // The partition is unknown to the producer until the topic grows.
                     let delivery = loop {
@@ -199,30 +188,11 @@ async fn produce_while_growing(
 }
 
 /// The keys in the topic, read from the beginning of every partition.
-fn read_back(cli: &Cli, topic: &str, expected: usize) -> HashSet<String> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &cli.bootstrap)
-        .set("group.id", format!("{topic}-check"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut partitions = TopicPartitionList::new();
-    for p in 0..cli.to {
-        partitions
-            .add_partition_offset(topic, p, Offset::Beginning)
-            .expect("partition");
-    }
-    consumer.assign(&partitions).expect("assign");
-    let mut keys = HashSet::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                keys.insert(String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned());
-            }
-            _ if keys.len() >= expected => break,
-            _ => {}
-        }
-    }
-    keys
+fn read_back(topic: &str, expected: usize) -> HashSet<String> {
+    salesflow_testkit::read_all(topic, Duration::from_secs(20), |read| {
+        read.len() >= expected
+    })
+    .into_iter()
+    .map(|record| record.key)
+    .collect()
 }

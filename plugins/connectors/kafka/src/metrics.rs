@@ -330,9 +330,10 @@ impl SinkMetrics {
             requests: RequestCounts::register(registry),
             clients: Mutex::new(HashMap::new()),
         };
-        drop(m.errors.get_or_create(&KindLabels {
-            kind: "client".into(),
-        }));
+        // Every kind exists from the start, at zero: an error rate is then 0, not absent.
+        for kind in ["client", "unconfirmed"] {
+            drop(m.errors.get_or_create(&KindLabels { kind: kind.into() }));
+        }
         registry.register(
             "salesflow_kafka_producer_latency_seconds",
             "Producer latency per broker over librdkafka's last statistics window: stage=queue is the wait before a message is sent (linger included), stage=broker a produce request's round trip",
@@ -365,7 +366,7 @@ impl SinkMetrics {
         );
         registry.register(
             "salesflow_kafka_producer_errors",
-            "Producer client errors by kind",
+            "Producer errors by kind (client: reported by librdkafka; unconfirmed: a delivery reported without an offset, written again)",
             m.errors.clone(),
         );
         m

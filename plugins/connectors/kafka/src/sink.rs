@@ -440,23 +440,12 @@ mod tests {
 
     use super::*;
 
-    #[tokio::test]
-    async fn a_write_whose_messages_time_out_renews_the_producer_once() {
-        // Nothing listens there: the message waits for a broker until it times out.
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let settings = KafkaSinkSettings::from_table(
-            &toml::from_str(&format!(
-                "bootstrap_servers = \"127.0.0.1:{port}\"\ntopic = \"t\"\n\
-                 delivery_timeout_ms = 1000"
-            ))
-            .unwrap(),
-        )
-        .unwrap();
-        let config = settings.client_config();
+    /// A sink writing through a producer made from `config` (the settings' own, or one a
+    /// test bends), with its metrics and its shared producer.
+    fn sink_over(
+        settings: KafkaSinkSettings,
+        config: rdkafka::ClientConfig,
+    ) -> (KafkaSink, Arc<SinkMetrics>, Arc<SharedProducer>) {
         let metrics = Arc::new(SinkMetrics::register(
             &mut prometheus_client::registry::Registry::default(),
         ));
@@ -470,12 +459,28 @@ mod tests {
             }))
             .unwrap(),
         );
-        let first = shared.get();
-        let mut sink = KafkaSink {
+        let sink = KafkaSink {
             producer: Arc::clone(&shared),
             settings: Arc::new(settings),
             pressure: Backpressure::default(),
         };
+        (sink, metrics, shared)
+    }
+
+    fn settings(text: &str) -> KafkaSinkSettings {
+        KafkaSinkSettings::from_table(&toml::from_str(text).unwrap()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_messages_time_out_renews_the_producer_once() {
+        // Nothing listens there: the message waits for a broker until it times out.
+        let address = salesflow_testkit::free_address().unwrap();
+        let settings = settings(&format!(
+            "bootstrap_servers = \"{address}\"\ntopic = \"t\"\ndelivery_timeout_ms = 1000"
+        ));
+        let config = settings.client_config();
+        let (mut sink, metrics, shared) = sink_over(settings, config);
+        let first = shared.get();
         let events: Arc<[Event]> = vec![Event::new(&b"{}"[..])].into();
         let error = sink.write(events).await.unwrap().await.unwrap_err();
         assert!(error.to_string().contains("timed out"), "{error}");
@@ -499,52 +504,15 @@ mod tests {
     /// `examples/grow_topic.rs`.
     #[tokio::test]
     async fn a_delivery_reported_without_an_offset_fails_the_write() {
-        use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-        use rdkafka::client::DefaultClientContext;
-
-        let bootstrap =
-            std::env::var("SALESFLOW_KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into());
-        let topic = format!("sink-unconfirmed-{}", uuid::Uuid::new_v4().simple());
-        let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .create()
-            .unwrap();
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
-        let created = admin
-            .create_topics(
-                &[NewTopic::new(&topic, 1, TopicReplication::Fixed(1))],
-                &options,
-            )
-            .await
-            .unwrap();
-        assert!(created[0].is_ok(), "{created:?}");
-
-        let settings = KafkaSinkSettings::from_table(
-            &toml::from_str(&format!(
-                "bootstrap_servers = \"{bootstrap}\"\ntopic = \"{topic}\""
-            ))
-            .unwrap(),
-        )
-        .unwrap();
+        let topic = salesflow_testkit::unique("sink-unconfirmed");
+        salesflow_testkit::create_topic(&topic, 1).await;
+        let settings = settings(&format!(
+            "bootstrap_servers = \"{}\"\ntopic = \"{topic}\"",
+            salesflow_testkit::bootstrap()
+        ));
         let mut config = settings.client_config();
         config.set("acks", "0").set("enable.idempotence", "false");
-        let metrics = Arc::new(SinkMetrics::register(
-            &mut prometheus_client::registry::Registry::default(),
-        ));
-        let context = DeliveryContext {
-            name: "test/sink".into(),
-            metrics: Arc::clone(&metrics),
-        };
-        let mut sink = KafkaSink {
-            producer: Arc::new(
-                SharedProducer::new(Box::new(move || {
-                    config.create_with_context(context.clone())
-                }))
-                .unwrap(),
-            ),
-            settings: Arc::new(settings),
-            pressure: Backpressure::default(),
-        };
+        let (mut sink, metrics, _) = sink_over(settings, config);
         let events: Arc<[Event]> = vec![Event::new(&b"{}"[..]), Event::new(&b"[]"[..])].into();
         let error = sink.write(events).await.unwrap().await.unwrap_err();
         assert!(
@@ -553,8 +521,14 @@ mod tests {
         );
         assert_eq!(metrics.delivered.get(), 0);
         assert_eq!(metrics.failed.get(), 2);
-        let deleted = admin.delete_topics(&[&topic], &options).await.unwrap();
-        assert!(deleted[0].is_ok(), "{deleted:?}");
+        let unconfirmed = metrics
+            .errors
+            .get_or_create(&crate::metrics::KindLabels {
+                kind: "unconfirmed".into(),
+            })
+            .get();
+        assert_eq!(unconfirmed, 2);
+        salesflow_testkit::delete_topics(&[&topic]).await;
     }
 
     #[test]
