@@ -9,8 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use nix::sys::signal::{self, Signal, killpg};
-use nix::unistd::Pid;
+use rustix::process::{Pid, Signal, kill_process, kill_process_group};
 
 use crate::layout::Layout;
 use crate::node::Node;
@@ -60,7 +59,7 @@ pub fn write_pid(layout: &Layout, node: Node, pid: u32) -> Result<()> {
 /// Stops the server if this stack runs it: SIGTERM to its process group, then SIGKILL
 /// after [`GRACE`]; then waits until its ports are closed. Returns the pid it stopped.
 pub fn stop(layout: &Layout, node: Node) -> Result<Option<u32>> {
-    stop_with(layout, node, Signal::SIGTERM)
+    stop_with(layout, node, Signal::TERM)
 }
 
 /// Stops several nodes together: all are signalled first, then awaited. Nodes of one
@@ -73,7 +72,7 @@ pub fn stop_together(layout: &Layout, nodes: &[Node]) -> Vec<(Node, Result<Optio
         .collect();
     for (_, pid) in &running {
         if let Some(raw) = pid.and_then(|p| i32::try_from(p).ok()) {
-            signal_group(raw, Signal::SIGTERM);
+            signal_group(raw, Signal::TERM);
         }
     }
     running
@@ -87,7 +86,7 @@ pub fn stop_together(layout: &Layout, nodes: &[Node]) -> Vec<(Node, Result<Optio
                         let _ = std::fs::remove_file(layout.pid_file(node));
                         Some(pid)
                     }),
-                _ => stop_with(layout, node, Signal::SIGTERM),
+                _ => stop_with(layout, node, Signal::TERM),
             };
             (node, result)
         })
@@ -96,7 +95,7 @@ pub fn stop_together(layout: &Layout, nodes: &[Node]) -> Vec<(Node, Result<Optio
 
 /// SIGKILLs the node's process group at once, as a crash would (fault suites).
 pub fn kill(layout: &Layout, node: Node) -> Result<Option<u32>> {
-    stop_with(layout, node, Signal::SIGKILL)
+    stop_with(layout, node, Signal::KILL)
 }
 
 fn stop_with(layout: &Layout, node: Node, signal: Signal) -> Result<Option<u32>> {
@@ -117,7 +116,7 @@ fn stop_with(layout: &Layout, node: Node, signal: Signal) -> Result<Option<u32>>
             "{node}: did not stop within {} s, killing it",
             GRACE.as_secs()
         );
-        signal_group(raw, Signal::SIGKILL);
+        signal_group(raw, Signal::KILL);
         let deadline = Instant::now() + Duration::from_secs(10);
         while is_alive(pid) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
@@ -134,8 +133,11 @@ fn stop_with(layout: &Layout, node: Node, signal: Signal) -> Result<Option<u32>>
 fn signal_group(pid: i32, signal: Signal) {
     // Servers are started as leaders of their own process group, so the group goes too
     // (a JVM forks nothing, but Prometheus or a wrapper might).
-    if killpg(Pid::from_raw(pid), signal).is_err() {
-        let _ = signal::kill(Pid::from_raw(pid), signal);
+    let Some(pid) = Pid::from_raw(pid) else {
+        return;
+    };
+    if kill_process_group(pid, signal).is_err() {
+        let _ = kill_process(pid, signal);
     }
 }
 
