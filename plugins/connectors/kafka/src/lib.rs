@@ -149,7 +149,7 @@ impl Plugin for KafkaSinkPlugin {
             .map(|_| {
                 let (config, context) = (config.clone(), context.clone());
                 sink::SharedProducer::new(Box::new(move || {
-                    config.create_with_context(context.clone())
+                    sink::SinkProducer::create(&config, context.clone())
                 }))
                 .map(Arc::new)
                 .map_err(|e| PluginError::context("creating the Kafka producer", e))
