@@ -8,7 +8,7 @@
 //! (brokers unreachable past `delivery_timeout_ms`) fails the whole write, which its
 //! source delivers again.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,10 +28,12 @@ use crate::metrics::SinkMetrics;
 
 /// A Kafka producer of the sink: librdkafka's producer, and a thread of its own serving
 /// its delivery reports (what rdkafka's `ThreadedProducer` does, but see [`POLL_WAIT`]).
-/// Dereferences to the producer.
+/// Dereferences to the producer. The thread holds the only other reference: once this
+/// is dropped it sees that within [`POLL_WAIT`], serving the reports that come
+/// meanwhile, and destroys the producer (whose own drop purges what is still queued,
+/// failing those writes); dropping this waits for nothing.
 pub struct SinkProducer {
     producer: Arc<BaseProducer<DeliveryContext>>,
-    stop: Arc<AtomicBool>,
 }
 
 /// How long the delivery thread waits for reports per call. rdkafka's
@@ -48,22 +50,20 @@ impl SinkProducer {
     pub fn create(config: &ClientConfig, context: DeliveryContext) -> Result<Self, KafkaError> {
         let producer: Arc<BaseProducer<DeliveryContext>> =
             Arc::new(config.create_with_context(context)?);
-        let stop = Arc::new(AtomicBool::new(false));
-        let (polled, stopped) = (Arc::clone(&producer), Arc::clone(&stop));
+        let polled = Arc::clone(&producer);
         std::thread::Builder::new()
             .name("kafka-delivery".into())
             .spawn(move || {
-                while !stopped.load(Ordering::Relaxed) {
+                // Until the `SinkProducer` is dropped; the producer is then destroyed
+                // here with `polled`, off the async workers.
+                while Arc::strong_count(&polled) > 1 {
                     polled.poll(POLL_WAIT);
                 }
-                // The last reference, unless a flush holds one: librdkafka's producer
-                // is destroyed here, off the async workers.
-                drop(polled);
             })
             .map_err(|e| {
                 KafkaError::ClientCreation(format!("starting the delivery thread: {e}"))
             })?;
-        Ok(Self { producer, stop })
+        Ok(Self { producer })
     }
 }
 
@@ -72,15 +72,6 @@ impl std::ops::Deref for SinkProducer {
 
     fn deref(&self) -> &Self::Target {
         &self.producer
-    }
-}
-
-impl Drop for SinkProducer {
-    /// Tells the delivery thread to stop. It does within [`POLL_WAIT`], serving the
-    /// reports that come meanwhile, and then destroys the producer (whose own drop purges
-    /// what is still queued, failing those writes); nothing here waits for it.
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
