@@ -350,38 +350,82 @@ impl ColdCarts {
     }
 }
 
-/// Decides a cart's orders and appends the new events, fenced by the version they were
-/// decided on; on a conflict, reloads the cart and decides again. A cart not in memory is
-/// taken to be new when `guess_new` (see [`ColdCarts`]), else read first.
-async fn settle(
+/// A cart's orders decided on its state, nothing written yet.
+struct Decided {
+    cart_id: Uuid,
+    assignment: Option<u64>,
+    orders: Vec<(usize, Order)>,
+    /// The state after the new events.
+    state: CartState,
+    /// The version they were decided on: their append is fenced by it.
+    base: u64,
+    outcomes: Vec<(usize, Outcome)>,
+    new_events: Vec<CartEvent>,
+    /// Decided on a guessed empty cart, not yet confirmed by an append.
+    guessed: bool,
+    /// For a cart that was not in memory: whether it had events (None: it was in memory).
+    existed: Option<bool>,
+}
+
+/// Every order of a cart decided on `state`, in order: the outcomes and the new events.
+fn decide_all(
+    state: &mut CartState,
+    orders: &[(usize, Order)],
+    now: DateTime<Utc>,
+) -> (Vec<(usize, Outcome)>, Vec<CartEvent>) {
+    let mut outcomes = Vec::with_capacity(orders.len());
+    let mut new_events = Vec::new();
+    for (position, order) in orders {
+        let outcome = match state.decide(order, now) {
+            Decision::Accepted(event) => {
+                let totals = state.apply(&event);
+                new_events.push(event.clone());
+                Outcome::Stored(event, totals)
+            }
+            Decision::Duplicate { seq, totals } => Outcome::Known(seq, totals),
+            Decision::Refused(refusal) => Outcome::Refused(refusal),
+        };
+        outcomes.push((*position, outcome));
+    }
+    (outcomes, new_events)
+}
+
+/// A cart whose stored history salesflow did not write: its orders are refused, naming it.
+fn unreadable(
+    cart_id: Uuid,
+    assignment: Option<u64>,
+    orders: &[(usize, Order)],
+    e: &salesflow_sales_event_store::StoreError,
+) -> Settled {
+    Settled {
+        cart_id,
+        state: None,
+        assignment,
+        outcomes: orders
+            .iter()
+            .map(|(position, _)| (*position, Outcome::Unreadable(e.to_string())))
+            .collect(),
+        existed: None,
+    }
+}
+
+/// Decides a cart's orders, writing nothing: on its state in memory, or (not in memory)
+/// on an empty cart when `guess_new` (see [`ColdCarts`]), else on the cart read first.
+/// A cart whose history cannot be read is settled here, its orders refused.
+async fn decide(
     store: &dyn CartLog,
     work: CartWork,
     now: DateTime<Utc>,
-    max_conflicts: usize,
     guess_new: bool,
     counters: &Counters,
-) -> Result<Settled, PluginError> {
+) -> Result<Result<Decided, Settled>, PluginError> {
     let CartWork {
         cart_id,
         state,
         assignment,
         orders,
     } = work;
-    // A history salesflow did not write: the cart's orders are refused, naming it.
-    let unreadable =
-        |orders: &[(usize, Order)], e: &salesflow_sales_event_store::StoreError| Settled {
-            cart_id,
-            state: None,
-            assignment,
-            outcomes: orders
-                .iter()
-                .map(|(position, _)| (*position, Outcome::Unreadable(e.to_string())))
-                .collect(),
-            existed: None,
-        };
-    // Whether the cart, not in memory, turned out to exist (None: it was in memory).
     let mut existed = None;
-    // Decisions made on a guessed empty cart, not yet confirmed by an append.
     let mut guessed = false;
     let mut state = match state {
         Some(state) => state,
@@ -396,45 +440,80 @@ async fn settle(
                     existed = Some(!events.is_empty());
                     CartState::from_events(&events)
                 }
-                Err(e) if e.is_corrupt() => return Ok(unreadable(&orders, &e)),
+                Err(e) if e.is_corrupt() => {
+                    return Ok(Err(unreadable(cart_id, assignment, &orders, &e)));
+                }
                 Err(e) => return Err(PluginError::context("rebuilding a cart", e)),
             }
         }
     };
-    let mut attempts = 0;
-    while attempts <= max_conflicts {
-        let base = state.version();
-        let mut outcomes = Vec::with_capacity(orders.len());
-        let mut new_events = Vec::new();
-        for (position, order) in &orders {
-            let outcome = match state.decide(order, now) {
-                Decision::Accepted(event) => {
-                    let totals = state.apply(&event);
-                    new_events.push(event.clone());
-                    Outcome::Stored(event, totals)
-                }
-                Decision::Duplicate { seq, totals } => Outcome::Known(seq, totals),
-                Decision::Refused(refusal) => Outcome::Refused(refusal),
-            };
-            outcomes.push((*position, outcome));
-        }
-        if guessed && new_events.is_empty() {
-            // Nothing to append, so nothing would confirm the guess. No rule refuses a
-            // cart's first order today, so this is not reached; were one added, the
-            // refusal must come from the stored cart: read it, decide again.
-            guessed = false;
-            counters.loads.inc();
-            match store.load(cart_id).await {
-                Ok(events) => {
-                    existed = Some(!events.is_empty());
-                    state = CartState::from_events(&events);
-                }
-                Err(e) if e.is_corrupt() => return Ok(unreadable(&orders, &e)),
-                Err(e) => return Err(PluginError::context("rebuilding a cart", e)),
+    let mut base = state.version();
+    let (mut outcomes, mut new_events) = decide_all(&mut state, &orders, now);
+    if guessed && new_events.is_empty() {
+        // Nothing to append, so nothing would confirm the guess. No rule refuses a cart's
+        // first order today, so this is not reached; were one added, the refusal must
+        // come from the stored cart: read it, decide again.
+        guessed = false;
+        counters.loads.inc();
+        match store.load(cart_id).await {
+            Ok(events) => {
+                existed = Some(!events.is_empty());
+                state = CartState::from_events(&events);
             }
-            continue;
+            Err(e) if e.is_corrupt() => {
+                return Ok(Err(unreadable(cart_id, assignment, &orders, &e)));
+            }
+            Err(e) => return Err(PluginError::context("rebuilding a cart", e)),
         }
-        match store.append(cart_id, base, &new_events).await {
+        base = state.version();
+        (outcomes, new_events) = decide_all(&mut state, &orders, now);
+    }
+    Ok(Ok(Decided {
+        cart_id,
+        assignment,
+        orders,
+        state,
+        base,
+        outcomes,
+        new_events,
+        guessed,
+        existed,
+    }))
+}
+
+/// Appends a decided cart's new events, fenced by the version they were decided on (the
+/// first time without listing them when `listed`: the batch listed them already); on a
+/// conflict, reloads the cart and decides again.
+async fn settle(
+    store: &dyn CartLog,
+    decided: Decided,
+    now: DateTime<Utc>,
+    max_conflicts: usize,
+    listed: bool,
+    counters: &Counters,
+) -> Result<Settled, PluginError> {
+    let Decided {
+        cart_id,
+        assignment,
+        orders,
+        mut state,
+        mut base,
+        mut outcomes,
+        mut new_events,
+        mut guessed,
+        mut existed,
+    } = decided;
+    let mut attempts = 0;
+    let mut listed = listed;
+    loop {
+        let appended = if listed {
+            store.append_listed(cart_id, base, &new_events).await
+        } else {
+            store.append(cart_id, base, &new_events).await
+        };
+        // A decision made again is listed with its append.
+        listed = false;
+        match appended {
             Ok(()) => {
                 if guessed {
                     // Seq 1 did not exist: the cart was new, as guessed.
@@ -461,23 +540,28 @@ async fn settle(
                     // again.
                     counters.redecided.inc();
                     attempts += 1;
+                    if attempts > max_conflicts {
+                        return Err(PluginError::new(format!(
+                            "cart {cart_id}: appends conflicted {attempts} times in a row (other writers keep appending to it)"
+                        )));
+                    }
                 }
                 counters.loads.inc();
                 match store.load_serial(cart_id).await {
                     Ok(events) => state = CartState::from_events(&events),
-                    Err(e) if e.is_corrupt() => return Ok(unreadable(&orders, &e)),
+                    Err(e) if e.is_corrupt() => {
+                        return Ok(unreadable(cart_id, assignment, &orders, &e));
+                    }
                     Err(e) => {
                         return Err(PluginError::context("reloading a cart after a conflict", e));
                     }
                 }
+                base = state.version();
+                (outcomes, new_events) = decide_all(&mut state, &orders, now);
             }
             Err(e) => return Err(PluginError::context("appending to the event store", e)),
         }
     }
-    Err(PluginError::new(format!(
-        "cart {cart_id}: appends conflicted {} times in a row (other writers keep appending to it)",
-        max_conflicts + 1
-    )))
 }
 
 /// What settling a cart's orders came to.
@@ -545,11 +629,34 @@ impl Stage for CartStage {
         let (store, counters, max_conflicts) =
             (self.store.as_ref(), &self.counters, self.max_conflicts);
         let guess_new = self.cold.guess_new();
-        let settled: Vec<_> = futures::stream::iter(work)
-            .map(|cart| settle(store, cart, now, max_conflicts, guess_new, counters))
+        let decisions: Vec<_> = futures::stream::iter(work)
+            .map(|cart| decide(store, cart, now, guess_new, counters))
             .buffer_unordered(self.load_concurrency)
             .try_collect()
             .await?;
+        let mut decided = Vec::with_capacity(decisions.len());
+        let mut settled = Vec::new();
+        for decision in decisions {
+            match decision {
+                Ok(cart) => decided.push(cart),
+                Err(unreadable) => settled.push(unreadable),
+            }
+        }
+        // Every new event of the batch listed by hour first, in a few requests for all
+        // its carts (replays find carts there; a listed event that is then not appended
+        // only names a cart to read), then each cart's fenced append.
+        let listing: Vec<&CartEvent> = decided.iter().flat_map(|d| &d.new_events).collect();
+        store
+            .list(&listing)
+            .await
+            .map_err(|e| PluginError::context("listing events by hour", e))?;
+        settled.extend(
+            futures::stream::iter(decided)
+                .map(|cart| settle(store, cart, now, max_conflicts, true, counters))
+                .buffer_unordered(self.load_concurrency)
+                .try_collect::<Vec<_>>()
+                .await?,
+        );
 
         let mut outcomes: Vec<Option<(Uuid, Outcome)>> = (0..events.len()).map(|_| None).collect();
         for settled in settled {
@@ -670,6 +777,7 @@ impl Stage for CartStage {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -688,6 +796,8 @@ mod tests {
         intruder: Mutex<Option<Order>>,
         down: AtomicBool,
         corrupt: Mutex<Option<Uuid>>,
+        /// The (cart, seq) pairs listed by hour, and how many `list` calls listed them.
+        listed: Mutex<(HashSet<(Uuid, u64)>, usize)>,
     }
 
     #[async_trait]
@@ -712,7 +822,17 @@ mod tests {
             self.load(cart_id).await
         }
 
-        async fn append(
+        async fn list(&self, events: &[&CartEvent]) -> Result<(), StoreError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StoreError::unavailable("listing", "down"));
+            }
+            let mut listed = self.listed.lock().unwrap();
+            listed.0.extend(events.iter().map(|e| (e.cart_id, e.seq)));
+            listed.1 += 1;
+            Ok(())
+        }
+
+        async fn append_listed(
             &self,
             cart_id: Uuid,
             expected: u64,
@@ -720,6 +840,17 @@ mod tests {
         ) -> Result<(), AppendError> {
             if self.down.load(Ordering::SeqCst) {
                 return Err(StoreError::unavailable("appending", "down").into());
+            }
+            // As the event store's: an event is listed by hour before it is appended.
+            let listed = &self.listed.lock().unwrap().0;
+            if let Some(e) = events
+                .iter()
+                .find(|e| !listed.contains(&(e.cart_id, e.seq)))
+            {
+                return Err(AppendError::Invalid {
+                    cart_id,
+                    why: format!("seq {} was not listed by hour", e.seq),
+                });
             }
             let mut carts = self.carts.lock().unwrap();
             let stored = carts.entry(cart_id).or_default();
@@ -857,6 +988,55 @@ mod tests {
         assert_eq!(again[0].event.seq, 1);
         assert_eq!(again[0].cart.subtotal.to_string(), "3.00");
         assert_eq!(log.carts.lock().unwrap()[&cart].len(), 2);
+    }
+
+    /// A batch's new events, of all its carts, are listed by hour in one call before any
+    /// is appended (the log refuses an append of an event not listed); an event decided
+    /// again after a conflict is listed with its own append.
+    #[tokio::test]
+    async fn a_batch_is_listed_by_hour_once_before_its_appends() {
+        let log = Arc::new(MemoryLog::default());
+        let mut stage = stage(Arc::clone(&log));
+        let carts: Vec<Uuid> = (100..110).map(Uuid::from_u128).collect();
+        let payloads = carts
+            .iter()
+            .enumerate()
+            .flat_map(|(i, cart)| {
+                let n = 1000 + 2 * i as u128;
+                [
+                    json(&order(*cart, n, "EUR")),
+                    json(&order(*cart, n + 1, "EUR")),
+                ]
+            })
+            .collect();
+        let (updates, rejected) = run(&mut stage, payloads).await.unwrap();
+        assert_eq!((updates.len(), rejected.len()), (20, 0));
+        let (listed, calls) = log.listed.lock().unwrap().clone();
+        assert_eq!(calls, 1, "one listing for the whole batch");
+        let stored: HashSet<(Uuid, u64)> = log
+            .carts
+            .lock()
+            .unwrap()
+            .values()
+            .flatten()
+            .map(|e| (e.cart_id, e.seq))
+            .collect();
+        assert_eq!(stored.len(), 20);
+        assert_eq!(listed, stored);
+
+        // Another writer's event on the first cart: the stage's append conflicts, and the
+        // order decided again (seq 4, not the 3 listed with the batch) is listed too.
+        *log.intruder.lock().unwrap() = Some(order(carts[0], 2000, "EUR"));
+        let (updates, _) = run(&mut stage, vec![json(&order(carts[0], 2001, "EUR"))])
+            .await
+            .unwrap();
+        assert_eq!(updates[0].event.seq, 4);
+        let (listed, calls) = log.listed.lock().unwrap().clone();
+        assert_eq!(
+            calls, 3,
+            "the batch's listing, then the append decided again"
+        );
+        assert!(listed.contains(&(carts[0], 4)));
     }
 
     /// Another writer appends to the cart between the stage's decision and its append:

@@ -28,13 +28,26 @@ pub trait CartLog: Send + Sync + 'static {
     async fn load(&self, cart_id: Uuid) -> Result<Vec<CartEvent>, StoreError>;
     /// The same, seeing every append that was applied (after a conflict).
     async fn load_serial(&self, cart_id: Uuid) -> Result<Vec<CartEvent>, StoreError>;
-    /// Appends the cart's next events if it is at `expected` (see [`EventStore::append`]).
-    async fn append(
+    /// Writes the `events_by_hour` rows of events of any carts (see [`EventStore::list`]).
+    async fn list(&self, events: &[&CartEvent]) -> Result<(), StoreError>;
+    /// Appends the cart's next events if it is at `expected`, once [`CartLog::list`] has
+    /// listed them (see [`EventStore::append_listed`]).
+    async fn append_listed(
         &self,
         cart_id: Uuid,
         expected: u64,
         events: &[CartEvent],
     ) -> Result<(), AppendError>;
+    /// Lists, then appends (see [`EventStore::append`]).
+    async fn append(
+        &self,
+        cart_id: Uuid,
+        expected: u64,
+        events: &[CartEvent],
+    ) -> Result<(), AppendError> {
+        self.list(&events.iter().collect::<Vec<_>>()).await?;
+        self.append_listed(cart_id, expected, events).await
+    }
     /// One event, by number.
     async fn event(&self, cart_id: Uuid, seq: u64) -> Result<Option<CartEvent>, StoreError>;
 }
@@ -46,6 +59,17 @@ impl CartLog for EventStore {
     }
     async fn load_serial(&self, cart_id: Uuid) -> Result<Vec<CartEvent>, StoreError> {
         EventStore::load_serial(self, cart_id).await
+    }
+    async fn list(&self, events: &[&CartEvent]) -> Result<(), StoreError> {
+        EventStore::list(self, events).await
+    }
+    async fn append_listed(
+        &self,
+        cart_id: Uuid,
+        expected: u64,
+        events: &[CartEvent],
+    ) -> Result<(), AppendError> {
+        EventStore::append_listed(self, cart_id, expected, events).await
     }
     async fn append(
         &self,

@@ -14,7 +14,9 @@
 //! the store never holds a gap; if a later one conflicts, the earlier ones stay, and the
 //! caller reloads the cart anyway.
 //!
-//! `events_by_hour` rows are written first, plainly (idempotent upserts): an append that
+//! `events_by_hour` rows are written first, plainly (idempotent upserts, one unlogged
+//! batch per `(hour, shard)` partition: [`EventStore::list`], which the domain calls once
+//! for a whole batch of carts before their [`EventStore::append_listed`]): an append that
 //! then conflicts leaves rows naming a cart that exists, with seqs it may not have yet (a
 //! cart the domain took to be new appends from seq 1) — replays read that table only to
 //! find which carts to rebuild, once each.
@@ -266,37 +268,61 @@ impl EventStore {
         expected: u64,
         events: &[CartEvent],
     ) -> Result<(), AppendError> {
-        if let Some((i, e)) = events
-            .iter()
-            .enumerate()
-            .find(|(i, e)| e.cart_id != cart_id || e.seq != expected + 1 + *i as u64)
-        {
-            return Err(AppendError::Invalid {
-                cart_id,
-                why: format!(
-                    "event {i} is seq {} of cart {}, expected seq {} of this cart",
-                    e.seq,
-                    e.cart_id,
-                    expected + 1 + i as u64
-                ),
-            });
-        }
+        check_sequence(cart_id, expected, events)?;
         if events.is_empty() {
             return Ok(());
         }
-        let mut rows: Vec<(EventRow, usize)> = Vec::with_capacity(events.len());
+        self.list(&events.iter().collect::<Vec<_>>()).await?;
+        self.append_listed(cart_id, expected, events).await
+    }
+
+    /// Writes the `events_by_hour` rows of `events`, of any carts: one unlogged batch per
+    /// (hour, shard) partition (at most [`MAX_APPEND_EVENTS`] rows each), so the domain
+    /// lists a whole batch of orders in a few requests instead of one per cart. Plain,
+    /// idempotent upserts; a row may name a seq its cart never gets (the append that
+    /// follows may conflict), which replays tolerate.
+    pub async fn list(&self, events: &[&CartEvent]) -> Result<(), StoreError> {
         let mut by_hour: BTreeMap<(DateTime<Utc>, i32), Vec<HourRow>> = BTreeMap::new();
         for event in events {
             let seq = i64::try_from(event.seq).map_err(|e| err("seq", e))?;
-            let json = serde_json::to_string(event).map_err(|e| err("encoding an event", e))?;
             let (hour, shard) = hour_and_shard(event);
             by_hour.entry((hour, shard)).or_default().push((
                 hour,
                 shard,
                 event.recorded_at,
-                cart_id,
+                event.cart_id,
                 seq,
             ));
+        }
+        let batches = by_hour.into_values().flat_map(|rows| {
+            rows.chunks(MAX_APPEND_EVENTS)
+                .map(<[_]>::to_vec)
+                .collect::<Vec<_>>()
+        });
+        futures::stream::iter(batches)
+            .map(|rows| self.write_hour(rows))
+            .buffer_unordered(self.settings.concurrency)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    /// [`EventStore::append`] of events whose `events_by_hour` rows [`EventStore::list`]
+    /// has already written: the conditional batches only.
+    pub async fn append_listed(
+        &self,
+        cart_id: Uuid,
+        expected: u64,
+        events: &[CartEvent],
+    ) -> Result<(), AppendError> {
+        check_sequence(cart_id, expected, events)?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut rows: Vec<(EventRow, usize)> = Vec::with_capacity(events.len());
+        for event in events {
+            let seq = i64::try_from(event.seq).map_err(|e| err("seq", e))?;
+            let json = serde_json::to_string(event).map_err(|e| err("encoding an event", e))?;
             let size = json.len();
             rows.push((
                 (
@@ -311,11 +337,6 @@ impl EventStore {
                 size,
             ));
         }
-        futures::stream::iter(by_hour.into_values())
-            .map(|rows| self.write_hour(rows))
-            .buffer_unordered(self.settings.concurrency)
-            .try_collect::<Vec<()>>()
-            .await?;
         for chunk in chunks(rows) {
             if !self.write_conditional(chunk).await? {
                 self.conflicts.inc();
@@ -632,6 +653,26 @@ async fn local_datacenter(
 /// Splits a cart's rows into conditional batches: one partition (bucket) each, at most
 /// [`MAX_APPEND_EVENTS`] events and [`MAX_APPEND_BYTES`] of JSON (a single larger event
 /// goes alone).
+/// That `events` are `cart_id`'s, numbered `expected + 1` on without a gap.
+fn check_sequence(cart_id: Uuid, expected: u64, events: &[CartEvent]) -> Result<(), AppendError> {
+    match events
+        .iter()
+        .enumerate()
+        .find(|(i, e)| e.cart_id != cart_id || e.seq != expected + 1 + *i as u64)
+    {
+        None => Ok(()),
+        Some((i, e)) => Err(AppendError::Invalid {
+            cart_id,
+            why: format!(
+                "event {i} is seq {} of cart {}, expected seq {} of this cart",
+                e.seq,
+                e.cart_id,
+                expected + 1 + i as u64
+            ),
+        }),
+    }
+}
+
 fn chunks(rows: Vec<(EventRow, usize)>) -> Vec<Vec<EventRow>> {
     let mut out: Vec<Vec<EventRow>> = Vec::new();
     let mut bytes = 0;
