@@ -489,7 +489,7 @@ async fn settle(
     decided: Decided,
     now: DateTime<Utc>,
     max_conflicts: usize,
-    listed: bool,
+    mut listed: bool,
     counters: &Counters,
 ) -> Result<Settled, PluginError> {
     let Decided {
@@ -504,7 +504,6 @@ async fn settle(
         mut existed,
     } = decided;
     let mut attempts = 0;
-    let mut listed = listed;
     loop {
         let appended = if listed {
             store.append_listed(cart_id, base, &new_events).await

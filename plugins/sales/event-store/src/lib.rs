@@ -45,6 +45,7 @@ pub trait CartLog: Send + Sync + 'static {
         expected: u64,
         events: &[CartEvent],
     ) -> Result<(), AppendError> {
+        store::check_sequence(cart_id, expected, events)?;
         self.list(&events.iter().collect::<Vec<_>>()).await?;
         self.append_listed(cart_id, expected, events).await
     }
@@ -70,14 +71,6 @@ impl CartLog for EventStore {
         events: &[CartEvent],
     ) -> Result<(), AppendError> {
         EventStore::append_listed(self, cart_id, expected, events).await
-    }
-    async fn append(
-        &self,
-        cart_id: Uuid,
-        expected: u64,
-        events: &[CartEvent],
-    ) -> Result<(), AppendError> {
-        EventStore::append(self, cart_id, expected, events).await
     }
     async fn event(&self, cart_id: Uuid, seq: u64) -> Result<Option<CartEvent>, StoreError> {
         EventStore::event(self, cart_id, seq).await

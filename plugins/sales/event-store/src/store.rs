@@ -273,7 +273,7 @@ impl EventStore {
             return Ok(());
         }
         self.list(&events.iter().collect::<Vec<_>>()).await?;
-        self.append_listed(cart_id, expected, events).await
+        self.write_events(cart_id, expected, events).await
     }
 
     /// Writes the `events_by_hour` rows of `events`, of any carts: one unlogged batch per
@@ -282,23 +282,15 @@ impl EventStore {
     /// idempotent upserts; a row may name a seq its cart never gets (the append that
     /// follows may conflict), which replays tolerate.
     pub async fn list(&self, events: &[&CartEvent]) -> Result<(), StoreError> {
-        let mut by_hour: BTreeMap<(DateTime<Utc>, i32), Vec<HourRow>> = BTreeMap::new();
-        for event in events {
-            let seq = i64::try_from(event.seq).map_err(|e| err("seq", e))?;
-            let (hour, shard) = hour_and_shard(event);
-            by_hour.entry((hour, shard)).or_default().push((
-                hour,
-                shard,
-                event.recorded_at,
-                event.cart_id,
-                seq,
-            ));
-        }
-        let batches = by_hour.into_values().flat_map(|rows| {
-            rows.chunks(MAX_APPEND_EVENTS)
-                .map(<[_]>::to_vec)
-                .collect::<Vec<_>>()
-        });
+        let rows = events
+            .iter()
+            .map(|event| {
+                let seq = i64::try_from(event.seq).map_err(|e| err("seq", e))?;
+                let (hour, shard) = hour_and_shard(event);
+                Ok((hour, shard, event.recorded_at, event.cart_id, seq))
+            })
+            .collect::<Result<Vec<HourRow>, StoreError>>()?;
+        let batches = hour_batches(rows);
         futures::stream::iter(batches)
             .map(|rows| self.write_hour(rows))
             .buffer_unordered(self.settings.concurrency)
@@ -319,6 +311,16 @@ impl EventStore {
         if events.is_empty() {
             return Ok(());
         }
+        self.write_events(cart_id, expected, events).await
+    }
+
+    /// The conditional batches of a checked, non-empty append.
+    async fn write_events(
+        &self,
+        cart_id: Uuid,
+        expected: u64,
+        events: &[CartEvent],
+    ) -> Result<(), AppendError> {
         let mut rows: Vec<(EventRow, usize)> = Vec::with_capacity(events.len());
         for event in events {
             let seq = i64::try_from(event.seq).map_err(|e| err("seq", e))?;
@@ -650,11 +652,13 @@ async fn local_datacenter(
     }
 }
 
-/// Splits a cart's rows into conditional batches: one partition (bucket) each, at most
-/// [`MAX_APPEND_EVENTS`] events and [`MAX_APPEND_BYTES`] of JSON (a single larger event
-/// goes alone).
-/// That `events` are `cart_id`'s, numbered `expected + 1` on without a gap.
-fn check_sequence(cart_id: Uuid, expected: u64, events: &[CartEvent]) -> Result<(), AppendError> {
+/// That `events` are `cart_id`'s, numbered `expected + 1` on without a gap: what every
+/// append asks of its events, checked before anything of them is written.
+pub fn check_sequence(
+    cart_id: Uuid,
+    expected: u64,
+    events: &[CartEvent],
+) -> Result<(), AppendError> {
     match events
         .iter()
         .enumerate()
@@ -673,6 +677,27 @@ fn check_sequence(cart_id: Uuid, expected: u64, events: &[CartEvent]) -> Result<
     }
 }
 
+/// Groups `events_by_hour` rows into unlogged batches: one (hour, shard) partition each,
+/// at most [`MAX_APPEND_EVENTS`] rows.
+fn hour_batches(rows: Vec<HourRow>) -> Vec<Vec<HourRow>> {
+    let mut by_hour: BTreeMap<(DateTime<Utc>, i32), Vec<HourRow>> = BTreeMap::new();
+    for row in rows {
+        by_hour.entry((row.0, row.1)).or_default().push(row);
+    }
+    let mut batches = Vec::with_capacity(by_hour.len());
+    for mut rows in by_hour.into_values() {
+        while rows.len() > MAX_APPEND_EVENTS {
+            let rest = rows.split_off(MAX_APPEND_EVENTS);
+            batches.push(std::mem::replace(&mut rows, rest));
+        }
+        batches.push(rows);
+    }
+    batches
+}
+
+/// Splits a cart's rows into conditional batches: one partition (bucket) each, at most
+/// [`MAX_APPEND_EVENTS`] events and [`MAX_APPEND_BYTES`] of JSON (a single larger event
+/// goes alone).
 fn chunks(rows: Vec<(EventRow, usize)>) -> Vec<Vec<EventRow>> {
     let mut out: Vec<Vec<EventRow>> = Vec::new();
     let mut bytes = 0;
@@ -714,6 +739,41 @@ mod tests {
             ),
             10,
         )
+    }
+
+    #[test]
+    fn hour_rows_batch_per_partition_and_size() {
+        let hour = DateTime::UNIX_EPOCH;
+        let later = hour + TimeDelta::hours(1);
+        let mut rows: Vec<HourRow> = (0..230)
+            .map(|seq| (hour, 3, hour, Uuid::nil(), seq))
+            .collect();
+        rows.push((hour, 4, hour, Uuid::nil(), 0));
+        rows.push((later, 3, later, Uuid::nil(), 0));
+        let batches = hour_batches(rows);
+        let shape: Vec<(i64, i32, usize)> = batches
+            .iter()
+            .map(|b| {
+                assert!(b.iter().all(|r| (r.0, r.1) == (b[0].0, b[0].1)));
+                (b[0].0.timestamp(), b[0].1, b.len())
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (0, 3, 100),
+                (0, 3, 100),
+                (0, 3, 30),
+                (0, 4, 1),
+                (3600, 3, 1)
+            ]
+        );
+        let seqs: Vec<i64> = batches[..3].iter().flatten().map(|r| r.4).collect();
+        assert_eq!(
+            seqs,
+            (0..230).collect::<Vec<_>>(),
+            "every row once, in order"
+        );
     }
 
     #[test]
