@@ -168,7 +168,7 @@ async fn metrics_dashboards_alerts_and_readiness_on_a_live_run() {
 
     // Sink concurrency: the Elasticsearch sink's lanes adapt (from 1, within their
     // maximum; they grow only with writes waiting, which this gentle load may not
-    // leave); the Kafka sinks keep their fixed numbers (pipeline.toml's 64 for the
+    // leave); the Kafka sinks keep their fixed numbers (pipeline.toml's 256 for the
     // Command API and 2 for cart events).
     let text = support::get_text(&client, format!("{base}/metrics")).await;
     // The exposition of all four pipelines in one process, under load, is valid.
@@ -189,7 +189,7 @@ async fn metrics_dashboards_alerts_and_readiness_on_a_live_run() {
     );
     let orders_topic = limits("orders-topic");
     assert!(
-        !orders_topic.is_empty() && orders_topic.iter().all(|l| (l - 64.0).abs() < 0.5),
+        !orders_topic.is_empty() && orders_topic.iter().all(|l| (l - 256.0).abs() < 0.5),
         "{orders_topic:?}"
     );
     let cart_events = limits("cart-events");
