@@ -236,6 +236,16 @@ async fn all_indexed(projections: &str, before: &Progress, orders: f64) -> Optio
     None
 }
 
+/// What a rate's figure adds when the run's end was the lag's, not the moment every order
+/// was seen indexed.
+fn lag_end(indexed: Option<Instant>) -> &'static str {
+    if indexed.is_none() {
+        " (all queryable not seen: the lag's end)"
+    } else {
+        ""
+    }
+}
+
 async fn lag(address: &str) -> Option<f64> {
     let scrape = latency::scrape(address).await?;
     let lags: Vec<f64> = scrape
@@ -375,11 +385,7 @@ pub async fn run(
     let sustained_drained = orders as f64 / drained_seconds;
     println!(
         "  {orders} orders posted in {post_seconds:.1} s, all queryable after {total_seconds:.1} s{}: {sustained:.0} orders/s end to end (lag 0 after {drained_seconds:.1} s: {sustained_drained:.0}/s)",
-        if indexed.is_none() {
-            " (not seen: the lag's end)"
-        } else {
-            ""
-        }
+        lag_end(indexed)
     );
 
     // Single orders back to back, then drained: what the whole system sustains with
@@ -533,19 +539,15 @@ settle_timeout = "60s"
     figures.push((
         "sustained orders/s, POST to queryable (batches of 20)".into(),
         format!(
-            "{sustained:.0} (all queryable by id after {total_seconds:.1} s{}; {sustained_drained:.0} to the consumer lag's 0, after {drained_seconds:.1} s)",
-            if indexed.is_none() { ", not seen: the lag's end" } else { "" }
+            "{sustained:.0}{} (all queryable by id after {total_seconds:.1} s; {sustained_drained:.0} to the consumer lag's 0, after {drained_seconds:.1} s)",
+            lag_end(indexed)
         ),
     ));
     figures.push((
         format!("single orders/s, POST to queryable ({single_clients} closed-loop clients)"),
         format!(
             "{single_sustained:.0}{} (accepted at {:.0}/s, {} refused; {single_drained:.0} to the consumer lag's 0)",
-            if single_indexed.is_none() {
-                " (all queryable not seen: the lag's end)"
-            } else {
-                ""
-            },
+            lag_end(single_indexed),
             single.rps(),
             single.errors
         ),
