@@ -31,9 +31,9 @@ async fn bare(Json(order): Json<Value>) -> (StatusCode, Json<Value>) {
 /// topic of one partition.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
-    Bare,
-    Ours,
-    OnePartition,
+    Bare = 0,
+    Ours = 1,
+    OnePartition = 2,
 }
 
 /// The Command API's records acknowledged and Produce requests sent so far. librdkafka
@@ -102,10 +102,8 @@ pub async fn run(clients: usize, duration: Duration) -> Result<Row> {
     // the slices summed; in each round every side goes first and last once as often (a
     // drift in what the shared machine gives us falls on all alike).
     let slice = duration / 4;
-    let mut sides: Vec<(Side, Option<Drive>, Usage)> = [Side::Bare, Side::Ours, Side::OnePartition]
-        .into_iter()
-        .map(|side| (side, None, Usage::default()))
-        .collect();
+    // Each side's requests and CPU, summed over its turns; indexed by `Side as usize`.
+    let mut sides: [(Option<Drive>, Usage); 3] = Default::default();
     let round = [
         Side::Bare,
         Side::Ours,
@@ -130,9 +128,7 @@ pub async fn run(clients: usize, duration: Duration) -> Result<Row> {
         let meter = Meter::start(tracked);
         let run = drive(&url, clients, slice, body.clone()).await?;
         let usage = meter.stop();
-        let Some((_, total, cpu)) = sides.iter_mut().find(|(s, _, _)| *s == side) else {
-            continue;
-        };
+        let (total, cpu) = &mut sides[side as usize];
         cpu.merge(&usage);
         match total {
             Some(t) => t.merge(&run)?,
@@ -143,13 +139,8 @@ pub async fn run(clients: usize, duration: Duration) -> Result<Row> {
         records_per_request(&salesflow.address),
         records_per_request(&single.address)
     );
-    let mut sides = sides.into_iter().map(|(_, drive, usage)| (drive, usage));
-    let (
-        Some((Some(ceiling), bare_cpu)),
-        Some((Some(ours), ours_cpu)),
-        Some((Some(one_run), one_cpu)),
-    ) = (sides.next(), sides.next(), sides.next())
-    else {
+    let [(ceiling, bare_cpu), (ours, ours_cpu), (one_run, one_cpu)] = sides;
+    let (Some(ceiling), Some(ours), Some(one_run)) = (ceiling, ours, one_run) else {
         anyhow::bail!("a server had no turn")
     };
     server.abort();
