@@ -293,9 +293,17 @@ async fn main() -> Result<()> {
             Some(false) => format!(">= {:.2}: **missed**", r.target.unwrap_or_default()),
             None => "-".into(),
         };
+        // Two decimals, or three where two would round a miss up to its target.
+        let ratio = if r.passed() == Some(false)
+            && format!("{:.2}", r.ratio) == format!("{:.2}", r.target.unwrap_or_default())
+        {
+            format!("{:.3}", r.ratio)
+        } else {
+            format!("{:.2}", r.ratio)
+        };
         let _ = writeln!(
             md,
-            "| {} | {:.0} {} ({}) | {:.0} {} ({}) | {:.2} | {} |",
+            "| {} | {:.0} {} ({}) | {:.0} {} ({}) | {} | {} |",
             r.area,
             r.salesflow_value,
             r.unit,
@@ -303,7 +311,7 @@ async fn main() -> Result<()> {
             r.ceiling_value,
             r.unit,
             r.ceiling,
-            r.ratio,
+            ratio,
             verdict
         );
     }
