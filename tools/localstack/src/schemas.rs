@@ -492,8 +492,11 @@ async fn index_templates(
 /// A template shapes only the indices created after it: fields it adds are put into the
 /// mappings of the indices that already match it, so that documents carrying them are
 /// not refused by the strict mapping after an upgrade (their older documents lack the
-/// fields until `salesflow replay` rebuilds them). Changing a field's type is not
-/// possible in place; Elasticsearch refuses it, and so does this step.
+/// fields until `salesflow replay` rebuilds them). A field whose kind changed (`nested`
+/// to a disabled `object`, `text` to `keyword`) cannot be changed in place: the index
+/// keeps its old mapping of that field, which still takes the same documents, and the
+/// step says which index and field until `salesflow replay` moves the read model to a
+/// new index made by the template.
 async fn existing_indices(
     client: &reqwest::Client,
     address: &str,
@@ -524,26 +527,98 @@ async fn existing_indices(
             );
         }
     }
-    let Some(properties) = template.pointer("/template/mappings/properties") else {
+    let Some(properties) = template
+        .pointer("/template/mappings/properties")
+        .and_then(serde_json::Value::as_object)
+    else {
         return Ok(());
     };
     for pattern in patterns {
         let response = client
-            .put(format!(
+            .get(format!(
                 "http://{address}/{pattern}/_mapping?allow_no_indices=true&expand_wildcards=open"
             ))
-            .json(&serde_json::json!({ "properties": properties }))
             .send()
             .await?;
-        if !response.status().is_success() {
-            let status = response.status();
+        let status = response.status();
+        let text = response.text().await.unwrap_or_default();
+        if !status.is_success() {
             bail!(
-                "template {name}: adding its fields to the existing indices {pattern}: {status} {}",
-                response.text().await.unwrap_or_default()
+                "template {name}: reading the mappings of the indices {pattern}: {status} {text}"
             );
+        }
+        let indices: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)
+            .with_context(|| format!("template {name}: the mappings of {pattern}: {text}"))?;
+        for (index, mapping) in &indices {
+            let empty = serde_json::Map::new();
+            let existing = mapping
+                .pointer("/mappings/properties")
+                .and_then(serde_json::Value::as_object)
+                .unwrap_or(&empty);
+            let mut kept = Vec::new();
+            let merge = mergeable(properties, existing, "", &mut kept);
+            for field in &kept {
+                println!(
+                    "opensearch: {index} keeps its mapping of `{field}`, which the template {name} \
+                     changed: `salesflow replay` rebuilds the read models into new indices with the new mapping"
+                );
+            }
+            let response = client
+                .put(format!("http://{address}/{index}/_mapping"))
+                .json(&serde_json::json!({ "properties": merge }))
+                .send()
+                .await?;
+            if !response.status().is_success() {
+                let status = response.status();
+                bail!(
+                    "template {name}: adding its fields to the existing index {index}: {status} {}",
+                    response.text().await.unwrap_or_default()
+                );
+            }
         }
     }
     Ok(())
+}
+
+/// What a mapped field is, as far as changing it in place goes: its type (`object` when
+/// it has only properties) and whether it is indexed at all.
+fn field_kind(definition: &serde_json::Value) -> (&str, bool) {
+    let kind = definition["type"].as_str().unwrap_or("object");
+    let enabled = definition["enabled"].as_bool().unwrap_or(true);
+    (kind, enabled)
+}
+
+/// The template's properties an existing index can take: every field it lacks, and every
+/// field it maps the same way (whose sub-fields are compared in turn). A field mapped the
+/// other way is left out and its dotted path pushed on `kept`.
+fn mergeable(
+    template: &serde_json::Map<String, serde_json::Value>,
+    existing: &serde_json::Map<String, serde_json::Value>,
+    prefix: &str,
+    kept: &mut Vec<String>,
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    for (field, wanted) in template {
+        let path = format!("{prefix}{field}");
+        let Some(current) = existing.get(field) else {
+            out.insert(field.clone(), wanted.clone());
+            continue;
+        };
+        if field_kind(wanted) != field_kind(current) {
+            kept.push(path);
+            continue;
+        }
+        let mut wanted = wanted.clone();
+        if let (Some(sub), Some(current_sub)) = (
+            wanted["properties"].as_object(),
+            current["properties"].as_object(),
+        ) {
+            let sub = mergeable(sub, current_sub, &format!("{path}."), kept);
+            wanted["properties"] = serde_json::Value::Object(sub);
+        }
+        out.insert(field.clone(), wanted);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -604,6 +679,41 @@ mod tests {
                 "CREATE KEYSPACE IF NOT EXISTS k WITH x = 1",
                 "CREATE TABLE IF NOT EXISTS k.t ( a int PRIMARY KEY )"
             ]
+        );
+    }
+
+    #[test]
+    fn an_existing_index_takes_new_fields_and_keeps_changed_ones() {
+        let template = serde_json::json!({
+            "cart_id": { "type": "keyword" },
+            "subtotal_units": { "type": "unsigned_long" },
+            "items": { "type": "object", "enabled": false },
+            "address": { "properties": {
+                "city": { "type": "keyword" },
+                "zip": { "type": "keyword" }
+            } }
+        });
+        let existing = serde_json::json!({
+            "cart_id": { "type": "keyword" },
+            "items": { "type": "nested", "properties": { "order_id": { "type": "keyword" } } },
+            "address": { "properties": { "city": { "type": "text" } } }
+        });
+        let mut kept = Vec::new();
+        let merge = mergeable(
+            template.as_object().unwrap(),
+            existing.as_object().unwrap(),
+            "",
+            &mut kept,
+        );
+        kept.sort();
+        assert_eq!(kept, ["address.city", "items"]);
+        assert_eq!(
+            serde_json::Value::Object(merge),
+            serde_json::json!({
+                "cart_id": { "type": "keyword" },
+                "subtotal_units": { "type": "unsigned_long" },
+                "address": { "properties": { "zip": { "type": "keyword" } } }
+            })
         );
     }
 }

@@ -101,3 +101,131 @@ fn a_taken_port_fails_up_naming_the_server() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// An upgrade that changes a field's kind (here `items`, from `nested` to a disabled
+/// `object`, as the detailed read model's did) must not stop `schemas`: the existing index
+/// keeps its mapping of the field and takes the template's new fields, `schemas` names
+/// what it kept, and the next index made from the template has the new mapping.
+#[tokio::test]
+async fn schemas_keep_a_field_an_existing_index_maps_otherwise() {
+    let checkout = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let name = format!("schematest-{tag}");
+    let root = std::env::temp_dir().join(&name);
+    let templates = root.join("schemas/elasticsearch/index-templates");
+    std::fs::create_dir_all(&templates).unwrap();
+    std::fs::create_dir_all(root.join("schemas/cql")).unwrap();
+    std::fs::create_dir_all(root.join("schemas/kafka")).unwrap();
+    std::fs::create_dir_all(root.join("schemas/environments")).unwrap();
+    for file in ["kafka/topics.toml", "environments/local.toml"] {
+        std::fs::copy(
+            checkout.join("schemas").join(file),
+            root.join("schemas").join(file),
+        )
+        .unwrap();
+    }
+    let template = |items: serde_json::Value, extra: bool| {
+        let mut properties = serde_json::json!({
+            "cart_id": { "type": "keyword" },
+            "items": items,
+        });
+        if extra {
+            properties["note"] = serde_json::json!({ "type": "keyword" });
+        }
+        let body = serde_json::json!({
+            "index_patterns": [format!("{name}-*")],
+            "template": { "mappings": { "dynamic": "strict", "properties": properties } }
+        });
+        std::fs::write(templates.join(format!("{name}.json")), body.to_string()).unwrap();
+    };
+    let schemas = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_localstack"))
+            .arg("--root")
+            .arg(&root)
+            .arg("--stack-dir")
+            .arg(root.join(".stack"))
+            .args(["schemas", "--environment", "local"])
+            .output()
+            .expect("run localstack schemas");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let es = "http://127.0.0.1:9200";
+    let http = reqwest::Client::new();
+    let mapping = |index: String| {
+        let http = http.clone();
+        async move {
+            let body: serde_json::Value = http
+                .get(format!("{es}/{index}/_mapping"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            body[&index]["mappings"]["properties"].clone()
+        }
+    };
+
+    template(
+        serde_json::json!({ "type": "nested", "properties": { "order_id": { "type": "keyword" } } }),
+        false,
+    );
+    schemas();
+    let old = format!("{name}-1");
+    let created = http.put(format!("{es}/{old}")).send().await.unwrap();
+    assert!(
+        created.status().is_success(),
+        "{}",
+        created.text().await.unwrap()
+    );
+
+    template(
+        serde_json::json!({ "type": "object", "enabled": false }),
+        true,
+    );
+    let stdout = schemas();
+    assert!(
+        stdout.contains(&format!("{old} keeps its mapping of `items`")),
+        "{stdout}"
+    );
+    let before = mapping(old.clone()).await;
+    assert_eq!(before["items"]["type"], "nested", "{before}");
+    assert_eq!(before["note"]["type"], "keyword", "the new field: {before}");
+    let indexed = http
+        .put(format!("{es}/{old}/_doc/1?refresh=true"))
+        .json(&serde_json::json!({ "cart_id": "c1", "note": "n", "items": [{ "order_id": "o1" }] }))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        indexed.status().is_success(),
+        "{}",
+        indexed.text().await.unwrap()
+    );
+
+    let new = format!("{name}-2");
+    let created = http.put(format!("{es}/{new}")).send().await.unwrap();
+    assert!(
+        created.status().is_success(),
+        "{}",
+        created.text().await.unwrap()
+    );
+    let after = mapping(new).await;
+    assert_eq!(after["items"]["enabled"], false, "{after}");
+
+    for path in [format!("{name}-*"), format!("_index_template/{name}")] {
+        let deleted = http.delete(format!("{es}/{path}")).send().await.unwrap();
+        assert!(
+            deleted.status().is_success(),
+            "{}",
+            deleted.text().await.unwrap()
+        );
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+}

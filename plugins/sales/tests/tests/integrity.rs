@@ -416,6 +416,42 @@ async fn indexed_version(alias: &str, cart: Uuid) -> u64 {
     body["_version"].as_u64().unwrap_or(0)
 }
 
+/// The documents in the index behind `alias` (`_count`) and the Lucene documents its
+/// primary shards hold (index stats, which count each nested object as one), after a
+/// refresh.
+async fn detailed_documents(alias: &str) -> (u64, u64) {
+    let client = reqwest::Client::new();
+    let es = es_url();
+    let refreshed = client
+        .post(format!("{es}/{alias}/_refresh"))
+        .send()
+        .await
+        .unwrap();
+    assert!(refreshed.status().is_success());
+    let count: Value = client
+        .get(format!("{es}/{alias}/_count"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let stats: Value = client
+        .get(format!("{es}/{alias}/_stats/docs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (
+        count["count"].as_u64().unwrap(),
+        stats["_all"]["primaries"]["docs"]["count"]
+            .as_u64()
+            .unwrap(),
+    )
+}
+
 /// The largest legal cart (1000 orders, every field at its longest, in characters that
 /// escape worst) and a cart of 45 orders with 4 KiB fields flow end to end; a canary
 /// order posted every half second meanwhile keeps becoming queryable, and readiness stays
@@ -514,6 +550,12 @@ async fn the_largest_legal_cart_flows_and_every_pipeline_keeps_serving() {
         assert_eq!(stored, ids);
         assert_eq!(doc["order_count"].as_u64(), Some(posted.len() as u64));
     }
+    // Nor does the detailed index: each cart is one Lucene document, its items kept in
+    // `_source` and not indexed (as nested objects, the big cart was 1001 documents that
+    // every one of its updates deleted and wrote again).
+    let (documents, lucene) = detailed_documents(&sales.detailed).await;
+    assert_eq!(lucene, documents, "Lucene documents against carts");
+
     // The cart is full: the 1001st order is accepted by the API and refused by the cart,
     // with the reason.
     let extra = largest_order(big, &user, 1000);
