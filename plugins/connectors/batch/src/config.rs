@@ -17,6 +17,15 @@ pub struct BatchSettings {
     #[serde(default = "default_max_wait", with = "humantime_serde")]
     #[schemars(with = "String")]
     pub max_wait: Duration,
+    /// Merge the batches of every input lane this stage lane receives (default: only
+    /// batches of one input lane, e.g. one partition, are merged). A merged batch takes
+    /// the stage lane's number, so each input lane still travels one downstream lane, in
+    /// order; what changes is that a request downstream carries several partitions'
+    /// events. For sinks whose requests cost per request more than per event and whose
+    /// writes don't depend on the order across partitions (Elasticsearch bulk with
+    /// external versions).
+    #[serde(default)]
+    pub across_lanes: bool,
 }
 
 fn default_max_events() -> usize {
@@ -37,6 +46,7 @@ impl Default for BatchSettings {
             max_events: default_max_events(),
             max_bytes: default_max_bytes(),
             max_wait: default_max_wait(),
+            across_lanes: false,
         }
     }
 }

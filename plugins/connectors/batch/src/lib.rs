@@ -3,7 +3,9 @@
 //!
 //! Batches are only merged with batches of the same lane, so per-lane (per-partition)
 //! order is kept; a source batch split across two output batches has its acknowledgement
-//! claim in both.
+//! claim in both. With `across_lanes`, a stage lane merges the batches of every input
+//! lane it receives into batches of its own lane number: each input lane still takes one
+//! path downstream, in order, and a downstream request carries several partitions.
 
 mod config;
 mod stage;
@@ -62,7 +64,7 @@ impl Plugin for BatchPlugin {
 struct Factory(BatchSettings);
 
 impl StageFactory for Factory {
-    fn create(&self, _lane: usize) -> Result<Box<dyn Stage>, PluginError> {
-        Ok(Box::new(BatchStage::new(self.0.clone())))
+    fn create(&self, lane: usize) -> Result<Box<dyn Stage>, PluginError> {
+        Ok(Box::new(BatchStage::new(self.0.clone(), lane)))
     }
 }

@@ -14,13 +14,16 @@ struct Pending {
 /// The batch stage of one lane.
 pub struct BatchStage {
     settings: BatchSettings,
+    /// This stage lane's number: the lane of every batch it makes with `across_lanes`.
+    own_lane: u64,
     pending: HashMap<u64, Pending>,
 }
 
 impl BatchStage {
-    pub fn new(settings: BatchSettings) -> Self {
+    pub fn new(settings: BatchSettings, own_lane: usize) -> Self {
         Self {
             settings,
+            own_lane: u64::try_from(own_lane).unwrap_or(u64::MAX),
             pending: HashMap::new(),
         }
     }
@@ -39,7 +42,11 @@ impl BatchStage {
             out.push(input);
             return;
         }
-        let lane = input.lane;
+        let lane = if self.settings.across_lanes {
+            self.own_lane
+        } else {
+            input.lane
+        };
         let acks = input.acks;
         // Whether the pending batch of this lane already holds a clone of `acks`.
         let mut attached = false;
@@ -133,6 +140,7 @@ mod tests {
             max_events,
             max_bytes,
             max_wait: Duration::from_millis(50),
+            across_lanes: false,
         }
     }
 
@@ -148,7 +156,7 @@ mod tests {
         ) {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async {
-                let mut stage = BatchStage::new(settings(max_events, max_bytes));
+                let mut stage = BatchStage::new(settings(max_events, max_bytes), 0);
                 let mut out = Vec::new();
                 let mut receivers = Vec::new();
                 let mut sent: HashMap<u64, Vec<Vec<u8>>> = HashMap::new();
@@ -183,9 +191,93 @@ mod tests {
         }
     }
 
+    proptest! {
+        /// Across lanes: every output batch takes the stage lane's number, each input
+        /// lane's events come out once and in their order, and every source batch is
+        /// acknowledged only when every output batch holding its events is.
+        #[test]
+        fn batches_across_lanes_keep_each_lanes_order(
+            inputs in proptest::collection::vec((0u64..3, proptest::collection::vec(0u32..1000, 0..20)), 1..30),
+            max_events in 1usize..16,
+            own_lane in 0usize..4,
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let settings = BatchSettings { across_lanes: true, ..settings(max_events, 1 << 20) };
+                let mut stage = BatchStage::new(settings, own_lane);
+                let mut out = Vec::new();
+                let mut receivers = Vec::new();
+                let mut sent: HashMap<u64, Vec<String>> = HashMap::new();
+                for (lane, values) in &inputs {
+                    let (ack, rx) = AckHandle::channel();
+                    let texts: Vec<String> = values.iter().map(|v| format!("{lane}:{v}")).collect();
+                    sent.entry(*lane).or_default().extend(texts.iter().cloned());
+                    let events = texts.into_iter().map(Event::new).collect();
+                    receivers.push(rx);
+                    stage.process(Batch::new(events, AckSet::one(ack), *lane), &mut out).await.unwrap();
+                }
+                stage.flush(&mut out).await.unwrap();
+                let mut got: HashMap<u64, Vec<String>> = HashMap::new();
+                for b in &out {
+                    prop_assert!(b.len() <= max_events);
+                    if !b.is_empty() {
+                        prop_assert_eq!(b.lane, own_lane as u64);
+                    }
+                    for e in &b.events {
+                        let text = String::from_utf8(e.payload.to_vec()).unwrap();
+                        let lane: u64 = text.split(':').next().unwrap().parse().unwrap();
+                        got.entry(lane).or_default().push(text);
+                    }
+                }
+                sent.retain(|_, v| !v.is_empty());
+                prop_assert_eq!(&got, &sent);
+                for rx in &mut receivers {
+                    prop_assert!(rx.try_recv().is_err(), "acknowledged before the output was");
+                }
+                for b in out {
+                    b.finish(&Status::Delivered);
+                }
+                for mut rx in receivers {
+                    prop_assert_eq!(rx.try_recv().unwrap(), Status::Delivered);
+                }
+                Ok(())
+            })?;
+        }
+    }
+
+    #[tokio::test]
+    async fn across_lanes_one_batch_holds_several_lanes() {
+        let mut stage = BatchStage::new(
+            BatchSettings {
+                across_lanes: true,
+                ..settings(100, 1 << 20)
+            },
+            2,
+        );
+        let mut out = Vec::new();
+        for lane in [2, 6, 10] {
+            let (b, _rx) = batch(lane, &[1, 2]);
+            stage.process(b, &mut out).await.unwrap();
+        }
+        assert!(out.is_empty());
+        stage.flush(&mut out).await.unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].len(), out[0].lane), (6, 2));
+
+        // Without it, each input lane is a batch of its own.
+        let mut stage = BatchStage::new(settings(100, 1 << 20), 2);
+        let mut out = Vec::new();
+        for lane in [2, 6, 10] {
+            let (b, _rx) = batch(lane, &[1, 2]);
+            stage.process(b, &mut out).await.unwrap();
+        }
+        stage.flush(&mut out).await.unwrap();
+        assert_eq!(out.len(), 3);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_partial_batch_leaves_after_max_wait() {
-        let mut stage = BatchStage::new(settings(100, 1 << 20));
+        let mut stage = BatchStage::new(settings(100, 1 << 20), 0);
         let mut out = Vec::new();
         let (b, _rx) = batch(0, &[1, 2, 3]);
         stage.process(b, &mut out).await.unwrap();
@@ -201,7 +293,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_output_fails_the_source_batch() {
-        let mut stage = BatchStage::new(settings(2, 1 << 20));
+        let mut stage = BatchStage::new(settings(2, 1 << 20), 0);
         let mut out = Vec::new();
         let (b, mut rx) = batch(0, &[1, 2, 3]);
         stage.process(b, &mut out).await.unwrap();
