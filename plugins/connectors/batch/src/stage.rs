@@ -144,6 +144,24 @@ mod tests {
         }
     }
 
+    /// No source batch is acknowledged while an output batch holding its events is
+    /// pending, and every one is once all are delivered.
+    fn acknowledged_after_every_output(
+        out: Vec<Batch>,
+        mut receivers: Vec<tokio::sync::oneshot::Receiver<Status>>,
+    ) -> Result<(), TestCaseError> {
+        for rx in &mut receivers {
+            prop_assert!(rx.try_recv().is_err(), "acknowledged before the output was");
+        }
+        for b in out {
+            b.finish(&Status::Delivered);
+        }
+        for mut rx in receivers {
+            prop_assert_eq!(rx.try_recv().unwrap(), Status::Delivered);
+        }
+        Ok(())
+    }
+
     proptest! {
         /// Every event comes out once, in order within its lane; no batch exceeds the
         /// limits; a source batch is acknowledged only when every output batch holding
@@ -177,16 +195,7 @@ mod tests {
                 got.retain(|_, v| !v.is_empty());
                 sent.retain(|_, v| !v.is_empty());
                 prop_assert_eq!(&got, &sent);
-                for rx in &mut receivers {
-                    prop_assert!(rx.try_recv().is_err(), "acknowledged before the output was");
-                }
-                for b in out {
-                    b.finish(&Status::Delivered);
-                }
-                for mut rx in receivers {
-                    prop_assert_eq!(rx.try_recv().unwrap(), Status::Delivered);
-                }
-                Ok(())
+                acknowledged_after_every_output(out, receivers)
             })?;
         }
     }
@@ -231,16 +240,7 @@ mod tests {
                 }
                 sent.retain(|_, v| !v.is_empty());
                 prop_assert_eq!(&got, &sent);
-                for rx in &mut receivers {
-                    prop_assert!(rx.try_recv().is_err(), "acknowledged before the output was");
-                }
-                for b in out {
-                    b.finish(&Status::Delivered);
-                }
-                for mut rx in receivers {
-                    prop_assert_eq!(rx.try_recv().unwrap(), Status::Delivered);
-                }
-                Ok(())
+                acknowledged_after_every_output(out, receivers)
             })?;
         }
     }

@@ -428,25 +428,21 @@ async fn detailed_documents(alias: &str) -> (u64, u64) {
         .await
         .unwrap();
     assert!(refreshed.status().is_success());
-    let count: Value = client
-        .get(format!("{es}/{alias}/_count"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let stats: Value = client
-        .get(format!("{es}/{alias}/_stats/docs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mut answers = Vec::new();
+    for path in ["_count", "_stats/docs"] {
+        let body: Value = client
+            .get(format!("{es}/{alias}/{path}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        answers.push(body);
+    }
     (
-        count["count"].as_u64().unwrap(),
-        stats["_all"]["primaries"]["docs"]["count"]
+        answers[0]["count"].as_u64().unwrap(),
+        answers[1]["_all"]["primaries"]["docs"]["count"]
             .as_u64()
             .unwrap(),
     )
