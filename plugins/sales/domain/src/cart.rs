@@ -233,24 +233,26 @@ impl Cart {
         }
     }
 
-    /// Roughly the memory it holds, for caches bounded in bytes.
+    /// Roughly the memory it holds, for caches bounded in bytes: what it and its items
+    /// have allocated, spare capacity included (the items' vector grows by doubling).
     pub fn approximate_bytes(&self) -> usize {
-        let text = self.user_id.len()
-            + self.payment_method.len()
-            + self.shipping_address.len()
-            + self.billing_address.len()
-            + self.shipping_method.len();
+        let text = self.user_id.capacity()
+            + self.currency.capacity()
+            + self.payment_method.capacity()
+            + self.shipping_address.capacity()
+            + self.billing_address.capacity()
+            + self.shipping_method.capacity();
         let items: usize = self
             .items
             .iter()
             .map(|i| {
-                std::mem::size_of::<Item>()
-                    + i.product_name.len()
-                    + i.product_info.len()
-                    + i.seller_info.len()
+                i.product_name.capacity() + i.product_info.capacity() + i.seller_info.capacity()
             })
             .sum();
-        std::mem::size_of::<Self>() + text + items
+        std::mem::size_of::<Self>()
+            + text
+            + self.items.capacity() * std::mem::size_of::<Item>()
+            + items
     }
 }
 
