@@ -244,9 +244,14 @@ pub fn summary(report: &RunReport, previous: Option<&RunReport>) -> String {
                 cache(report.cache_mib.first()),
                 cache(report.cache_mib.last()),
             );
+            // Half-time against the end says whether the rest is flat once the run is
+            // going: the first sample is the idle process, before any load.
+            let half = report.memory_mib.len() / 2;
+            let rest_half = report.memory_mib.get(half).map_or(0.0, |p| p.1)
+                - cache(report.cache_mib.get(half));
             let _ = writeln!(
                 out,
-                "  of it bounded caches {cache_first:.0} -> {cache_last:.0} MiB (limit {:.0} MiB); the rest {:.0} -> {:.0} MiB",
+                "  of it bounded caches {cache_first:.0} -> {cache_last:.0} MiB (limit {:.0} MiB); the rest {:.0} -> {:.0} MiB ({rest_half:.0} at half-time)",
                 report.cache_limit_mib,
                 first - cache_first,
                 last - cache_last
@@ -687,8 +692,8 @@ mod tests {
         assert_eq!(knee_of_nothing(), None);
     }
 
-    #[test]
-    fn the_html_report_is_self_contained_with_balanced_tables_and_charts() {
+    /// A six-second run of one scenario, without memory samples.
+    fn small_report() -> RunReport {
         let mut stats = Stats::new(1);
         for s in 0..6 {
             stats.record(
@@ -701,7 +706,7 @@ mod tests {
         }
         stats.record_freshness(Duration::from_secs(1), Some(Duration::from_millis(80)));
         let scenario = scenario_report("post-order", "post-order", &stats.scenarios[0], 6.0);
-        let report = RunReport {
+        RunReport {
             profile: "t<1>".into(),
             description: "a test".into(),
             seed: 1,
@@ -738,7 +743,12 @@ mod tests {
             invalid_refused: 0,
             invalid_accepted: 0,
             duplicates_posted: 0,
-        };
+        }
+    }
+
+    #[test]
+    fn the_html_report_is_self_contained_with_balanced_tables_and_charts() {
+        let report = small_report();
         let page = html(&report, Some(&report));
         assert_eq!(
             page.matches("<table>").count(),
@@ -769,6 +779,26 @@ mod tests {
             "self-contained"
         );
         assert!(page.contains("Compared with run abc"));
+    }
+
+    #[test]
+    fn the_summary_splits_memory_into_caches_and_the_rest_at_half_time() {
+        let mut report = small_report();
+        // Idle at first; the rest then stays at 90 MiB while the caches fill.
+        report.memory_mib = vec![(0.0, 50.0), (10.0, 100.0), (20.0, 120.0), (30.0, 140.0)];
+        report.cache_mib = vec![(0.0, 0.0), (10.0, 10.0), (20.0, 30.0), (30.0, 48.0)];
+        report.cache_limit_mib = 128.0;
+        let text = summary(&report, None);
+        assert!(
+            text.contains("salesflow resident memory: 50 -> 140 MiB, max 140 MiB"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "of it bounded caches 0 -> 48 MiB (limit 128 MiB); the rest 50 -> 92 MiB (90 at half-time)"
+            ),
+            "{text}"
+        );
     }
 
     fn knee_of_nothing() -> Option<f64> {
