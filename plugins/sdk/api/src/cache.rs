@@ -3,7 +3,6 @@
 //! memory stays bounded however many lanes (partitions) there are.
 
 use std::hash::Hash;
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use lru::LruCache;
@@ -76,7 +75,7 @@ impl CacheBudget {
 /// bookkeeping beside the bytes its value declares.
 pub struct SizedLru<K: Hash + Eq, V> {
     entries: LruCache<K, (V, usize)>,
-    max_entries: NonZeroUsize,
+    max_entries: usize,
     budget: Arc<CacheBudget>,
     held: usize,
 }
@@ -85,13 +84,14 @@ impl<K: Hash + Eq, V> SizedLru<K, V> {
     /// What the cache spends on an entry besides its value: the list node's key, size and
     /// two links, and the hash table's slot (a key reference, a node pointer and a
     /// control byte, in a table between 7/16 and 7/8 full).
-    pub const ENTRY_OVERHEAD: usize =
-        std::mem::size_of::<K>() + 3 * std::mem::size_of::<usize>() + 2 * (2 * 8 + 1);
+    pub const ENTRY_OVERHEAD: usize = std::mem::size_of::<K>()
+        + 3 * std::mem::size_of::<usize>()
+        + 2 * (2 * std::mem::size_of::<usize>() + 1);
 
     pub fn new(max_entries: usize, budget: Arc<CacheBudget>) -> Self {
         Self {
             entries: LruCache::unbounded(),
-            max_entries: NonZeroUsize::new(max_entries).unwrap_or(NonZeroUsize::MIN),
+            max_entries: max_entries.max(1),
             budget,
             held: 0,
         }
@@ -122,7 +122,7 @@ impl<K: Hash + Eq, V> SizedLru<K, V> {
         if let Some((_, (_, old))) = self.entries.push(key, (value, size)) {
             self.release(old);
         }
-        while self.entries.len() > self.max_entries.get() || self.budget.over() {
+        while self.entries.len() > self.max_entries || self.budget.over() {
             match self.entries.pop_lru() {
                 Some((_, (_, size))) => self.release(size),
                 None => break,
