@@ -147,39 +147,25 @@ pub fn markdown(rows: &[Row], cores: f64) -> String {
                 ));
             }
         }
-        // Kafka's own cost per record when records come one at a time, beside what the
-        // end-to-end runs spent per record: the part of Kafka's gap that is its cost per
-        // request at the batch sizes single orders allow.
-        if let Some(shaped) = phase(rows, "Kafka produce", crate::kafka::SHAPED_PHASE) {
-            let shaped_ms = shaped.ms_per_unit(shaped.usage.work("kafka"));
-            let _ = write!(
-                md,
-                "\nKafka spends {shaped_ms:.4} CPU ms per record produced one at a time ({}), \
-                 {:.1}x its raw ceiling's.",
+        // Kafka's own cost per record when records come one at a time, and OpenSearch's per
+        // document when it rewrites documents the index holds, beside what the end-to-end
+        // runs spent: the part of a server's gap that is its own cost for the shape of
+        // work the pipeline asks of it, not the ceiling's.
+        for (server, area, shape, what) in [
+            (
+                "Kafka",
+                "Kafka produce",
                 crate::kafka::SHAPED_PHASE,
-                costs
-                    .iter()
-                    .find(|c| c.server == "kafka")
-                    .map_or(0.0, |c| shaped_ms / c.ceiling_ms)
-            );
-            for (name, p) in [
-                ("sustained (batches of 20)", Some(e2e)),
-                (
-                    "single orders",
-                    phase(rows, "End to end", "end to end: single"),
-                ),
-            ] {
-                if let Some(p) = p.filter(|p| p.units > 0.0) {
-                    let ms =
-                        p.usage.work("kafka") * 1000.0 / (p.units * e2e::units_per_order("kafka"));
-                    let _ = write!(
-                        md,
-                        " End to end, {name}: {ms:.4} ms per record, {:.2}x that.",
-                        ms / shaped_ms
-                    );
-                }
-            }
-            md.push('\n');
+                "produced one at a time",
+            ),
+            (
+                "OpenSearch",
+                "Elasticsearch bulk",
+                crate::es::REWRITE_PHASE,
+                "rewritten",
+            ),
+        ] {
+            md.push_str(&shaped(rows, &costs, server, area, shape, what));
         }
         let share = e2e.usage.salesflow() / (e2e.usage.seconds * cores);
         let _ = writeln!(
@@ -212,6 +198,53 @@ pub fn markdown(rows: &[Row], cores: f64) -> String {
             }
         }
     }
+    md
+}
+
+/// A server's CPU per unit in `shape` (a phase of `area`), against its raw ceiling's and
+/// the end-to-end runs': "" when either was not measured. `name` is the server as the
+/// report names it ("Kafka"); its processes are tracked by the lowercase name.
+fn shaped(
+    rows: &[Row],
+    costs: &[ServerCost],
+    name: &str,
+    area: &str,
+    shape: &str,
+    what: &str,
+) -> String {
+    let server = name.to_lowercase();
+    let server = server.as_str();
+    let (Some(shaped), Some(cost)) = (
+        phase(rows, area, shape),
+        costs.iter().find(|c| c.server == server),
+    ) else {
+        return String::new();
+    };
+    let shaped_ms = shaped.ms_per_unit(shaped.usage.work(server));
+    if shaped_ms <= 0.0 {
+        return String::new();
+    }
+    let mut md = format!(
+        "\n{name} spends {shaped_ms:.4} CPU ms per {} {what} ({shape}), {:.2}x its raw \
+         ceiling's.",
+        cost.unit,
+        shaped_ms / cost.ceiling_ms
+    );
+    for (run, prefix) in [
+        ("sustained (batches of 20)", "end to end: batches"),
+        ("single orders", "end to end: single"),
+    ] {
+        if let Some(p) = phase(rows, "End to end", prefix).filter(|p| p.units > 0.0) {
+            let ms = p.usage.work(server) * 1000.0 / (p.units * cost.per_order);
+            let _ = write!(
+                md,
+                " End to end, {run}: {ms:.4} ms per {}, {:.2}x that.",
+                cost.unit,
+                ms / shaped_ms
+            );
+        }
+    }
+    md.push('\n');
     md
 }
 
@@ -333,6 +366,69 @@ mod tests {
         assert!(
             md.contains("| (the machine idle, per order) | 0.600 |"),
             "{md}"
+        );
+    }
+
+    #[test]
+    fn a_servers_shaped_cost_stands_beside_its_ceiling_and_the_end_to_end_runs() {
+        let usage = |opensearch: f64| Usage {
+            seconds: 1.0,
+            cpu: BTreeMap::from([("opensearch".into(), opensearch)]),
+            jit: BTreeMap::new(),
+        };
+        let mut bulk = Row::new(
+            "Elasticsearch bulk",
+            "docs/s",
+            1.0,
+            1.0,
+            Some(0.9),
+            "sink",
+            "raw",
+        );
+        bulk.phases = vec![
+            // 0.05 ms per document at the ceiling, 0.07 rewriting: 1.40x.
+            Phase::new(
+                "ceiling: raw _bulk of 2000",
+                "document",
+                60000.0,
+                usage(3.0),
+            ),
+            Phase::new(crate::es::REWRITE_PHASE, "document", 30000.0, usage(2.1)),
+        ];
+        let mut e2e = Row::new("End to end", "orders/s", 1.0, 1.0, Some(0.8), "e2e", "c");
+        // 1000 orders of two documents: 0.084 ms per document, 1.20x the rewrite's.
+        e2e.phases = vec![Phase::new(
+            "end to end: batches of 20",
+            "order",
+            1000.0,
+            usage(0.168),
+        )];
+        let rows = [bulk, e2e];
+        let md = shaped(
+            &rows,
+            &costs(&rows),
+            "OpenSearch",
+            "Elasticsearch bulk",
+            crate::es::REWRITE_PHASE,
+            "rewritten",
+        );
+        assert!(
+            md.contains("OpenSearch spends 0.0700 CPU ms per document rewritten"),
+            "{md}"
+        );
+        assert!(md.contains("1.40x its raw ceiling's."), "{md}");
+        assert!(
+            md.contains(
+                "End to end, sustained (batches of 20): 0.0840 ms per document, 1.20x that."
+            ),
+            "{md}"
+        );
+        // No single-orders phase measured: no sentence for it.
+        assert!(!md.contains("single orders"), "{md}");
+        // Without the shaped phase, nothing.
+        assert_eq!(
+            shaped(&rows, &costs(&rows), "Kafka", "Kafka produce", "x", "y"),
+            ""
         );
     }
 }

@@ -34,6 +34,36 @@ pub fn salesflow_bin() -> PathBuf {
         .unwrap_or_default()
 }
 
+/// OpenSearch's documents indexed and write-pool tasks completed, summed over its nodes;
+/// zeros when it does not answer. A bulk request's part for each shard is a task, and so,
+/// as a rule, is its coordination: the documents per task between two readings tell the
+/// size of the bulks OpenSearch worked with, comparable between runs that read it alike
+/// (its CPU per document falls as bulks grow).
+pub async fn opensearch_writes() -> (f64, f64) {
+    let url = format!("{}/_nodes/stats/indices,thread_pool", es_url());
+    let Ok(response) = reqwest::get(&url).await else {
+        return (0.0, 0.0);
+    };
+    let Ok(stats) = response.json::<Value>().await else {
+        return (0.0, 0.0);
+    };
+    let nodes = stats["nodes"]
+        .as_object()
+        .into_iter()
+        .flat_map(|n| n.values());
+    nodes.fold((0.0, 0.0), |(docs, tasks), node| {
+        (
+            docs + node["indices"]["indexing"]["index_total"]
+                .as_f64()
+                .unwrap_or(0.0),
+            tasks
+                + node["thread_pool"]["write"]["completed"]
+                    .as_f64()
+                    .unwrap_or(0.0),
+        )
+    })
+}
+
 /// A salesflow process of the suites: the default pipeline.toml on a given address,
 /// logging warnings to the suite's stderr.
 pub struct Salesflow {

@@ -10,8 +10,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::common::{
-    Replication, Salesflow, drive, drop_isolated, isolated, isolated_topics_with, order, rss_mib,
-    tag,
+    Replication, Salesflow, drive, drop_isolated, isolated, isolated_topics_with,
+    opensearch_writes, order, rss_mib, tag,
 };
 use crate::cpu::{self, Meter, Phase, ServerCost, Tracked};
 use crate::{Row, latency};
@@ -334,6 +334,7 @@ pub async fn run(
     let before = busy_all(&[&address, &consumers[0], &consumers[1]]).await;
     let [kafka_before, reads_before] =
         kafka_and_store(&[&address, &consumers[0], &consumers[1]]).await;
+    let writes_before = opensearch_writes().await;
     let progress = Progress::read(&consumers[1]).await.unwrap_or_default();
     let meter = Meter::start(everything());
     let started = Instant::now();
@@ -359,6 +360,7 @@ pub async fn run(
     let after = busy_all(&[&address, &consumers[0], &consumers[1]]).await;
     let [kafka_sustained, reads_sustained] =
         kafka_and_store(&[&address, &consumers[0], &consumers[1]]).await;
+    let writes_sustained = opensearch_writes().await;
     let limits = latency::sink_limits(&[&address, &consumers[0], &consumers[1]]).await;
     println!("  sink concurrency limits per lane: {}", limits.join("; "));
     let mut shares: Vec<(String, f64, f64)> = after
@@ -416,6 +418,7 @@ pub async fn run(
     let single_drained = accepted / (started.elapsed().as_secs_f64() - 0.5);
     let [kafka_single, reads_single] =
         kafka_and_store(&[&address, &consumers[0], &consumers[1]]).await;
+    let writes_single = opensearch_writes().await;
     let single_sustained =
         single_indexed.map_or(single_drained, |at| accepted / (at - started).as_secs_f64());
     let half = (single_sustained / 2.0).max(1.0);
@@ -644,6 +647,7 @@ settle_timeout = "60s"
             "sustained",
             [&kafka_before, &reads_before],
             [&kafka_sustained, &reads_sustained],
+            (writes_before, writes_sustained),
             orders as f64,
             &sustained_cpu,
         ),
@@ -651,6 +655,7 @@ settle_timeout = "60s"
             "single orders",
             [&kafka_sustained, &reads_sustained],
             [&kafka_single, &reads_single],
+            (writes_sustained, writes_single),
             single.ok(),
             &single_cpu,
         ),
@@ -662,7 +667,7 @@ settle_timeout = "60s"
             .collect::<Vec<_>>()
             .join(", ")
     };
-    for (name, before, after, orders, usage) in phases {
+    for (name, before, after, writes, orders, usage) in phases {
         let (per, total) = requests_per_order(before[0], after[0], orders);
         if total > 0.0 {
             let kafka_ms = usage.work("kafka") * 1000.0 / orders.max(1.0);
@@ -680,6 +685,16 @@ settle_timeout = "60s"
             format!("carts read from the event store per order, {name}"),
             format!("{total:.3}: {}", listed(&per)),
         ));
+        let (docs, tasks) = (writes.1.0 - writes.0.0, writes.1.1 - writes.0.1);
+        if tasks > 0.0 {
+            figures.push((
+                format!("OpenSearch documents per write-pool task, {name}"),
+                format!(
+                    "{:.1} ({docs:.0} documents in {tasks:.0} tasks; the raw loop's, same measure: the Elasticsearch bulk note)",
+                    docs / tasks
+                ),
+            ));
+        }
     }
     figures.push((
         "sink concurrency limits per lane after the sustained run".into(),
