@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use salesflow_bench::common::Replication;
+use salesflow_bench::common::{Build, Replication};
 
 use crate::Row;
 use crate::e2e;
@@ -84,6 +84,7 @@ pub async fn run(
         if warmup > 0 {
             println!("  warm-up on the cluster: {warmup} s, not measured");
             e2e::run(
+                &Build::this(),
                 clients,
                 Duration::from_secs(warmup),
                 &[],
@@ -93,7 +94,15 @@ pub async fn run(
             .await?;
         }
         crate::settle().await;
-        e2e::run(clients, duration, &[], &sets, Replication::CLUSTER).await
+        e2e::run(
+            &Build::this(),
+            clients,
+            duration,
+            &[],
+            &sets,
+            Replication::CLUSTER,
+        )
+        .await
     }
     .await;
     // The single-node stack again, whatever happened on the cluster.

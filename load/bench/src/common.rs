@@ -64,7 +64,29 @@ pub async fn opensearch_writes() -> (f64, f64) {
     })
 }
 
-/// A salesflow process of the suites: the default pipeline.toml on a given address,
+/// Which salesflow a suite runs: a binary and the pipeline.toml it reads. The suites run
+/// this checkout's ([`Build::this`]); `salesflow-bench --base-binary` sets another beside
+/// it, so two builds or two configurations are measured in one run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Build {
+    /// How the report names it.
+    pub label: String,
+    pub binary: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Build {
+    /// The release `salesflow` beside this binary, with this checkout's pipeline.toml.
+    pub fn this() -> Self {
+        Self {
+            label: "this".into(),
+            binary: salesflow_bin(),
+            config: repo().join("pipeline.toml"),
+        }
+    }
+}
+
+/// A salesflow process of the suites: a build's pipeline.toml on a given address,
 /// logging warnings to the suite's stderr.
 pub struct Salesflow {
     host: Host,
@@ -80,7 +102,17 @@ impl Salesflow {
 
     /// The same on a given address (a restarted API keeps its address).
     pub async fn start_at(address: &str, pipelines: &[&str], sets: &[String]) -> Result<Self> {
-        let binary = salesflow_bin();
+        Self::launch(&Build::this(), address, pipelines, sets).await
+    }
+
+    /// `build`'s binary and configuration on a given address.
+    pub async fn launch(
+        build: &Build,
+        address: &str,
+        pipelines: &[&str],
+        sets: &[String],
+    ) -> Result<Self> {
+        let binary = &build.binary;
         if !binary.is_file() {
             bail!(
                 "{} is missing (build it: cargo build --release -p salesflow)",
@@ -95,12 +127,11 @@ impl Salesflow {
         for p in pipelines {
             args.extend(["--pipeline", p]);
         }
-        let config = repo().join("pipeline.toml");
         let mut me = Self {
             host: Host::launch(&Launch {
                 address: Some(address),
                 capture: false,
-                ..Launch::new(&binary, &config, &args)
+                ..Launch::new(binary, &build.config, &args)
             }),
             address: address.to_owned(),
         };

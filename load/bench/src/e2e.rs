@@ -10,8 +10,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::common::{
-    Replication, Salesflow, drive, drop_isolated, isolated, isolated_topics_with,
-    opensearch_writes, order, rss_mib, tag,
+    Build, Replication, Salesflow, drive, drop_isolated, free_address, isolated,
+    isolated_topics_with, opensearch_writes, order, rss_mib, tag,
 };
 use crate::cpu::{self, Meter, Phase, ServerCost, Tracked};
 use crate::{Row, latency};
@@ -257,9 +257,10 @@ async fn lag(address: &str) -> Option<f64> {
     (!lags.is_empty()).then(|| lags.iter().sum())
 }
 
-/// `extra` are `--set` overrides for every salesflow process (the cluster profile's
-/// addresses), `replication` that of the run's topics.
+/// `build` is the salesflow run, `extra` are `--set` overrides for every salesflow process
+/// (the cluster profile's addresses), `replication` that of the run's topics.
 pub async fn run(
+    build: &Build,
     clients: usize,
     duration: Duration,
     costs: &[ServerCost],
@@ -285,7 +286,10 @@ pub async fn run(
     // As in production: one process per pipeline.
     let mut processes = Vec::new();
     for pipeline in ["command-api", "domain", "projections", "query-api"] {
-        processes.push((pipeline, Salesflow::start(&[pipeline], &sets).await?));
+        processes.push((
+            pipeline,
+            Salesflow::launch(build, &free_address()?, &[pipeline], &sets).await?,
+        ));
     }
     let address = processes[0].1.address.clone();
     let query = processes[3].1.address.clone();
@@ -713,6 +717,18 @@ settle_timeout = "60s"
         "POST /orders/batch to queryable, lag drained",
         "composite ceiling: every server at its raw ceiling's CPU per unit",
     );
+    row.measures = vec![
+        ("sustained orders/s".into(), sustained),
+        ("single orders/s".into(), single_sustained),
+        (
+            "p99 POST to 202, ms (half rate)".into(),
+            report.scenarios[0].p99_ms,
+        ),
+        (
+            "p99 POST to queryable, ms (half rate)".into(),
+            report.freshness.p99_ms,
+        ),
+    ];
     row.note = "an order costs Kafka two records, Cassandra one event and OpenSearch two documents; the composite ceiling is the cores divided by those costs at each server's raw-ceiling efficiency".into();
     #[allow(clippy::cast_precision_loss)]
     let orders = orders as f64;

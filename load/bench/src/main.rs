@@ -21,9 +21,11 @@
 //! Every phase is accounted in CPU: each process's CPU seconds from `/proc` per unit of
 //! work, each server's cost per unit at its ceiling beside its cost end to end.
 
+mod ab;
 mod accounting;
 mod cassandra;
 mod cluster;
+use salesflow_bench::common::Build;
 use salesflow_bench::{common, cpu};
 mod e2e;
 mod es;
@@ -69,6 +71,36 @@ struct Cli {
     /// Where the report goes.
     #[arg(long, default_value = "load/reports")]
     out: std::path::PathBuf,
+    /// A/B instead of the parts: the end-to-end part for this build and for this other
+    /// salesflow binary, in `--pairs` interleaved pairs, compared pair by pair.
+    /// `scripts/bench --ab REV` builds REV's and passes it with REV's pipeline.toml.
+    #[arg(long, conflicts_with = "only")]
+    base_binary: Option<std::path::PathBuf>,
+    /// The base's pipeline.toml (default: this checkout's). Alone, without
+    /// `--base-binary`, it compares two configurations of this build.
+    #[arg(long, conflicts_with = "only")]
+    base_config: Option<std::path::PathBuf>,
+    /// How the A/B report names the base.
+    #[arg(long, default_value = "base")]
+    base_label: String,
+    /// How many A/B pairs to run.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pairs: u32,
+}
+
+impl Cli {
+    /// The build to compare with, when an A/B was asked for.
+    fn base(&self) -> Option<Build> {
+        if self.base_binary.is_none() && self.base_config.is_none() {
+            return None;
+        }
+        let this = Build::this();
+        Some(Build {
+            label: self.base_label.clone(),
+            binary: self.base_binary.clone().unwrap_or(this.binary),
+            config: self.base_config.clone().unwrap_or(this.config),
+        })
+    }
 }
 
 /// Runs end-to-end load through every pipeline and server, `--warmup` seconds a round,
@@ -88,6 +120,7 @@ async fn warm_up(cli: &Cli) -> Result<(String, String)> {
     for round in 1..=cli.warmup_rounds.max(1) {
         settle().await;
         let (row, _) = e2e::run(
+            &Build::this(),
             cli.clients,
             Duration::from_secs(cli.warmup),
             &[],
@@ -143,6 +176,10 @@ pub struct Row {
     pub note: String,
     /// The CPU accounting of the row's phases (ceiling, then salesflow).
     pub phases: Vec<cpu::Phase>,
+    /// Other figures as numbers, for comparing runs (`--base-binary`): end to end's
+    /// rates and latencies.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub measures: Vec<(String, f64)>,
 }
 
 impl Row {
@@ -166,6 +203,7 @@ impl Row {
             target,
             note: String::new(),
             phases: Vec::new(),
+            measures: Vec::new(),
         }
     }
 
@@ -174,8 +212,9 @@ impl Row {
     }
 }
 
+/// The machine a report's figures come from, over the run.
 #[derive(Serialize)]
-struct Report {
+struct Machine {
     started_at: String,
     cpus: usize,
     load_before: String,
@@ -185,8 +224,84 @@ struct Report {
     /// The share of the machine's CPU time the hypervisor gave to others (steal) during
     /// the run: a shared machine's figures move with it.
     steal: f64,
+}
+
+impl Machine {
+    /// Read at the end of a run that started at `started_at`, with `/proc/loadavg` reading
+    /// `load_before` and the machine's ticks at `ticks_before`.
+    fn at_end(started_at: String, load_before: String, ticks_before: (u64, u64)) -> Self {
+        let (stolen, all) = cpu::machine_ticks();
+        #[allow(clippy::cast_precision_loss)]
+        let steal = stolen.saturating_sub(ticks_before.0) as f64
+            / all.saturating_sub(ticks_before.1).max(1) as f64;
+        Self {
+            started_at,
+            cpus: std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
+            load_before,
+            load_after: loadavg(),
+            niceness: cpu::niceness(),
+            steal,
+        }
+    }
+
+    /// The report's title and the line about the machine.
+    fn heading(&self, title: &str) -> String {
+        format!(
+            "# {title}\n\n{} — {} cores, load average {} before, {} after; the \
+             servers' niceness: {}; CPU time taken by the hypervisor for others (steal): {:.1} %.\n\n",
+            self.started_at,
+            self.cpus,
+            self.load_before,
+            self.load_after,
+            self.niceness,
+            self.steal * 100.0
+        )
+    }
+}
+
+#[derive(Serialize)]
+struct Report {
+    #[serde(flatten)]
+    machine: Machine,
     rows: Vec<Row>,
     figures: Vec<(String, String)>,
+}
+
+/// An A/B run's report.
+#[derive(Serialize)]
+struct AbReport {
+    #[serde(flatten)]
+    machine: Machine,
+    base: Build,
+    this: Build,
+    pairs: Vec<ab::Pair>,
+    figures: Vec<(String, String)>,
+}
+
+/// The figures (name, value) as a Markdown table; nothing when there are none.
+fn figures_table(figures: &[(String, String)]) -> String {
+    let mut md = String::new();
+    if !figures.is_empty() {
+        md.push_str("\n| figure | value |\n|---|---|\n");
+        for (k, v) in figures {
+            let _ = writeln!(md, "| {k} | {v} |");
+        }
+    }
+    md
+}
+
+/// Writes the report as `STEM-TIME.md` and `.json` into `dir`, and prints it.
+fn write_report(dir: &std::path::Path, stem: &str, md: &str, json: &impl Serialize) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let stem = format!("{stem}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"));
+    std::fs::write(dir.join(format!("{stem}.md")), md)?;
+    std::fs::write(
+        dir.join(format!("{stem}.json")),
+        serde_json::to_string_pretty(json)?,
+    )?;
+    println!("\n{md}");
+    println!("report: {}", dir.join(format!("{stem}.md")).display());
+    Ok(())
 }
 
 fn loadavg() -> String {
@@ -218,6 +333,25 @@ async fn main() -> Result<()> {
     if cli.warmup > 0 {
         figures.push(warm_up(&cli).await?);
     }
+    if let Some(base) = cli.base() {
+        let this = Build::this();
+        let pairs = ab::run(&base, &this, cli.pairs, cli.clients, duration).await?;
+        let machine = Machine::at_end(started_at, load_before, ticks_before);
+        let md = format!(
+            "{}{}{}",
+            machine.heading("salesflow benchmark: A/B"),
+            ab::markdown(&base, &this, &pairs),
+            figures_table(&figures)
+        );
+        let report = AbReport {
+            machine,
+            base,
+            this,
+            pairs,
+            figures,
+        };
+        return write_report(&cli.out, "bench-ab", &md, &report);
+    }
     if wants("http") {
         println!("== HTTP ingest");
         settle().await;
@@ -243,6 +377,7 @@ async fn main() -> Result<()> {
         settle().await;
         let costs = accounting::costs(&rows);
         let (row, more) = e2e::run(
+            &Build::this(),
             cli.clients,
             duration,
             &costs,
@@ -261,32 +396,12 @@ async fn main() -> Result<()> {
     }
 
     let report = Report {
-        started_at,
-        cpus: std::thread::available_parallelism().map_or(0, std::num::NonZero::get),
-        load_before,
-        load_after: loadavg(),
-        niceness: cpu::niceness(),
-        steal: {
-            let (stolen, all) = cpu::machine_ticks();
-            #[allow(clippy::cast_precision_loss)]
-            let share = stolen.saturating_sub(ticks_before.0) as f64
-                / all.saturating_sub(ticks_before.1).max(1) as f64;
-            share
-        },
+        machine: Machine::at_end(started_at, load_before, ticks_before),
         rows,
         figures,
     };
-    let mut md = format!(
-        "# salesflow benchmark\n\n{} — {} cores, load average {} before, {} after; the \
-         servers' niceness: {}; CPU time taken by the hypervisor for others (steal): {:.1} %.\n\n\
-         | area | salesflow | ceiling | ratio | target |\n|---|---:|---:|---:|---|\n",
-        report.started_at,
-        report.cpus,
-        report.load_before,
-        report.load_after,
-        report.niceness,
-        report.steal * 100.0
-    );
+    let mut md = report.machine.heading("salesflow benchmark");
+    md.push_str("| area | salesflow | ceiling | ratio | target |\n|---|---:|---:|---:|---|\n");
     for r in &report.rows {
         let verdict = match r.passed() {
             Some(true) => format!(">= {:.2}: met", r.target.unwrap_or_default()),
@@ -319,21 +434,10 @@ async fn main() -> Result<()> {
         let _ = writeln!(md, "\n{}: {}", r.area, r.note);
     }
     #[allow(clippy::cast_precision_loss)]
-    md.push_str(&accounting::markdown(&report.rows, report.cpus as f64));
-    if !report.figures.is_empty() {
-        md.push_str("\n| figure | value |\n|---|---|\n");
-        for (k, v) in &report.figures {
-            let _ = writeln!(md, "| {k} | {v} |");
-        }
-    }
-    std::fs::create_dir_all(&cli.out)?;
-    let stem = format!("bench-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"));
-    std::fs::write(cli.out.join(format!("{stem}.md")), &md)?;
-    std::fs::write(
-        cli.out.join(format!("{stem}.json")),
-        serde_json::to_string_pretty(&report)?,
-    )?;
-    println!("\n{md}");
-    println!("report: {}", cli.out.join(format!("{stem}.md")).display());
-    Ok(())
+    md.push_str(&accounting::markdown(
+        &report.rows,
+        report.machine.cpus as f64,
+    ));
+    md.push_str(&figures_table(&report.figures));
+    write_report(&cli.out, "bench", &md, &report)
 }
