@@ -138,6 +138,11 @@ fn value(v: f64) -> String {
     }
 }
 
+/// The smallest value compared: the report shows three decimals, and below that a figure
+/// is a few of `/proc`'s 10 ms ticks over the phase (an idle process's CPU per order),
+/// whose ratio says nothing.
+const RESOLUTION: f64 = 0.0005;
+
 fn find(figures: &Figures, name: &str) -> Option<f64> {
     figures.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
 }
@@ -183,7 +188,7 @@ pub fn markdown(base: &Build, this: &Build, pairs: &[Pair]) -> String {
             .iter()
             .zip(&ours)
             .map(|(b, t)| match (b, t) {
-                (Some(b), Some(t)) if *b > 0.0 => Some(t / b),
+                (Some(b), Some(t)) if b.abs() >= RESOLUTION && t.abs() >= RESOLUTION => Some(t / b),
                 _ => None,
             })
             .collect();
@@ -217,8 +222,12 @@ mod tests {
             base: vec![
                 ("sustained orders/s".into(), base),
                 ("only in base".into(), 1.0),
+                ("idle process ms/order".into(), 0.0002),
             ],
-            this: vec![("sustained orders/s".into(), this)],
+            this: vec![
+                ("sustained orders/s".into(), this),
+                ("idle process ms/order".into(), 0.0004),
+            ],
             base_first,
         }
     }
@@ -244,6 +253,14 @@ mod tests {
         assert!(
             md.contains(
                 "| sustained orders/s | 1000 / 500 / 2000 | 1100 / 600 / 1800 | 1.10 / 1.20 / 0.90 | **1.10** |"
+            ),
+            "{md}"
+        );
+        // A figure under the report's resolution is shown, not compared (0.0004 / 0.0002
+        // would read as 2.00).
+        assert!(
+            md.contains(
+                "| idle process ms/order | 0.000 / 0.000 / 0.000 | 0.000 / 0.000 / 0.000 | - / - / - | - |"
             ),
             "{md}"
         );
