@@ -106,7 +106,7 @@ pub fn markdown(rows: &[Row], cores: f64) -> String {
     }
 
     let costs = costs(rows);
-    let sustained = phase(rows, "End to end", "end to end: batches");
+    let sustained = phase(rows, "End to end", e2e::SUSTAINED_PHASE);
     if let Some(e2e) = sustained {
         md.push_str(
             "\n| server | unit | CPU ms per unit at its raw ceiling | CPU ms per unit end to end | ratio (target <= 1.5) | JIT end to end, ms per unit |\n\
@@ -231,8 +231,8 @@ fn shaped(
         shaped_ms / cost.ceiling_ms
     );
     for (run, prefix) in [
-        ("sustained (batches of 20)", "end to end: batches"),
-        ("single orders", "end to end: single"),
+        ("sustained (batches of 20)", e2e::SUSTAINED_PHASE),
+        ("single orders", e2e::SINGLE_PHASE),
     ] {
         if let Some(p) = phase(rows, "End to end", prefix).filter(|p| p.units > 0.0) {
             let ms = p.usage.work(server) * 1000.0 / (p.units * cost.per_order);

@@ -257,6 +257,11 @@ async fn lag(address: &str) -> Option<f64> {
     (!lags.is_empty()).then(|| lags.iter().sum())
 }
 
+/// The sustained phase's name in the row (batches of 20 orders per request).
+pub const SUSTAINED_PHASE: &str = "end to end: batches of 20";
+/// The single-order phase's name in the row (one order per request).
+pub const SINGLE_PHASE: &str = "end to end: single orders";
+
 /// `build` is the salesflow run, `extra` are `--set` overrides for every salesflow process
 /// (the cluster profile's addresses), `replication` that of the run's topics.
 pub async fn run(
@@ -733,13 +738,8 @@ settle_timeout = "60s"
     #[allow(clippy::cast_precision_loss)]
     let orders = orders as f64;
     row.phases = vec![
-        Phase::new("end to end: batches of 20", "order", orders, sustained_cpu),
-        Phase::new(
-            "end to end: single orders",
-            "order",
-            single.ok(),
-            single_cpu,
-        ),
+        Phase::new(SUSTAINED_PHASE, "order", orders, sustained_cpu),
+        Phase::new(SINGLE_PHASE, "order", single.ok(), single_cpu),
         Phase::new(
             format!(
                 "latency: single orders at {half:.0}/s (load generator, 1 in 50 followed, bare producer)"
