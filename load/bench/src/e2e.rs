@@ -616,8 +616,10 @@ settle_timeout = "60s"
             reconciliation["duplicated_event_store"]
         ),
     ));
+    let mut peaks = Vec::new();
     for ((pipeline, _), s) in memory_pids.iter().zip(&rss_samples) {
         let peak = s.iter().copied().fold(0.0, f64::max);
+        peaks.push((format!("peak resident MiB: {pipeline}"), peak));
         let quarter = s.get(s.len() / 4).copied().unwrap_or_default();
         let last = s.last().copied().unwrap_or_default();
         figures.push((
@@ -734,6 +736,7 @@ settle_timeout = "60s"
             report.freshness.p99_ms,
         ),
     ];
+    row.measures.extend(peaks);
     row.note = "an order costs Kafka two records, Cassandra one event and OpenSearch two documents; the composite ceiling is the cores divided by those costs at each server's raw-ceiling efficiency".into();
     #[allow(clippy::cast_precision_loss)]
     let orders = orders as f64;

@@ -178,12 +178,12 @@ pub async fn run() -> Result<Row> {
     let docs: Vec<(String, Bytes)> = (0..DOCS)
         .map(|n| {
             let c = cart(n);
-            (
+            Ok((
                 c.cart_id.to_string(),
-                Bytes::from(read_model::detailed(&c).to_string()),
-            )
+                Bytes::from(serde_json::to_vec(&read_model::detailed(&c))?),
+            ))
         })
-        .collect();
+        .collect::<Result<_>>()?;
 
     #[allow(clippy::cast_precision_loss)]
     let per_turn = DOCS as f64;

@@ -219,10 +219,10 @@ fn lenient<'de, D: Deserializer<'de>>(d: D) -> Result<Option<CartTotals>, D::Err
 }
 
 /// A document event for the elasticsearch sink.
-pub fn document(index: &str, cart: &Cart, source: &serde_json::Value, like: &Event) -> Event {
+pub fn document(index: &str, cart: &Cart, source: Vec<u8>, like: &Event) -> Event {
     Event {
         key: like.key.clone(),
-        payload: Bytes::from(source.to_string()),
+        payload: Bytes::from(source),
         headers: vec![
             (headers::DOC_INDEX.into(), Bytes::from(index.to_owned())),
             (
@@ -431,18 +431,16 @@ impl Stage for ReadModels {
             let Some(cart) = f.cart else { continue };
             // Even when nothing was new: see the module documentation.
             let like = &events[f.last];
+            let encode = |e| PluginError::context("serializing a read model", e);
+            let detailed = serde_json::to_vec(&read_model::detailed(&cart)).map_err(encode)?;
+            let summary = serde_json::to_vec(&read_model::summary(&cart)).map_err(encode)?;
             docs.push(document(
                 &self.settings.detailed_alias,
                 &cart,
-                &read_model::detailed(&cart),
+                detailed,
                 like,
             ));
-            docs.push(document(
-                &self.settings.summary_alias,
-                &cart,
-                &read_model::summary(&cart),
-                like,
-            ));
+            docs.push(document(&self.settings.summary_alias, &cart, summary, like));
             let size = cart.approximate_bytes();
             self.carts.put(f.cart_id, cart, size);
         }

@@ -98,15 +98,22 @@ async fn index_carts(
             };
             events_read += count;
             let Some(cart) = cart else { continue };
+            let encode = |e| fail("serializing a read model", e);
             for (index, source) in [
-                (detailed, read_model::detailed(&cart)),
-                (summary, read_model::summary(&cart)),
+                (
+                    detailed,
+                    serde_json::to_vec(&read_model::detailed(&cart)).map_err(encode)?,
+                ),
+                (
+                    summary,
+                    serde_json::to_vec(&read_model::summary(&cart)).map_err(encode)?,
+                ),
             ] {
                 docs.push(Doc {
                     index: index.to_owned(),
                     id: cart.cart_id.to_string(),
                     version: cart.version,
-                    source: source.to_string().into(),
+                    source: source.into(),
                 });
             }
         }
