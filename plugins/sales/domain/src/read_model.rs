@@ -33,17 +33,15 @@ pub const DETAILED: &str = "carts-detailed";
 /// The alias of the summary model.
 pub const SUMMARY: &str = "carts-summary";
 
-/// The detailed read model of the note: the cart with every item. Serialized straight
-/// from the cart, in the order of its fields here (no intermediate `serde_json::Value`:
-/// building that tree was most of the projections' CPU per changed cart).
+/// What both read models hold of a cart: its identity, owner, addresses, totals (money as
+/// exact decimal strings) and order count.
 #[derive(Serialize)]
-pub struct Detailed<'a> {
+struct Head<'a> {
     cart_id: Uuid,
     version: u64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     user_id: &'a str,
-    payment_method: &'a str,
     shipping_address: &'a str,
     billing_address: &'a str,
     shipping_method: &'a str,
@@ -55,6 +53,36 @@ pub struct Detailed<'a> {
     #[serde(serialize_with = "exact")]
     discounts: Decimal,
     order_count: usize,
+}
+
+impl<'a> Head<'a> {
+    fn of(cart: &'a Cart) -> Self {
+        Self {
+            cart_id: cart.cart_id,
+            version: cart.version,
+            created_at: cart.created_at,
+            updated_at: cart.updated_at,
+            user_id: &cart.user_id,
+            shipping_address: &cart.shipping_address,
+            billing_address: &cart.billing_address,
+            shipping_method: &cart.shipping_method,
+            currency: &cart.currency,
+            tax_amount: cart.tax_amount,
+            subtotal: cart.subtotal,
+            discounts: cart.discounts,
+            order_count: cart.items.len(),
+        }
+    }
+}
+
+/// The detailed read model of the note: the cart with every item. Serialized straight
+/// from the cart (no intermediate `serde_json::Value`: building that tree was most of
+/// the projections' CPU per changed cart).
+#[derive(Serialize)]
+pub struct Detailed<'a> {
+    #[serde(flatten)]
+    head: Head<'a>,
+    payment_method: &'a str,
     #[serde(serialize_with = "items")]
     items: &'a [Item],
 }
@@ -102,20 +130,8 @@ fn items<S: Serializer>(items: &&[Item], s: S) -> Result<S::Ok, S::Error> {
 /// The detailed document of a cart.
 pub fn detailed(cart: &Cart) -> Detailed<'_> {
     Detailed {
-        cart_id: cart.cart_id,
-        version: cart.version,
-        created_at: cart.created_at,
-        updated_at: cart.updated_at,
-        user_id: &cart.user_id,
+        head: Head::of(cart),
         payment_method: &cart.payment_method,
-        shipping_address: &cart.shipping_address,
-        billing_address: &cart.billing_address,
-        shipping_method: &cart.shipping_method,
-        currency: &cart.currency,
-        tax_amount: cart.tax_amount,
-        subtotal: cart.subtotal,
-        discounts: cart.discounts,
-        order_count: cart.items.len(),
         items: &cart.items,
     }
 }
@@ -125,27 +141,13 @@ pub fn detailed(cart: &Cart) -> Detailed<'_> {
 /// filtered and sorted on).
 #[derive(Serialize)]
 pub struct Summary<'a> {
-    cart_id: Uuid,
-    version: u64,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    user_id: &'a str,
+    #[serde(flatten)]
+    head: Head<'a>,
     #[serde(serialize_with = "products")]
     products: &'a [Item],
-    shipping_address: &'a str,
-    billing_address: &'a str,
-    shipping_method: &'a str,
-    currency: &'a str,
-    #[serde(serialize_with = "exact")]
-    tax_amount: Decimal,
-    #[serde(serialize_with = "exact")]
-    subtotal: Decimal,
-    #[serde(serialize_with = "exact")]
-    discounts: Decimal,
     tax_amount_units: Option<u64>,
     subtotal_units: Option<u64>,
     discounts_units: Option<u64>,
-    order_count: usize,
 }
 
 /// The items' product names, joined by "; ".
@@ -168,24 +170,20 @@ fn products<S: Serializer>(items: &&[Item], s: S) -> Result<S::Ok, S::Error> {
 /// The summary document of a cart.
 pub fn summary(cart: &Cart) -> Summary<'_> {
     Summary {
-        cart_id: cart.cart_id,
-        version: cart.version,
-        created_at: cart.created_at,
-        updated_at: cart.updated_at,
-        user_id: &cart.user_id,
+        head: Head::of(cart),
         products: &cart.items,
-        shipping_address: &cart.shipping_address,
-        billing_address: &cart.billing_address,
-        shipping_method: &cart.shipping_method,
-        currency: &cart.currency,
-        tax_amount: cart.tax_amount,
-        subtotal: cart.subtotal,
-        discounts: cart.discounts,
         tax_amount_units: units(cart.tax_amount),
         subtotal_units: units(cart.subtotal),
         discounts_units: units(cart.discounts),
-        order_count: cart.items.len(),
     }
+}
+
+/// A cart's detailed and summary documents, as the bytes an index request carries.
+pub fn documents(cart: &Cart) -> serde_json::Result<(Vec<u8>, Vec<u8>)> {
+    Ok((
+        serde_json::to_vec(&detailed(cart))?,
+        serde_json::to_vec(&summary(cart))?,
+    ))
 }
 
 #[cfg(test)]

@@ -431,9 +431,8 @@ impl Stage for ReadModels {
             let Some(cart) = f.cart else { continue };
             // Even when nothing was new: see the module documentation.
             let like = &events[f.last];
-            let encode = |e| PluginError::context("serializing a read model", e);
-            let detailed = serde_json::to_vec(&read_model::detailed(&cart)).map_err(encode)?;
-            let summary = serde_json::to_vec(&read_model::summary(&cart)).map_err(encode)?;
+            let (detailed, summary) = read_model::documents(&cart)
+                .map_err(|e| PluginError::context("serializing a read model", e))?;
             docs.push(document(
                 &self.settings.detailed_alias,
                 &cart,

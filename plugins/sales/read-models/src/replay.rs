@@ -98,17 +98,9 @@ async fn index_carts(
             };
             events_read += count;
             let Some(cart) = cart else { continue };
-            let encode = |e| fail("serializing a read model", e);
-            for (index, source) in [
-                (
-                    detailed,
-                    serde_json::to_vec(&read_model::detailed(&cart)).map_err(encode)?,
-                ),
-                (
-                    summary,
-                    serde_json::to_vec(&read_model::summary(&cart)).map_err(encode)?,
-                ),
-            ] {
+            let (detailed_doc, summary_doc) =
+                read_model::documents(&cart).map_err(|e| fail("serializing a read model", e))?;
+            for (index, source) in [(detailed, detailed_doc), (summary, summary_doc)] {
                 docs.push(Doc {
                     index: index.to_owned(),
                     id: cart.cart_id.to_string(),
