@@ -22,6 +22,17 @@ const SHAPED_RECORDS: usize = 15_000;
 /// Its phase in the report (the accounting finds it by this name).
 pub const SHAPED_PHASE: &str =
     "one record at a time: ProducerPerformance at 1000 records/s, linger 1 ms";
+/// The pipelines' Kafka traffic carried by Kafka's own Java clients
+/// (`load/bench/java/PipelineShape.java`): orders in bursts of a batch POST, keyed by
+/// cart over the `orders` topic's partitions, produced with the Command API's linger,
+/// relayed to a second topic as the domain does and read as the projections do.
+const PIPELINE_RATE: u32 = 3000;
+const PIPELINE_BURST: u32 = 20;
+const PIPELINE_SECONDS: u32 = 30;
+const PIPELINE_PARTITIONS: i32 = 12;
+const PIPELINE_CARTS: u32 = 20_000;
+/// Its phase in the report (the accounting finds it by this name).
+pub const PIPELINE_PHASE: &str = "the pipelines' traffic by Kafka's Java clients: 3000 orders/s in bursts of 20 over 12 partitions, produced, relayed, read";
 
 fn end_offsets(consumer: &BaseConsumer, topic: &str) -> i64 {
     (0..PARTITIONS)
@@ -112,6 +123,53 @@ fn producer_performance(
         p50: percentile(" 50th"),
         p99: percentile(" 99th"),
     })
+}
+
+/// Runs `PipelineShape.java` on the two topics: the records produced (orders and relayed
+/// events: two per order, as end to end).
+fn pipeline_shape(orders: &str, events: &str) -> Result<f64> {
+    let classpath = std::fs::read_to_string(repo().join(".stack/classpath/kafka.cp"))
+        .context("the local stack's Kafka classpath (scripts/stack up)")?;
+    let out = Command::new("java")
+        .args(["-Xmx512m", "-cp", classpath.trim()])
+        .arg(repo().join("load/bench/java/PipelineShape.java"))
+        .args([&bootstrap(), orders, events])
+        .args(
+            [
+                PIPELINE_RATE,
+                PIPELINE_BURST,
+                PIPELINE_SECONDS,
+                PIPELINE_CARTS,
+                u32::try_from(SIZE)?,
+            ]
+            .map(|n| n.to_string()),
+        )
+        .output()
+        .context("running PipelineShape.java")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "produced 90000 relayed 90000 read 90000 seconds 31.204"
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("produced "))
+        .filter(|_| out.status.success())
+        .with_context(|| {
+            format!(
+                "PipelineShape.java failed ({}): {text}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let count = |name: &str| -> Result<f64> {
+        words
+            .iter()
+            .position(|w| *w == name)
+            .and_then(|i| words.get(i + 1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .with_context(|| format!("no {name} count in {line:?}"))
+    };
+    Ok(count("produced")? + count("relayed")?)
 }
 
 fn preload(topic: &str) -> Result<()> {
@@ -243,6 +301,18 @@ pub async fn run() -> Result<Row> {
     })
     .await??;
     let shaped_cpu = meter.stop();
+    // The pipelines' whole Kafka traffic at about the end-to-end rate, by Kafka's own
+    // clients: Kafka's cost per record for that shape of work, whoever the client.
+    let (orders, events) = (format!("{t}-orders"), format!("{t}-events"));
+    create_topics(&[&orders, &events], PIPELINE_PARTITIONS).await;
+    let meter = Meter::start(cpu::server(&["kafka"]));
+    let pipeline_records = tokio::task::spawn_blocking({
+        let (orders, events) = (orders.clone(), events.clone());
+        move || pipeline_shape(&orders, &events)
+    })
+    .await??;
+    let pipeline_cpu = meter.stop();
+    delete_topics(&[&orders, &events]).await;
     tokio::task::spawn_blocking({
         let input = input.clone();
         move || preload(&input)
@@ -288,6 +358,7 @@ pub async fn run() -> Result<Row> {
             ceiling_cpu,
         ),
         Phase::new(SHAPED_PHASE, "record", shaped, shaped_cpu),
+        Phase::new(PIPELINE_PHASE, "record", pipeline_records, pipeline_cpu),
         Phase::new(
             "salesflow: kafka -> kafka relay",
             "record",
