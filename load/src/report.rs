@@ -244,14 +244,14 @@ pub fn summary(report: &RunReport, previous: Option<&RunReport>) -> String {
                 cache(report.cache_mib.first()),
                 cache(report.cache_mib.last()),
             );
-            // Half-time against the end says whether the rest is flat once the run is
-            // going: the first sample is the idle process, before any load.
-            let half = report.memory_mib.len() / 2;
-            let rest_half = report.memory_mib.get(half).map_or(0.0, |p| p.1)
-                - cache(report.cache_mib.get(half));
+            let quarters = memory_quarters(report)
+                .iter()
+                .map(|q| format!("{:.0}", q.rest))
+                .collect::<Vec<_>>()
+                .join(" / ");
             let _ = writeln!(
                 out,
-                "  of it bounded caches {cache_first:.0} -> {cache_last:.0} MiB (limit {:.0} MiB); the rest {:.0} -> {:.0} MiB ({rest_half:.0} at half-time)",
+                "  of it bounded caches {cache_first:.0} -> {cache_last:.0} MiB (limit {:.0} MiB); the rest {:.0} -> {:.0} MiB, by quarter of the run (medians) {quarters}",
                 report.cache_limit_mib,
                 first - cache_first,
                 last - cache_last
@@ -344,6 +344,45 @@ pub fn compare(now: &RunReport, before: &RunReport) -> Vec<String> {
         .collect()
 }
 
+/// One quarter of a run's memory samples: the medians of the resident memory, of what
+/// the bounded caches held, and of the rest (resident less caches, sample by sample).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemoryQuarter {
+    pub resident: f64,
+    pub caches: f64,
+    pub rest: f64,
+}
+
+/// The memory samples by quarter of the run (empty under eight samples). Medians, not
+/// single samples: resident memory swings by several MiB from one second to the next
+/// (buffers of requests in flight), which a first-against-last comparison reads as
+/// growth. Flat is the rest's medians holding once the caches are full.
+pub fn memory_quarters(report: &RunReport) -> Vec<MemoryQuarter> {
+    let samples: Vec<(f64, f64)> = report
+        .memory_mib
+        .iter()
+        .zip(&report.cache_mib)
+        .map(|(m, c)| (m.1, c.1))
+        .collect();
+    if samples.len() < 8 {
+        return Vec::new();
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    (0..4)
+        .map(|q| {
+            let part = &samples[q * samples.len() / 4..(q + 1) * samples.len() / 4];
+            MemoryQuarter {
+                resident: median(part.iter().map(|s| s.0).collect()),
+                caches: median(part.iter().map(|s| s.1).collect()),
+                rest: median(part.iter().map(|s| s.0 - s.1).collect()),
+            }
+        })
+        .collect()
+}
+
 fn markdown(report: &RunReport, previous: Option<&RunReport>) -> String {
     let mut out = format!(
         "# Load run: {}\n\n{}\n\n",
@@ -389,6 +428,26 @@ fn markdown(report: &RunReport, previous: Option<&RunReport>) -> String {
         fmt_ms(report.freshness.max_ms),
         report.freshness.timeouts
     );
+    let quarters = memory_quarters(report);
+    if !quarters.is_empty() {
+        let _ = writeln!(
+            out,
+            "salesflow's resident memory by quarter of the run (medians of the samples, MiB; the stages' bounded caches fill towards {:.0} MiB by design, the rest should hold once they are full):\n\n\
+             | quarter | resident | bounded caches | the rest |\n|---|---:|---:|---:|",
+            report.cache_limit_mib
+        );
+        for (i, q) in quarters.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "| {} | {:.1} | {:.1} | {:.1} |",
+                i + 1,
+                q.resident,
+                q.caches,
+                q.rest
+            );
+        }
+        out.push('\n');
+    }
     if let Some(r) = &report.reconciliation {
         let n = |key: &str| r[key].as_u64().unwrap_or(0);
         let _ = writeln!(
@@ -782,23 +841,46 @@ mod tests {
     }
 
     #[test]
-    fn the_summary_splits_memory_into_caches_and_the_rest_at_half_time() {
+    fn the_summary_splits_memory_into_caches_and_the_rest_by_quarter() {
         let mut report = small_report();
-        // Idle at first; the rest then stays at 90 MiB while the caches fill.
-        report.memory_mib = vec![(0.0, 50.0), (10.0, 100.0), (20.0, 120.0), (30.0, 140.0)];
-        report.cache_mib = vec![(0.0, 0.0), (10.0, 10.0), (20.0, 30.0), (30.0, 48.0)];
-        report.cache_limit_mib = 128.0;
+        // Idle at first; the caches fill to 32 MiB, the rest swings by several MiB from
+        // sample to sample around 90 MiB.
+        let samples = [
+            (50.0, 0.0),
+            (100.0, 10.0),
+            (104.0, 20.0),
+            (120.0, 30.0),
+            (126.0, 32.0),
+            (118.0, 32.0),
+            (124.0, 32.0),
+            (130.0, 32.0),
+            (120.0, 32.0),
+            (121.0, 32.0),
+            (123.0, 32.0),
+            (127.0, 32.0),
+        ];
+        report.memory_mib = (0..).map(f64::from).zip(samples.map(|s| s.0)).collect();
+        report.cache_mib = (0..).map(f64::from).zip(samples.map(|s| s.1)).collect();
+        report.cache_limit_mib = 32.0;
         let text = summary(&report, None);
         assert!(
-            text.contains("salesflow resident memory: 50 -> 140 MiB, max 140 MiB"),
+            text.contains("salesflow resident memory: 50 -> 127 MiB, max 130 MiB"),
             "{text}"
         );
         assert!(
             text.contains(
-                "of it bounded caches 0 -> 48 MiB (limit 128 MiB); the rest 50 -> 92 MiB (90 at half-time)"
+                "of it bounded caches 0 -> 32 MiB (limit 32 MiB); the rest 50 -> 95 MiB, by quarter of the run (medians) 84 / 90 / 92 / 91"
             ),
             "{text}"
         );
+        let page = markdown(&report, None);
+        assert!(page.contains("| 1 | 100.0 | 10.0 | 84.0 |"), "{page}");
+        assert!(page.contains("| 4 | 123.0 | 32.0 | 91.0 |"), "{page}");
+        // Under eight samples, no quarters.
+        report.memory_mib.truncate(7);
+        report.cache_mib.truncate(7);
+        assert!(memory_quarters(&report).is_empty());
+        assert!(!markdown(&report, None).contains("by quarter"));
     }
 
     fn knee_of_nothing() -> Option<f64> {
