@@ -32,16 +32,18 @@ pub struct Pair {
 }
 
 /// The figures an A/B compares, from an end-to-end row: its rates and latencies, then,
-/// for the sustained and single-order phases, the CPU per order of salesflow (all its
-/// processes, then each), of each server doing the work (without its JIT compilers) and
-/// of every process measured.
+/// for the sustained, single-order and half-rate phases, the CPU per order of salesflow
+/// (all its processes, then each), of each server doing the work (without its JIT
+/// compilers) and of every process measured. The half-rate phase is where the latency
+/// targets are measured: what it costs is how busy the machine is under them.
 pub fn figures(row: &Row) -> Figures {
     let mut out = row.measures.clone();
     for (which, name) in [
         ("sustained", e2e::SUSTAINED_PHASE),
         ("single", e2e::SINGLE_PHASE),
+        ("half rate", e2e::HALF_RATE_PHASE),
     ] {
-        let Some(phase) = row.phases.iter().find(|p| p.name == name) else {
+        let Some(phase) = row.phases.iter().find(|p| p.name.starts_with(name)) else {
             continue;
         };
         let usage = &phase.usage;
@@ -289,12 +291,21 @@ mod tests {
         usage.cpu.insert("salesflow projections".into(), 0.5);
         usage.cpu.insert("opensearch".into(), 3.0);
         usage.jit.insert("opensearch".into(), 1.0);
-        row.phases = vec![cpu::Phase::new(
-            e2e::SUSTAINED_PHASE,
-            "order",
-            10_000.0,
-            usage,
-        )];
+        let mut half = cpu::Usage {
+            seconds: 10.0,
+            ..cpu::Usage::default()
+        };
+        half.cpu.insert("salesflow command-api".into(), 2.0);
+        row.phases = vec![
+            cpu::Phase::new(e2e::SUSTAINED_PHASE, "order", 10_000.0, usage),
+            // The half-rate phase is named with its rate: found by how its name starts.
+            cpu::Phase::new(
+                format!("{}1260/s (load generator)", e2e::HALF_RATE_PHASE),
+                "order",
+                5_000.0,
+                half,
+            ),
+        ];
         let figures = figures(&row);
         let get = |name: &str| find(&figures, name);
         assert_eq!(get("sustained orders/s"), Some(1000.0));
@@ -307,6 +318,10 @@ mod tests {
         assert_eq!(
             get("CPU ms/order, sustained: every process measured"),
             Some(0.45)
+        );
+        assert_eq!(
+            get("CPU ms/order, half rate: salesflow command-api"),
+            Some(0.4)
         );
         // No single-order phase in this row: nothing made up for it.
         assert!(!figures.iter().any(|(n, _)| n.contains("single")));

@@ -261,6 +261,8 @@ async fn lag(address: &str) -> Option<f64> {
 pub const SUSTAINED_PHASE: &str = "end to end: batches of 20";
 /// The single-order phase's name in the row (one order per request).
 pub const SINGLE_PHASE: &str = "end to end: single orders";
+/// How the half-rate latency phase's name starts (the rate follows).
+pub const HALF_RATE_PHASE: &str = "latency: single orders at ";
 
 /// `build` is the salesflow run, `extra` are `--set` overrides for every salesflow process
 /// (the cluster profile's addresses), `replication` that of the run's topics.
@@ -745,7 +747,7 @@ settle_timeout = "60s"
         Phase::new(SINGLE_PHASE, "order", single.ok(), single_cpu),
         Phase::new(
             format!(
-                "latency: single orders at {half:.0}/s (load generator, 1 in 50 followed, bare producer)"
+                "{HALF_RATE_PHASE}{half:.0}/s (load generator, 1 in 50 followed, bare producer)"
             ),
             "order",
             half_accepted,
