@@ -44,6 +44,35 @@ fn end_offsets(consumer: &BaseConsumer, topic: &str) -> i64 {
         .sum()
 }
 
+/// `java` with the local stack's Kafka classpath: Kafka's own tools and clients.
+fn kafka_java() -> Result<Command> {
+    let classpath = std::fs::read_to_string(repo().join(".stack/classpath/kafka.cp"))
+        .context("the local stack's Kafka classpath (scripts/stack up)")?;
+    let mut java = Command::new("java");
+    java.args(["-Xmx512m", "-cp", classpath.trim()]);
+    Ok(java)
+}
+
+/// Runs `java` (named `what` in errors) to completion, and gives the last line of its
+/// output that `wanted` accepts: an error with everything it printed when it failed or
+/// printed no such line.
+fn last_line(mut java: Command, what: &str, wanted: impl Fn(&str) -> bool) -> Result<String> {
+    let out = java.output().with_context(|| format!("running {what}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .rev()
+        .find(|l| wanted(l))
+        .filter(|_| out.status.success())
+        .map(str::to_owned)
+        .with_context(|| {
+            format!(
+                "{what} failed ({}): {text}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
 /// What `ProducerPerformance` reports: records/s, and the p50 and p99 of its send to
 /// acknowledged latency in ms (when it printed them).
 struct Perf {
@@ -61,15 +90,8 @@ fn producer_performance(
     throughput: Option<u32>,
     linger_ms: u32,
 ) -> Result<Perf> {
-    let classpath = std::fs::read_to_string(repo().join(".stack/classpath/kafka.cp"))
-        .context("the local stack's Kafka classpath (scripts/stack up)")?;
-    let out = Command::new("java")
-        .args([
-            "-Xmx512m",
-            "-cp",
-            classpath.trim(),
-            "org.apache.kafka.tools.ProducerPerformance",
-        ])
+    let mut java = kafka_java()?;
+    java.arg("org.apache.kafka.tools.ProducerPerformance")
         .args([
             "--topic",
             topic,
@@ -90,22 +112,10 @@ fn producer_performance(
             &format!("linger.ms={linger_ms}"),
             "batch.size=1000000",
             "compression.type=lz4",
-        ])
-        .output()
-        .context("running ProducerPerformance")?;
-    let text = String::from_utf8_lossy(&out.stdout);
+        ]);
     // "600000 records sent, 123456.7 records/sec (70.6 MB/sec), 2.1 ms avg latency,
     // 90.0 ms max latency, 1 ms 50th, 4 ms 95th, 9 ms 99th, 40 ms 99.9th."
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| l.contains("records sent"))
-        .with_context(|| {
-            format!(
-                "unexpected ProducerPerformance output: {text}{}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })?;
+    let line = last_line(java, "ProducerPerformance", |l| l.contains("records sent"))?;
     let rate = line
         .split(',')
         .nth(1)
@@ -128,11 +138,8 @@ fn producer_performance(
 /// Runs `PipelineShape.java` on the two topics: the records produced (orders and relayed
 /// events: two per order, as end to end).
 fn pipeline_shape(orders: &str, events: &str) -> Result<f64> {
-    let classpath = std::fs::read_to_string(repo().join(".stack/classpath/kafka.cp"))
-        .context("the local stack's Kafka classpath (scripts/stack up)")?;
-    let out = Command::new("java")
-        .args(["-Xmx512m", "-cp", classpath.trim()])
-        .arg(repo().join("load/bench/java/PipelineShape.java"))
+    let mut java = kafka_java()?;
+    java.arg(repo().join("load/bench/java/PipelineShape.java"))
         .args([&bootstrap(), orders, events])
         .args(
             [
@@ -143,23 +150,9 @@ fn pipeline_shape(orders: &str, events: &str) -> Result<f64> {
                 u32::try_from(SIZE)?,
             ]
             .map(|n| n.to_string()),
-        )
-        .output()
-        .context("running PipelineShape.java")?;
-    let text = String::from_utf8_lossy(&out.stdout);
+        );
     // "produced 90000 relayed 90000 read 90000 seconds 31.204"
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("produced "))
-        .filter(|_| out.status.success())
-        .with_context(|| {
-            format!(
-                "PipelineShape.java failed ({}): {text}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })?;
+    let line = last_line(java, "PipelineShape.java", |l| l.starts_with("produced "))?;
     let words: Vec<&str> = line.split_whitespace().collect();
     let count = |name: &str| -> Result<f64> {
         words
