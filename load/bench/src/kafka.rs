@@ -26,11 +26,20 @@ pub const SHAPED_PHASE: &str =
 /// (`load/bench/java/PipelineShape.java`): orders in bursts of a batch POST, keyed by
 /// cart over the `orders` topic's partitions, produced with the Command API's linger,
 /// relayed to a second topic as the domain does and read as the projections do.
-const PIPELINE_RATE: u32 = 3000;
-const PIPELINE_BURST: u32 = 20;
-const PIPELINE_SECONDS: u32 = 30;
+struct Shape {
+    orders_per_s: u32,
+    burst: u32,
+    seconds: u32,
+    carts: u32,
+}
+/// About the end-to-end sustained rate, over as many partitions as `orders` has.
+const PIPELINE: Shape = Shape {
+    orders_per_s: 3000,
+    burst: 20,
+    seconds: 30,
+    carts: 20_000,
+};
 const PIPELINE_PARTITIONS: i32 = 12;
-const PIPELINE_CARTS: u32 = 20_000;
 /// Its phase in the report (the accounting finds it by this name).
 pub const PIPELINE_PHASE: &str = "the pipelines' traffic by Kafka's Java clients: 3000 orders/s in bursts of 20 over 12 partitions, produced, relayed, read";
 
@@ -135,18 +144,25 @@ fn producer_performance(
     })
 }
 
-/// Runs `PipelineShape.java` on the two topics: the records produced (orders and relayed
-/// events: two per order, as end to end).
-fn pipeline_shape(orders: &str, events: &str) -> Result<f64> {
+/// What `PipelineShape.java` carried: orders produced, relayed and read back.
+#[derive(Debug, PartialEq)]
+struct Carried {
+    produced: u64,
+    relayed: u64,
+    read: u64,
+}
+
+/// Runs `PipelineShape.java` on the two topics, in `shape`.
+fn pipeline_shape(orders: &str, events: &str, shape: &Shape) -> Result<Carried> {
     let mut java = kafka_java()?;
     java.arg(repo().join("load/bench/java/PipelineShape.java"))
         .args([&bootstrap(), orders, events])
         .args(
             [
-                PIPELINE_RATE,
-                PIPELINE_BURST,
-                PIPELINE_SECONDS,
-                PIPELINE_CARTS,
+                shape.orders_per_s,
+                shape.burst,
+                shape.seconds,
+                shape.carts,
                 u32::try_from(SIZE)?,
             ]
             .map(|n| n.to_string()),
@@ -154,15 +170,19 @@ fn pipeline_shape(orders: &str, events: &str) -> Result<f64> {
     // "produced 90000 relayed 90000 read 90000 seconds 31.204"
     let line = last_line(java, "PipelineShape.java", |l| l.starts_with("produced "))?;
     let words: Vec<&str> = line.split_whitespace().collect();
-    let count = |name: &str| -> Result<f64> {
+    let count = |name: &str| -> Result<u64> {
         words
             .iter()
             .position(|w| *w == name)
             .and_then(|i| words.get(i + 1))
-            .and_then(|v| v.parse::<f64>().ok())
+            .and_then(|v| v.parse::<u64>().ok())
             .with_context(|| format!("no {name} count in {line:?}"))
     };
-    Ok(count("produced")? + count("relayed")?)
+    Ok(Carried {
+        produced: count("produced")?,
+        relayed: count("relayed")?,
+        read: count("read")?,
+    })
 }
 
 fn preload(topic: &str) -> Result<()> {
@@ -299,9 +319,9 @@ pub async fn run() -> Result<Row> {
     let (orders, events) = (format!("{t}-orders"), format!("{t}-events"));
     create_topics(&[&orders, &events], PIPELINE_PARTITIONS).await;
     let meter = Meter::start(cpu::server(&["kafka"]));
-    let pipeline_records = tokio::task::spawn_blocking({
+    let carried = tokio::task::spawn_blocking({
         let (orders, events) = (orders.clone(), events.clone());
-        move || pipeline_shape(&orders, &events)
+        move || pipeline_shape(&orders, &events, &PIPELINE)
     })
     .await??;
     let pipeline_cpu = meter.stop();
@@ -343,6 +363,9 @@ pub async fn run() -> Result<Row> {
     let records = RECORDS as f64;
     #[allow(clippy::cast_precision_loss)]
     let shaped = SHAPED_RECORDS as f64;
+    // Two records per order, as end to end: the order, and its relayed event.
+    #[allow(clippy::cast_precision_loss)]
+    let carried_records = (carried.produced + carried.relayed) as f64;
     row.phases = vec![
         Phase::new(
             "ceiling: ProducerPerformance",
@@ -351,7 +374,7 @@ pub async fn run() -> Result<Row> {
             ceiling_cpu,
         ),
         Phase::new(SHAPED_PHASE, "record", shaped, shaped_cpu),
-        Phase::new(PIPELINE_PHASE, "record", pipeline_records, pipeline_cpu),
+        Phase::new(PIPELINE_PHASE, "record", carried_records, pipeline_cpu),
         Phase::new(
             "salesflow: kafka -> kafka relay",
             "record",
@@ -360,4 +383,62 @@ pub async fn run() -> Result<Row> {
         ),
     ];
     Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Needs the local stack's Kafka (`scripts/stack up`) and a JDK.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn kafkas_java_clients_carry_every_order_of_the_pipeline_shape() {
+        let t = tag();
+        let (orders, events) = (format!("{t}-orders"), format!("{t}-events"));
+        create_topics(&[&orders, &events], PIPELINE_PARTITIONS).await;
+        let shape = Shape {
+            orders_per_s: 400,
+            burst: 20,
+            seconds: 2,
+            carts: 100,
+        };
+        let carried = tokio::task::spawn_blocking({
+            let (orders, events) = (orders.clone(), events.clone());
+            move || pipeline_shape(&orders, &events, &shape)
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        // What Kafka holds, read apart from the program's own counts: every partition's
+        // end offset, on both topics.
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .create()
+            .unwrap();
+        let held = |topic: &str| -> Vec<i64> {
+            (0..PIPELINE_PARTITIONS)
+                .map(|p| {
+                    consumer
+                        .fetch_watermarks(topic, p, Duration::from_secs(5))
+                        .unwrap()
+                        .1
+                })
+                .collect()
+        };
+        let (in_orders, in_events) = (held(&orders), held(&events));
+        delete_topics(&[&orders, &events]).await;
+        assert_eq!(
+            carried,
+            Carried {
+                produced: 800,
+                relayed: 800,
+                read: 800
+            }
+        );
+        assert_eq!(in_orders.iter().sum::<i64>(), 800, "{in_orders:?}");
+        assert_eq!(in_events.iter().sum::<i64>(), 800, "{in_events:?}");
+        // Keyed by cart: 100 carts spread over every partition, and each event on its
+        // order's partition.
+        assert!(in_orders.iter().all(|n| *n > 0), "{in_orders:?}");
+        assert_eq!(in_orders, in_events);
+    }
 }
