@@ -232,9 +232,10 @@ fn shaped(
         return String::new();
     }
     let mut md = format!(
-        "\n{name} spends {shaped_ms:.4} CPU ms per {} {what} ({shape}), {:.2}x its raw \
+        "\n{name} spends {shaped_ms:.4} CPU ms per {} {what} ({}), {:.2}x its raw \
          ceiling's.",
         cost.unit,
+        shaped.name,
         shaped_ms / cost.ceiling_ms
     );
     for (run, prefix) in [
