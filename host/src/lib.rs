@@ -391,10 +391,11 @@ fn run(
         return ExitCode::FAILURE;
     }
     salesflow_host::init_logging(&plan.log.level, plan.log.format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = plan.runtime.worker_threads {
+        builder.worker_threads(workers.get());
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("salesflow: cannot start the async runtime: {e}");

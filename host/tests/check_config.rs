@@ -192,6 +192,47 @@ fn sink_concurrency_is_the_plugins_default_a_number_or_adaptive() {
 }
 
 #[test]
+fn the_runtimes_worker_threads_are_checked_and_shown() {
+    let (_dir, path) = support::config(&format!("[runtime]\nworker_threads = 1\n{VALID}"));
+    let (ok, stdout, stderr) = salesflow(&path, &["check"], &[]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("async runtime: 1 worker thread(s)"),
+        "{stdout}"
+    );
+
+    let (_dir, path) = support::config(VALID);
+    let (ok, stdout, stderr) = salesflow(&path, &["check"], &[("TOKIO_WORKER_THREADS", "3")]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("async runtime: 3 worker thread(s), from TOKIO_WORKER_THREADS"),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = salesflow(&path, &["check"], &[]);
+    assert!(ok);
+    assert!(
+        stdout.contains("async runtime: one worker thread per core"),
+        "{stdout}"
+    );
+
+    let (ok, _, stderr) = salesflow(&path, &["check", "--set", "runtime.worker_threads=0"], &[]);
+    assert!(!ok);
+    assert!(
+        stderr.contains(
+            "--set runtime.worker_threads=0: runtime.worker_threads: invalid value: integer `0`"
+        ),
+        "{stderr}"
+    );
+    let (_dir, path) = support::config(&format!("[runtime]\nworkers = 2\n{VALID}"));
+    let (ok, _, stderr) = salesflow(&path, &["check"], &[]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("runtime.workers: unknown field `workers`"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn overrides_are_named_when_they_are_wrong() {
     let (_dir, path) = support::config(VALID);
     let (ok, _, stderr) = salesflow(

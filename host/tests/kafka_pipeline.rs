@@ -267,21 +267,47 @@ async fn the_same_topology_runs_in_one_process_or_two() {
         let (_dir, config) = support::config(&two_stage(&input, &middle, &output, &tag));
         let hosts = if split {
             vec![
+                // Split, each process on one worker thread: the deployment the
+                // README suggests for pipelines that mostly wait on the servers.
                 Host::start(
                     std::path::Path::new(BIN),
                     &config,
-                    &["run", "--pipeline", "first"],
+                    &[
+                        "--set",
+                        "runtime.worker_threads=1",
+                        "run",
+                        "--pipeline",
+                        "first",
+                    ],
                 ),
                 Host::start(
                     std::path::Path::new(BIN),
                     &config,
-                    &["run", "--pipeline", "second"],
+                    &[
+                        "--set",
+                        "runtime.worker_threads=1",
+                        "run",
+                        "--pipeline",
+                        "second",
+                    ],
                 ),
             ]
         } else {
             vec![Host::start(std::path::Path::new(BIN), &config, &["run"])]
         };
         let records = read_all(&output, Duration::from_secs(90), |r| r.len() >= 1500);
+        let workers = if split {
+            1
+        } else {
+            std::thread::available_parallelism().unwrap().get()
+        };
+        for host in &hosts {
+            let metrics = metrics_of(host).await;
+            assert!(
+                metrics.contains(&format!("\nsalesflow_runtime_worker_threads {workers}\n")),
+                "split = {split}: not {workers} worker thread(s):\n{metrics}"
+            );
+        }
         let mut logs = String::new();
         for host in hosts {
             let (status, log) = host.stop(Duration::from_secs(30));

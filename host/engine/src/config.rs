@@ -367,6 +367,20 @@ impl Default for LogSettings {
     }
 }
 
+/// The process's async runtime, sized once at start (a reload does not resize it).
+#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeSettings {
+    /// Worker threads of the async runtime that runs every component of the process.
+    /// Unset: tokio's default, one per core (or `TOKIO_WORKER_THREADS`). A process that
+    /// runs only the domain or the projections spends its time waiting on the servers:
+    /// on a machine it shares with them, one worker costs less CPU per order (fewer
+    /// wake-ups, thread switches and cross-thread frees) than one per core. The
+    /// librdkafka and blocking threads are not counted here.
+    #[serde(default)]
+    pub worker_threads: Option<std::num::NonZeroUsize>,
+}
+
 #[derive(Debug, Clone, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginDirSettings {

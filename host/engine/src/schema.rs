@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 
 use salesflow_plugin_api::{ComponentKind, schemars};
 
-use crate::config::{LogSettings, PluginDirSettings, ServerSettings};
+use crate::config::{LogSettings, PluginDirSettings, RuntimeSettings, ServerSettings};
 use crate::registry::Registry;
 
 /// The schema, draft 2020-12.
@@ -28,6 +28,11 @@ pub fn config_schema(registry: &Registry) -> Value {
         "log",
         &mut defs,
     );
+    let runtime = embed(
+        schemars::schema_for!(RuntimeSettings).to_value(),
+        "runtime",
+        &mut defs,
+    );
     let plugins = embed(
         schemars::schema_for!(PluginDirSettings).to_value(),
         "plugins",
@@ -37,6 +42,7 @@ pub fn config_schema(registry: &Registry) -> Value {
     let mut properties = Map::new();
     properties.insert("server".into(), server);
     properties.insert("log".into(), log);
+    properties.insert("runtime".into(), runtime);
     properties.insert("plugins".into(), plugins);
 
     // Each shared table takes the keys every plugin drawing on it knows (described as

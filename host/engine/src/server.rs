@@ -285,6 +285,16 @@ impl ProcessMetrics {
             "The salesflow build (always 1)",
             info,
         );
+        // Sized once, before anything runs: read here, it never changes.
+        let workers = Gauge::<i64>::default();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            workers.set(i64::try_from(handle.metrics().num_workers()).unwrap_or(i64::MAX));
+        }
+        registry.register(
+            "salesflow_runtime_worker_threads",
+            "Worker threads of the process's async runtime ([runtime] worker_threads; one per core when unset)",
+            workers,
+        );
         let m = Self {
             uptime: Gauge::default(),
             resident: Gauge::default(),

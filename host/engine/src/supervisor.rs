@@ -195,7 +195,7 @@ pub struct Supervisor {
     metrics: ReloadMetrics,
     tap_enabled: bool,
     grace: Duration,
-    /// The server and log settings started with (a reload does not apply theirs).
+    /// The server, log and runtime settings started with (a reload does not apply theirs).
     host_settings: String,
     /// Told the name of a pipeline one of whose tasks ended on its own.
     ended: mpsc::UnboundedSender<String>,
@@ -412,7 +412,7 @@ impl Supervisor {
         };
         if host_settings(&plan) != self.host_settings {
             warn!(
-                "the [server] and [log] settings changed: they take effect at the next start of the process"
+                "the [server], [log] or [runtime] settings changed: they take effect at the next start of the process"
             );
         }
         let wanted: BTreeMap<String, (PipelinePlan, String)> = plan
@@ -543,7 +543,7 @@ impl Supervisor {
 
 /// The settings a reload does not apply.
 fn host_settings(plan: &Plan) -> String {
-    format!("{:?} {:?}", plan.server, plan.log)
+    format!("{:?} {:?} {:?}", plan.server, plan.log, plan.runtime)
 }
 
 /// Watches one pipeline's tasks until it is told to stop or one of them ends on its own

@@ -10,7 +10,7 @@ use salesflow_plugin_api::{ComponentKind, Plugin, toml};
 
 use crate::adaptive::Concurrency;
 use crate::config::{
-    Loaded, LogSettings, PluginDirSettings, Problem, ServerSettings, parse_section,
+    Loaded, LogSettings, PluginDirSettings, Problem, RuntimeSettings, ServerSettings, parse_section,
 };
 use crate::registry::Registry;
 
@@ -75,6 +75,7 @@ pub struct Plan {
     /// The TLS identity, when `[server.tls]` is set.
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     pub log: LogSettings,
+    pub runtime: RuntimeSettings,
     pub registry: Registry,
     pub pipelines: Vec<PipelinePlan>,
     pub loaded_plugins: Vec<String>,
@@ -113,6 +114,7 @@ pub fn plan(loaded: &Loaded, mut registry: Registry) -> Result<Plan, Vec<String>
 
     let server: ServerSettings = parse_section(table, "server", &mut problems);
     let log: LogSettings = parse_section(table, "log", &mut problems);
+    let runtime: RuntimeSettings = parse_section(table, "runtime", &mut problems);
     let plugin_dir: PluginDirSettings = parse_section(table, "plugins", &mut problems);
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.level) {
         problems.push(Problem::new(
@@ -192,7 +194,7 @@ pub fn plan(loaded: &Loaded, mut registry: Registry) -> Result<Plan, Vec<String>
     let shared_sections = registry.shared_sections();
     for (key, value) in table {
         match key.as_str() {
-            "server" | "log" | "plugins" | "pipelines" => {}
+            "server" | "log" | "runtime" | "plugins" | "pipelines" => {}
             other if shared_sections.contains(&other) => {
                 if !value.is_table() {
                     problems.push(Problem::new(path(&[other]), "must be a table"));
@@ -201,7 +203,7 @@ pub fn plan(loaded: &Loaded, mut registry: Registry) -> Result<Plan, Vec<String>
             other => problems.push(Problem::new(
                 path(&[other]),
                 format!(
-                    "unknown key; the top level takes server, log, plugins, pipelines{}",
+                    "unknown key; the top level takes server, log, runtime, plugins, pipelines{}",
                     shared_sections.iter().fold(String::new(), |mut s, x| {
                         let _ = write!(s, ", {x}");
                         s
@@ -242,6 +244,7 @@ pub fn plan(loaded: &Loaded, mut registry: Registry) -> Result<Plan, Vec<String>
             openapi,
             tls,
             log,
+            runtime,
             registry,
             pipelines,
             loaded_plugins,
