@@ -102,15 +102,16 @@ impl Salesflow {
 
     /// The same on a given address (a restarted API keeps its address).
     pub async fn start_at(address: &str, pipelines: &[&str], sets: &[String]) -> Result<Self> {
-        Self::launch(&Build::this(), address, pipelines, sets).await
+        Self::launch(&Build::this(), address, pipelines, sets, &[]).await
     }
 
-    /// `build`'s binary and configuration on a given address.
+    /// `build`'s binary and configuration on a given address, with `env` set.
     pub async fn launch(
         build: &Build,
         address: &str,
         pipelines: &[&str],
         sets: &[String],
+        env: &[(&str, &str)],
     ) -> Result<Self> {
         let binary = &build.binary;
         if !binary.is_file() {
@@ -131,6 +132,7 @@ impl Salesflow {
             host: Host::launch(&Launch {
                 address: Some(address),
                 capture: false,
+                env,
                 ..Launch::new(binary, &build.config, &args)
             }),
             address: address.to_owned(),
