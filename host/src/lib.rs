@@ -317,6 +317,7 @@ pub fn main() -> ExitCode {
 fn check_connect(plan: &salesflow_host::topology::Plan) -> ExitCode {
     salesflow_host::init_logging("warn", plan.log.format);
     let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(plan.worker_threads.count())
         .enable_all()
         .build()
     else {
@@ -391,11 +392,11 @@ fn run(
         return ExitCode::FAILURE;
     }
     salesflow_host::init_logging(&plan.log.level, plan.log.format);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(workers) = plan.runtime.worker_threads {
-        builder.worker_threads(workers.get());
-    }
-    let runtime = match builder.enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(plan.worker_threads.count())
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("salesflow: cannot start the async runtime: {e}");

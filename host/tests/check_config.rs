@@ -215,6 +215,35 @@ fn the_runtimes_worker_threads_are_checked_and_shown() {
         "{stdout}"
     );
 
+    // tokio would panic on these; salesflow names them and starts nothing.
+    for bad in ["0", "two", ""] {
+        let (ok, _, stderr) = salesflow(&path, &["check"], &[("TOKIO_WORKER_THREADS", bad)]);
+        assert!(!ok, "TOKIO_WORKER_THREADS={bad:?} accepted");
+        assert!(
+            stderr.contains(&format!(
+                "runtime.worker_threads: unset, so TOKIO_WORKER_THREADS decides, and its {bad:?} is not a whole number of at least 1"
+            )),
+            "{stderr}"
+        );
+        let (ok, _, stderr) = salesflow(&path, &["run"], &[("TOKIO_WORKER_THREADS", bad)]);
+        assert!(
+            !ok && stderr.contains("invalid; nothing was started"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // The setting wins over the variable.
+    let (ok, stdout, stderr) = salesflow(
+        &path,
+        &["check", "--set", "runtime.worker_threads=2"],
+        &[("TOKIO_WORKER_THREADS", "two")],
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("async runtime: 2 worker thread(s)\n"),
+        "{stdout}"
+    );
+
     let (ok, _, stderr) = salesflow(&path, &["check", "--set", "runtime.worker_threads=0"], &[]);
     assert!(!ok);
     assert!(

@@ -381,6 +381,63 @@ pub struct RuntimeSettings {
     pub worker_threads: Option<std::num::NonZeroUsize>,
 }
 
+/// tokio's own variable for the worker threads, read when `[runtime] worker_threads` is
+/// unset.
+pub const TOKIO_WORKER_THREADS: &str = "TOKIO_WORKER_THREADS";
+
+/// How many worker threads the runtime gets, and what decided it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerThreads {
+    /// `[runtime] worker_threads`.
+    Configured(usize),
+    /// `TOKIO_WORKER_THREADS`, the setting being unset.
+    Environment(usize),
+    /// Neither: one per core the process may use (a container's CPU limit counts).
+    PerCore(usize),
+}
+
+impl WorkerThreads {
+    pub fn count(self) -> usize {
+        match self {
+            Self::Configured(n) | Self::Environment(n) | Self::PerCore(n) => n,
+        }
+    }
+}
+
+impl std::fmt::Display for WorkerThreads {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Configured(n) => write!(f, "{n} worker thread(s)"),
+            Self::Environment(n) => write!(f, "{n} worker thread(s), from {TOKIO_WORKER_THREADS}"),
+            Self::PerCore(n) => write!(f, "one worker thread per core ({n})"),
+        }
+    }
+}
+
+impl RuntimeSettings {
+    /// The runtime's size. tokio itself panics on a `TOKIO_WORKER_THREADS` that is not a
+    /// whole number of at least 1; here that is a configuration problem, named.
+    pub fn worker_threads(&self) -> Result<WorkerThreads, String> {
+        if let Some(n) = self.worker_threads {
+            return Ok(WorkerThreads::Configured(n.get()));
+        }
+        match std::env::var(TOKIO_WORKER_THREADS) {
+            Ok(text) => match text.trim().parse::<std::num::NonZeroUsize>() {
+                Ok(n) => Ok(WorkerThreads::Environment(n.get())),
+                Err(_) => Err(format!(
+                    "unset, so {TOKIO_WORKER_THREADS} decides, and its {text:?} is not a whole number of at least 1"
+                )),
+            },
+            Err(std::env::VarError::NotUnicode(_)) => Err(format!(
+                "unset, so {TOKIO_WORKER_THREADS} decides, and it is not text"
+            )),
+            Err(std::env::VarError::NotPresent) => Ok(WorkerThreads::PerCore(
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PluginDirSettings {

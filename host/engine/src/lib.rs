@@ -79,18 +79,7 @@ pub fn summary(loaded: &Loaded, plan: &Plan) -> String {
         plan.pipelines.len(),
         plan.server.address
     );
-    let runtime = match (
-        plan.runtime.worker_threads,
-        std::env::var("TOKIO_WORKER_THREADS"),
-    ) {
-        (Some(n), _) => format!("{n} worker thread(s)"),
-        (None, Ok(n)) => format!("{n} worker thread(s), from TOKIO_WORKER_THREADS"),
-        (None, Err(_)) => format!(
-            "one worker thread per core ({})",
-            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-        ),
-    };
-    let _ = writeln!(out, "  async runtime: {runtime}");
+    let _ = writeln!(out, "  async runtime: {}", plan.worker_threads);
     for name in &plan.loaded_plugins {
         let _ = writeln!(out, "  run-time plugin: {name}");
     }

@@ -10,7 +10,8 @@ use salesflow_plugin_api::{ComponentKind, Plugin, toml};
 
 use crate::adaptive::Concurrency;
 use crate::config::{
-    Loaded, LogSettings, PluginDirSettings, Problem, RuntimeSettings, ServerSettings, parse_section,
+    Loaded, LogSettings, PluginDirSettings, Problem, RuntimeSettings, ServerSettings,
+    WorkerThreads, parse_section,
 };
 use crate::registry::Registry;
 
@@ -76,6 +77,8 @@ pub struct Plan {
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     pub log: LogSettings,
     pub runtime: RuntimeSettings,
+    /// The async runtime's size, resolved from `runtime` and the environment.
+    pub worker_threads: WorkerThreads,
     pub registry: Registry,
     pub pipelines: Vec<PipelinePlan>,
     pub loaded_plugins: Vec<String>,
@@ -115,6 +118,10 @@ pub fn plan(loaded: &Loaded, mut registry: Registry) -> Result<Plan, Vec<String>
     let server: ServerSettings = parse_section(table, "server", &mut problems);
     let log: LogSettings = parse_section(table, "log", &mut problems);
     let runtime: RuntimeSettings = parse_section(table, "runtime", &mut problems);
+    let worker_threads = runtime.worker_threads().unwrap_or_else(|why| {
+        problems.push(Problem::new(path(&["runtime", "worker_threads"]), why));
+        WorkerThreads::PerCore(1)
+    });
     let plugin_dir: PluginDirSettings = parse_section(table, "plugins", &mut problems);
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&log.level) {
         problems.push(Problem::new(
@@ -245,6 +252,7 @@ pub fn plan(loaded: &Loaded, mut registry: Registry) -> Result<Plan, Vec<String>
             tls,
             log,
             runtime,
+            worker_threads,
             registry,
             pipelines,
             loaded_plugins,
