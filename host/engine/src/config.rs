@@ -417,7 +417,7 @@ impl std::fmt::Display for WorkerThreads {
 impl RuntimeSettings {
     /// The runtime's size. tokio itself panics on a `TOKIO_WORKER_THREADS` that is not a
     /// whole number of at least 1; here that is a configuration problem, named.
-    pub fn worker_threads(&self) -> Result<WorkerThreads, String> {
+    pub fn resolve(&self) -> Result<WorkerThreads, String> {
         if let Some(n) = self.worker_threads {
             return Ok(WorkerThreads::Configured(n.get()));
         }

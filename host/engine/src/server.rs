@@ -292,7 +292,7 @@ impl ProcessMetrics {
         }
         registry.register(
             "salesflow_runtime_worker_threads",
-            "Worker threads of the process's async runtime ([runtime] worker_threads; one per core when unset)",
+            "Worker threads of the process's async runtime ([runtime] worker_threads, else TOKIO_WORKER_THREADS, else one per core)",
             workers,
         );
         let m = Self {

@@ -543,7 +543,7 @@ impl Supervisor {
 
 /// The settings a reload does not apply.
 fn host_settings(plan: &Plan) -> String {
-    format!("{:?} {:?} {:?}", plan.server, plan.log, plan.runtime)
+    format!("{:?} {:?} {:?}", plan.server, plan.log, plan.worker_threads)
 }
 
 /// Watches one pipeline's tasks until it is told to stop or one of them ends on its own

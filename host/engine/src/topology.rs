@@ -76,8 +76,7 @@ pub struct Plan {
     /// The TLS identity, when `[server.tls]` is set.
     pub tls: Option<std::sync::Arc<rustls::ServerConfig>>,
     pub log: LogSettings,
-    pub runtime: RuntimeSettings,
-    /// The async runtime's size, resolved from `runtime` and the environment.
+    /// The async runtime's size: `[runtime] worker_threads`, else the environment's.
     pub worker_threads: WorkerThreads,
     pub registry: Registry,
     pub pipelines: Vec<PipelinePlan>,
@@ -118,7 +117,7 @@ pub fn plan(loaded: &Loaded, mut registry: Registry) -> Result<Plan, Vec<String>
     let server: ServerSettings = parse_section(table, "server", &mut problems);
     let log: LogSettings = parse_section(table, "log", &mut problems);
     let runtime: RuntimeSettings = parse_section(table, "runtime", &mut problems);
-    let worker_threads = runtime.worker_threads().unwrap_or_else(|why| {
+    let worker_threads = runtime.resolve().unwrap_or_else(|why| {
         problems.push(Problem::new(path(&["runtime", "worker_threads"]), why));
         WorkerThreads::PerCore(1)
     });
@@ -251,7 +250,6 @@ pub fn plan(loaded: &Loaded, mut registry: Registry) -> Result<Plan, Vec<String>
             openapi,
             tls,
             log,
-            runtime,
             worker_threads,
             registry,
             pipelines,
