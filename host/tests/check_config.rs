@@ -221,7 +221,7 @@ fn the_runtimes_worker_threads_are_checked_and_shown() {
         assert!(!ok, "TOKIO_WORKER_THREADS={bad:?} accepted");
         assert!(
             stderr.contains(&format!(
-                "runtime.worker_threads: unset, so TOKIO_WORKER_THREADS decides, and its {bad:?} is not a whole number of at least 1"
+                "runtime.worker_threads: unset, so the environment decides, and TOKIO_WORKER_THREADS={bad:?} is not a whole number of at least 1"
             )),
             "{stderr}"
         );

@@ -86,10 +86,7 @@ pub fn main_with(name: &str, args: &[String]) -> ExitCode {
         Err(_) => return ExitCode::from(2),
     };
     let options = options(&cli);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match salesflow_plugin_api::multi_thread_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{name}: {e}");

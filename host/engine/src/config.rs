@@ -383,7 +383,7 @@ pub struct RuntimeSettings {
 
 /// tokio's own variable for the worker threads, read when `[runtime] worker_threads` is
 /// unset.
-pub const TOKIO_WORKER_THREADS: &str = "TOKIO_WORKER_THREADS";
+pub use salesflow_plugin_api::command::TOKIO_WORKER_THREADS;
 
 /// How many worker threads the runtime gets, and what decided it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -421,19 +421,12 @@ impl RuntimeSettings {
         if let Some(n) = self.worker_threads {
             return Ok(WorkerThreads::Configured(n.get()));
         }
-        match std::env::var(TOKIO_WORKER_THREADS) {
-            Ok(text) => match text.trim().parse::<std::num::NonZeroUsize>() {
-                Ok(n) => Ok(WorkerThreads::Environment(n.get())),
-                Err(_) => Err(format!(
-                    "unset, so {TOKIO_WORKER_THREADS} decides, and its {text:?} is not a whole number of at least 1"
-                )),
-            },
-            Err(std::env::VarError::NotUnicode(_)) => Err(format!(
-                "unset, so {TOKIO_WORKER_THREADS} decides, and it is not text"
-            )),
-            Err(std::env::VarError::NotPresent) => Ok(WorkerThreads::PerCore(
+        match salesflow_plugin_api::worker_threads_from_env() {
+            Ok(Some(n)) => Ok(WorkerThreads::Environment(n.get())),
+            Ok(None) => Ok(WorkerThreads::PerCore(
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
             )),
+            Err(why) => Err(format!("unset, so the environment decides, and {why}")),
         }
     }
 }

@@ -1558,10 +1558,7 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match salesflow_plugin_api::multi_thread_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("salesflow-faults: {e}");

@@ -319,8 +319,13 @@ pub(crate) async fn settle() {
     );
 }
 
-#[tokio::main(flavor = "multi_thread")]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
+    // TOKIO_WORKER_THREADS sizes it, as for salesflow; a bad value is named, not a panic.
+    let runtime = salesflow_plugin_api::multi_thread_runtime().map_err(anyhow::Error::msg)?;
+    runtime.block_on(main_async())
+}
+
+async fn main_async() -> Result<()> {
     let cli = Cli::parse();
     let wants = |part: &str| cli.only.is_empty() || cli.only.iter().any(|o| o == part);
     let duration = Duration::from_secs(cli.seconds);

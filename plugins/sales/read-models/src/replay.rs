@@ -376,10 +376,7 @@ impl salesflow_plugin_api::Command for ReplayCommand {
         let outcome = config
             .ok_or_else(|| "needs the configuration".to_owned())
             .and_then(|config| {
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+                let runtime = salesflow_plugin_api::multi_thread_runtime()?;
                 runtime.block_on(run_replay(config, parsed.pipeline.as_deref()))
             });
         match outcome {

@@ -118,3 +118,30 @@ async fn the_smoke_profile_reconciles_every_order_and_a_broken_threshold_fails()
     assert!(status.success(), "{log}");
     sales.cleanup().await;
 }
+
+/// tokio panics on a `TOKIO_WORKER_THREADS` that is not a whole number of at least 1;
+/// `salesflow load` names the variable instead and sends nothing.
+#[test]
+fn a_bad_tokio_worker_threads_is_named_not_a_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let profile = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../load/profiles/smoke.toml");
+    let profile = profile.display().to_string();
+    for bad in ["0", "two", ""] {
+        let ran = support::run_in(
+            Path::new(BIN),
+            dir.path(),
+            // Nothing listens on the target: a run that started would fail differently.
+            &["load", &profile, "--target", "http://127.0.0.1:9"],
+            &[("TOKIO_WORKER_THREADS", bad)],
+        );
+        let text = ran.both();
+        assert!(!ran.ok, "TOKIO_WORKER_THREADS={bad:?} accepted:\n{text}");
+        assert!(
+            text.contains(&format!(
+                "TOKIO_WORKER_THREADS={bad:?} is not a whole number of at least 1"
+            )),
+            "{text}"
+        );
+        assert!(!text.contains("panicked"), "{text}");
+    }
+}

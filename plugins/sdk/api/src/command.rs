@@ -45,6 +45,41 @@ pub fn parse_args<T: clap::Parser>(name: &str, args: &[String]) -> Result<T, Exi
     })
 }
 
+/// tokio's own variable for a runtime's worker threads.
+pub const TOKIO_WORKER_THREADS: &str = "TOKIO_WORKER_THREADS";
+
+/// `TOKIO_WORKER_THREADS` as tokio reads it (`None` when unset), but a message naming the
+/// variable where tokio would panic: it must be a whole number of at least 1.
+pub fn worker_threads_from_env() -> Result<Option<std::num::NonZeroUsize>, String> {
+    match std::env::var(TOKIO_WORKER_THREADS) {
+        Ok(text) => text
+            .trim()
+            .parse::<std::num::NonZeroUsize>()
+            .map(Some)
+            .map_err(|_| {
+                format!("{TOKIO_WORKER_THREADS}={text:?} is not a whole number of at least 1")
+            }),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(format!("{TOKIO_WORKER_THREADS} is not text"))
+        }
+        Err(std::env::VarError::NotPresent) => Ok(None),
+    }
+}
+
+/// A multi-threaded runtime for a command or tool: `TOKIO_WORKER_THREADS` worker threads,
+/// else one per core. A bad `TOKIO_WORKER_THREADS` is an error that names it, not tokio's
+/// panic.
+pub fn multi_thread_runtime() -> Result<tokio::runtime::Runtime, String> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = worker_threads_from_env()? {
+        builder.worker_threads(n.get());
+    }
+    builder
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
 /// The validated configuration, as a command reads it: the merged table (file,
 /// environment, `--set`) and each pipeline's components with their settings (shared
 /// sections already merged in, as the plugins get them).

@@ -24,7 +24,10 @@ pub mod tap;
 
 pub use ack::{AckHandle, AckSet, Rejection, Status};
 pub use cache::{CacheBudget, SizedLru};
-pub use command::{Command, ComponentView, ConfigView, PipelineView, Registrar, parse_args};
+pub use command::{
+    Command, ComponentView, ConfigView, PipelineView, Registrar, multi_thread_runtime, parse_args,
+    worker_threads_from_env,
+};
 pub use component::{
     Backpressure, CancellationToken, Downstream, LaneSource, Output, OutputObserver, PluginError,
     Refused, SendError, Sink, SinkFactory, Source, Stage, StageFactory, WriteFuture,
