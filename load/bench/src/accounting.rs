@@ -171,6 +171,12 @@ pub fn markdown(rows: &[Row], cores: f64) -> String {
                 crate::es::REWRITE_PHASE,
                 "rewritten",
             ),
+            (
+                "OpenSearch",
+                "Elasticsearch bulk",
+                crate::es::SMALL_REWRITE_PHASE,
+                "rewritten in bulks of the end to end's size",
+            ),
         ] {
             md.push_str(&shaped(rows, &costs, server, area, shape, what));
         }

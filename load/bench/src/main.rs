@@ -55,7 +55,7 @@ struct Cli {
     /// Only these parts (http, kafka, cassandra, elasticsearch, e2e, cluster); default
     /// all. `cluster` runs end to end again on the local stack's cluster profile (it stops
     /// the single-node stack, and starts it again afterwards).
-    #[arg(long = "only")]
+    #[arg(long = "only", value_parser = ["http", "kafka", "cassandra", "elasticsearch", "e2e", "cluster"])]
     only: Vec<String>,
     /// Seconds of end-to-end load (every pipeline over every server) before anything is
     /// measured, so that the servers' JVMs have compiled their hot paths; 0 to skip.
