@@ -313,16 +313,25 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// `check --connect`: every component built and every health check run once.
-fn check_connect(plan: &salesflow_host::topology::Plan) -> ExitCode {
-    salesflow_host::init_logging("warn", plan.log.format);
-    let Ok(runtime) = tokio::runtime::Builder::new_multi_thread()
+/// The process's async runtime, of the size the plan resolved (`[runtime]`, else
+/// `TOKIO_WORKER_THREADS`, else one per core).
+fn async_runtime(plan: &salesflow_host::topology::Plan) -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(plan.worker_threads.count())
         .enable_all()
         .build()
-    else {
-        eprintln!("salesflow: cannot start the async runtime");
-        return ExitCode::FAILURE;
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+}
+
+/// `check --connect`: every component built and every health check run once.
+fn check_connect(plan: &salesflow_host::topology::Plan) -> ExitCode {
+    salesflow_host::init_logging("warn", plan.log.format);
+    let runtime = match async_runtime(plan) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("salesflow: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     let found = runtime.block_on(salesflow_host::runtime::check_connections(
         plan,
@@ -392,14 +401,10 @@ fn run(
         return ExitCode::FAILURE;
     }
     salesflow_host::init_logging(&plan.log.level, plan.log.format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(plan.worker_threads.count())
-        .enable_all()
-        .build()
-    {
+    let runtime = match async_runtime(&plan) {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("salesflow: cannot start the async runtime: {e}");
+            eprintln!("salesflow: {e}");
             return ExitCode::FAILURE;
         }
     };

@@ -21,15 +21,24 @@ const DOCS: usize = 60_000;
 /// phase in the report, found by this name by the accounting.
 pub const REWRITE_PHASE: &str =
     "raw _bulk rewriting the documents an index holds (external versions)";
+/// Documents per request of [`SMALL_REWRITE_PHASE`]: the end-to-end runs' bulks carry
+/// about 80 to 180 documents per write-pool task (the report's figure). A macro, so the
+/// phase's name says the same number.
+macro_rules! small_bulk {
+    () => {
+        125
+    };
+}
+const SMALL_BULK: usize = small_bulk!();
 /// The raw loop rewriting documents in requests of [`SMALL_BULK`], about the size the
 /// projections' bulks reach end to end: what OpenSearch's own cost per document is at the
 /// batch sizes the pipeline's throughput and latency allow, found by this name by the
 /// accounting.
-pub const SMALL_REWRITE_PHASE: &str =
-    "raw _bulk rewriting the documents an index holds, in requests of 125 documents";
-/// Documents per request of [`SMALL_REWRITE_PHASE`]: the end-to-end runs' bulks carry
-/// about 80 to 180 documents per write-pool task (the report's figure).
-const SMALL_BULK: usize = 125;
+pub const SMALL_REWRITE_PHASE: &str = concat!(
+    "raw _bulk rewriting the documents an index holds, in requests of ",
+    small_bulk!(),
+    " documents"
+);
 /// Bulk requests in flight: about what the projection sink's two lanes keep in flight
 /// under load (adaptive, 3 to 6 each).
 const CONCURRENCY: usize = 8;
