@@ -508,21 +508,31 @@ async fn existing_indices(
         .as_array()
         .map(|a| a.iter().filter_map(serde_json::Value::as_str).collect())
         .unwrap_or_default();
-    // Replicas are a dynamic setting: existing indices take the environment's.
+    // Replicas and the refresh interval are dynamic settings: existing indices take the
+    // environment's replicas and the template's interval. A template without one resets
+    // it to OpenSearch's default (null), under which an index nobody searches skips its
+    // scheduled refreshes; indices made by an older template kept an explicit "1s".
+    let refresh_interval = template
+        .pointer("/template/settings/refresh_interval")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
     for pattern in &patterns {
         let response = client
             .put(format!(
                 "http://{address}/{pattern}/_settings?allow_no_indices=true&expand_wildcards=open"
             ))
             .json(&serde_json::json!({
-                "index": { "number_of_replicas": replication.number_of_replicas }
+                "index": {
+                    "number_of_replicas": replication.number_of_replicas,
+                    "refresh_interval": refresh_interval,
+                }
             }))
             .send()
             .await?;
         if !response.status().is_success() {
             let status = response.status();
             bail!(
-                "template {name}: setting the replicas of the existing indices {pattern}: {status} {}",
+                "template {name}: setting the replicas and refresh interval of the existing indices {pattern}: {status} {}",
                 response.text().await.unwrap_or_default()
             );
         }

@@ -105,7 +105,9 @@ fn a_taken_port_fails_up_naming_the_server() {
 /// An upgrade that changes a field's kind (here `items`, from `nested` to a disabled
 /// `object`, as the detailed read model's did) must not stop `schemas`: the existing index
 /// keeps its mapping of the field and takes the template's new fields, `schemas` names
-/// what it kept, and the next index made from the template has the new mapping.
+/// what it kept, and the next index made from the template has the new mapping. A refresh
+/// interval the new template no longer sets (as the read models' "1s") is reset on the
+/// existing index too, to OpenSearch's default.
 #[tokio::test]
 async fn schemas_keep_a_field_an_existing_index_maps_otherwise() {
     let checkout = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
@@ -132,9 +134,18 @@ async fn schemas_keep_a_field_an_existing_index_maps_otherwise() {
         if extra {
             properties["note"] = serde_json::json!({ "type": "keyword" });
         }
+        // The older template refreshed every second explicitly; the newer leaves it.
+        let settings = if extra {
+            serde_json::json!({})
+        } else {
+            serde_json::json!({ "refresh_interval": "1s" })
+        };
         let body = serde_json::json!({
             "index_patterns": [format!("{name}-*")],
-            "template": { "mappings": { "dynamic": "strict", "properties": properties } }
+            "template": {
+                "settings": settings,
+                "mappings": { "dynamic": "strict", "properties": properties }
+            }
         });
         std::fs::write(templates.join(format!("{name}.json")), body.to_string()).unwrap();
     };
@@ -172,6 +183,21 @@ async fn schemas_keep_a_field_an_existing_index_maps_otherwise() {
         }
     };
 
+    let refresh_interval = |index: String| {
+        let http = http.clone();
+        async move {
+            let body: serde_json::Value = http
+                .get(format!("{es}/{index}/_settings"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            body[&index]["settings"]["index"]["refresh_interval"].clone()
+        }
+    };
+
     template(
         serde_json::json!({ "type": "nested", "properties": { "order_id": { "type": "keyword" } } }),
         false,
@@ -184,6 +210,11 @@ async fn schemas_keep_a_field_an_existing_index_maps_otherwise() {
         "{}",
         created.text().await.unwrap()
     );
+    assert_eq!(
+        refresh_interval(old.clone()).await,
+        "1s",
+        "the older template's interval"
+    );
 
     template(
         serde_json::json!({ "type": "object", "enabled": false }),
@@ -193,6 +224,11 @@ async fn schemas_keep_a_field_an_existing_index_maps_otherwise() {
     assert!(
         stdout.contains(&format!("{old} keeps its mapping of `items`")),
         "{stdout}"
+    );
+    assert_eq!(
+        refresh_interval(old.clone()).await,
+        serde_json::Value::Null,
+        "the newer template's (unset) interval"
     );
     let before = mapping(old.clone()).await;
     assert_eq!(before["items"]["type"], "nested", "{before}");

@@ -7,7 +7,7 @@ mod client;
 mod config;
 mod pool;
 
-pub use client::{BulkOutcome, Client, Doc, EsError};
+pub use client::{BulkOutcome, Client, Doc, EsError, readiness_path};
 pub use config::{ElasticsearchSettings, SinkSettings};
 pub use pool::{FIRST_BACKOFF, MAX_BACKOFF, NodeLabels, NodePool, NodeStatus};
 
@@ -84,13 +84,14 @@ impl Plugin for ElasticsearchSinkPlugin {
         } else {
             own.aliases.join(",")
         };
+        let path = readiness_path(&own.aliases.iter().map(String::as_str).collect::<Vec<_>>());
         // Ready while at least one node answers; the others are named in the log, and
         // in the error when none does.
         ctx.add_healthcheck(
             &format!("elasticsearch {targets}"),
             Arc::new(move || {
                 let client = check_client.clone();
-                let path = format!("/{targets}/_count");
+                let path = path.clone();
                 async move { client.healthcheck(&path).await }.boxed()
             }),
         );

@@ -7,7 +7,7 @@
 use elasticsearch::http::Method;
 use salesflow_plugin_api::bytes::Bytes;
 use salesflow_plugin_api::{Settings, toml};
-use salesflow_plugin_elasticsearch::{Client, Doc, ElasticsearchSettings};
+use salesflow_plugin_elasticsearch::{Client, Doc, ElasticsearchSettings, readiness_path};
 use serde_json::json;
 
 /// Port 1: nothing listens there, connections are refused.
@@ -102,7 +102,7 @@ async fn bulk_writes_and_reads_go_on_past_a_dead_node() {
     );
 
     // Ready, one node answering; the dead one named.
-    let path = format!("/{alias}/_count");
+    let path = readiness_path(&[&alias]);
     let nodes = client.node_health(&path).await;
     assert_eq!(
         nodes[0],

@@ -30,7 +30,7 @@ use salesflow_plugin_api::{
     BuildContext, CancellationToken, Component, ComponentKind, ConfigError, Output, Plugin,
     PluginError, Settings, Source, async_trait, schemars, toml,
 };
-use salesflow_plugin_elasticsearch::{Client, ElasticsearchSettings};
+use salesflow_plugin_elasticsearch::{Client, ElasticsearchSettings, readiness_path};
 use salesflow_sales::read_model;
 use salesflow_sales_event_store::{CassandraSettings, EventStore};
 use serde::Deserialize;
@@ -172,10 +172,10 @@ impl Plugin for QueryApiPlugin {
             Arc::new(move || {
                 let api = Arc::clone(&check);
                 async move {
-                    let path = format!(
-                        "/{},{}/_count",
-                        api.settings.detailed_alias, api.settings.summary_alias
-                    );
+                    let path = readiness_path(&[
+                        &api.settings.detailed_alias,
+                        &api.settings.summary_alias,
+                    ]);
                     // Ready while at least one node answers; the others are named in
                     // the log, and in the error when none does.
                     api.es.healthcheck(&path).await
