@@ -34,33 +34,59 @@ pub fn salesflow_bin() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// OpenSearch's documents indexed and write-pool tasks completed, summed over its nodes;
-/// zeros when it does not answer. A bulk request's part for each shard is a task (the raw
-/// loop's bulks of 250 into one index read 250.0 documents per task; OpenSearch 2.19 keeps
-/// no bulk statistics), so the documents per task between two readings are the size of the
-/// shard-level bulks OpenSearch worked with; its CPU per document falls as they grow.
-pub async fn opensearch_writes() -> (f64, f64) {
+/// OpenSearch's work counters, summed over its nodes (zeros when it does not answer).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpenSearchWrites {
+    /// Documents indexed.
+    pub docs: f64,
+    /// Write-pool tasks completed. A bulk request's part for each shard is a task (the raw
+    /// loop's bulks of 250 into one index read 250.0 documents per task; OpenSearch 2.19
+    /// keeps no bulk statistics), so the documents per task between two readings are the
+    /// size of the shard-level bulks OpenSearch worked with; its CPU per document falls
+    /// as they grow.
+    pub tasks: f64,
+    /// Shard refreshes that made new documents searchable (scheduled, asked for, or made
+    /// by a real-time GET of a document not yet refreshed).
+    pub refreshes: f64,
+    /// Searches (a `_count` is one): a shard searched within 30 s keeps refreshing every
+    /// second while written; one nobody searches skips its scheduled refreshes.
+    pub searches: f64,
+}
+
+impl std::ops::Sub for OpenSearchWrites {
+    type Output = Self;
+    fn sub(self, before: Self) -> Self {
+        Self {
+            docs: self.docs - before.docs,
+            tasks: self.tasks - before.tasks,
+            refreshes: self.refreshes - before.refreshes,
+            searches: self.searches - before.searches,
+        }
+    }
+}
+
+/// [`OpenSearchWrites`] now.
+pub async fn opensearch_writes() -> OpenSearchWrites {
     let url = format!("{}/_nodes/stats/indices,thread_pool", es_url());
     let Ok(response) = reqwest::get(&url).await else {
-        return (0.0, 0.0);
+        return OpenSearchWrites::default();
     };
     let Ok(stats) = response.json::<Value>().await else {
-        return (0.0, 0.0);
+        return OpenSearchWrites::default();
     };
     let nodes = stats["nodes"]
         .as_object()
         .into_iter()
         .flat_map(|n| n.values());
-    nodes.fold((0.0, 0.0), |(docs, tasks), node| {
-        (
-            docs + node["indices"]["indexing"]["index_total"]
-                .as_f64()
-                .unwrap_or(0.0),
-            tasks
-                + node["thread_pool"]["write"]["completed"]
-                    .as_f64()
-                    .unwrap_or(0.0),
-        )
+    let number = |v: &Value| v.as_f64().unwrap_or(0.0);
+    nodes.fold(OpenSearchWrites::default(), |sum, node| {
+        let indices = &node["indices"];
+        OpenSearchWrites {
+            docs: sum.docs + number(&indices["indexing"]["index_total"]),
+            tasks: sum.tasks + number(&node["thread_pool"]["write"]["completed"]),
+            refreshes: sum.refreshes + number(&indices["refresh"]["total"]),
+            searches: sum.searches + number(&indices["search"]["query_total"]),
+        }
     })
 }
 

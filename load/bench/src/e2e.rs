@@ -718,13 +718,17 @@ settle_timeout = "60s"
             format!("carts read from the event store per order, {name}"),
             format!("{total:.3}: {}", listed(&per)),
         ));
-        let (docs, tasks) = (writes.1.0 - writes.0.0, writes.1.1 - writes.0.1);
-        if tasks > 0.0 {
+        let w = writes.1 - writes.0;
+        if w.tasks > 0.0 {
             figures.push((
                 format!("OpenSearch documents per write-pool task, {name}"),
                 format!(
-                    "{:.1} ({docs:.0} documents in {tasks:.0} tasks; the raw loop's, same measure: the Elasticsearch bulk note)",
-                    docs / tasks
+                    "{:.1} ({:.0} documents in {:.0} tasks; the raw loop's, same measure: the Elasticsearch bulk note); {:.0} shard refreshes, {:.0} searches",
+                    w.docs / w.tasks,
+                    w.docs,
+                    w.tasks,
+                    w.refreshes,
+                    w.searches
                 ),
             ));
         }
