@@ -45,11 +45,12 @@ pub struct OpenSearchWrites {
     /// size of the shard-level bulks OpenSearch worked with; its CPU per document falls
     /// as they grow.
     pub tasks: f64,
-    /// Shard refreshes that made new documents searchable (scheduled, asked for, or made
-    /// by a real-time GET of a document not yet refreshed).
+    /// Shard refreshes, internal ones included: scheduled, asked for, made by a
+    /// real-time GET of a document not yet refreshed, or an indexing buffer written out.
     pub refreshes: f64,
-    /// Searches (a `_count` is one): a shard searched within 30 s keeps refreshing every
-    /// second while written; one nobody searches skips its scheduled refreshes.
+    /// Shard searches (a `_count` of two single-shard aliases is two): a shard searched
+    /// within 30 s keeps refreshing every second while written; one nobody searches
+    /// skips its scheduled refreshes.
     pub searches: f64,
 }
 

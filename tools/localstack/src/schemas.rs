@@ -511,9 +511,16 @@ async fn existing_indices(
     // Replicas and the refresh interval are dynamic settings: existing indices take the
     // environment's replicas and the template's interval. A template without one resets
     // it to OpenSearch's default (null), under which an index nobody searches skips its
-    // scheduled refreshes; indices made by an older template kept an explicit "1s".
+    // scheduled refreshes; indices made by an older template kept an explicit "1s". An
+    // interval set on the indices by hand does not last: it belongs in the template.
+    // Written any of the three ways the settings can be.
     let refresh_interval = template
-        .pointer("/template/settings/refresh_interval")
+        .pointer("/template/settings")
+        .and_then(|s| {
+            s.get("refresh_interval")
+                .or_else(|| s.pointer("/index/refresh_interval"))
+                .or_else(|| s.get("index.refresh_interval"))
+        })
         .cloned()
         .unwrap_or(serde_json::Value::Null);
     for pattern in &patterns {

@@ -29,24 +29,34 @@ use crate::pool::NodePool;
 const BULK_QUERY: [(&str, &str); 1] = [("filter_path", "errors,items.*.status,items.*.error")];
 
 /// The longest a health check waits for each node: within the host's 4 s per check,
-/// whatever `request_timeout` is.
+/// whatever `request_timeout` is, and never under 2 s, so that a health request's own
+/// wait on the server (1 s) ends in its answer, not in our giving up on the node.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+const PROBE_TIMEOUT_MIN: Duration = Duration::from_secs(2);
 
-/// The path of a readiness check on `targets` (aliases or indices; none: the whole
-/// cluster), for [`Client::healthcheck`]: their health, answered 200 once every primary
+/// How long a readiness check's health request waits for the targets on the server.
+const HEALTH_WAIT: &str = "1s";
+
+/// The path of a readiness check on `targets` (aliases or indices), for
+/// [`Client::healthcheck`]: their health as the node answering sees it (`local`: no
+/// elected cluster manager needed, as reads need none), answered 200 once every primary
 /// shard is allocated (yellow or green), 408 after a second when one is not or a target
-/// does not exist.
+/// does not exist. With no targets, 200 whenever the node answers, whatever other
+/// indices' health.
 ///
 /// It is deliberately not a search. A `_count` every few seconds counts as search
 /// traffic, so the indices never go search-idle: OpenSearch then refreshes each of them
 /// every second while they are written, nobody reading, which cost it a fifth of its
-/// CPU per order in the end-to-end benchmark.
+/// CPU per single order in the end-to-end benchmark. It needs the cluster privilege to
+/// read health (`monitor`; OpenSearch's `cluster:monitor/health`).
 pub fn readiness_path(targets: &[&str]) -> String {
-    let query = "wait_for_status=yellow&timeout=1s";
     if targets.is_empty() {
-        format!("/_cluster/health?{query}")
+        format!("/_cluster/health?local=true&timeout={HEALTH_WAIT}")
     } else {
-        format!("/_cluster/health/{}?{query}", targets.join(","))
+        format!(
+            "/_cluster/health/{}?local=true&wait_for_status=yellow&timeout={HEALTH_WAIT}",
+            targets.join(",")
+        )
     }
 }
 
@@ -497,7 +507,10 @@ impl Client {
     /// which answer: each node's URL (without credentials) and whether it answered 200,
     /// or what it did instead.
     pub async fn node_health(&self, path: &str) -> Vec<(String, Result<(), String>)> {
-        let timeout = self.request_timeout.min(PROBE_TIMEOUT);
+        let timeout = self.request_timeout.clamp(PROBE_TIMEOUT_MIN, PROBE_TIMEOUT);
+        // Named without its query: the error must fit the readiness answer's 200
+        // characters with the node's URL before it.
+        let shown = path.split('?').next().unwrap_or(path);
         let probes = self.probes.iter().enumerate().map(|(i, es)| async move {
             let result = es
                 .send(
@@ -522,18 +535,20 @@ impl Client {
                         let body: Value = response.json().await.unwrap_or_default();
                         let kind = match (body["error"]["type"].as_str(), body["status"].as_str()) {
                             (Some(kind), _) => kind.to_owned(),
-                            (None, Some(health)) => format!("health {health}"),
+                            (None, Some(health)) => format!(
+                                "health {health} after {HEALTH_WAIT}: an index missing or a primary shard not allocated"
+                            ),
                             (None, None) => "unknown".to_owned(),
                         };
-                        Err(format!("{path} answered {status} ({kind})"))
+                        Err(format!("{shown} answered {status} ({kind})"))
                     }
                 }
                 Err(e) => {
                     let failure = self.report_node(i, &e);
                     Err(match failure {
-                        Failure::NotConnected => format!("{path}: cannot connect"),
-                        Failure::TimedOut => format!("{path}: no answer within {timeout:?}"),
-                        Failure::Other => format!("{path}: the request failed"),
+                        Failure::NotConnected => format!("{shown}: cannot connect"),
+                        Failure::TimedOut => format!("{shown}: no answer within {timeout:?}"),
+                        Failure::Other => format!("{shown}: the request failed"),
                     })
                 }
             };
@@ -797,5 +812,22 @@ mod tests {
         // Every node down: requests are still sent (and fail for what they are).
         let failed = down.call(Method::Get, "/_count", None).await.unwrap_err();
         assert!(failed.to_string().starts_with("/_count: "), "{failed}");
+    }
+
+    #[test]
+    fn readiness_asks_the_targets_health_and_never_searches() {
+        assert_eq!(
+            readiness_path(&["carts-detailed", "carts-summary"]),
+            "/_cluster/health/carts-detailed,carts-summary?local=true&wait_for_status=yellow&timeout=1s"
+        );
+        assert_eq!(
+            readiness_path(&["one"]),
+            "/_cluster/health/one?local=true&wait_for_status=yellow&timeout=1s"
+        );
+        // No targets: the node answering is enough, whatever other indices' health.
+        assert_eq!(
+            readiness_path(&[]),
+            "/_cluster/health?local=true&timeout=1s"
+        );
     }
 }
