@@ -489,6 +489,19 @@ async fn index_templates(
     Ok(())
 }
 
+/// The refresh interval a composable template sets, written any of the three ways index
+/// settings can be; null when it sets none (OpenSearch's default).
+fn refresh_interval(template: &serde_json::Value) -> serde_json::Value {
+    template
+        .pointer("/template/settings")
+        .and_then(|s| {
+            s.get("refresh_interval")
+                .or_else(|| s.pointer("/index/refresh_interval"))
+                .or_else(|| s.get("index.refresh_interval"))
+        })
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
 /// A template shapes only the indices created after it: fields it adds are put into the
 /// mappings of the indices that already match it, so that documents carrying them are
 /// not refused by the strict mapping after an upgrade (their older documents lack the
@@ -513,16 +526,7 @@ async fn existing_indices(
     // it to OpenSearch's default (null), under which an index nobody searches skips its
     // scheduled refreshes; indices made by an older template kept an explicit "1s". An
     // interval set on the indices by hand does not last: it belongs in the template.
-    // Written any of the three ways the settings can be.
-    let refresh_interval = template
-        .pointer("/template/settings")
-        .and_then(|s| {
-            s.get("refresh_interval")
-                .or_else(|| s.pointer("/index/refresh_interval"))
-                .or_else(|| s.get("index.refresh_interval"))
-        })
-        .cloned()
-        .unwrap_or(serde_json::Value::Null);
+    let refresh_interval = refresh_interval(template);
     for pattern in &patterns {
         let response = client
             .put(format!(
@@ -641,6 +645,36 @@ fn mergeable(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shipped_templates_leave_the_refresh_interval_to_opensearch() {
+        // An explicit interval, even OpenSearch's own 1s, keeps an index nobody searches
+        // refreshing every second (see the templates' _meta).
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../schemas/elasticsearch/index-templates");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let template: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            assert_eq!(
+                refresh_interval(&template),
+                serde_json::Value::Null,
+                "{}",
+                path.display()
+            );
+            seen += 1;
+        }
+        assert!(seen >= 2, "templates in {}", dir.display());
+        for settings in [
+            serde_json::json!({ "refresh_interval": "5s" }),
+            serde_json::json!({ "index": { "refresh_interval": "5s" } }),
+            serde_json::json!({ "index.refresh_interval": "5s" }),
+        ] {
+            let template = serde_json::json!({ "template": { "settings": settings } });
+            assert_eq!(refresh_interval(&template), "5s", "{template}");
+        }
+    }
 
     #[test]
     fn every_environment_of_the_checkout_parses() {

@@ -167,20 +167,15 @@ impl Plugin for QueryApiPlugin {
         });
 
         let check = Arc::clone(&api);
+        let path: Arc<str> =
+            readiness_path(&[&api.settings.detailed_alias, &api.settings.summary_alias]).into();
         ctx.add_healthcheck(
             "elasticsearch read models",
             Arc::new(move || {
-                let api = Arc::clone(&check);
-                async move {
-                    let path = readiness_path(&[
-                        &api.settings.detailed_alias,
-                        &api.settings.summary_alias,
-                    ]);
-                    // Ready while at least one node answers; the others are named in
-                    // the log, and in the error when none does.
-                    api.es.healthcheck(&path).await
-                }
-                .boxed()
+                let (api, path) = (Arc::clone(&check), Arc::clone(&path));
+                // Ready while at least one node answers; the others are named in the
+                // log, and in the error when none does.
+                async move { api.es.healthcheck(&path).await }.boxed()
             }),
         );
         api.es.register_metrics(ctx.metrics);
