@@ -77,13 +77,15 @@ pub fn figures(row: &Row) -> Figures {
 }
 
 /// Runs `pairs` pairs of the end-to-end part, `base` first in the odd-numbered pairs and
-/// `this` first in the others.
+/// `this` first in the others, each run on read models made ahead (`read_models`, one a
+/// run).
 pub async fn run(
     base: &Build,
     this: &Build,
     pairs: u32,
     clients: usize,
     duration: Duration,
+    mut read_models: Vec<e2e::ReadModels>,
 ) -> Result<Vec<Pair>> {
     let mut out = Vec::new();
     for pair in 0..pairs {
@@ -103,8 +105,17 @@ pub async fn run(
                 build.config.display()
             );
             crate::settle().await;
-            let (row, _) =
-                e2e::run(build, clients, duration, &[], &[], Replication::Single).await?;
+            let models = read_models.pop().unwrap_or_else(e2e::ReadModels::at_launch);
+            let (row, _) = e2e::run(
+                build,
+                clients,
+                duration,
+                &[],
+                &[],
+                Replication::Single,
+                models,
+            )
+            .await?;
             runs.push(figures(&row));
         }
         let second = runs.pop().unwrap_or_default();

@@ -202,6 +202,7 @@ pub fn markdown(rows: &[Row], cores: f64) -> String {
             );
         }
         md.push_str(&budget(e2e, &costs, cores));
+        md.push_str(&shape_bound(rows, e2e, &costs, cores));
         if above.is_empty() {
             md.push_str("\nEvery server spends within 1.5x of its ceiling's CPU per unit.\n");
         } else {
@@ -320,6 +321,64 @@ fn budget(e2e: &Phase, costs: &[ServerCost], cores: f64) -> String {
     md
 }
 
+/// For each server, the phase that measures what it spends per unit on the work the
+/// pipelines ask of it (the same shape of traffic, by its own clients or raw loop); a
+/// server without one counts its raw ceiling (latte runs Cassandra's very statements).
+const SHAPES: [(&str, &str, &str); 2] = [
+    ("kafka", "Kafka produce", crate::kafka::PIPELINE_PHASE),
+    (
+        "opensearch",
+        "Elasticsearch bulk",
+        crate::es::SMALL_REWRITE_PHASE,
+    ),
+];
+
+/// The sustained run's ratio to the composite ceiling had every server spent per unit
+/// only what it spends for the pipelines' shape of work, with salesflow's processes as
+/// measured and with them costing nothing (the servers' JIT compilers and the driver as
+/// measured, the machine as busy): the part of the gap that is the servers' own cost for
+/// this work, which no client could take away, and the part that is salesflow's.
+fn shape_bound(rows: &[Row], e2e: &Phase, costs: &[ServerCost], cores: f64) -> String {
+    if e2e.units <= 0.0 || e2e.usage.seconds <= 0.0 || costs.is_empty() {
+        return String::new();
+    }
+    let per_order = |cpu: f64| cpu * 1000.0 / e2e.units;
+    let mut parts = Vec::new();
+    let (mut shaped, mut measured) = (0.0, 0.0);
+    for c in costs {
+        let (ms, from) = SHAPES
+            .iter()
+            .find(|(server, ..)| *server == c.server)
+            .and_then(|(_, area, name)| phase(rows, area, name))
+            .map(|p| (p.ms_per_unit(p.usage.work(&c.server)), p.name.as_str()))
+            .filter(|(ms, _)| *ms > 0.0)
+            .unwrap_or((c.ceiling_ms, "its raw ceiling"));
+        shaped += ms * c.per_order;
+        measured += per_order(e2e.usage.work(&c.server));
+        parts.push(format!(
+            "{} {ms:.4} ms per {} x {} ({from})",
+            c.server, c.unit, c.per_order
+        ));
+    }
+    let composite: f64 = costs.iter().map(|c| c.ceiling_ms * c.per_order).sum();
+    let busy = e2e.usage.total() / (e2e.usage.seconds * cores);
+    let others = per_order(
+        e2e.usage.jit_total() + e2e.usage.named(cpu::DRIVER) + e2e.usage.named(cpu::CHILDREN),
+    );
+    let salesflow = per_order(e2e.usage.salesflow());
+    format!(
+        "\nWhat each server spends for the pipelines' shape of work, whoever sends it: {}. \
+         At those costs ({shaped:.3} ms per order, against {measured:.3} measured end to end), \
+         the sustained run's ratio to the composite ceiling would be {:.2} with salesflow's \
+         processes as measured ({salesflow:.3} ms per order) and {:.2} with them costing \
+         nothing; measured {:.2}.\n",
+        parts.join("; "),
+        busy * composite / (shaped + salesflow + others),
+        busy * composite / (shaped + others),
+        busy * composite / (measured + salesflow + others),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -379,6 +438,76 @@ mod tests {
         );
         assert!(
             md.contains("| (the machine idle, per order) | 0.600 |"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn the_shape_bound_counts_each_server_at_its_shapes_cost() {
+        let usage = |cpu: &[(&str, f64)]| Usage {
+            seconds: 1.0,
+            cpu: cpu.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect(),
+            jit: BTreeMap::new(),
+        };
+        let mut kafka = Row::new("Kafka produce", "records/s", 1.0, 1.0, None, "a", "b");
+        kafka.phases = vec![
+            // 0.01 ms per record at the ceiling, 0.05 in the pipelines' shape.
+            Phase::new(
+                "ceiling: ProducerPerformance",
+                "record",
+                1000.0,
+                usage(&[("kafka", 0.01)]),
+            ),
+            Phase::new(
+                crate::kafka::PIPELINE_PHASE,
+                "record",
+                1000.0,
+                usage(&[("kafka", 0.05)]),
+            ),
+        ];
+        let mut cassandra = Row::new("Cassandra writes", "events/s", 1.0, 1.0, None, "a", "b");
+        cassandra.phases = vec![Phase::new(
+            "ceiling: latte",
+            "event",
+            1000.0,
+            usage(&[("cassandra", 0.4)]),
+        )];
+        let mut e2e = Row::new("End to end", "orders/s", 1.0, 1.0, None, "a", "b");
+        // 1000 orders on 1 core, all of it busy: Kafka 0.1 ms per order (2 records at
+        // 0.05), Cassandra 0.5, salesflow 0.2, the driver 0.2.
+        e2e.phases = vec![Phase::new(
+            "end to end: batches of 20",
+            "order",
+            1000.0,
+            usage(&[
+                ("kafka", 0.1),
+                ("cassandra", 0.5),
+                ("salesflow domain", 0.2),
+                (cpu::DRIVER, 0.2),
+            ]),
+        )];
+        let rows = [kafka, cassandra, e2e];
+        let md = shape_bound(&rows, &rows[2].phases[0], &costs(&rows), 1.0);
+        // Composite 0.42 ms per order; the shape's 0.5; measured servers 0.6.
+        assert!(
+            md.contains(&format!(
+                "kafka 0.0500 ms per record x 2 ({})",
+                crate::kafka::PIPELINE_PHASE
+            )),
+            "{md}"
+        );
+        assert!(
+            md.contains("cassandra 0.4000 ms per event x 1 (its raw ceiling)"),
+            "{md}"
+        );
+        assert!(
+            md.contains("(0.500 ms per order, against 0.600 measured"),
+            "{md}"
+        );
+        // 0.42 / (0.5 + 0.2 + 0.2), 0.42 / (0.5 + 0.2), 0.42 / (0.6 + 0.2 + 0.2).
+        assert!(md.contains("would be 0.47 with salesflow's"), "{md}");
+        assert!(
+            md.contains("and 0.60 with them costing nothing; measured 0.42."),
             "{md}"
         );
     }

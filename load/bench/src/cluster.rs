@@ -90,6 +90,7 @@ pub async fn run(
                 &[],
                 &sets,
                 Replication::CLUSTER,
+                e2e::ReadModels::at_launch(),
             )
             .await?;
         }
@@ -101,6 +102,7 @@ pub async fn run(
             &[],
             &sets,
             Replication::CLUSTER,
+            e2e::ReadModels::at_launch(),
         )
         .await
     }
