@@ -168,34 +168,28 @@ async fn schemas_keep_a_field_an_existing_index_maps_otherwise() {
     };
     let es = "http://127.0.0.1:9200";
     let http = reqwest::Client::new();
-    let mapping = |index: String| {
+    // An index's mappings or settings, as OpenSearch answers `GET /<index>/<what>`.
+    let index_json = |index: String, what: &'static str| {
         let http = http.clone();
         async move {
-            let body: serde_json::Value = http
-                .get(format!("{es}/{index}/_mapping"))
+            let mut body: serde_json::Value = http
+                .get(format!("{es}/{index}/{what}"))
                 .send()
                 .await
                 .unwrap()
                 .json()
                 .await
                 .unwrap();
-            body[&index]["mappings"]["properties"].clone()
+            body[&index].take()
         }
     };
-
+    let mapping = |index: String| {
+        let body = index_json(index, "_mapping");
+        async move { body.await["mappings"]["properties"].clone() }
+    };
     let refresh_interval = |index: String| {
-        let http = http.clone();
-        async move {
-            let body: serde_json::Value = http
-                .get(format!("{es}/{index}/_settings"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            body[&index]["settings"]["index"]["refresh_interval"].clone()
-        }
+        let body = index_json(index, "_settings");
+        async move { body.await["settings"]["index"]["refresh_interval"].clone() }
     };
 
     template(
