@@ -103,6 +103,40 @@ fn assert_key_order(records: &[Record]) {
     }
 }
 
+/// What the kernel says of a process's transparent huge pages (`THP_enabled` in
+/// `/proc/<pid>/status`: 0 when the process turned them off).
+fn thp_enabled(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map_or_else(
+            || panic!("no THP_enabled line in /proc/{pid}/status:\n{status}"),
+            |v| v.trim().to_owned(),
+        )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_keeps_its_heap_off_huge_pages_unless_mimalloc_is_told_otherwise() {
+    let (input, output) = (unique("thp-in"), unique("thp-out"));
+    create_topic(&input, 1).await;
+    create_topic(&output, 1).await;
+    let (_dir, config) = support::config(&relay(&input, &output, &unique("thp"), BATCH));
+    let bin = std::path::Path::new(BIN);
+    // By default the process turns huge pages off for itself before anything runs.
+    let plain = Host::start(bin, &config, &["run"]);
+    plain.address();
+    assert_eq!(thp_enabled(plain.pid()), "0", "{}", plain.log());
+    // With mimalloc's own variable set, the choice is left to mimalloc and the system.
+    let told = Host::start_with_env(bin, &config, &["run"], &[("MIMALLOC_ALLOW_THP", "1")]);
+    told.address();
+    assert_eq!(thp_enabled(told.pid()), "1", "{}", told.log());
+    for host in [plain, told] {
+        let (status, log) = host.stop(Duration::from_secs(30));
+        assert!(status.success(), "{log}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_everything_in_key_order_and_commits_after_the_sink() {
     let (input, output, group) = (unique("relay-in"), unique("relay-out"), unique("relay"));
