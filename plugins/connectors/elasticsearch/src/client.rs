@@ -119,6 +119,47 @@ pub struct Doc {
     pub source: Bytes,
 }
 
+/// The action line of a document in a bulk request.
+#[derive(serde::Serialize)]
+struct BulkAction<'a> {
+    index: IndexAction<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct IndexAction<'a> {
+    #[serde(rename = "_index")]
+    index: &'a str,
+    #[serde(rename = "_id")]
+    id: &'a str,
+    version: u64,
+    version_type: &'static str,
+}
+
+/// What a bulk response says (its [`BULK_QUERY`] keeps nothing else): each document's
+/// status, and its error when it has one. Read into these types, not a `Value`: a
+/// response of hundreds of items is read for every bulk request.
+#[derive(serde::Deserialize)]
+struct BulkResponse {
+    #[serde(default)]
+    items: Vec<BulkItem>,
+}
+
+/// One item of a bulk response, under the name of its action (`index`, the only one
+/// sent); an item without it counts as status 0, refused with what it says.
+#[derive(serde::Deserialize)]
+struct BulkItem {
+    #[serde(default)]
+    index: ItemResult,
+}
+
+#[derive(Default, serde::Deserialize)]
+struct ItemResult {
+    #[serde(default)]
+    status: u16,
+    #[serde(default)]
+    error: Value,
+}
+
 /// A connected client: requests go round-robin over the configured nodes, a node that
 /// cannot be reached skipped for a while ([`NodePool`]).
 #[derive(Clone)]
@@ -327,10 +368,19 @@ impl Client {
         let mut body: Vec<Bytes> = Vec::with_capacity(pending.len() * 2);
         for &i in &pending {
             let d = &docs[i];
-            let action = json!({ "index": {
-                "_index": d.index, "_id": d.id, "version": d.version, "version_type": "external"
-            }});
-            body.push(Bytes::from(action.to_string()));
+            let action = serde_json::to_vec(&BulkAction {
+                index: IndexAction {
+                    index: &d.index,
+                    id: &d.id,
+                    version: d.version,
+                    version_type: "external",
+                },
+            })
+            .map_err(|e| Attempt {
+                message: format!("writing the action of document {}: {e}", d.id),
+                transient: false,
+            })?;
+            body.push(Bytes::from(action));
             body.push(d.source.clone());
         }
         let body = NdBody::new(body);
@@ -366,14 +416,14 @@ impl Client {
                 transient: status.as_u16() == 429 || status.is_server_error(),
             });
         }
-        let body: Value = response.json().await.map_err(|e| {
+        let body: BulkResponse = response.json().await.map_err(|e| {
             self.report(&e);
             Attempt {
                 message: format!("reading the response: {e}"),
                 transient: true,
             }
         })?;
-        let items = body["items"].as_array().cloned().unwrap_or_default();
+        let items = body.items;
         if items.len() != pending.len() {
             return Err(Attempt {
                 message: format!(
@@ -388,9 +438,9 @@ impl Client {
         let mut throttled = false;
         let mut state = lock();
         for (item, &i) in items.iter().zip(&pending) {
-            let result = &item["index"];
-            let status = result["status"].as_u64().unwrap_or(0);
-            let kind = result["error"]["type"].as_str().unwrap_or_default();
+            let result = &item.index;
+            let status = result.status;
+            let kind = result.error["type"].as_str().unwrap_or_default();
             match status {
                 200..=299 => state.1.indexed += 1,
                 409 => state.1.stale += 1,
@@ -408,7 +458,7 @@ impl Client {
                         "document {} refused by {}: {}",
                         docs[i].id,
                         docs[i].index,
-                        first_chars(&result["error"].to_string(), 500)
+                        first_chars(&result.error.to_string(), 500)
                     ),
                 )),
             }
