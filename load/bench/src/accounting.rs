@@ -194,6 +194,7 @@ pub fn markdown(rows: &[Row], cores: f64) -> String {
                 share * 100.0
             ));
         }
+        md.push_str(&half_rate(rows, cores));
         if let Some(ceiling) = cpu::composite_ceiling(cores, &costs) {
             let _ = writeln!(
                 md,
@@ -261,6 +262,57 @@ fn shaped(
     }
     md.push('\n');
     md
+}
+
+/// Whether the half-rate latency run had the machine half free: an order's CPU at half the
+/// sustainable single-order rate against at that rate, and the machine's busy share. Fewer
+/// orders per Kafka request and per bulk make each order dearer as the rate falls, so half
+/// the orders need not leave half the CPU; the latency targets depend on which it was.
+fn half_rate(rows: &[Row], cores: f64) -> String {
+    let (Some(half), Some(single)) = (
+        phase(rows, "End to end", e2e::HALF_RATE_PHASE),
+        phase(rows, "End to end", e2e::SINGLE_PHASE),
+    ) else {
+        return String::new();
+    };
+    if half.units <= 0.0 || single.units <= 0.0 || half.usage.seconds <= 0.0 {
+        return String::new();
+    }
+    let (at_half, at_full) = (
+        half.ms_per_unit(half.usage.total()),
+        single.ms_per_unit(single.usage.total()),
+    );
+    let busy = half.usage.total() / (half.usage.seconds * cores);
+    let per_server: Vec<String> = cpu::SERVERS
+        .iter()
+        .map(|s| (*s, half.usage.work(s), single.usage.work(s)))
+        .chain([(
+            cpu::SALESFLOW,
+            half.usage.salesflow(),
+            single.usage.salesflow(),
+        )])
+        .map(|(name, h, f)| {
+            format!(
+                "{name} {:.3} against {:.3}",
+                half.ms_per_unit(h),
+                single.ms_per_unit(f)
+            )
+        })
+        .collect();
+    format!(
+        "\nAt half the sustainable rate ({}), an order cost {at_half:.3} CPU ms against \
+         {at_full:.3} at that rate ({}), {:.2}x: {}. The machine was {:.0} % busy{}.\n",
+        half.name,
+        single.name,
+        at_half / at_full,
+        per_server.join(", "),
+        busy * 100.0,
+        if busy > 0.9 {
+            ", so the latency targets were measured on a saturated machine, not a half-free one"
+        } else {
+            ""
+        }
+    )
 }
 
 /// Where an order's CPU went in the sustained run, against what the composite ceiling
@@ -440,6 +492,57 @@ mod tests {
             md.contains("| (the machine idle, per order) | 0.600 |"),
             "{md}"
         );
+    }
+
+    #[test]
+    fn the_half_rate_run_is_held_against_the_cost_per_order_at_the_full_rate() {
+        let usage = |seconds: f64, cpu: &[(&str, f64)]| Usage {
+            seconds,
+            cpu: cpu.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect(),
+            jit: BTreeMap::new(),
+        };
+        let mut e2e = Row::new("End to end", "orders/s", 1.0, 1.0, None, "a", "b");
+        // 2000 orders in 1 s at 1 ms each (both cores); then 500 in 1 s at 3.6 ms each
+        // (1.8 cores).
+        e2e.phases = vec![
+            Phase::new(
+                e2e::SINGLE_PHASE,
+                "order",
+                2000.0,
+                usage(
+                    1.0,
+                    &[
+                        ("kafka", 0.2),
+                        ("cassandra", 1.4),
+                        ("salesflow domain", 0.4),
+                    ],
+                ),
+            ),
+            Phase::new(
+                format!("{}500/s", e2e::HALF_RATE_PHASE),
+                "order",
+                500.0,
+                usage(
+                    1.0,
+                    &[
+                        ("kafka", 0.4),
+                        ("cassandra", 1.0),
+                        ("salesflow domain", 0.4),
+                    ],
+                ),
+            ),
+        ];
+        let md = half_rate(&[e2e], 2.0);
+        assert!(
+            md.contains("an order cost 3.600 CPU ms against 1.000 at that rate"),
+            "{md}"
+        );
+        assert!(md.contains("3.60x: kafka 0.800 against 0.100"), "{md}");
+        assert!(md.contains("salesflow 0.800 against 0.200"), "{md}");
+        assert!(md.contains("The machine was 90 % busy."), "{md}");
+        assert!(!md.contains("saturated"), "{md}");
+        // Without the half-rate phase, nothing.
+        assert_eq!(half_rate(&[], 2.0), "");
     }
 
     #[test]

@@ -52,6 +52,9 @@ pub struct OpenSearchWrites {
     /// within 30 s keeps refreshing every second while written; one nobody searches
     /// skips its scheduled refreshes.
     pub searches: f64,
+    /// Documents read by id (`GET /{index}/_doc/{id}`, the Query API's cart reads): a
+    /// real-time GET of a document changed since the shard's last refresh refreshes it.
+    pub gets: f64,
 }
 
 impl std::ops::Sub for OpenSearchWrites {
@@ -62,6 +65,7 @@ impl std::ops::Sub for OpenSearchWrites {
             tasks: self.tasks - before.tasks,
             refreshes: self.refreshes - before.refreshes,
             searches: self.searches - before.searches,
+            gets: self.gets - before.gets,
         }
     }
 }
@@ -87,6 +91,7 @@ pub async fn opensearch_writes() -> OpenSearchWrites {
             tasks: sum.tasks + number(&node["thread_pool"]["write"]["completed"]),
             refreshes: sum.refreshes + number(&indices["refresh"]["total"]),
             searches: sum.searches + number(&indices["search"]["query_total"]),
+            gets: sum.gets + number(&indices["get"]["total"]),
         }
     })
 }

@@ -599,17 +599,25 @@ settle_timeout = "60s"
     // The half-rate run's CPU too: whether the machine has room at that rate is what the
     // latency figures depend on. Measured inside the injection (from 3 s to 21 s of the
     // 2 s warm-up and 20 s of load), not over the reconciliation that follows it.
+    // Over the same window, what the pipelines asked of Kafka and OpenSearch: at half
+    // the rate requests carry fewer orders, and the followers' reads are real-time GETs.
     let tracked = everything();
+    let scraped = [address.clone(), consumers[0].clone(), consumers[1].clone()];
     let half_meter = tokio::spawn(async move {
+        let scraped = scraped.each_ref().map(String::as_str);
         tokio::time::sleep(HALF_WINDOW.0).await;
+        let (counters, writes) = (kafka_and_store(&scraped).await, opensearch_writes().await);
         let meter = Meter::start(tracked);
         tokio::time::sleep(HALF_WINDOW.1).await;
-        meter.stop()
+        let usage = meter.stop();
+        let after = (kafka_and_store(&scraped).await, opensearch_writes().await);
+        (usage, (counters, writes), after)
     });
     let outcome = salesflow_load::run(&profile, &options)
         .await
         .context("the half-rate load run")?;
-    let half_cpu = half_meter.await?;
+    let (half_cpu, (kafka_half_before, writes_half_before), (kafka_half, writes_half)) =
+        half_meter.await?;
     let bare = bare
         .await?
         .context("the bare producer beside the half-rate run");
@@ -772,6 +780,14 @@ settle_timeout = "60s"
             single.ok(),
             &single_cpu,
         ),
+        (
+            "half rate",
+            [&kafka_half_before[0], &kafka_half_before[1]],
+            [&kafka_half[0], &kafka_half[1]],
+            (writes_half_before, writes_half),
+            half_accepted,
+            &half_cpu,
+        ),
     ];
     let listed = |per: &[(String, f64)]| {
         per.iter()
@@ -803,12 +819,13 @@ settle_timeout = "60s"
             figures.push((
                 format!("OpenSearch documents per write-pool task, {name}"),
                 format!(
-                    "{:.1} ({:.0} documents in {:.0} tasks; the raw loop's, same measure: the Elasticsearch bulk note); {:.0} shard refreshes, {:.0} searches",
+                    "{:.1} ({:.0} documents in {:.0} tasks; the raw loop's, same measure: the Elasticsearch bulk note); {:.0} shard refreshes, {:.0} searches, {:.0} reads by id",
                     w.docs / w.tasks,
                     w.docs,
                     w.tasks,
                     w.refreshes,
-                    w.searches
+                    w.searches,
+                    w.gets
                 ),
             ));
         }
