@@ -52,8 +52,8 @@ pub struct OpenSearchWrites {
     /// within 30 s keeps refreshing every second while written; one nobody searches
     /// skips its scheduled refreshes.
     pub searches: f64,
-    /// Documents read by id (`GET /{index}/_doc/{id}`, the Query API's cart reads): a
-    /// real-time GET of a document changed since the shard's last refresh refreshes it.
+    /// Documents read by id (`GET /{index}/_doc/{id}`: the Query API's cart reads, as the
+    /// half-rate run's followers make them), apart from searches.
     pub gets: f64,
 }
 
