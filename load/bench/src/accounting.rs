@@ -86,11 +86,7 @@ pub fn markdown(rows: &[Row], cores: f64) -> String {
                     }
                 })
                 .collect();
-            let busy = if p.usage.seconds > 0.0 {
-                p.usage.total() / (p.usage.seconds * cores)
-            } else {
-                0.0
-            };
+            let busy = p.usage.busy(cores);
             let _ = writeln!(
                 md,
                 "| {} | {} | {:.0} {}s | {:.1} | {} | {:.0} % |",
@@ -282,7 +278,7 @@ fn half_rate(rows: &[Row], cores: f64) -> String {
         half.ms_per_unit(half.usage.total()),
         single.ms_per_unit(single.usage.total()),
     );
-    let busy = half.usage.total() / (half.usage.seconds * cores);
+    let busy = half.usage.busy(cores);
     let per_server: Vec<String> = cpu::SERVERS
         .iter()
         .map(|s| (*s, half.usage.work(s), single.usage.work(s)))
@@ -353,7 +349,7 @@ fn budget(e2e: &Phase, costs: &[ServerCost], cores: f64) -> String {
     ));
     let spent: f64 = lines.iter().map(|(_, ms)| ms).sum();
     let composite: f64 = costs.iter().map(|c| c.ceiling_ms * c.per_order).sum();
-    let busy = e2e.usage.total() / (e2e.usage.seconds * cores);
+    let busy = e2e.usage.busy(cores);
     // CPU the machine had but nobody used, per order: the cores' time per order not spent.
     let idle = cores * e2e.usage.seconds * 1000.0 / e2e.units - per_order(e2e.usage.total());
     let mut md = format!(
@@ -413,7 +409,7 @@ fn shape_bound(rows: &[Row], e2e: &Phase, costs: &[ServerCost], cores: f64) -> S
         ));
     }
     let composite: f64 = costs.iter().map(|c| c.ceiling_ms * c.per_order).sum();
-    let busy = e2e.usage.total() / (e2e.usage.seconds * cores);
+    let busy = e2e.usage.busy(cores);
     let others = per_order(
         e2e.usage.jit_total() + e2e.usage.named(cpu::DRIVER) + e2e.usage.named(cpu::CHILDREN),
     );

@@ -294,6 +294,16 @@ impl Usage {
     pub fn total(&self) -> f64 {
         self.of(|_| true)
     }
+
+    /// The share of a machine of `cores` that every process together kept busy over the
+    /// phase (1.0 is every core all the time); 0 for a phase of no length.
+    pub fn busy(&self, cores: f64) -> f64 {
+        if self.seconds > 0.0 && cores > 0.0 {
+            self.total() / (self.seconds * cores)
+        } else {
+            0.0
+        }
+    }
 }
 
 /// One phase's accounting: the work done and what each process spent on it.

@@ -494,6 +494,10 @@ pub async fn run(
     // its 202, so `clients` of them offer at most clients / latency orders/s — with 32
     // and the 20-40 ms a saturated machine answers in, less than the system sustains.
     let single_clients = clients * 4;
+    // Each phase starts on quiet servers, as each part of the bench does: a phase started
+    // while Cassandra compacts and OpenSearch merges what the last one wrote is charged for
+    // that work, and at half the rate it fills the CPU the latency figures need.
+    let settled_single = crate::settle().await;
     let single_carts: Vec<Uuid> = (0..5000).map(|_| Uuid::new_v4()).collect();
     let progress = Progress::read(&consumers[1]).await.unwrap_or_default();
     let meter = Meter::start(everything());
@@ -561,6 +565,16 @@ settle_timeout = "60s"
         report_dir: Some(dir.path().to_path_buf()),
         ..salesflow_load::Options::default()
     };
+    let settled_half = crate::settle().await;
+    // Kafka's own floor on the quiet machine: the same bare producer, 10 s at 200 sends a
+    // second, with the servers settled and the pipelines idle. What no Kafka client here
+    // gets under, whatever the rest of the system costs.
+    let probe_topic = format!("{t}-bare");
+    salesflow_testkit::create_topics(&[&probe_topic], 12).await;
+    let (quiet_p50, quiet_p99, quiet_sent) =
+        latency::bare_produce(probe_topic.clone(), 200, Duration::from_secs(10))
+            .await?
+            .context("the bare producer on the quiet machine")?;
     let inside_before = latency::histograms(&address).await;
     // Every order's age at each hop, from salesflow's own histograms: the followers read
     // a sample of carts back through the Query API, these count every order.
@@ -593,8 +607,6 @@ settle_timeout = "60s"
     );
     // Kafka's own floor under the same load: 20 bare sends a second to a topic of their
     // own (0.1 of the orders' rate: it adds little), during the whole run.
-    let probe_topic = format!("{t}-bare");
-    salesflow_testkit::create_topics(&[&probe_topic], 12).await;
     let bare = latency::bare_produce(probe_topic.clone(), 20, Duration::from_secs(22));
     // The half-rate run's CPU too: whether the machine has room at that rate is what the
     // latency figures depend on. Measured inside the injection (from 3 s to 21 s of the
@@ -675,8 +687,22 @@ settle_timeout = "60s"
         ),
     ));
     figures.push((
+        "servers quiet before the single orders / the half-rate run, after".into(),
+        format!("{settled_single} / {settled_half}"),
+    ));
+    figures.push((
         format!("p99 POST to 202 at {half:.0} orders/s (target < 10 ms)"),
-        format!("{:.1} ms", report.scenarios[0].p99_ms),
+        format!(
+            "{:.1} ms{}",
+            report.scenarios[0].p99_ms,
+            if quiet_p99 >= 10.0 {
+                format!(
+                    " (Kafka's own p99 on the quiet machine, {quiet_p99:.1} ms, is above the target: no client here gets under it)"
+                )
+            } else {
+                String::new()
+            }
+        ),
     ));
     figures.push((
         format!("p50 POST to 202 at {half:.0} orders/s"),
@@ -686,6 +712,10 @@ settle_timeout = "60s"
     figures.push((
         "  Kafka's own floor in the same run: a bare librdkafka producer (the Command API's settings, 20 records/s, one at a time), p50 / p99 send to acknowledged".into(),
         format!("{bare_p50:.1} ms / {bare_p99:.1} ms ({bare_sent} sends)"),
+    ));
+    figures.push((
+        "  Kafka's own floor on the quiet machine just before: the same producer, 200 records/s for 10 s, servers settled and pipelines idle, p50 / p99".into(),
+        format!("{quiet_p50:.1} ms / {quiet_p99:.1} ms ({quiet_sent} sends)"),
     ));
     figures.push((
         format!("p99 POST to queryable at {half:.0} orders/s (target < 1 s)"),

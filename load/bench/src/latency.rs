@@ -226,7 +226,9 @@ pub async fn sink_limits(addresses: &[&str]) -> Vec<String> {
 /// no HTTP, no validation, no channel — sends a 600-byte record to `topic` every
 /// `1 / rate` s for `how_long`, each send timed from the call to its acknowledgement.
 /// Sent open loop (a slow acknowledgement does not delay the next send), so it sees what
-/// a POST arriving at that moment would. Its p50 and p99, in ms, and how many it sent.
+/// a POST arriving at that moment would. One untimed send first makes the connection,
+/// the metadata and the idempotent producer id, as a running Command API has them. Its
+/// p50 and p99, in ms, and how many it timed.
 pub fn bare_produce(
     topic: String,
     rate: u32,
@@ -242,6 +244,13 @@ pub fn bare_produce(
             .set("socket.nagle.disable", "true")
             .create()
             .context("the bare producer")?;
+        producer
+            .send(
+                FutureRecord::to(&topic).key("warm-up").payload("warm-up"),
+                Duration::from_secs(30),
+            )
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("the bare producer's first send to {topic}: {e}"))?;
         // Up to a minute, in microseconds (`saturating_record` does not resize a
         // histogram: without bounds every value would be clamped to 2 µs).
         let micros = Arc::new(Mutex::new(Histogram::<u64>::new_with_bounds(

@@ -312,12 +312,14 @@ fn loadavg() -> String {
 }
 
 /// Lets the servers finish what the previous phase left them (compactions, merges,
-/// flushes) before the next is measured, and says how long that took.
-pub(crate) async fn settle() {
+/// flushes) before the next is measured, says how long that took, and returns it as the
+/// report words it ("12 s, then 0.08 cores").
+pub(crate) async fn settle() -> String {
     let (waited, cores) = cpu::settle(0.15, Duration::from_secs(90)).await;
     println!(
         "  servers settled after {waited:.0} s (their CPU in the last second: {cores:.2} cores)"
     );
+    format!("{waited:.0} s, then {cores:.2} cores")
 }
 
 fn main() -> Result<()> {
