@@ -4,7 +4,7 @@
 // Orders arrive in bursts (a batch POST's orders at once), keyed by cart over the orders
 // topic's partitions, and are produced as the Command API produces them (acks=all,
 // idempotent, lz4, linger 1 ms); a relay consumes them as the domain does (fetches of
-// 64 KiB or 20 ms) and produces each to the events topic (linger 5 ms), committing once
+// 64 KiB or 50 ms) and produces each to the events topic (linger 5 ms), committing once
 // the batch is acknowledged; a reader consumes the events as the projections do.
 //
 // Run with the Kafka classpath (source-file mode, JDK 11 or later):
@@ -50,7 +50,7 @@ public class PipelineShape {
         p.put("enable.auto.commit", "false");
         p.put("auto.offset.reset", "earliest");
         p.put("fetch.min.bytes", "65536");
-        p.put("fetch.max.wait.ms", "20");
+        p.put("fetch.max.wait.ms", "50");
         p.put("max.poll.records", Integer.toString(maxRecords));
         p.put("key.deserializer", StringDeserializer.class.getName());
         p.put("value.deserializer", ByteArrayDeserializer.class.getName());

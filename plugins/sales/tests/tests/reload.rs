@@ -23,7 +23,7 @@ use support::sales::Sales;
 const BIN: &str = env!("CARGO_BIN_EXE_salesflow-e2e");
 
 /// Lines of the repository's pipeline.toml that the edits change.
-const FETCH_WAIT: &str = "fetch_wait_max_ms = 20";
+const FETCH_WAIT: &str = "fetch_wait_max_ms = 50";
 const BATCH: &str = "max_events = 500";
 const LINGER: &str = "linger_ms = 1";
 const DOMAIN_SINK: &str = "inputs = [\"carts\"]\ntopic = \"cart-events\"";
@@ -64,7 +64,7 @@ settle_timeout = "60s"
 /// The `n`-th version of the configuration (0: the repository's).
 fn edit(original: &str, n: u32) -> String {
     let mut text = original
-        .replace(FETCH_WAIT, &format!("fetch_wait_max_ms = {}", 20 + n))
+        .replace(FETCH_WAIT, &format!("fetch_wait_max_ms = {}", 50 + n))
         .replace(BATCH, &format!("max_events = {}", 500 - 10 * n));
     // The Command API's linger: changed at every fifth edit.
     text = text.replace(LINGER, &format!("linger_ms = {}", 1 + n / 5));
