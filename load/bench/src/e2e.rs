@@ -326,6 +326,9 @@ async fn lag(address: &str) -> Option<f64> {
 pub const SUSTAINED_PHASE: &str = "end to end: batches of 20";
 /// The single-order phase's name in the row (one order per request).
 pub const SINGLE_PHASE: &str = "end to end: single orders";
+/// The longest the end to end waits for quiet servers between its phases. After the
+/// sustained phase the single-node stack's servers took 9-27 s.
+const PHASE_SETTLE: Duration = Duration::from_secs(30);
 /// How the half-rate latency phase's name starts (the rate follows).
 pub const HALF_RATE_PHASE: &str = "latency: single orders at ";
 
@@ -497,7 +500,7 @@ pub async fn run(
     // Each phase starts on quiet servers, as each part of the bench does: a phase started
     // while Cassandra compacts and OpenSearch merges what the last one wrote is charged for
     // that work, and at half the rate it fills the CPU the latency figures need.
-    let settled_single = crate::settle().await;
+    let settled_single = crate::settle_within(PHASE_SETTLE).await;
     let single_carts: Vec<Uuid> = (0..5000).map(|_| Uuid::new_v4()).collect();
     let progress = Progress::read(&consumers[1]).await.unwrap_or_default();
     let meter = Meter::start(everything());
@@ -565,7 +568,7 @@ settle_timeout = "60s"
         report_dir: Some(dir.path().to_path_buf()),
         ..salesflow_load::Options::default()
     };
-    let settled_half = crate::settle().await;
+    let settled_half = crate::settle_within(PHASE_SETTLE).await;
     // Kafka's own floor on the quiet machine: the same bare producer, 10 s at 200 sends a
     // second, with the servers settled and the pipelines idle. What no Kafka client here
     // gets under, whatever the rest of the system costs.
