@@ -326,8 +326,8 @@ async fn lag(address: &str) -> Option<f64> {
 pub const SUSTAINED_PHASE: &str = "end to end: batches of 20";
 /// The single-order phase's name in the row (one order per request).
 pub const SINGLE_PHASE: &str = "end to end: single orders";
-/// The longest the end to end waits for quiet servers between its phases. After the
-/// sustained phase the single-node stack's servers took 9-27 s.
+/// The longest the end to end waits for quiet servers between its phases: warm, the
+/// single-node stack's servers took 2-27 s there.
 const PHASE_SETTLE: Duration = Duration::from_secs(30);
 /// How the half-rate latency phase's name starts (the rate follows).
 pub const HALF_RATE_PHASE: &str = "latency: single orders at ";
