@@ -29,6 +29,9 @@ pub struct Pair {
     pub this: Figures,
     /// Whether the base ran first in this pair.
     pub base_first: bool,
+    /// How quiet the servers were when each run began, in the order they ran ("3 s, then
+    /// 0.05 cores"): a run started on busier servers pays for what they were finishing.
+    pub quiet: Vec<String>,
 }
 
 /// The figures an A/B compares, from an end-to-end row: its rates and latencies, then,
@@ -96,6 +99,7 @@ pub async fn run(
             [this, base]
         };
         let mut runs = Vec::new();
+        let mut quiet = Vec::new();
         for build in order {
             println!(
                 "== A/B pair {} of {pairs}: {} ({}, {})",
@@ -104,7 +108,7 @@ pub async fn run(
                 build.binary.display(),
                 build.config.display()
             );
-            crate::settle().await;
+            quiet.push(crate::settle().await.to_string());
             let models = read_models.pop().unwrap_or_else(e2e::ReadModels::at_launch);
             let (row, _) = e2e::run(
                 build,
@@ -114,6 +118,7 @@ pub async fn run(
                 &[],
                 Replication::Single,
                 models,
+                e2e::Round::Measured,
             )
             .await?;
             runs.push(figures(&row));
@@ -129,6 +134,7 @@ pub async fn run(
             base,
             this,
             base_first,
+            quiet,
         });
     }
     Ok(out)
@@ -170,7 +176,7 @@ fn find(figures: &Figures, name: &str) -> Option<f64> {
 /// builds' values in every pair, this / base in every pair, and the median ratio.
 pub fn markdown(base: &Build, this: &Build, pairs: &[Pair]) -> String {
     let mut md = format!(
-        "## A/B, end to end: {} / {}\n\n- base `{}`: {} with {}\n- this `{}`: {} with {}\n- {} pairs; the base ran first in pairs {}\n- orders/s: higher is better; CPU per order and latency: lower is better\n\n\
+        "## A/B, end to end: {} / {}\n\n- base `{}`: {} with {}\n- this `{}`: {} with {}\n- {} pairs; the base ran first in pairs {}\n- servers quiet before each run, in the order they ran (waited, then their CPU): {}\n- orders/s: higher is better; CPU per order and latency: lower is better\n\n\
          | figure | base, by pair | this, by pair | this / base, by pair | median this / base |\n|---|---|---|---|---:|\n",
         this.label,
         base.label,
@@ -188,6 +194,12 @@ pub fn markdown(base: &Build, this: &Build, pairs: &[Pair]) -> String {
             .map(|(i, _)| (i + 1).to_string())
             .collect::<Vec<_>>()
             .join(", "),
+        pairs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("pair {}: {}", i + 1, p.quiet.join(" / ")))
+            .collect::<Vec<_>>()
+            .join("; "),
     );
     let Some(first) = pairs.first() else {
         md.push_str("| (no pairs run) | | | | |\n");
@@ -248,6 +260,7 @@ mod tests {
                 ("idle process ms/order".into(), 0.0004),
             ],
             base_first,
+            quiet: vec!["3 s, then 0.05 cores".into(), "2 s, then 0.04 cores".into()],
         }
     }
 
@@ -269,6 +282,10 @@ mod tests {
         ];
         let md = markdown(&build("old"), &build("new"), &pairs);
         assert!(md.contains("the base ran first in pairs 1, 3"), "{md}");
+        assert!(
+            md.contains("(waited, then their CPU): pair 1: 3 s, then 0.05 cores / 2 s, then 0.04 cores; pair 2: "),
+            "{md}"
+        );
         assert!(
             md.contains(
                 "| sustained orders/s | 1000 / 500 / 2000 | 1100 / 600 / 1800 | 1.10 / 1.20 / 0.90 | **1.10** |"

@@ -91,10 +91,11 @@ pub async fn run(
                 &sets,
                 Replication::CLUSTER,
                 e2e::ReadModels::at_launch(),
+                e2e::Round::WarmUp,
             )
             .await?;
         }
-        crate::settle().await;
+        let quiet = crate::settle().await;
         e2e::run(
             &Build::this(),
             clients,
@@ -103,8 +104,10 @@ pub async fn run(
             &sets,
             Replication::CLUSTER,
             e2e::ReadModels::at_launch(),
+            e2e::Round::Measured,
         )
         .await
+        .map(|run| (quiet, run))
     }
     .await;
     // The single-node stack again, whatever happened on the cluster.
@@ -113,7 +116,7 @@ pub async fn run(
         stack(&["up"]).await
     }
     .await;
-    let (cluster, figures) = measured.context("end to end on the cluster profile")?;
+    let (quiet, (cluster, figures)) = measured.context("end to end on the cluster profile")?;
     back.context("starting the single-node stack again")?;
 
     let single = rows.iter().find(|r| r.area == "End to end");
@@ -139,10 +142,14 @@ pub async fn run(
             p
         })
         .collect();
-    let figures = figures
+    let mut figures: Vec<(String, String)> = figures
         .into_iter()
         .filter(|(k, _)| k.starts_with("sustained") || k.starts_with("single orders"))
         .map(|(k, v)| (format!("cluster profile: {k}"), v))
         .collect();
+    figures.push((
+        "cluster profile: servers quiet before its measured run (waited, then their CPU)".into(),
+        quiet.to_string(),
+    ));
     Ok((row, figures))
 }

@@ -117,8 +117,9 @@ async fn warm_up(cli: &Cli) -> Result<(String, String)> {
     );
     let mut shares = Vec::new();
     let mut settled = false;
+    let mut waits = Vec::new();
     for round in 1..=cli.warmup_rounds.max(1) {
-        settle().await;
+        waits.push(settle().await.to_string());
         let (row, _) = e2e::run(
             &Build::this(),
             cli.clients,
@@ -127,6 +128,7 @@ async fn warm_up(cli: &Cli) -> Result<(String, String)> {
             &[],
             common::Replication::Single,
             e2e::ReadModels::at_launch(),
+            e2e::Round::WarmUp,
         )
         .await?;
         let jit: f64 = row.phases.iter().map(|p| p.usage.jit_total()).sum();
@@ -154,11 +156,12 @@ async fn warm_up(cli: &Cli) -> Result<(String, String)> {
     Ok((
         "warm-up before measuring (end to end, not counted)".into(),
         format!(
-            "{} round(s) of {} s of load; the servers' JIT compilers' share of their CPU by round: {} ({verdict}, bound {:.0} %)",
+            "{} round(s) of {} s of load; the servers' JIT compilers' share of their CPU by round: {} ({verdict}, bound {:.0} %); servers quiet before each round: {}",
             shares.len(),
             cli.warmup,
             shares.join(", "),
-            cli.warmup_jit * 100.0
+            cli.warmup_jit * 100.0,
+            waits.join("; ")
         ),
     ))
 }
@@ -311,22 +314,36 @@ fn loadavg() -> String {
         .unwrap_or_default()
 }
 
+/// How quiet the servers were when a part or phase began: how long [`settle`] waited, and
+/// their CPU in the last second of the wait.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Quiet {
+    pub waited: f64,
+    pub cores: f64,
+}
+
+impl std::fmt::Display for Quiet {
+    /// As the report words it: "12 s, then 0.08 cores".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:.0} s, then {:.2} cores", self.waited, self.cores)
+    }
+}
+
 /// Lets the servers finish what the previous phase left them (compactions, merges,
-/// flushes) before the next is measured, says how long that took, and returns it as the
-/// report words it ("12 s, then 0.08 cores").
-pub(crate) async fn settle() -> String {
+/// flushes) before the next is measured; says how long that took and how quiet they got.
+pub(crate) async fn settle() -> Quiet {
     settle_within(Duration::from_secs(90)).await
 }
 
 /// [`settle`], waiting at most `limit`: between the phases of one part, where a server
 /// that never drops under the bound (the cluster profile's idle nodes) would otherwise
 /// cost the whole 90 s twice in every round.
-pub(crate) async fn settle_within(limit: Duration) -> String {
+pub(crate) async fn settle_within(limit: Duration) -> Quiet {
     let (waited, cores) = cpu::settle(0.15, limit).await;
     println!(
         "  servers settled after {waited:.0} s (their CPU in the last second: {cores:.2} cores)"
     );
-    format!("{waited:.0} s, then {cores:.2} cores")
+    Quiet { waited, cores }
 }
 
 fn main() -> Result<()> {
@@ -344,6 +361,8 @@ async fn main_async() -> Result<()> {
     let ticks_before = cpu::machine_ticks();
     let mut rows = Vec::new();
     let mut figures: Vec<(String, String)> = Vec::new();
+    // How quiet the servers were when each part began, for the report.
+    let mut quiet: Vec<String> = Vec::new();
 
     // The measured end-to-end runs' read models, made first: by their runs, they are
     // search-idle (e2e::ReadModels).
@@ -380,27 +399,27 @@ async fn main_async() -> Result<()> {
     }
     if wants("http") {
         println!("== HTTP ingest");
-        settle().await;
+        quiet.push(format!("HTTP ingest: {}", settle().await));
         rows.push(http::run(cli.clients * 8, duration).await?);
     }
     if wants("kafka") {
         println!("== Kafka produce");
-        settle().await;
+        quiet.push(format!("Kafka produce: {}", settle().await));
         rows.push(kafka::run().await?);
     }
     if wants("cassandra") {
         println!("== Cassandra writes");
-        settle().await;
+        quiet.push(format!("Cassandra writes: {}", settle().await));
         rows.push(cassandra::run(duration).await?);
     }
     if wants("elasticsearch") {
         println!("== Elasticsearch bulk");
-        settle().await;
+        quiet.push(format!("Elasticsearch bulk: {}", settle().await));
         rows.push(es::run().await?);
     }
     if wants("e2e") {
         println!("== End to end");
-        settle().await;
+        quiet.push(format!("end to end: {}", settle().await));
         let costs = accounting::costs(&rows);
         let (row, more) = e2e::run(
             &Build::this(),
@@ -410,10 +429,17 @@ async fn main_async() -> Result<()> {
             &[],
             common::Replication::Single,
             ahead.pop().unwrap_or_else(e2e::ReadModels::at_launch),
+            e2e::Round::Measured,
         )
         .await?;
         rows.push(row);
         figures.extend(more);
+    }
+    if !quiet.is_empty() {
+        figures.push((
+            "servers quiet before each part (waited, then their CPU)".into(),
+            quiet.join("; "),
+        ));
     }
     if wants("cluster") {
         println!("== End to end on the cluster profile");
