@@ -211,8 +211,42 @@ impl Row {
         }
     }
 
+    /// Whether the ratio meets its target; `None` without a target, or without a ceiling
+    /// measured (`--only e2e` runs no ceiling part, so there is no composite).
     pub fn passed(&self) -> Option<bool> {
-        self.target.map(|t| self.ratio >= t)
+        self.target
+            .filter(|_| self.ceiling_value > 0.0)
+            .map(|t| self.ratio >= t)
+    }
+
+    /// The row's line in the report's first table.
+    fn table_line(&self) -> String {
+        let target = self.target.unwrap_or_default();
+        let verdict = match self.passed() {
+            Some(true) => format!(">= {target:.2}: met"),
+            Some(false) => format!(">= {target:.2}: **missed**"),
+            None if self.target.is_some() => format!(">= {target:.2}: not judged, no ceiling"),
+            None => "-".into(),
+        };
+        // Two decimals, or three where two would round a miss up to its target.
+        let ratio = if self.ceiling_value <= 0.0 {
+            "-".to_owned()
+        } else if self.passed() == Some(false)
+            && format!("{:.2}", self.ratio) == format!("{target:.2}")
+        {
+            format!("{:.3}", self.ratio)
+        } else {
+            format!("{:.2}", self.ratio)
+        };
+        let ceiling = if self.ceiling_value > 0.0 {
+            format!("{:.0} {} ({})", self.ceiling_value, self.unit, self.ceiling)
+        } else {
+            format!("not measured ({})", self.ceiling)
+        };
+        format!(
+            "| {} | {:.0} {} ({}) | {ceiling} | {ratio} | {verdict} |",
+            self.area, self.salesflow_value, self.unit, self.salesflow,
+        )
     }
 }
 
@@ -456,32 +490,7 @@ async fn main_async() -> Result<()> {
     let mut md = report.machine.heading("salesflow benchmark");
     md.push_str("| area | salesflow | ceiling | ratio | target |\n|---|---:|---:|---:|---|\n");
     for r in &report.rows {
-        let verdict = match r.passed() {
-            Some(true) => format!(">= {:.2}: met", r.target.unwrap_or_default()),
-            Some(false) => format!(">= {:.2}: **missed**", r.target.unwrap_or_default()),
-            None => "-".into(),
-        };
-        // Two decimals, or three where two would round a miss up to its target.
-        let ratio = if r.passed() == Some(false)
-            && format!("{:.2}", r.ratio) == format!("{:.2}", r.target.unwrap_or_default())
-        {
-            format!("{:.3}", r.ratio)
-        } else {
-            format!("{:.2}", r.ratio)
-        };
-        let _ = writeln!(
-            md,
-            "| {} | {:.0} {} ({}) | {:.0} {} ({}) | {} | {} |",
-            r.area,
-            r.salesflow_value,
-            r.unit,
-            r.salesflow,
-            r.ceiling_value,
-            r.unit,
-            r.ceiling,
-            ratio,
-            verdict
-        );
+        let _ = writeln!(md, "{}", r.table_line());
     }
     for r in report.rows.iter().filter(|r| !r.note.is_empty()) {
         let _ = writeln!(md, "\n{}: {}", r.area, r.note);
@@ -493,4 +502,59 @@ async fn main_async() -> Result<()> {
     ));
     md.push_str(&figures_table(&report.figures));
     write_report(&cli.out, "bench", &md, &report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Row;
+
+    #[test]
+    fn a_row_is_judged_against_its_ceiling_only_when_one_was_measured() {
+        let measured = Row::new(
+            "End to end",
+            "orders/s",
+            3060.0,
+            4217.0,
+            Some(0.8),
+            "ours",
+            "c",
+        );
+        assert_eq!(measured.passed(), Some(false));
+        assert_eq!(
+            measured.table_line(),
+            "| End to end | 3060 orders/s (ours) | 4217 orders/s (c) | 0.73 | >= 0.80: **missed** |"
+        );
+        // A miss that two decimals would round up to the target shows three.
+        let close = Row::new(
+            "End to end",
+            "orders/s",
+            7995.0,
+            10000.0,
+            Some(0.8),
+            "ours",
+            "c",
+        );
+        assert!(
+            close
+                .table_line()
+                .contains("| 0.799 | >= 0.80: **missed** |")
+        );
+        // `--only e2e`: no ceiling part ran, so no composite and no verdict.
+        let alone = Row::new(
+            "End to end",
+            "orders/s",
+            2805.0,
+            0.0,
+            Some(0.8),
+            "ours",
+            "c",
+        );
+        assert_eq!(alone.passed(), None);
+        assert_eq!(
+            alone.table_line(),
+            "| End to end | 2805 orders/s (ours) | not measured (c) | - | >= 0.80: not judged, no ceiling |"
+        );
+        let untargeted = Row::new("Kafka produce", "records/s", 2.0, 1.0, None, "ours", "c");
+        assert!(untargeted.table_line().ends_with("| 2.00 | - |"));
+    }
 }
