@@ -96,10 +96,28 @@ const HELD_RAMP: Duration = Duration::from_secs(40);
 /// 5 s window with a p99 under it) reads. Its first rate, and the profile's text.
 fn held_profile(half: f64) -> (f64, String) {
     let from = (half / 10.0).max(1.0);
-    let text = format!(
+    let text = single_orders_profile(
+        "ramp-to-202-target",
+        "Single orders ramped up to half the sustainable rate: the highest rate with p99 POST to 202 under the target.",
+        &format!(
+            "kind = \"ramp-inject\"\nfrom = {from:.1}\nto = {half:.1}\nduration = \"{}s\"",
+            HELD_RAMP.as_secs()
+        ),
+        &format!(
+            "[reconcile]\nenabled = false\n[[thresholds]]\nmetric = \"p99\"\nbelow = \"{P99_TO_202_MS}ms\""
+        ),
+    );
+    (from, text)
+}
+
+/// A load profile of the latency runs: single orders over 5000 carts after a 2 s warm-up,
+/// 1 in 50 followed to queryable; `step` is its one `[[steps]]` table's body, `rest` the
+/// tables after `[freshness]` (reconciliation, thresholds).
+fn single_orders_profile(name: &str, description: &str, step: &str, rest: &str) -> String {
+    format!(
         r#"
-name = "ramp-to-202-target"
-description = "Single orders ramped up to half the sustainable rate: the highest rate with p99 POST to 202 under the target."
+name = "{name}"
+description = "{description}"
 warmup = "2s"
 [data]
 carts = 5000
@@ -108,21 +126,12 @@ name = "post-order"
 kind = "post-order"
 weight = 1
 [[steps]]
-kind = "ramp-inject"
-from = {from:.1}
-to = {half:.1}
-duration = "{ramp}s"
+{step}
 [freshness]
 sample_every = 50
-[reconcile]
-enabled = false
-[[thresholds]]
-metric = "p99"
-below = "{P99_TO_202_MS}ms"
-"#,
-        ramp = HELD_RAMP.as_secs(),
-    );
-    (from, text)
+{rest}
+"#
+    )
 }
 
 /// The highest rate at which POST to 202 holds its target, from a ramp up to `half`
@@ -618,28 +627,14 @@ pub async fn run(
     let profile = dir.path().join("half.toml");
     std::fs::write(
         &profile,
-        format!(
-            r#"
-name = "half-rate"
-description = "Single orders at half the sustainable rate."
-warmup = "2s"
-[data]
-carts = 5000
-[[scenarios]]
-name = "post-order"
-kind = "post-order"
-weight = 1
-[[steps]]
-kind = "inject"
-rate = {half:.1}
-duration = "{injection}s"
-[freshness]
-sample_every = 50
-[reconcile]
-enabled = true
-settle_timeout = "60s"
-"#,
-            injection = HALF_INJECTION.as_secs(),
+        single_orders_profile(
+            "half-rate",
+            "Single orders at half the sustainable rate.",
+            &format!(
+                "kind = \"inject\"\nrate = {half:.1}\nduration = \"{}s\"",
+                HALF_INJECTION.as_secs()
+            ),
+            "[reconcile]\nenabled = true\nsettle_timeout = \"60s\"",
         ),
     )?;
     let options = salesflow_load::Options {

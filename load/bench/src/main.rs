@@ -222,6 +222,7 @@ impl Row {
     /// The row's line in the report's first table.
     fn table_line(&self) -> String {
         let target = self.target.unwrap_or_default();
+        let measured = self.ceiling_value > 0.0;
         let verdict = match self.passed() {
             Some(true) => format!(">= {target:.2}: met"),
             Some(false) => format!(">= {target:.2}: **missed**"),
@@ -229,7 +230,7 @@ impl Row {
             None => "-".into(),
         };
         // Two decimals, or three where two would round a miss up to its target.
-        let ratio = if self.ceiling_value <= 0.0 {
+        let ratio = if !measured {
             "-".to_owned()
         } else if self.passed() == Some(false)
             && format!("{:.2}", self.ratio) == format!("{target:.2}")
@@ -238,7 +239,7 @@ impl Row {
         } else {
             format!("{:.2}", self.ratio)
         };
-        let ceiling = if self.ceiling_value > 0.0 {
+        let ceiling = if measured {
             format!("{:.0} {} ({})", self.ceiling_value, self.unit, self.ceiling)
         } else {
             format!("not measured ({})", self.ceiling)
