@@ -113,6 +113,28 @@ fn held_profile(half: f64) -> (f64, String) {
 /// A load profile of the latency runs: single orders over 5000 carts after a 2 s warm-up,
 /// 1 in 50 followed to queryable; `step` is its one `[[steps]]` table's body, `rest` the
 /// tables after `[freshness]` (reconciliation, thresholds).
+/// What a missed 202 target is made of, from Kafka's own floors: a bare producer on the
+/// quiet machine (`quiet_p99`, when measured) and beside the run (`beside_p99`). A floor
+/// at or above the target is a miss no client of this broker avoids at that load; under
+/// it, the Command API's time above the floor is ours. Empty when the target was met.
+fn whose_202_miss(p99: f64, quiet_p99: Option<f64>, beside_p99: f64, niceness: &str) -> String {
+    if p99 < P99_TO_202_MS {
+        return String::new();
+    }
+    match quiet_p99 {
+        Some(quiet) if quiet >= P99_TO_202_MS => format!(
+            " (Kafka's own p99 on the quiet machine, {quiet:.1} ms, is above the target: no client gets under it with the servers at this niceness, {niceness})"
+        ),
+        _ if beside_p99 >= P99_TO_202_MS => format!(
+            " (Kafka's own p99 beside the run, a bare producer's, was {beside_p99:.1} ms: at this load the broker's acknowledgement alone misses the target; the Command API's p99 is {:.1}x that)",
+            p99 / beside_p99
+        ),
+        _ => format!(
+            " (Kafka's own p99 beside the run, a bare producer's, was {beside_p99:.1} ms, under the target: the time above it is the Command API's)"
+        ),
+    }
+}
+
 fn single_orders_profile(name: &str, description: &str, step: &str, rest: &str) -> String {
     format!(
         r#"
@@ -784,16 +806,18 @@ pub async fn run(
             format!("{single} / {half}"),
         ));
     }
-    let above_floor = match quiet_floor {
-        Some((_, quiet_p99, _)) if quiet_p99 >= P99_TO_202_MS => format!(
-            " (Kafka's own p99 on the quiet machine, {quiet_p99:.1} ms, is above the target: no client gets under it with the servers at this niceness, {})",
-            cpu::niceness()
-        ),
-        _ => String::new(),
-    };
+    let p99_202 = report.scenarios[0].p99_ms;
     figures.push((
         format!("p99 POST to 202 at {half:.0} orders/s (target < {P99_TO_202_MS:.0} ms)"),
-        format!("{:.1} ms{above_floor}", report.scenarios[0].p99_ms),
+        format!(
+            "{p99_202:.1} ms{}",
+            whose_202_miss(
+                p99_202,
+                quiet_floor.map(|(_, p99, _)| p99),
+                bare_p99,
+                &cpu::niceness()
+            )
+        ),
     ));
     if let Some((settled, (from, knee))) = held {
         figures.push((
@@ -1025,7 +1049,7 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
-    use super::{HELD_RAMP, P99_TO_202_MS, Progress, held_profile};
+    use super::{HELD_RAMP, P99_TO_202_MS, Progress, held_profile, whose_202_miss};
     use salesflow_load::profile::{Metric, Profile, Step};
 
     #[test]
@@ -1070,5 +1094,36 @@ mod tests {
         assert!(!at(139.0, 240.0, 240.0).done(&before, 40.0));
         // Every event in, two documents still on their way to the index.
         assert!(!at(140.0, 240.0, 238.0).done(&before, 40.0));
+    }
+
+    #[test]
+    fn a_missed_202_target_names_the_floor_that_misses_it_first() {
+        let nice = "kafka 0, cassandra 0";
+        // Met: nothing to explain.
+        assert_eq!(whose_202_miss(9.9, Some(30.0), 40.0, nice), "");
+        // Kafka misses it on the quiet machine: no client gets under it.
+        let quiet = whose_202_miss(72.0, Some(14.2), 24.0, nice);
+        assert!(
+            quiet.contains("quiet machine, 14.2 ms") && quiet.contains(nice),
+            "{quiet}"
+        );
+        // Quiet Kafka meets it, loaded Kafka does not: the load's, then 3.0x ours.
+        let beside = whose_202_miss(72.0, Some(2.6), 24.0, nice);
+        assert!(
+            beside.contains("beside the run") && beside.contains("was 24.0 ms"),
+            "{beside}"
+        );
+        assert!(
+            beside.contains("alone misses") && beside.contains("3.0x"),
+            "{beside}"
+        );
+        // No quiet floor measured (a warm-up round) reads the loaded one.
+        assert_eq!(whose_202_miss(72.0, None, 24.0, nice), beside);
+        // Both floors under the target: the rest is the Command API's.
+        let ours = whose_202_miss(30.0, Some(2.6), 6.0, nice);
+        assert!(
+            ours.contains("under the target") && ours.contains("Command API's"),
+            "{ours}"
+        );
     }
 }
