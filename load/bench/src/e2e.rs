@@ -113,6 +113,27 @@ fn held_profile(half: f64) -> (f64, String) {
 /// A load profile of the latency runs: single orders over 5000 carts after a 2 s warm-up,
 /// 1 in 50 followed to queryable; `step` is its one `[[steps]]` table's body, `rest` the
 /// tables after `[freshness]` (reconciliation, thresholds).
+fn single_orders_profile(name: &str, description: &str, step: &str, rest: &str) -> String {
+    format!(
+        r#"
+name = "{name}"
+description = "{description}"
+warmup = "2s"
+[data]
+carts = 5000
+[[scenarios]]
+name = "post-order"
+kind = "post-order"
+weight = 1
+[[steps]]
+{step}
+[freshness]
+sample_every = 50
+{rest}
+"#
+    )
+}
+
 /// What a missed 202 target is made of, from Kafka's own floors: a bare producer on the
 /// quiet machine (`quiet_p99`, when measured) and beside the run (`beside_p99`). A floor
 /// at or above the target is a miss no client of this broker avoids at that load; under
@@ -133,27 +154,6 @@ fn whose_202_miss(p99: f64, quiet_p99: Option<f64>, beside_p99: f64, niceness: &
             " (Kafka's own p99 beside the run, a bare producer's, was {beside_p99:.1} ms, under the target: the time above it is the Command API's)"
         ),
     }
-}
-
-fn single_orders_profile(name: &str, description: &str, step: &str, rest: &str) -> String {
-    format!(
-        r#"
-name = "{name}"
-description = "{description}"
-warmup = "2s"
-[data]
-carts = 5000
-[[scenarios]]
-name = "post-order"
-kind = "post-order"
-weight = 1
-[[steps]]
-{step}
-[freshness]
-sample_every = 50
-{rest}
-"#
-    )
 }
 
 /// The highest rate at which POST to 202 holds its target, from a ramp up to `half`

@@ -215,14 +215,18 @@ impl Row {
     /// measured (`--only e2e` runs no ceiling part, so there is no composite).
     pub fn passed(&self) -> Option<bool> {
         self.target
-            .filter(|_| self.ceiling_value > 0.0)
+            .filter(|_| self.ceiling_measured())
             .map(|t| self.ratio >= t)
+    }
+
+    fn ceiling_measured(&self) -> bool {
+        self.ceiling_value > 0.0
     }
 
     /// The row's line in the report's first table.
     fn table_line(&self) -> String {
         let target = self.target.unwrap_or_default();
-        let measured = self.ceiling_value > 0.0;
+        let measured = self.ceiling_measured();
         let verdict = match self.passed() {
             Some(true) => format!(">= {target:.2}: met"),
             Some(false) => format!(">= {target:.2}: **missed**"),
