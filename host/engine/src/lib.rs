@@ -92,6 +92,9 @@ pub fn summary(loaded: &Loaded, plan: &Plan) -> String {
             }
             if node.kind != salesflow_plugin_api::ComponentKind::Source {
                 let _ = write!(line, "; lanes {}, buffer {}", node.lanes, node.buffer);
+                if let Some(bytes) = node.buffer_bytes {
+                    let _ = write!(line, " ({bytes} bytes)");
+                }
             }
             if node.kind == salesflow_plugin_api::ComponentKind::Sink {
                 let _ = write!(line, ", concurrency {}", node.concurrency);
@@ -146,7 +149,9 @@ pub fn describe_plugins(registry: &Registry) -> String {
         "Every stage and sink also takes: inputs (required; names of sources or stages), \
          lanes (default 1: parallel instances, a batch goes to lane `lane % lanes`; \
          \"auto\": one per input partition, made as partitions are assigned), \
-         buffer (default 4: bounded channel size per lane, in batches); sinks take \
+         buffer (default 4: bounded channel size per lane, in batches), buffer_bytes \
+         (unset by default: a bound per lane in bytes on the batches queued, and for a \
+         sink also being written); sinks take \
          concurrency (writes in flight per lane: a number, or \"adaptive\": from 1 up to \
          max_concurrency, default 64, following the server's round trips and \
          back-pressure; the default is adaptive unless the plugin gives a number — the \

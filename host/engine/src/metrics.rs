@@ -41,6 +41,58 @@ pub struct ErrorLabels {
     pub kind: String,
 }
 
+/// What a [`LiveGauge`] reads when scraped.
+type Reading = Box<dyn Fn() -> i64 + Send + Sync>;
+
+/// A gauge read when it is scraped, not set when something happens: how full a lane is
+/// now. A lane's own events cannot keep such a gauge true — a sink stuck on its server
+/// takes no batches while its channel and the ones before it fill, which is when the
+/// reading matters.
+#[derive(Clone, Default)]
+pub struct LiveGauge(Arc<std::sync::RwLock<Option<Reading>>>);
+
+impl LiveGauge {
+    /// From now on, a scrape reads `reading`.
+    pub fn read_with(&self, reading: impl Fn() -> i64 + Send + Sync + 'static) {
+        *self
+            .0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Box::new(reading));
+    }
+
+    pub fn get(&self) -> i64 {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .as_ref()
+            .map_or(0, |reading| reading())
+    }
+}
+
+impl std::fmt::Debug for LiveGauge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LiveGauge({})", self.get())
+    }
+}
+
+impl prometheus_client::metrics::TypedMetric for LiveGauge {
+    const TYPE: prometheus_client::metrics::MetricType =
+        prometheus_client::metrics::MetricType::Gauge;
+}
+
+impl prometheus_client::encoding::EncodeMetric for LiveGauge {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        encoder.encode_gauge(&self.get())
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Gauge
+    }
+}
+
 fn histogram_seconds() -> Histogram {
     // 100 µs .. ~13 s
     Histogram::new(exponential_buckets(0.000_1, 2.0, 18))
@@ -66,8 +118,10 @@ pub struct RuntimeMetrics {
     pub processing_seconds: Family<NodeLabels, Histogram, fn() -> Histogram>,
     pub event_age_seconds: Family<NodeLabels, Histogram, fn() -> Histogram>,
     pub errors: Family<ErrorLabels, Counter>,
-    pub channel_fill: Family<LaneLabels, Gauge>,
+    pub channel_fill: Family<LaneLabels, LiveGauge>,
     pub channel_capacity: Family<LaneLabels, Gauge>,
+    pub lane_bytes_held: Family<LaneLabels, LiveGauge>,
+    pub lane_bytes_limit: Family<LaneLabels, Gauge>,
     pub send_wait_seconds: Family<NodeLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
     pub sink_in_flight: Family<NodeLabels, Gauge>,
     pub sink_concurrency_limit: Family<LaneLabels, Gauge>,
@@ -89,6 +143,8 @@ impl RuntimeMetrics {
             errors: Family::default(),
             channel_fill: Family::default(),
             channel_capacity: Family::default(),
+            lane_bytes_held: Family::default(),
+            lane_bytes_limit: Family::default(),
             send_wait_seconds: Family::default(),
             sink_in_flight: Family::default(),
             sink_concurrency_limit: Family::default(),
@@ -141,6 +197,16 @@ impl RuntimeMetrics {
             "salesflow_channel_capacity_batches",
             "Capacity of a lane's bounded input channel",
             m.channel_capacity.clone(),
+        );
+        registry.register(
+            "salesflow_lane_held_bytes",
+            "Bytes of the batches a lane with buffer_bytes holds: waiting in its channel, and for a sink also being written",
+            m.lane_bytes_held.clone(),
+        );
+        registry.register(
+            "salesflow_lane_limit_bytes",
+            "A lane's buffer_bytes: the most its batches may hold together before senders wait",
+            m.lane_bytes_limit.clone(),
         );
         registry.register(
             "salesflow_send_wait_seconds",

@@ -24,9 +24,9 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use prometheus_client::registry::Registry;
 use salesflow_plugin_api::{
-    AckSet, Backpressure, Batch, BuildContext, CancellationToken, Component, ComponentKind,
-    Downstream, Event, Healthcheck, LaneSource, Output, PluginError, Refused, Route, Sink,
-    SinkFactory, Stage, StageFactory, Status,
+    AckSet, Backpressure, Batch, BuildContext, ByteGate, CancellationToken, Component,
+    ComponentKind, Downstream, Event, Healthcheck, LaneSender, LaneSource, Output, PluginError,
+    Refused, Route, Sink, SinkFactory, Stage, StageFactory, Status,
 };
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -96,8 +96,24 @@ enum Built {
 
 /// How a node's lanes are reached: fixed channels made up front, or lanes made per key.
 enum Inbound {
-    Fixed(Vec<mpsc::Sender<Batch>>, Vec<mpsc::Receiver<Batch>>),
+    Fixed(Vec<LaneSender>, Vec<Inlet>),
     PerKey(Arc<KeyedLanes>),
+}
+
+/// A lane's end of its channel, and its bound in bytes (`buffer_bytes`) if it has one.
+struct Inlet {
+    rx: mpsc::Receiver<Batch>,
+    gate: Option<Arc<ByteGate>>,
+    /// The way in, for reading how full the channel is (without keeping it open).
+    probe: mpsc::WeakSender<Batch>,
+}
+
+/// A new lane's channel: the way in, and the lane's end.
+fn lane_channel(buffer: usize, buffer_bytes: Option<u32>) -> (LaneSender, Inlet) {
+    let (tx, rx) = mpsc::channel(buffer);
+    let gate = buffer_bytes.map(|limit| Arc::new(ByteGate::new(limit)));
+    let probe = tx.downgrade();
+    (LaneSender::new(tx, gate.clone()), Inlet { rx, gate, probe })
 }
 
 /// What `salesflow check --connect` found for one component or dependency.
@@ -270,7 +286,9 @@ pub async fn start_pipelines<S: std::hash::BuildHasher + Clone>(
         }
         let entry = match node.lanes {
             Lanes::Fixed(count) => {
-                let (tx, rx) = (0..count).map(|_| mpsc::channel(node.buffer)).unzip();
+                let (tx, rx) = (0..count)
+                    .map(|_| lane_channel(node.buffer, node.buffer_bytes))
+                    .unzip();
                 Inbound::Fixed(tx, rx)
             }
             Lanes::PerKey => Inbound::PerKey(Arc::new(KeyedLanes {
@@ -353,6 +371,7 @@ pub async fn start_pipelines<S: std::hash::BuildHasher + Clone>(
                     metrics: metrics.clone(),
                     labels,
                     buffer: node.buffer,
+                    buffer_bytes: node.buffer_bytes,
                 };
                 wire(lane, inbound.remove(&key), &mut tasks, &lanes)?;
             }
@@ -367,6 +386,7 @@ pub async fn start_pipelines<S: std::hash::BuildHasher + Clone>(
                     metrics: metrics.clone(),
                     labels,
                     buffer: node.buffer,
+                    buffer_bytes: node.buffer_bytes,
                 };
                 wire(lane, inbound.remove(&key), &mut tasks, &lanes)?;
             }
@@ -409,12 +429,13 @@ trait Lane: Clone + Send + Sync + 'static {
     type Instance: Send + 'static;
     fn label(&self) -> &str;
     fn buffer(&self) -> usize;
+    fn buffer_bytes(&self) -> Option<u32>;
     fn make(&self, index: usize) -> Result<Self::Instance, PluginError>;
     fn run(
         self,
         key: u64,
         instance: Self::Instance,
-        rx: mpsc::Receiver<Batch>,
+        inlet: Inlet,
         retire: Option<Retire>,
     ) -> impl std::future::Future<Output = TaskResult> + Send + 'static;
 }
@@ -428,13 +449,13 @@ fn wire<L: Lane>(
 ) -> Result<(), StartError> {
     match inbound {
         Some(Inbound::Fixed(_, rxs)) => {
-            for (index, rx) in rxs.into_iter().enumerate() {
+            for (index, inlet) in rxs.into_iter().enumerate() {
                 let instance = lane.make(index).map_err(|source| StartError::Lane {
                     component: lane.label().to_owned(),
                     lane: index,
                     source,
                 })?;
-                tasks.spawn(lane.clone().run(index as u64, instance, rx, None));
+                tasks.spawn(lane.clone().run(index as u64, instance, inlet, None));
             }
             Ok(())
         }
@@ -449,12 +470,12 @@ fn wire<L: Lane>(
                         return None;
                     }
                 };
-                let (tx, rx) = mpsc::channel(lane.buffer());
+                let (tx, inlet) = lane_channel(lane.buffer(), lane.buffer_bytes());
                 let retire = Retire {
                     lanes: weak.clone(),
                     key,
                 };
-                tracker.spawn(report(lane.clone().run(key, instance, rx, Some(retire))));
+                tracker.spawn(report(lane.clone().run(key, instance, inlet, Some(retire))));
                 Some(tx)
             }));
             Ok(())
@@ -474,6 +495,9 @@ macro_rules! lane {
             fn buffer(&self) -> usize {
                 self.buffer
             }
+            fn buffer_bytes(&self) -> Option<u32> {
+                self.buffer_bytes
+            }
             fn make(&self, index: usize) -> Result<Self::Instance, PluginError> {
                 self.factory.create(index)
             }
@@ -481,10 +505,10 @@ macro_rules! lane {
                 self,
                 key: u64,
                 instance: Self::Instance,
-                rx: mpsc::Receiver<Batch>,
+                inlet: Inlet,
                 retire: Option<Retire>,
             ) -> impl std::future::Future<Output = TaskResult> + Send + 'static {
-                self.serve(key, instance, rx, retire)
+                self.serve(key, instance, inlet, retire)
             }
         }
     };
@@ -501,22 +525,22 @@ async fn report(lane: impl std::future::Future<Output = TaskResult>) {
     }
 }
 
-type MakeLane = Box<dyn Fn(u64) -> Option<mpsc::Sender<Batch>> + Send + Sync>;
+type MakeLane = Box<dyn Fn(u64) -> Option<LaneSender> + Send + Sync>;
 
 /// The lanes of a `lanes = "auto"` node, by key.
 struct KeyedLanes {
-    lanes: Mutex<HashMap<u64, mpsc::Sender<Batch>>>,
+    lanes: Mutex<HashMap<u64, LaneSender>>,
     make: OnceLock<MakeLane>,
 }
 
 impl LaneSource for KeyedLanes {
-    fn lane(&self, key: u64) -> Option<mpsc::Sender<Batch>> {
+    fn lane(&self, key: u64) -> Option<LaneSender> {
         let mut lanes = self
             .lanes
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(sender) = lanes.get(&key)
-            && !sender.is_closed()
+            && !sender.channel().is_closed()
         {
             return Some(sender.clone());
         }
@@ -545,7 +569,7 @@ impl Retire {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         match map.get(&self.key) {
-            Some(sender) if sender.strong_count() == 1 && rx.is_empty() => {
+            Some(sender) if sender.channel().strong_count() == 1 && rx.is_empty() => {
                 map.remove(&self.key);
                 true
             }
@@ -569,7 +593,6 @@ struct LaneMetrics {
     processing: prometheus_client::metrics::histogram::Histogram,
     /// Sinks only: the age of each event delivered.
     age: Option<prometheus_client::metrics::histogram::Histogram>,
-    fill: prometheus_client::metrics::gauge::Gauge,
     errors: prometheus_client::metrics::counter::Counter,
     in_flight: prometheus_client::metrics::gauge::Gauge,
     delivered: prometheus_client::metrics::counter::Counter,
@@ -577,11 +600,18 @@ struct LaneMetrics {
     refused: prometheus_client::metrics::counter::Counter,
     discarded: prometheus_client::metrics::counter::Counter,
     dead_lettered: prometheus_client::metrics::counter::Counter,
-    capacity: usize,
+    /// The lane's bound in bytes.
+    gate: Option<Arc<ByteGate>>,
 }
 
 impl LaneMetrics {
-    fn new(m: &RuntimeMetrics, labels: &NodeLabels, lane: u64, capacity: usize) -> Self {
+    fn new(
+        m: &RuntimeMetrics,
+        labels: &NodeLabels,
+        lane: u64,
+        capacity: usize,
+        inlet: &Inlet,
+    ) -> Self {
         let lane_labels = LaneLabels {
             pipeline: labels.pipeline.clone(),
             component: labels.component.clone(),
@@ -590,6 +620,22 @@ impl LaneMetrics {
         m.channel_capacity
             .get_or_create(&lane_labels)
             .set(i64::try_from(capacity).unwrap_or(i64::MAX));
+        // Read when scraped: a lane's own events would leave them stale while it is stuck.
+        let probe = inlet.probe.clone();
+        let fill = m.channel_fill.get_or_create(&lane_labels).clone();
+        fill.read_with(move || {
+            probe.upgrade().map_or(0, |tx| {
+                i64::try_from(capacity.saturating_sub(tx.capacity())).unwrap_or(i64::MAX)
+            })
+        });
+        if let Some(gate) = &inlet.gate {
+            m.lane_bytes_limit
+                .get_or_create(&lane_labels)
+                .set(i64::from(gate.limit()));
+            let held = m.lane_bytes_held.get_or_create(&lane_labels).clone();
+            let gate = Arc::downgrade(gate);
+            held.read_with(move || gate.upgrade().map_or(0, |g| i64::from(g.held())));
+        }
         let outcome = |o: &str| OutcomeLabels {
             pipeline: labels.pipeline.clone(),
             component: labels.component.clone(),
@@ -603,7 +649,6 @@ impl LaneMetrics {
         let processing = m.processing_seconds.get_or_create(labels).clone();
         let age =
             (labels.kind == "sink").then(|| m.event_age_seconds.get_or_create(labels).clone());
-        let fill = m.channel_fill.get_or_create(&lane_labels).clone();
         let kind = if labels.kind == "sink" {
             "write"
         } else {
@@ -629,7 +674,6 @@ impl LaneMetrics {
             batch_size,
             processing,
             age,
-            fill,
             errors,
             in_flight,
             delivered,
@@ -637,17 +681,23 @@ impl LaneMetrics {
             refused,
             discarded,
             dead_lettered,
-            capacity,
+            gate: inlet.gate.clone(),
         }
     }
 
-    fn received(&self, batch: &Batch, rx: &mpsc::Receiver<Batch>) {
+    fn received(&self, batch: &Batch) {
         self.events_in.inc_by(batch.len() as u64);
         self.batches_in.inc();
         #[allow(clippy::cast_precision_loss)]
         self.batch_size.observe(batch.len() as f64);
-        let queued = self.capacity.saturating_sub(rx.capacity());
-        self.fill.set(i64::try_from(queued).unwrap_or(i64::MAX));
+    }
+
+    /// `events` no longer count against the lane's bound in bytes: a stage took their
+    /// batch, or a sink's write of them settled.
+    fn release(&self, events: &[Event]) {
+        if let Some(gate) = &self.gate {
+            gate.leave(gate.weigh(events));
+        }
     }
 
     /// Each delivered event's age: how long after its timestamp it became durable here.
@@ -672,6 +722,8 @@ impl LaneMetrics {
         };
         m.channel_fill.remove(&lane_labels);
         m.channel_capacity.remove(&lane_labels);
+        m.lane_bytes_held.remove(&lane_labels);
+        m.lane_bytes_limit.remove(&lane_labels);
     }
 }
 
@@ -700,6 +752,8 @@ struct StageLane {
     metrics: RuntimeMetrics,
     labels: NodeLabels,
     buffer: usize,
+    /// Each lane's bound in bytes, if it has one.
+    buffer_bytes: Option<u32>,
 }
 
 impl StageLane {
@@ -707,10 +761,11 @@ impl StageLane {
         self,
         lane: u64,
         mut stage: Box<dyn Stage>,
-        mut rx: mpsc::Receiver<Batch>,
+        inlet: Inlet,
         retire: Option<Retire>,
     ) -> TaskResult {
-        let metrics = LaneMetrics::new(&self.metrics, &self.labels, lane, self.buffer);
+        let metrics = LaneMetrics::new(&self.metrics, &self.labels, lane, self.buffer, &inlet);
+        let Inlet { mut rx, .. } = inlet;
         let label = self.label.clone();
         let mut emitted = Vec::new();
         let mut retired = false;
@@ -748,7 +803,9 @@ impl StageLane {
             let mut claims: Option<AckSet> = None;
             let call = match input {
                 Input::Batch(batch) => {
-                    metrics.received(&batch, &rx);
+                    metrics.received(&batch);
+                    // Out of the channel: what the stage holds from here is its own.
+                    metrics.release(&batch.events);
                     claims = Some(batch.acks.clone());
                     AssertUnwindSafe(stage.process(batch, &mut emitted))
                         .catch_unwind()
@@ -829,15 +886,29 @@ struct SinkLane {
     metrics: RuntimeMetrics,
     labels: NodeLabels,
     buffer: usize,
+    /// Each lane's bound in bytes, if it has one.
+    buffer_bytes: Option<u32>,
 }
 
 /// A finished write: its outcome, and what is needed to settle or dead-letter it.
 type Written = (Result<(), PluginError>, AckSet, Instant, Arc<[Event]>, u64);
 
 impl SinkLane {
-    /// Settles a finished write: delivered; its refused events dead-lettered (when
+    /// Settles a finished write (see [`SinkLane::conclude`]), then gives its bytes back to
+    /// the lane's bound: only now is the batch no longer held.
+    async fn settle(&self, metrics: &LaneMetrics, written: Written) {
+        let events = Arc::clone(&written.3);
+        self.conclude(metrics, written).await;
+        metrics.release(&events);
+    }
+
+    /// A finished write's outcome: delivered; its refused events dead-lettered (when
     /// `<sink>.failed` is read); or failed back to its sources, which deliver it again.
-    async fn settle(&self, metrics: &LaneMetrics, (result, acks, started, events, lane): Written) {
+    async fn conclude(
+        &self,
+        metrics: &LaneMetrics,
+        (result, acks, started, events, lane): Written,
+    ) {
         metrics.processing.observe(started.elapsed().as_secs_f64());
         let e = match result {
             Ok(()) => {
@@ -897,10 +968,11 @@ impl SinkLane {
         self,
         lane: u64,
         mut sink: Box<dyn Sink>,
-        mut rx: mpsc::Receiver<Batch>,
+        inlet: Inlet,
         retire: Option<Retire>,
     ) -> TaskResult {
-        let metrics = LaneMetrics::new(&self.metrics, &self.labels, lane, self.buffer);
+        let metrics = LaneMetrics::new(&self.metrics, &self.labels, lane, self.buffer, &inlet);
+        let Inlet { mut rx, .. } = inlet;
         let label = self.label.clone();
         let mut in_flight = FuturesUnordered::new();
         let mut retired = false;
@@ -929,7 +1001,7 @@ impl SinkLane {
                 }
                 batch = rx.recv(), if in_flight.len() < limiter.limit() => {
                     let Some(batch) = batch else { break };
-                    metrics.received(&batch, &rx);
+                    metrics.received(&batch);
                     let started = Instant::now();
                     let batch_lane = batch.lane;
                     let (events, acks) = batch.into_parts();
@@ -1071,6 +1143,7 @@ mod tests {
             metrics: RuntimeMetrics::register(&mut Registry::default()),
             labels: RuntimeMetrics::labels("p", "s", "stage", "t"),
             buffer: 4,
+            buffer_bytes: None,
         }
     }
 
@@ -1092,8 +1165,10 @@ mod tests {
         let (down_tx, mut down_rx) = mpsc::channel(8);
         let out = Output::new(vec![Downstream::new(vec![down_tx])], None);
         let stage = factory.create(0).unwrap();
-        let (tx, rx) = mpsc::channel(4);
-        let task = tokio::spawn(lane(factory, out).serve(0, stage, rx, None));
+        let (sender, inlet) = lane_channel(4, None);
+        let tx = sender.channel().clone();
+        drop(sender);
+        let task = tokio::spawn(lane(factory, out).serve(0, stage, inlet, None));
         let (boom, boom_ack) = batch("boom");
         let (fine, fine_ack) = batch("fine");
         tx.send(boom).await.unwrap();
@@ -1198,5 +1273,111 @@ mod tests {
         send(3).await.unwrap();
         down_rx.recv().await.unwrap();
         assert_eq!(made.load(Ordering::SeqCst), 2, "a new lane for key 3");
+    }
+
+    /// A sink whose writes stay in flight until the test lets each one finish: each write
+    /// hands the test its finishing switch.
+    struct Held(mpsc::UnboundedSender<tokio::sync::oneshot::Sender<()>>);
+
+    #[async_trait]
+    impl Sink for Held {
+        async fn write(
+            &mut self,
+            _events: Arc<[Event]>,
+        ) -> Result<salesflow_plugin_api::WriteFuture, PluginError> {
+            let (finish, finished) = tokio::sync::oneshot::channel();
+            let _ = self.0.send(finish);
+            Ok(Box::pin(async move {
+                finished
+                    .await
+                    .map_err(|_| PluginError::new("the test dropped the write"))
+            }))
+        }
+    }
+
+    impl SinkFactory for Held {
+        fn create(&self, _lane: usize) -> Result<Box<dyn Sink>, PluginError> {
+            Ok(Box::new(Held(self.0.clone())))
+        }
+    }
+
+    /// A batch of one event whose payload is `bytes` long, with its acknowledgement.
+    fn sized(bytes: usize) -> (Batch, tokio::sync::oneshot::Receiver<Status>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let ack = AckHandle::new(move |status| {
+            let _ = tx.send(status);
+        });
+        let event = Event::new(vec![b'x'; bytes]);
+        (Batch::new(vec![event], AckSet::one(ack), 0), rx)
+    }
+
+    /// `buffer_bytes` holds what a sink lane is writing as well as what waits for it: a
+    /// batch that does not fit waits, however empty the channel, until a write in flight
+    /// settles and gives its bytes back. The lane's gauges read what it holds when
+    /// scraped, though the lane itself, at its one write in flight, takes nothing.
+    /// (Paused time: the waits of one second end only when nothing else can run.)
+    #[tokio::test(start_paused = true)]
+    async fn a_lane_bound_in_bytes_holds_its_writes_in_flight_too() {
+        let (writes_tx, mut writes) = mpsc::unbounded_channel();
+        let metrics = RuntimeMetrics::register(&mut Registry::default());
+        let sink_lane = SinkLane {
+            label: "p/k".into(),
+            factory: Arc::new(Held(writes_tx)),
+            concurrency: Concurrency::Fixed(1),
+            failed: None,
+            metrics: metrics.clone(),
+            labels: RuntimeMetrics::labels("p", "k", "sink", "t"),
+            buffer: 4,
+            buffer_bytes: Some(1500),
+        };
+        let (tx, inlet) = lane_channel(4, sink_lane.buffer_bytes);
+        let gate = inlet.gate.clone().unwrap();
+        let sink = sink_lane.make(0).unwrap();
+        let task = tokio::spawn(sink_lane.serve(0, sink, inlet, None));
+        let out = Output::new(vec![Downstream::new(vec![tx])], None);
+        let wait = Duration::from_secs(1);
+        let lane_labels = LaneLabels {
+            pipeline: "p".into(),
+            component: "k".into(),
+            lane: "0".into(),
+        };
+        let fill = metrics.channel_fill.get_or_create(&lane_labels).clone();
+        let held = metrics.lane_bytes_held.get_or_create(&lane_labels).clone();
+
+        let (first, first_ack) = sized(1000);
+        out.send_timeout(first, wait).await.unwrap();
+        let finish_first = writes.recv().await.unwrap();
+        assert_eq!(gate.held(), 1000, "the write in flight holds its bytes");
+        let (small, small_ack) = sized(100);
+        out.send_timeout(small, wait).await.unwrap();
+        assert_eq!((fill.get(), held.get()), (1, 1100), "read when scraped");
+        let (second, second_ack) = sized(1000);
+        let second = match out.send_timeout(second, wait).await {
+            Err(salesflow_plugin_api::SendError::Full(batch)) => batch,
+            other => panic!("1100 + 1000 bytes do not fit in 1500: {other:?}"),
+        };
+        assert_eq!(gate.held(), 1100, "a send that gave up holds nothing");
+        finish_first.send(()).unwrap();
+        assert_eq!(first_ack.await.unwrap(), Status::Delivered);
+        let finish_small = writes.recv().await.unwrap();
+        out.send_timeout(second, wait)
+            .await
+            .expect("room once the first write settled");
+        finish_small.send(()).unwrap();
+        assert_eq!(small_ack.await.unwrap(), Status::Delivered);
+        writes.recv().await.unwrap().send(()).unwrap();
+        assert_eq!(second_ack.await.unwrap(), Status::Delivered);
+
+        // Larger than the whole bound: it counts as the bound, and passes alone.
+        let (huge, huge_ack) = sized(5000);
+        out.send_timeout(huge, wait).await.unwrap();
+        let finish_huge = writes.recv().await.unwrap();
+        assert_eq!(gate.held(), 1500);
+        finish_huge.send(()).unwrap();
+        assert_eq!(huge_ack.await.unwrap(), Status::Delivered);
+        drop(out);
+        let (_, result) = task.await.unwrap();
+        assert!(result.is_ok());
+        assert_eq!(gate.held(), 0, "every byte given back");
     }
 }

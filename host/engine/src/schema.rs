@@ -191,6 +191,13 @@ fn component_keys(schema: &mut Value, kind: ComponentKind, name: &str, summary: 
                 "description": "Bounded channel size per lane, in batches.",
             }),
         );
+        properties.insert(
+            "buffer_bytes".into(),
+            json!({
+                "type": "integer", "minimum": 1024, "maximum": 4_294_967_295_u64,
+                "description": "A bound per lane in bytes (payloads, keys, headers) on the batches queued for it, and for a sink also being written; senders wait for room. Unset: bounded in batches only.",
+            }),
+        );
     }
     if kind == ComponentKind::Sink {
         properties.insert(

@@ -70,13 +70,14 @@ pub fn fingerprint(pipeline: &PipelinePlan, loaded_plugins: &[String]) -> String
     for node in &pipeline.nodes {
         let _ = writeln!(
             out,
-            "{} {} {} {:?} {} {} {:?} {:?}",
+            "{} {} {} {:?} {} {} {:?} {:?} {:?}",
             node.name,
             node.kind,
             node.type_name,
             node.inputs,
             node.lanes,
             node.buffer,
+            node.buffer_bytes,
             node.concurrency,
             node.settings
         );

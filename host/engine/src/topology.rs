@@ -15,12 +15,16 @@ use crate::config::{
 };
 use crate::registry::Registry;
 
+/// The smallest `buffer_bytes`: below a few events' worth, every batch would pass alone.
+const MIN_BUFFER_BYTES: i64 = 1024;
+
 /// Keys of a component table that the host reads; the rest are the plugin's settings.
 const HOST_KEYS: &[&str] = &[
     "type",
     "inputs",
     "lanes",
     "buffer",
+    "buffer_bytes",
     "concurrency",
     "max_concurrency",
 ];
@@ -38,6 +42,9 @@ pub struct Node {
     pub lanes: Lanes,
     /// Bounded channel size, in batches, of each lane.
     pub buffer: usize,
+    /// Each lane's bound in bytes (`buffer_bytes`), if it has one: what its batches may
+    /// hold together, queued (and for a sink, being written) — see `ByteGate`.
+    pub buffer_bytes: Option<u32>,
     /// Sinks: writes in flight per lane, fixed or adaptive.
     pub concurrency: Concurrency,
     pub settings: toml::Table,
@@ -442,6 +449,22 @@ fn component_node(
         _ => Lanes::Fixed(number("lanes", 1, 1024, problems)),
     };
     let buffer = number("buffer", 4, 65_536, problems);
+    let buffer_bytes = match spec.get("buffer_bytes") {
+        None => None,
+        Some(toml::Value::Integer(n)) if (MIN_BUFFER_BYTES..=i64::from(u32::MAX)).contains(n) => {
+            u32::try_from(*n).ok()
+        }
+        Some(_) => {
+            problems.push(Problem::new(
+                sub("buffer_bytes"),
+                format!(
+                    "must be a whole number of bytes from {MIN_BUFFER_BYTES} to {} (4 GiB)",
+                    u32::MAX
+                ),
+            ));
+            None
+        }
+    };
     let max_concurrency = number("max_concurrency", Concurrency::DEFAULT_MAX, 1024, problems);
     let concurrency = match spec.get("concurrency") {
         None => match plugin.default_concurrency() {
@@ -472,7 +495,13 @@ fn component_node(
         }
     };
     if kind == ComponentKind::Source {
-        for key in ["lanes", "buffer", "concurrency", "max_concurrency"] {
+        for key in [
+            "lanes",
+            "buffer",
+            "buffer_bytes",
+            "concurrency",
+            "max_concurrency",
+        ] {
             if spec.contains_key(key) {
                 problems.push(Problem::new(
                     sub(key),
@@ -560,6 +589,7 @@ fn component_node(
         inputs,
         lanes,
         buffer,
+        buffer_bytes,
         concurrency,
         settings,
         plugin: Arc::clone(plugin),

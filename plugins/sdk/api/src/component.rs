@@ -190,10 +190,90 @@ pub enum SendError {
 }
 
 /// Makes lanes on demand: for a node with one lane per input key (`lanes = "auto"`),
-/// the channel of a key's lane, made (with its task) when the key first appears. `None`
+/// the way into a key's lane, made (with its task) when the key first appears. `None`
 /// when the node no longer takes batches (shutting down).
 pub trait LaneSource: Send + Sync + 'static {
-    fn lane(&self, key: u64) -> Option<mpsc::Sender<Batch>>;
+    fn lane(&self, key: u64) -> Option<LaneSender>;
+}
+
+/// A lane's bound in bytes (`buffer_bytes`): what the batches sent to it and not yet done
+/// with may hold together — waiting in its channel, and for a sink also being written.
+///
+/// A channel bounds its batches by count, but a batch's size is whatever the stage before
+/// made of it: the documents of carts that grow, for one. Under a backlog the same number
+/// of queued batches then holds more and more memory; this bound holds it still. A sender
+/// waits for room, as on a full channel (that is backpressure). A batch larger than the
+/// whole bound counts as the bound, so it passes alone.
+#[derive(Debug)]
+pub struct ByteGate {
+    limit: u32,
+    room: tokio::sync::Semaphore,
+}
+
+impl ByteGate {
+    /// A gate holding at most `limit` bytes (at least 1).
+    pub fn new(limit: u32) -> Self {
+        let limit = limit.max(1);
+        Self {
+            limit,
+            room: tokio::sync::Semaphore::new(limit as usize),
+        }
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// What `events` count for: their bytes ([`Event::byte_size`]), at most the bound.
+    /// The sender and the lane weigh the same events, so what one takes the other gives
+    /// back.
+    pub fn weigh(&self, events: &[Event]) -> u32 {
+        let bytes: usize = events.iter().map(Event::byte_size).sum();
+        u32::try_from(bytes).unwrap_or(u32::MAX).min(self.limit)
+    }
+
+    /// Waits until `weight` bytes fit, and takes them. Cancel-safe: dropped while waiting,
+    /// it takes nothing.
+    pub async fn enter(&self, weight: u32) {
+        // The semaphore is never closed.
+        if let Ok(taken) = self.room.acquire_many(weight).await {
+            taken.forget();
+        }
+    }
+
+    /// Gives back `weight` bytes: the batch left the channel, or its write settled.
+    pub fn leave(&self, weight: u32) {
+        self.room.add_permits(weight as usize);
+    }
+
+    /// The bytes held now.
+    pub fn held(&self) -> u32 {
+        let free = u32::try_from(self.room.available_permits()).unwrap_or(self.limit);
+        self.limit.saturating_sub(free)
+    }
+}
+
+/// The way into one lane of a node: its channel, and its bound in bytes if it has one.
+#[derive(Clone, Debug)]
+pub struct LaneSender {
+    channel: mpsc::Sender<Batch>,
+    gate: Option<Arc<ByteGate>>,
+}
+
+impl LaneSender {
+    pub fn new(channel: mpsc::Sender<Batch>, gate: Option<Arc<ByteGate>>) -> Self {
+        Self { channel, gate }
+    }
+
+    pub fn channel(&self) -> &mpsc::Sender<Batch> {
+        &self.channel
+    }
+}
+
+impl From<mpsc::Sender<Batch>> for LaneSender {
+    fn from(channel: mpsc::Sender<Batch>) -> Self {
+        Self::new(channel, None)
+    }
 }
 
 /// The lanes of one downstream node.
@@ -204,7 +284,7 @@ pub struct Downstream {
 
 #[derive(Clone)]
 enum Lanes {
-    Fixed(Vec<mpsc::Sender<Batch>>),
+    Fixed(Vec<LaneSender>),
     PerKey(Arc<dyn LaneSource>),
 }
 
@@ -218,10 +298,11 @@ impl std::fmt::Debug for Downstream {
 }
 
 impl Downstream {
-    pub fn new(lanes: Vec<mpsc::Sender<Batch>>) -> Self {
+    /// A node with these lanes: channels, or [`LaneSender`]s with their byte bounds.
+    pub fn new<L: Into<LaneSender>>(lanes: Vec<L>) -> Self {
         assert!(!lanes.is_empty(), "a node has at least one lane");
         Self {
-            lanes: Lanes::Fixed(lanes),
+            lanes: Lanes::Fixed(lanes.into_iter().map(Into::into).collect()),
         }
     }
 
@@ -232,7 +313,7 @@ impl Downstream {
         }
     }
 
-    fn lane(&self, lane: u64) -> Option<mpsc::Sender<Batch>> {
+    fn lane(&self, lane: u64) -> Option<LaneSender> {
         match &self.lanes {
             Lanes::Fixed(lanes) => {
                 let count = lanes.len() as u64;
@@ -303,10 +384,31 @@ impl Output {
             } else {
                 (current.clone(), Some(current))
             };
-            let Some(sender) = node.lane(this.lane) else {
+            let Some(lane) = node.lane(this.lane) else {
                 drop(rest);
                 return Err(SendError::Closed(this));
             };
+            // Room in the lane's byte bound first, then a place in its channel.
+            let weighed = lane
+                .gate
+                .as_ref()
+                .map(|gate| (gate, gate.weigh(&this.events)));
+            if let Some((gate, weight)) = weighed {
+                let entered = match deadline {
+                    None => {
+                        gate.enter(weight).await;
+                        true
+                    }
+                    Some(deadline) => tokio::time::timeout_at(deadline, gate.enter(weight))
+                        .await
+                        .is_ok(),
+                };
+                if !entered {
+                    drop(rest);
+                    return Err(SendError::Full(this));
+                }
+            }
+            let sender = &lane.channel;
             let sent = match deadline {
                 None => sender.send(this).await.map_err(|e| SendError::Closed(e.0)),
                 Some(deadline) => match tokio::time::timeout_at(deadline, sender.reserve()).await {
@@ -319,6 +421,9 @@ impl Output {
                 },
             };
             if let Err(e) = sent {
+                if let Some((gate, weight)) = weighed {
+                    gate.leave(weight);
+                }
                 // Copies already handed to other nodes keep their claims; the copy for the
                 // remaining nodes is dropped, so the batch can never count as delivered.
                 drop(rest);

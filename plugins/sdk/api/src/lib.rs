@@ -29,8 +29,9 @@ pub use command::{
     worker_threads_from_env,
 };
 pub use component::{
-    Backpressure, CancellationToken, Downstream, LaneSource, Output, OutputObserver, PluginError,
-    Refused, SendError, Sink, SinkFactory, Source, Stage, StageFactory, WriteFuture,
+    Backpressure, ByteGate, CancellationToken, Downstream, LaneSender, LaneSource, Output,
+    OutputObserver, PluginError, Refused, SendError, Sink, SinkFactory, Source, Stage,
+    StageFactory, WriteFuture,
 };
 pub use config::{NAME_RULE, Secret, is_name, is_secret_key};
 pub use event::{Batch, Event, Origin};
