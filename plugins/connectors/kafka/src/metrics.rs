@@ -110,8 +110,32 @@ pub struct SourceMetrics {
     /// Consumers replaced because the member stalled outside its group.
     pub replaced: Counter,
     pub requests: RequestCounts,
-    /// The partitions whose series exist, to remove them when revoked.
-    known: Mutex<HashSet<PartitionLabels>>,
+    /// Each owned partition's offsets as last reported, with the end offset the source
+    /// asked Kafka for itself (see [`SourceMetrics::update`]).
+    ends: Mutex<HashMap<PartitionLabels, Ends>>,
+}
+
+/// One partition's offsets behind its lag and high-watermark series.
+#[derive(Clone, Copy, Debug)]
+struct Ends {
+    /// librdkafka's high watermark (-1 unknown).
+    high: i64,
+    /// The committed offset librdkafka's lag was taken from, and the end offset it was
+    /// taken to (-1 when it reported no lag).
+    committed: i64,
+    end: i64,
+    /// The end offset Kafka gave the source when asked, newer than `high` (-1 none).
+    asked: i64,
+}
+
+impl Ends {
+    /// The high watermark and the lag to report: librdkafka's, or taken to the end offset
+    /// the source asked for when that is newer.
+    fn reported(&self) -> (Option<i64>, Option<i64>) {
+        let high = self.high.max(self.asked);
+        let lag = (self.end >= 0).then(|| self.end.max(self.asked) - self.committed);
+        ((high >= 0).then_some(high), lag)
+    }
 }
 
 impl SourceMetrics {
@@ -130,7 +154,7 @@ impl SourceMetrics {
             unsteady: Gauge::default(),
             replaced: Counter::default(),
             requests: RequestCounts::register(registry),
-            known: Mutex::new(HashSet::new()),
+            ends: Mutex::new(HashMap::new()),
         };
         // Every kind exists from the start, at zero: an error rate is then 0, not absent.
         for kind in ["fetch", "commit", "client"] {
@@ -225,9 +249,18 @@ impl SourceMetrics {
     }
 
     /// Updates the per-partition series from statistics, for the partitions this source
-    /// has (`owned`).
-    pub fn update(&self, stats: &Statistics, owned: &HashSet<(String, i32)>) {
+    /// has (`owned`). Returns the owned partitions with records waiting in their prefetch
+    /// queues: librdkafka learns a partition's high watermark from its fetches, and a
+    /// queue that is full stops them, so for these its watermark (and the lag taken from
+    /// it) may be stale. The source asks Kafka for their end offsets and hands them to
+    /// [`SourceMetrics::asked_ends`].
+    pub fn update(&self, stats: &Statistics, owned: &HashSet<(String, i32)>) -> Vec<(String, i32)> {
         self.requests.observe(stats);
+        let mut waiting = Vec::new();
+        let mut ends = self
+            .ends
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (topic_name, topic) in &stats.topics {
             for (id, p) in &topic.partitions {
                 if *id < 0 || !owned.contains(&(topic_name.clone(), *id)) {
@@ -238,9 +271,6 @@ impl SourceMetrics {
                     partition: id.to_string(),
                 };
                 // librdkafka reports -1 (or -1001) when it does not know yet.
-                if p.hi_offset >= 0 {
-                    self.high_watermark.get_or_create(&labels).set(p.hi_offset);
-                }
                 if p.committed_offset >= 0 {
                     self.committed
                         .get_or_create(&labels)
@@ -249,14 +279,67 @@ impl SourceMetrics {
                 if p.next_offset >= 0 {
                     self.position.get_or_create(&labels).set(p.next_offset);
                 }
-                if p.consumer_lag >= 0 {
-                    self.lag.get_or_create(&labels).set(p.consumer_lag);
+                let (committed, end) = if p.consumer_lag >= 0 {
+                    (p.committed_offset, p.committed_offset + p.consumer_lag)
+                } else {
+                    (-1, -1)
+                };
+                let entry = ends.entry(labels.clone()).or_insert(Ends {
+                    high: -1,
+                    committed: -1,
+                    end: -1,
+                    asked: -1,
+                });
+                // What was asked is only kept while it is newer than what the fetches
+                // bring, and while the queue has records (an empty one is being fetched).
+                let asked = if p.fetchq_cnt > 0 && entry.asked > p.hi_offset.max(end) {
+                    entry.asked
+                } else {
+                    -1
+                };
+                *entry = Ends {
+                    high: p.hi_offset,
+                    committed,
+                    end,
+                    asked,
+                };
+                self.publish(&labels, *entry);
+                if p.fetchq_cnt > 0 {
+                    waiting.push((topic_name.clone(), *id));
                 }
-                self.known
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .insert(labels);
             }
+        }
+        waiting
+    }
+
+    /// Takes the end offsets Kafka gave for partitions this source has.
+    pub fn asked_ends(&self, found: &[(String, i32, i64)]) {
+        let mut ends = self
+            .ends
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (topic, partition, end) in found {
+            let labels = PartitionLabels {
+                topic: topic.clone(),
+                partition: partition.to_string(),
+            };
+            // A partition revoked meanwhile has no entry, and gets none.
+            if let Some(entry) = ends.get_mut(&labels)
+                && *end > entry.asked
+            {
+                entry.asked = *end;
+                self.publish(&labels, *entry);
+            }
+        }
+    }
+
+    fn publish(&self, labels: &PartitionLabels, ends: Ends) {
+        let (high, lag) = ends.reported();
+        if let Some(high) = high {
+            self.high_watermark.get_or_create(labels).set(high);
+        }
+        if let Some(lag) = lag {
+            self.lag.get_or_create(labels).set(lag);
         }
     }
 
@@ -270,7 +353,7 @@ impl SourceMetrics {
         self.committed.remove(&labels);
         self.position.remove(&labels);
         self.high_watermark.remove(&labels);
-        self.known
+        self.ends
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&labels);

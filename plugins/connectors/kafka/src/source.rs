@@ -74,6 +74,8 @@ pub(crate) struct Shared {
     fatal: CancellationToken,
     fatal_reason: Mutex<Option<String>>,
     metrics: Arc<SourceMetrics>,
+    /// Whether the source is asking Kafka for end offsets (see [`Shared::ask_ends`]).
+    asking_ends: AtomicBool,
 }
 
 struct PartitionHandle {
@@ -125,7 +127,10 @@ impl ClientContext for SourceContext {
             .keys()
             .map(|(t, p)| (t.to_string(), *p))
             .collect();
-        self.shared.metrics.update(&statistics, &owned);
+        let waiting = self.shared.metrics.update(&statistics, &owned);
+        if !waiting.is_empty() {
+            Shared::ask_ends(&self.shared, waiting);
+        }
         if let Some(group) = &statistics.cgrp {
             self.shared
                 .group
@@ -184,6 +189,7 @@ impl KafkaSource {
             fatal: CancellationToken::new(),
             fatal_reason: Mutex::new(None),
             metrics,
+            asking_ends: AtomicBool::new(false),
         });
         let consumer = shared.create_consumer()?;
         Ok(Self { consumer, shared })
@@ -523,6 +529,50 @@ impl Shared {
         // Bounded: a probe client whose close wedges is left to finish on its own thread;
         // the watch goes on.
         matches!(tokio::time::timeout(LIMIT * 3, probing).await, Ok(Ok(true)))
+    }
+
+    /// Asks Kafka for the end offsets of `partitions` (one request per leader) and hands
+    /// them to the metrics, so the lag of a partition whose full prefetch queue stopped
+    /// its fetches still grows with its topic. At most one request at a time; a failure
+    /// leaves librdkafka's figures in place until the next statistics report. Not while
+    /// the member is leaving: the request would hold the consumer it is closing.
+    fn ask_ends(shared: &Arc<Self>, partitions: Vec<(String, i32)>) {
+        if shared.stopping.load(Ordering::SeqCst) || shared.asking_ends.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let Some(consumer) = shared.current_consumer() else {
+            shared.asking_ends.store(false, Ordering::SeqCst);
+            return;
+        };
+        let asking = Arc::clone(shared);
+        shared.runtime.spawn_blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            for (topic, partition) in &partitions {
+                // The timestamp "latest": Kafka answers with the partition's end offset.
+                let _ = tpl.add_partition_offset(topic, *partition, Offset::End);
+            }
+            let limit = Duration::from_millis(u64::from(asking.settings.statistics_interval_ms))
+                .clamp(Duration::from_secs(1), Duration::from_secs(10));
+            match consumer.offsets_for_times(tpl, limit) {
+                Ok(found) => {
+                    let ends: Vec<(String, i32, i64)> = found
+                        .elements()
+                        .iter()
+                        .filter(|e| e.error().is_ok())
+                        .filter_map(|e| match e.offset() {
+                            Offset::Offset(end) => Some((e.topic().to_owned(), e.partition(), end)),
+                            _ => None,
+                        })
+                        .collect();
+                    asking.metrics.asked_ends(&ends);
+                }
+                Err(e) => {
+                    debug!(source = %asking.name, error = %e, "could not ask for end offsets");
+                }
+            }
+            asking.asking_ends.store(false, Ordering::SeqCst);
+        });
     }
 
     fn lane(&self, topic: &str, partition: i32) -> u64 {
@@ -1049,5 +1099,78 @@ mod tests {
             .unwrap()
             .port();
         assert!(!source(&format!("127.0.0.1:{port}")).shared.probe().await);
+    }
+
+    /// A partition whose prefetch queue is full is not fetched, so librdkafka's own high
+    /// watermark for it stops where its last fetch left it. Against the local stack's
+    /// Kafka: a source holding a full queue (its lane not read after the first batch) goes
+    /// on reporting the lag Kafka itself gives while more records arrive.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_lag_follows_the_topic_while_a_full_prefetch_queue_stops_fetching() {
+        use super::{Arc, CancellationToken, Duration, KafkaSource, Output, Status, mpsc};
+        use prometheus_client::metrics::{family::Family, gauge::Gauge};
+        use salesflow_plugin_api::{Downstream, Settings, Source, toml};
+        use salesflow_testkit as kit;
+
+        let topic = kit::unique("lag-full-queue");
+        let group = kit::unique("lag-full-queue");
+        kit::create_topic(&topic, 1).await;
+        let pad = "x".repeat(1000);
+        kit::produce(&topic, 200, 1, |_| format!(",\"pad\":\"{pad}\"")).await;
+
+        let settings = crate::config::KafkaSourceSettings::from_table(
+            &toml::from_str(&format!(
+                "bootstrap_servers = \"{}\"\ntopics = [\"{topic}\"]\ngroup_id = \"{group}\"\n\
+                 auto_offset_reset = \"earliest\"\nmax_batch_records = 10\n\
+                 commit_interval = \"100ms\"\nstatistics_interval_ms = 200\n\
+                 [properties]\n\"queued.max.messages.kbytes\" = \"1\"",
+                kit::bootstrap()
+            ))
+            .unwrap(),
+        )
+        .unwrap();
+        let metrics = Arc::new(crate::metrics::SourceMetrics::register(
+            &mut prometheus_client::registry::Registry::default(),
+        ));
+        let source = KafkaSource::new("test/lag".into(), settings, Arc::clone(&metrics)).unwrap();
+        let (tx, mut rx) = mpsc::channel(1);
+        let out = Output::new(vec![Downstream::new(vec![tx])], None);
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(Box::new(source).run(out, stop.clone()));
+
+        // The first batch is delivered, so the group has a committed offset; nothing after
+        // it is read, so the partition's queue stays full.
+        let first = rx.recv().await.expect("a first batch");
+        first.finish(&Status::Delivered);
+        let labels = crate::metrics::PartitionLabels {
+            topic: topic.clone(),
+            partition: "0".into(),
+        };
+        let reported = |family: &Family<crate::metrics::PartitionLabels, Gauge>| {
+            family.get(&labels).map(|g| g.get())
+        };
+        let wait_until = |what: &str, condition: &dyn Fn() -> bool| {
+            kit::wait_for(what, Duration::from_secs(30), condition);
+        };
+        tokio::task::block_in_place(|| {
+            wait_until("the first batch's offset committed and reported", &|| {
+                reported(&metrics.committed) == Some(10) && reported(&metrics.lag) == Some(190)
+            });
+        });
+
+        kit::produce(&topic, 1000, 1, |_| String::new()).await;
+        tokio::task::block_in_place(|| {
+            let (committed, end) = kit::committed_and_end(&topic, &group);
+            assert_eq!((committed[&0], end[&0]), (10, 1200), "Kafka's own view");
+            wait_until("a lag of 1190, as Kafka has it", &|| {
+                reported(&metrics.lag) == Some(1190)
+                    && reported(&metrics.high_watermark) == Some(1200)
+            });
+        });
+
+        stop.cancel();
+        drop(rx);
+        running.await.unwrap().unwrap();
+        kit::delete_topics(&[&topic]).await;
     }
 }
