@@ -69,6 +69,8 @@ pub struct EsError {
     context: String,
     #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    /// The server did not answer, or answered that it cannot serve yet (429, 5xx).
+    unavailable: bool,
 }
 
 /// ": error: its cause: the cause's cause", each level once (a wrapper that repeats its
@@ -92,7 +94,19 @@ impl EsError {
         Self {
             context: context.into(),
             source: None,
+            unavailable: false,
         }
+    }
+
+    /// Whether the server did not answer, or answered that it cannot serve yet (429,
+    /// 5xx): trying again later may succeed. Otherwise it answered with a refusal.
+    pub fn is_unavailable(&self) -> bool {
+        self.unavailable
+    }
+
+    fn unavailable(mut self) -> Self {
+        self.unavailable = true;
+        self
     }
 }
 
@@ -100,6 +114,7 @@ fn err(context: &str, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) ->
     EsError {
         context: context.to_owned(),
         source: Some(e.into()),
+        unavailable: false,
     }
 }
 
@@ -479,6 +494,7 @@ impl Client {
     }
 
     /// Makes sure `alias` exists, creating `<alias>-000001` as its write index if not.
+    /// An error says whether the server was unavailable ([`EsError::is_unavailable`]).
     pub async fn ensure_alias(&self, alias: &str) -> Result<(), EsError> {
         let names = [alias];
         let indices = self.es.indices();
@@ -489,7 +505,7 @@ impl Client {
                     .send()
             })
             .await
-            .map_err(|e| err(&format!("checking alias {alias}"), e))?;
+            .map_err(|e| err(&format!("checking alias {alias}"), e).unavailable())?;
         if exists.status_code().is_success() {
             return Ok(());
         }
@@ -503,7 +519,7 @@ impl Client {
                     .send()
             })
             .await
-            .map_err(|e| err(&format!("creating {index}"), e))?;
+            .map_err(|e| err(&format!("creating {index}"), e).unavailable())?;
         let status = created.status_code();
         if status.is_success() {
             return Ok(());
@@ -513,10 +529,15 @@ impl Client {
         if text.contains("resource_already_exists_exception") {
             return Ok(());
         }
-        Err(EsError::new(format!(
+        let refused = EsError::new(format!(
             "creating {index} answered {status}: {}",
             first_chars(&text, 500)
-        )))
+        ));
+        Err(if status.as_u16() == 429 || status.is_server_error() {
+            refused.unavailable()
+        } else {
+            refused
+        })
     }
 
     /// A request with a JSON body to a path, answered with JSON (status and body).

@@ -72,13 +72,27 @@ impl Plugin for ElasticsearchSinkPlugin {
             split(&settings).map_err(|e| PluginError::context("elasticsearch settings", e))?;
         let client = Client::new(&connection)
             .map_err(|e| PluginError::context("the Elasticsearch client", e))?;
-        for alias in &own.aliases {
-            client
-                .ensure_alias(alias)
-                .await
-                .map_err(|e| PluginError::context(format!("alias {alias}"), e))?;
+        let aliases = Arc::new(Aliases {
+            client: client.clone(),
+            names: own.aliases.clone(),
+            made: tokio::sync::OnceCell::new(),
+        });
+        // A server that is away (or still starting) is no reason not to start: the
+        // aliases are made before the first write, or a readiness check, finds it up.
+        // One that answers with a refusal (credentials, a name it will not take) is.
+        if let Err(e) = aliases.ensure().await {
+            if !e.is_unavailable() {
+                return Err(PluginError::context("the aliases", e));
+            }
+            tracing::warn!(
+                pipeline = ctx.pipeline,
+                component = ctx.component,
+                error = %e,
+                "Elasticsearch is unavailable; its aliases will be made before the first write"
+            );
         }
         let check_client = client.clone();
+        let check_aliases = Arc::clone(&aliases);
         let targets = if own.aliases.is_empty() {
             "_all".to_owned()
         } else {
@@ -91,8 +105,13 @@ impl Plugin for ElasticsearchSinkPlugin {
             &format!("elasticsearch {targets}"),
             Arc::new(move || {
                 let client = check_client.clone();
+                let aliases = Arc::clone(&check_aliases);
                 let path = path.clone();
-                async move { client.healthcheck(&path).await }.boxed()
+                async move {
+                    aliases.ensure().await.map_err(|e| e.to_string())?;
+                    client.healthcheck(&path).await
+                }
+                .boxed()
             }),
         );
         client.register_metrics(ctx.metrics);
@@ -109,14 +128,39 @@ impl Plugin for ElasticsearchSinkPlugin {
         );
         Ok(Component::Sink(Arc::new(Factory {
             client,
+            aliases,
             settings: Arc::new(own),
             stale,
         })))
     }
 }
 
+/// The sink's aliases, made once: at build when the server answers, else before the
+/// first write (or readiness check) that finds it up. A bulk write to an alias that does
+/// not exist would make an index of that name instead.
+struct Aliases {
+    client: Client,
+    names: Vec<String>,
+    made: tokio::sync::OnceCell<()>,
+}
+
+impl Aliases {
+    async fn ensure(&self) -> Result<(), EsError> {
+        self.made
+            .get_or_try_init(|| async {
+                for alias in &self.names {
+                    self.client.ensure_alias(alias).await?;
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(())
+    }
+}
+
 struct Factory {
     client: Client,
+    aliases: Arc<Aliases>,
     settings: Arc<SinkSettings>,
     stale: Counter,
 }
@@ -125,6 +169,7 @@ impl SinkFactory for Factory {
     fn create(&self, _lane: usize) -> Result<Box<dyn Sink>, PluginError> {
         Ok(Box::new(ElasticsearchSink {
             client: self.client.clone(),
+            aliases: Arc::clone(&self.aliases),
             settings: Arc::clone(&self.settings),
             stale: self.stale.clone(),
             pressure: Backpressure::default(),
@@ -134,6 +179,7 @@ impl SinkFactory for Factory {
 
 struct ElasticsearchSink {
     client: Client,
+    aliases: Arc<Aliases>,
     settings: Arc<SinkSettings>,
     stale: Counter,
     pressure: Backpressure,
@@ -179,10 +225,15 @@ impl Sink for ElasticsearchSink {
             }
         }
         let client = self.client.clone();
+        let aliases = Arc::clone(&self.aliases);
         let stale = self.stale.clone();
         let pressure = self.pressure.clone();
         let total = events.len();
         Ok(async move {
+            aliases
+                .ensure()
+                .await
+                .map_err(|e| PluginError::context("the aliases", e))?;
             let outcome = client
                 .bulk_watched(&docs, &pressure)
                 .await
