@@ -428,8 +428,8 @@ impl Started {
 trait Lane: Clone + Send + Sync + 'static {
     type Instance: Send + 'static;
     fn label(&self) -> &str;
-    fn buffer(&self) -> usize;
-    fn buffer_bytes(&self) -> Option<u32>;
+    /// A new lane's channel, with the node's bounds.
+    fn channel(&self) -> (LaneSender, Inlet);
     fn make(&self, index: usize) -> Result<Self::Instance, PluginError>;
     fn run(
         self,
@@ -470,7 +470,7 @@ fn wire<L: Lane>(
                         return None;
                     }
                 };
-                let (tx, inlet) = lane_channel(lane.buffer(), lane.buffer_bytes());
+                let (tx, inlet) = lane.channel();
                 let retire = Retire {
                     lanes: weak.clone(),
                     key,
@@ -492,11 +492,8 @@ macro_rules! lane {
             fn label(&self) -> &str {
                 &self.label
             }
-            fn buffer(&self) -> usize {
-                self.buffer
-            }
-            fn buffer_bytes(&self) -> Option<u32> {
-                self.buffer_bytes
+            fn channel(&self) -> (LaneSender, Inlet) {
+                lane_channel(self.buffer, self.buffer_bytes)
             }
             fn make(&self, index: usize) -> Result<Self::Instance, PluginError> {
                 self.factory.create(index)
@@ -600,8 +597,6 @@ struct LaneMetrics {
     refused: prometheus_client::metrics::counter::Counter,
     discarded: prometheus_client::metrics::counter::Counter,
     dead_lettered: prometheus_client::metrics::counter::Counter,
-    /// The lane's bound in bytes.
-    gate: Option<Arc<ByteGate>>,
 }
 
 impl LaneMetrics {
@@ -681,7 +676,6 @@ impl LaneMetrics {
             refused,
             discarded,
             dead_lettered,
-            gate: inlet.gate.clone(),
         }
     }
 
@@ -690,14 +684,6 @@ impl LaneMetrics {
         self.batches_in.inc();
         #[allow(clippy::cast_precision_loss)]
         self.batch_size.observe(batch.len() as f64);
-    }
-
-    /// `events` no longer count against the lane's bound in bytes: a stage took their
-    /// batch, or a sink's write of them settled.
-    fn release(&self, events: &[Event]) {
-        if let Some(gate) = &self.gate {
-            gate.leave(gate.weigh(events));
-        }
     }
 
     /// Each delivered event's age: how long after its timestamp it became durable here.
@@ -765,7 +751,7 @@ impl StageLane {
         retire: Option<Retire>,
     ) -> TaskResult {
         let metrics = LaneMetrics::new(&self.metrics, &self.labels, lane, self.buffer, &inlet);
-        let Inlet { mut rx, .. } = inlet;
+        let Inlet { mut rx, gate, .. } = inlet;
         let label = self.label.clone();
         let mut emitted = Vec::new();
         let mut retired = false;
@@ -805,7 +791,9 @@ impl StageLane {
                 Input::Batch(batch) => {
                     metrics.received(&batch);
                     // Out of the channel: what the stage holds from here is its own.
-                    metrics.release(&batch.events);
+                    if let Some(gate) = &gate {
+                        gate.release(&batch.events);
+                    }
                     claims = Some(batch.acks.clone());
                     AssertUnwindSafe(stage.process(batch, &mut emitted))
                         .catch_unwind()
@@ -895,11 +883,13 @@ type Written = (Result<(), PluginError>, AckSet, Instant, Arc<[Event]>, u64);
 
 impl SinkLane {
     /// Settles a finished write (see [`SinkLane::conclude`]), then gives its bytes back to
-    /// the lane's bound: only now is the batch no longer held.
-    async fn settle(&self, metrics: &LaneMetrics, written: Written) {
-        let events = Arc::clone(&written.3);
+    /// the lane's bound (`gate`): only now is the batch no longer held.
+    async fn settle(&self, metrics: &LaneMetrics, gate: Option<&ByteGate>, written: Written) {
+        let events = gate.map(|_| Arc::clone(&written.3));
         self.conclude(metrics, written).await;
-        metrics.release(&events);
+        if let (Some(gate), Some(events)) = (gate, events) {
+            gate.release(&events);
+        }
     }
 
     /// A finished write's outcome: delivered; its refused events dead-lettered (when
@@ -972,7 +962,8 @@ impl SinkLane {
         retire: Option<Retire>,
     ) -> TaskResult {
         let metrics = LaneMetrics::new(&self.metrics, &self.labels, lane, self.buffer, &inlet);
-        let Inlet { mut rx, .. } = inlet;
+        let Inlet { mut rx, gate, .. } = inlet;
+        let gate = gate.as_deref();
         let label = self.label.clone();
         let mut in_flight = FuturesUnordered::new();
         let mut retired = false;
@@ -997,7 +988,7 @@ impl SinkLane {
                     }
                     limiter.finished(Instant::now(), done.2.elapsed(), outcome);
                     limit.show(&limiter);
-                    self.settle(&metrics, done).await;
+                    self.settle(&metrics, gate, done).await;
                 }
                 batch = rx.recv(), if in_flight.len() < limiter.limit() => {
                     let Some(batch) = batch else { break };
@@ -1018,7 +1009,7 @@ impl SinkLane {
                                 (result, acks, started, kept, batch_lane)
                             });
                         }
-                        Ok(Err(e)) => self.settle(&metrics, (Err(e), acks, started, kept, batch_lane)).await,
+                        Ok(Err(e)) => self.settle(&metrics, gate, (Err(e), acks, started, kept, batch_lane)).await,
                         Err(panic) => {
                             let text = panic_text(panic.as_ref());
                             error!(component = %label, lane, panic = %text, "sink panicked; its batch fails and the lane starts afresh");
@@ -1027,7 +1018,7 @@ impl SinkLane {
                                 sink.report_backpressure_to(pressure.clone());
                             }
                             let e = PluginError::new(format!("the sink panicked: {text}"));
-                            self.settle(&metrics, (Err(e), acks, started, kept, batch_lane)).await;
+                            self.settle(&metrics, gate, (Err(e), acks, started, kept, batch_lane)).await;
                         }
                     }
                 }
@@ -1045,7 +1036,7 @@ impl SinkLane {
         }
         while let Some(done) = in_flight.next().await {
             metrics.in_flight.dec();
-            self.settle(&metrics, done).await;
+            self.settle(&metrics, gate, done).await;
         }
         let result = sink.flush().await;
         if retire.is_some() {

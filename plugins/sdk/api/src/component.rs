@@ -224,12 +224,13 @@ impl ByteGate {
         self.limit
     }
 
-    /// What `events` count for: their bytes ([`Event::byte_size`]), at most the bound.
+    /// What `events` count for: their bytes ([`Event::total_size`]), at most the bound.
     /// The sender and the lane weigh the same events, so what one takes the other gives
     /// back.
     pub fn weigh(&self, events: &[Event]) -> u32 {
-        let bytes: usize = events.iter().map(Event::byte_size).sum();
-        u32::try_from(bytes).unwrap_or(u32::MAX).min(self.limit)
+        u32::try_from(Event::total_size(events))
+            .unwrap_or(u32::MAX)
+            .min(self.limit)
     }
 
     /// Waits until `weight` bytes fit, and takes them. Cancel-safe: dropped while waiting,
@@ -244,6 +245,11 @@ impl ByteGate {
     /// Gives back `weight` bytes: the batch left the channel, or its write settled.
     pub fn leave(&self, weight: u32) {
         self.room.add_permits(weight as usize);
+    }
+
+    /// Gives back what `events` entered with (their weight, as [`ByteGate::weigh`]).
+    pub fn release(&self, events: &[Event]) {
+        self.leave(self.weigh(events));
     }
 
     /// The bytes held now.

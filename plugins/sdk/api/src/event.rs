@@ -79,6 +79,11 @@ impl Event {
         self
     }
 
+    /// The summed [`Event::byte_size`] of `events`.
+    pub fn total_size(events: &[Event]) -> usize {
+        events.iter().map(Event::byte_size).sum()
+    }
+
     /// An estimate of the memory the event holds, for byte-based batching limits.
     pub fn byte_size(&self) -> usize {
         self.payload.len()
@@ -211,7 +216,7 @@ impl Batch {
     }
 
     pub fn byte_size(&self) -> usize {
-        self.events.iter().map(Event::byte_size).sum()
+        Event::total_size(&self.events)
     }
 
     /// Moves `other`'s events and claims into this batch.
