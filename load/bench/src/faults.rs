@@ -11,12 +11,13 @@
 //!
 //! Cases: SIGKILL of each pipeline process at random moments (restarted at once); the
 //! Kafka broker, Cassandra and the Elasticsearch-API server stopped for a while and
-//! started again; a consumer-group rebalance (a second domain process joins, then
+//! started again; the Elasticsearch-API server stalled (SIGSTOP: it holds its
+//! connections and answers nothing) under a higher rate, then resumed; a consumer-group rebalance (a second domain process joins, then
 //! leaves); ten times the steady rate for a while. The report (terminal, Markdown and
 //! JSON under load/reports/) lists each case with accepted, stored, projected, lost and
 //! duplicated counts, what was shed, when readiness went 503, how long recovery took,
 //! and the peak memory of each process. The exit code is 0 only if every case lost and
-//! duplicated nothing.
+//! duplicated nothing and kept every process under 256 MiB resident.
 //!
 //! `--cluster` runs the cluster cases on the local stack's cluster profile
 //! (`localstack up --cluster`: 3 Kafka brokers, 3 Cassandra nodes, 2 OpenSearch nodes),
@@ -80,6 +81,11 @@ enum Fault {
     Kill(&'static str),
     /// Stop this local-stack server, wait, start it again.
     Server(&'static str),
+    /// SIGSTOP this local-stack server's process, wait, SIGCONT: it keeps its
+    /// connections and answers nothing, so requests time out instead of being refused
+    /// (a hung node, a long GC pause), while the backlog for it builds up in Kafka and in
+    /// the pipelines' bounded buffers.
+    Stall(&'static str),
     /// A second domain process joins the consumer group, then leaves.
     Rebalance,
     /// Ten times the steady rate.
@@ -95,7 +101,7 @@ enum Fault {
     Scale(&'static str),
 }
 
-const CASES: [(&str, Fault); 9] = [
+const CASES: [(&str, Fault); 10] = [
     ("kill-command-api", Fault::Kill("command-api")),
     ("kill-domain", Fault::Kill("domain")),
     ("kill-projections", Fault::Kill("projections")),
@@ -103,6 +109,7 @@ const CASES: [(&str, Fault); 9] = [
     ("kafka-down", Fault::Server("kafka")),
     ("cassandra-down", Fault::Server("cassandra")),
     ("elasticsearch-down", Fault::Server("opensearch")),
+    ("elasticsearch-stalled", Fault::Stall("opensearch")),
     ("rebalance", Fault::Rebalance),
     ("overload", Fault::Overload),
 ];
@@ -222,7 +229,8 @@ impl Plan {
 
     fn steady(&self, fault: Fault) -> f64 {
         match fault {
-            Fault::Overload => self.overload_steady,
+            // A stall's backlog should be worth holding: the memory bound is what it tests.
+            Fault::Overload | Fault::Stall(_) => self.overload_steady,
             _ => self.rate,
         }
     }
@@ -298,8 +306,22 @@ impl CaseResult {
             && self.duplicated() == 0
             && self.out_of_order_carts == 0
             && self.replay_mismatches == 0
+            && self.over_memory().is_empty()
+    }
+
+    /// The processes whose peak resident memory reached [`RSS_LIMIT_MIB`].
+    fn over_memory(&self) -> Vec<String> {
+        self.peak_rss_mib
+            .iter()
+            .filter(|(_, mib)| **mib >= RSS_LIMIT_MIB)
+            .map(|(process, mib)| format!("{process} {mib:.0} MiB"))
+            .collect()
     }
 }
+
+/// Each pipeline process's resident memory stays below this, whatever the fault (the
+/// benchmark's target for every process at peak).
+const RSS_LIMIT_MIB: f64 = 256.0;
 
 /// The four pipelines as processes, at fixed addresses.
 struct Cluster {
@@ -448,6 +470,48 @@ fn localstack() -> PathBuf {
 
 async fn stack(action: &str, server: &str) -> Result<()> {
     localstack_run(&[action, server]).await.map(drop)
+}
+
+/// The process id of the single-node stack's `server`, from `localstack status --json`.
+async fn server_pid(server: &str) -> Result<u32> {
+    let status: Vec<Value> = serde_json::from_str(&localstack_run(&["status", "--json"]).await?)
+        .context("reading localstack status --json")?;
+    status
+        .iter()
+        .find(|node| node["server"] == server && node["healthy"] == true)
+        .and_then(|node| node["pid"].as_u64())
+        .and_then(|pid| u32::try_from(pid).ok())
+        .with_context(|| format!("no healthy {server} in localstack status"))
+}
+
+/// A server process stopped with SIGSTOP; dropped (the case ended, failed or panicked),
+/// it is resumed with SIGCONT, so that no run leaves a server frozen.
+struct Stalled(u32);
+
+impl Stalled {
+    fn stop(pid: u32) -> Result<Self> {
+        signal(pid, "STOP")?;
+        Ok(Self(pid))
+    }
+}
+
+impl Drop for Stalled {
+    fn drop(&mut self) {
+        if let Err(e) = signal(self.0, "CONT") {
+            eprintln!("salesflow-faults: could not resume pid {}: {e:#}", self.0);
+        }
+    }
+}
+
+fn signal(pid: u32, name: &str) -> Result<()> {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .with_context(|| format!("running kill -{name} {pid}"))?;
+    if !status.success() {
+        bail!("kill -{name} {pid} failed: {status}");
+    }
+    Ok(())
 }
 
 /// Runs `localstack ARGS...` to its end; its stdout when it succeeds.
@@ -992,6 +1056,19 @@ async fn inject(
                 ));
                 seen.ended = Some(Instant::now());
             }
+            Fault::Stall(server) => {
+                tokio::time::sleep_until(t0 + plan.before).await;
+                let pid = server_pid(server).await?;
+                seen.started = Some(Instant::now());
+                let stalled = Stalled::stop(pid)?;
+                tokio::time::sleep(window).await;
+                drop(stalled);
+                seen.notes.push(format!(
+                    "{server} (pid {pid}) stalled {:.1} s",
+                    seen.started.map_or(0.0, |s| s.elapsed().as_secs_f64())
+                ));
+                seen.ended = Some(Instant::now());
+            }
             Fault::Rebalance => {
                 tokio::time::sleep_until(t0 + plan.before).await;
                 seen.started = Some(Instant::now());
@@ -1315,6 +1392,11 @@ fn describe(fault: Fault, plan: &Plan) -> String {
             secs(plan.fault)
         ),
         Fault::Server(s) => format!("{s} stopped for {} s, then started", secs(plan.fault)),
+        Fault::Stall(s) => format!(
+            "{s} stalled (SIGSTOP) for {} s at {:.0}/s, then resumed",
+            secs(plan.fault),
+            plan.overload_steady
+        ),
         Fault::Rebalance => format!(
             "a second domain process in the group for {} s",
             secs(plan.fault)
@@ -1540,6 +1622,14 @@ async fn main_async(cli: Cli) -> Result<bool> {
                 .map(|e| format!("; error: {e}"))
                 .unwrap_or_default()
         );
+        let over = r.over_memory();
+        if !over.is_empty() {
+            eprintln!(
+                "salesflow-faults:   {}: resident memory at or above {RSS_LIMIT_MIB:.0} MiB: {}",
+                r.case,
+                over.join(", ")
+            );
+        }
         for n in &r.notes {
             eprintln!("salesflow-faults:   {}: {n}", r.case);
         }
