@@ -472,11 +472,27 @@ async fn stack(action: &str, server: &str) -> Result<()> {
     localstack_run(&[action, server]).await.map(drop)
 }
 
+/// Every node `localstack status --json` lists. Its exit code is not success while a
+/// node is unhealthy; the nodes are read all the same, and the caller judges them.
+async fn localstack_status() -> Result<Vec<Value>> {
+    let out = tokio::process::Command::new(localstack())
+        .current_dir(common::repo())
+        .args(["status", "--json"])
+        .output()
+        .await
+        .with_context(|| format!("running {} status --json", localstack().display()))?;
+    serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "reading localstack status --json: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// The process id of the single-node stack's `server`, from `localstack status --json`.
 async fn server_pid(server: &str) -> Result<u32> {
-    let status: Vec<Value> = serde_json::from_str(&localstack_run(&["status", "--json"]).await?)
-        .context("reading localstack status --json")?;
-    status
+    localstack_status()
+        .await?
         .iter()
         .find(|node| node["server"] == server && node["healthy"] == true)
         .and_then(|node| node["pid"].as_u64())
@@ -541,18 +557,7 @@ struct Nodes(BTreeMap<String, Vec<(String, String)>>);
 
 impl Nodes {
     async fn read() -> Result<Self> {
-        let out = tokio::process::Command::new(localstack())
-            .current_dir(common::repo())
-            .args(["status", "--json"])
-            .output()
-            .await
-            .with_context(|| format!("running {} status --json", localstack().display()))?;
-        let status: Vec<Value> = serde_json::from_slice(&out.stdout).with_context(|| {
-            format!(
-                "reading localstack status --json: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })?;
+        let status = localstack_status().await?;
         let mut nodes = Self::default();
         let mut unhealthy = Vec::new();
         for node in &status {

@@ -129,6 +129,13 @@ struct Ends {
 }
 
 impl Ends {
+    const UNKNOWN: Self = Self {
+        high: -1,
+        committed: -1,
+        end: -1,
+        asked: -1,
+    };
+
     /// The high watermark and the lag to report: librdkafka's, or taken to the end offset
     /// the source asked for when that is newer.
     fn reported(&self) -> (Option<i64>, Option<i64>) {
@@ -284,12 +291,7 @@ impl SourceMetrics {
                 } else {
                     (-1, -1)
                 };
-                let entry = ends.entry(labels.clone()).or_insert(Ends {
-                    high: -1,
-                    committed: -1,
-                    end: -1,
-                    asked: -1,
-                });
+                let entry = ends.entry(labels.clone()).or_insert(Ends::UNKNOWN);
                 // What was asked is only kept while it is newer than what the fetches
                 // bring, and while the queue has records (an empty one is being fetched).
                 let asked = if p.fetchq_cnt > 0 && entry.asked > p.hi_offset.max(end) {
