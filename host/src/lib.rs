@@ -412,11 +412,33 @@ fn run(
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
-            tracing::error!(error = %format!("{e:#}"), "salesflow failed");
-            eprintln!("salesflow: {e:#}");
+            let message = with_causes(e.as_ref());
+            tracing::error!(error = %message, "salesflow failed");
+            eprintln!("salesflow: {message}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, each said once. Most of salesflow's errors already end with
+/// their cause's message (and keep the cause for its chain), so `{:#}`, which appends
+/// every cause, would print those twice; a cause is added only when the message so far
+/// does not hold it.
+fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = String::new();
+    let mut next = Some(error);
+    while let Some(cause) = next {
+        next = cause.source();
+        let said = cause.to_string();
+        if message.contains(&said) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&said);
+    }
+    message
 }
 
 #[cfg(test)]
@@ -432,6 +454,46 @@ mod tests {
         ] {
             assert!(help.contains(name), "{name} missing from:\n{help}");
         }
+    }
+
+    /// An error whose message ends with its cause's, as most of salesflow's do.
+    #[derive(Debug)]
+    struct Layer(String, Option<Box<Layer>>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match &self.1 {
+                Some(cause) => write!(f, "{}: {cause}", self.0),
+                None => f.write_str(&self.0),
+            }
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|c| c as _)
+        }
+    }
+
+    #[test]
+    fn an_error_names_each_of_its_causes_once() {
+        let refused = Layer("Connection refused".into(), None);
+        let connecting = Layer(
+            "connecting to Cassandra at 127.0.0.1:9042".into(),
+            Some(Box::new(refused)),
+        );
+        let store = Layer("the event store".into(), Some(Box::new(connecting)));
+        assert_eq!(
+            with_causes(&store),
+            "the event store: connecting to Cassandra at 127.0.0.1:9042: Connection refused"
+        );
+        // A context that does not say its cause gets it appended.
+        let io = std::io::Error::other("address in use");
+        let bind = anyhow::Error::new(io).context("binding the HTTP server to 127.0.0.1:8080");
+        assert_eq!(
+            with_causes(bind.as_ref()),
+            "binding the HTTP server to 127.0.0.1:8080: address in use"
+        );
     }
 
     #[test]

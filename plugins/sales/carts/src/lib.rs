@@ -167,7 +167,7 @@ impl Plugin for CartPlugin {
     ) -> Result<Component, PluginError> {
         let (own, connection) =
             split(&settings).map_err(|e| PluginError::context("cart settings", e))?;
-        let store = EventStore::connect(&connection)
+        let store = EventStore::open(&connection)
             .await
             .map_err(|e| PluginError::context("the event store", e))?;
         salesflow_sales_event_store::register(&store, &connection, ctx);

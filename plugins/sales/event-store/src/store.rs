@@ -32,11 +32,12 @@ use salesflow_sales::{BUCKET_SIZE, CartEvent, bucket_of};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
-use scylla::errors::{DbError, ExecutionError, RequestAttemptError};
+use scylla::errors::{DbError, ExecutionError, NewSessionError, PrepareError, RequestAttemptError};
 use scylla::policies::load_balancing::DefaultPolicy;
 use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::prepared::PreparedStatement;
-use tracing::info;
+use tokio::sync::OnceCell;
+use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::config::CassandraSettings;
@@ -60,21 +61,30 @@ pub fn hour_and_shard(event: &CartEvent) -> (DateTime<Utc>, i32) {
     (hour, shard)
 }
 
-/// A connected event store.
+/// The event store. Connected now ([`EventStore::connect`]), or at first use when
+/// Cassandra did not answer at the start ([`EventStore::open`]): every request waits for
+/// the connection within its retry timeout, as it waits out a node that is down.
 #[derive(Clone)]
 pub struct EventStore {
-    session: Arc<Session>,
+    /// The session and its prepared statements, once made: made once, by the first
+    /// request or readiness check that finds Cassandra answering.
+    connection: Arc<OnceCell<Connection>>,
+    settings: Arc<CassandraSettings>,
+    /// Counts retried requests (for metrics).
+    retries: prometheus_client::metrics::counter::Counter,
+    /// Counts appends refused because the cart was not at the expected version.
+    conflicts: prometheus_client::metrics::counter::Counter,
+}
+
+/// A session to Cassandra and the store's prepared statements.
+struct Connection {
+    session: Session,
     insert_event: PreparedStatement,
     insert_hour: PreparedStatement,
     select_bucket: PreparedStatement,
     select_bucket_serial: PreparedStatement,
     select_event: PreparedStatement,
     select_hour: PreparedStatement,
-    settings: Arc<CassandraSettings>,
-    /// Counts retried requests (for metrics).
-    retries: prometheus_client::metrics::counter::Counter,
-    /// Counts appends refused because the cart was not at the expected version.
-    conflicts: prometheus_client::metrics::counter::Counter,
 }
 
 /// A failure of the event store (after its retries), with what was being done.
@@ -143,8 +153,10 @@ pub enum AppendError {
 type EventRow = (Uuid, i32, i64, Uuid, DateTime<Utc>, DateTime<Utc>, String);
 type HourRow = (DateTime<Utc>, i32, DateTime<Utc>, Uuid, i64);
 
-impl EventStore {
-    pub async fn connect(settings: &CassandraSettings) -> Result<Self, StoreError> {
+impl Connection {
+    /// One attempt at a session and the prepared statements. Transient unless Cassandra
+    /// refused something (a statement, the credentials) or the settings cannot work.
+    async fn open(settings: &CassandraSettings) -> Result<Self, Failure> {
         // A local data centre: its replicas only (LOCAL_QUORUM means that data centre's
         // quorum). A cluster of one data centre may still use SimpleStrategy, which the
         // driver cannot place in data centres: there the preference alone is kept.
@@ -171,16 +183,13 @@ impl EventStore {
         if let (Some(user), Some(password)) = (&settings.username, &settings.password) {
             builder = builder.user(user, password.expose());
         }
-        let session = builder.build().await.map_err(|e| {
-            err(
-                &format!("connecting to Cassandra at {}", settings.nodes.join(",")),
-                e,
-            )
-        })?;
+        let session = builder.build().await.map_err(Failure::session)?;
         if settings.local_datacenter.is_none() {
             // DC-aware routing by default: the data centre of the contact points, as the
             // drivers that infer it do.
-            let (dc, only_one) = local_datacenter(&session, &settings.nodes).await?;
+            let (dc, only_one) = local_datacenter(&session, &settings.nodes)
+                .await
+                .map_err(Failure::lasting)?;
             info!(datacenter = %dc, "Cassandra local data centre (from the contact points)");
             session
                 .get_default_execution_profile_handle()
@@ -194,9 +203,9 @@ impl EventStore {
                 let mut statement = session
                     .prepare(cql.as_str())
                     .await
-                    .map_err(|e| err(&format!("preparing {cql}"), e))?;
+                    .map_err(|e| Failure::prepare(&cql, &e))?;
                 statement.set_is_idempotent(idempotent);
-                Ok::<_, StoreError>(statement)
+                Ok::<_, Failure>(statement)
             }
         };
         // Conditional: retried by `append` itself, which reads the outcome.
@@ -235,17 +244,81 @@ impl EventStore {
         )
         .await?;
         Ok(Self {
-            session: Arc::new(session),
+            session,
             insert_event,
             insert_hour,
             select_bucket,
             select_bucket_serial,
             select_event,
             select_hour,
+        })
+    }
+}
+
+impl EventStore {
+    /// Connects now: fails when Cassandra does not answer (for commands that run once).
+    pub async fn connect(settings: &CassandraSettings) -> Result<Self, StoreError> {
+        let store = Self::unconnected(settings);
+        let connection = Connection::open(settings)
+            .await
+            .map_err(|e| err(&store.connecting(), e))?;
+        store.set(connection);
+        Ok(store)
+    }
+
+    /// Connects now if Cassandra answers, else at first use: a pipeline starts (not
+    /// ready, saying why) while Cassandra is away. A refusal (a statement Cassandra
+    /// refuses, such as a table that does not exist; credentials; settings that cannot
+    /// work) still fails, with the reason.
+    pub async fn open(settings: &CassandraSettings) -> Result<Self, StoreError> {
+        let store = Self::unconnected(settings);
+        match Connection::open(settings).await {
+            Ok(connection) => store.set(connection),
+            Err(e) if e.transient => warn!(
+                error = %e,
+                nodes = %settings.nodes.join(","),
+                "Cassandra is unavailable; the event store will connect at first use"
+            ),
+            Err(e) => return Err(err(&store.connecting(), e)),
+        }
+        Ok(store)
+    }
+
+    fn unconnected(settings: &CassandraSettings) -> Self {
+        Self {
+            connection: Arc::new(OnceCell::new()),
             settings: Arc::new(settings.clone()),
             retries: prometheus_client::metrics::counter::Counter::default(),
             conflicts: prometheus_client::metrics::counter::Counter::default(),
-        })
+        }
+    }
+
+    fn set(&self, connection: Connection) {
+        // A new store's cell is empty: this cannot find it set.
+        let _ = self.connection.set(connection);
+    }
+
+    fn connecting(&self) -> String {
+        format!(
+            "connecting to Cassandra at {}",
+            self.settings.nodes.join(",")
+        )
+    }
+
+    /// The connection, made now if it was not yet: one attempt at a time; a transient
+    /// failure is tried again with the retry policy, like any request.
+    async fn connection(&self) -> Result<&Connection, StoreError> {
+        if let Some(connection) = self.connection.get() {
+            return Ok(connection);
+        }
+        self.retrying(&self.connecting(), || self.connect_once())
+            .await
+    }
+
+    async fn connect_once(&self) -> Result<&Connection, Failure> {
+        self.connection
+            .get_or_try_init(|| Connection::open(&self.settings))
+            .await
     }
 
     /// The counter of retried requests, to register as a metric.
@@ -352,9 +425,10 @@ impl EventStore {
     /// backoff on errors: a retry after an uncertain outcome (a timeout) may find its own
     /// rows and answer "not applied", which the caller resolves by reloading the cart.
     async fn write_conditional(&self, rows: Vec<EventRow>) -> Result<bool, StoreError> {
+        let connection = self.connection().await?;
         let mut batch = Batch::new(BatchType::Unlogged);
         for _ in &rows {
-            batch.append_statement(self.insert_event.clone());
+            batch.append_statement(connection.insert_event.clone());
         }
         let what = format!(
             "appending to cart {} ({} events from seq {})",
@@ -364,7 +438,11 @@ impl EventStore {
         );
         let result = self
             .retrying(&what, || async {
-                self.session.batch(&batch, &rows).await.map_err(Failure::of)
+                connection
+                    .session
+                    .batch(&batch, &rows)
+                    .await
+                    .map_err(Failure::of)
             })
             .await?;
         let rows_result = result
@@ -385,13 +463,18 @@ impl EventStore {
     }
 
     async fn write_hour(&self, rows: Vec<HourRow>) -> Result<(), StoreError> {
+        let connection = self.connection().await?;
         let mut batch = Batch::new(BatchType::Unlogged);
         for _ in &rows {
-            batch.append_statement(self.insert_hour.clone());
+            batch.append_statement(connection.insert_hour.clone());
         }
         batch.set_is_idempotent(true);
         self.retrying("listing events by hour", || async {
-            self.session.batch(&batch, &rows).await.map_err(Failure::of)
+            connection
+                .session
+                .batch(&batch, &rows)
+                .await
+                .map_err(Failure::of)
         })
         .await
         .map(drop)
@@ -418,36 +501,38 @@ impl EventStore {
     /// Every event of a cart, in order; retried with backoff for up to the retry timeout
     /// (the domain worker waits out an outage rather than fail).
     pub async fn load(&self, cart_id: Uuid) -> Result<Vec<CartEvent>, StoreError> {
-        self.load_with(cart_id, &self.select_bucket).await
+        self.load_with(cart_id, false).await
     }
 
     /// [`EventStore::load`] at serial consistency: sees every conditional append that
     /// was applied, even one whose Paxos round another writer left unfinished. After a
     /// conflict, this is what the cart is.
     pub async fn load_serial(&self, cart_id: Uuid) -> Result<Vec<CartEvent>, StoreError> {
-        self.load_with(cart_id, &self.select_bucket_serial).await
+        self.load_with(cart_id, true).await
     }
 
-    async fn load_with(
-        &self,
-        cart_id: Uuid,
-        statement: &PreparedStatement,
-    ) -> Result<Vec<CartEvent>, StoreError> {
+    async fn load_with(&self, cart_id: Uuid, serial: bool) -> Result<Vec<CartEvent>, StoreError> {
         let what = format!("reading cart {cart_id}");
+        let connection = self.connection().await?;
+        let statement = if serial {
+            &connection.select_bucket_serial
+        } else {
+            &connection.select_bucket
+        };
         let mut events: Vec<CartEvent> = Vec::new();
         let mut bucket: i32 = 0;
         loop {
             let rows = self
                 .retrying(&what, || async {
-                    let result = self
+                    let result = connection
                         .session
                         .execute_unpaged(statement, (cart_id, bucket))
                         .await
                         .map_err(Failure::of)?;
-                    let rows = result.into_rows_result().map_err(Failure::decoding)?;
+                    let rows = result.into_rows_result().map_err(Failure::lasting)?;
                     let mut jsons = Vec::new();
-                    for row in rows.rows::<(String,)>().map_err(Failure::decoding)? {
-                        jsons.push(row.map_err(Failure::decoding)?.0);
+                    for row in rows.rows::<(String,)>().map_err(Failure::lasting)? {
+                        jsons.push(row.map_err(Failure::lasting)?.0);
                     }
                     Ok(jsons)
                 })
@@ -490,17 +575,18 @@ impl EventStore {
     pub async fn event(&self, cart_id: Uuid, seq: u64) -> Result<Option<CartEvent>, StoreError> {
         let what = format!("reading event {seq} of cart {cart_id}");
         let seq_i64 = i64::try_from(seq).map_err(|e| err(&what, e))?;
+        let connection = self.connection().await?;
         let json = self
             .retrying(&what, || async {
-                let result = self
+                let result = connection
                     .session
-                    .execute_unpaged(&self.select_event, (cart_id, bucket_of(seq), seq_i64))
+                    .execute_unpaged(&connection.select_event, (cart_id, bucket_of(seq), seq_i64))
                     .await
                     .map_err(Failure::of)?;
-                let rows = result.into_rows_result().map_err(Failure::decoding)?;
+                let rows = result.into_rows_result().map_err(Failure::lasting)?;
                 let row = rows
                     .maybe_first_row::<(String,)>()
-                    .map_err(Failure::decoding)?;
+                    .map_err(Failure::lasting)?;
                 Ok(row.map(|r| r.0))
             })
             .await?;
@@ -517,6 +603,8 @@ impl EventStore {
             self.settings.keyspace
         );
         let mut pager = self
+            .connection()
+            .await?
             .session
             .query_iter(cql, &[])
             .await
@@ -537,9 +625,10 @@ impl EventStore {
         hour: DateTime<Utc>,
         shard: i32,
     ) -> Result<Vec<(Uuid, u64)>, StoreError> {
-        let mut pager = self
+        let connection = self.connection().await?;
+        let mut pager = connection
             .session
-            .execute_iter(self.select_hour.clone(), (hour, shard))
+            .execute_iter(connection.select_hour.clone(), (hour, shard))
             .await
             .map_err(|e| err("reading an hour", e))?
             .rows_stream::<(Uuid, i64)>()
@@ -552,10 +641,16 @@ impl EventStore {
         Ok(out)
     }
 
-    /// Does what the store does: a prepared read on the keyspace.
+    /// Does what the store does: a prepared read on the keyspace, after one attempt at
+    /// connecting if the store is not connected yet (no retries: readiness answers now).
     pub async fn healthcheck(&self) -> Result<(), StoreError> {
-        self.session
-            .execute_unpaged(&self.select_bucket, (Uuid::nil(), 0_i32))
+        let connection = self
+            .connect_once()
+            .await
+            .map_err(|e| err(&self.connecting(), e))?;
+        connection
+            .session
+            .execute_unpaged(&connection.select_bucket, (Uuid::nil(), 0_i32))
             .await
             .map(drop)
             .map_err(|e| err("prepared read on the event store", e))
@@ -595,8 +690,44 @@ impl Failure {
         }
     }
 
-    /// An answer that does not read as expected: asking again gives the same answer.
-    fn decoding(error: impl std::error::Error + Send + Sync + 'static) -> Self {
+    /// A session that could not be made: transient (no node answered, a name that did
+    /// not resolve, a node that failed the handshake) unless the settings cannot work.
+    fn session(error: NewSessionError) -> Self {
+        let transient = !matches!(
+            error,
+            NewSessionError::EmptyKnownNodesList | NewSessionError::IllegalConfig(_)
+        );
+        Self {
+            error: Box::new(error),
+            transient,
+        }
+    }
+
+    /// A statement that could not be prepared: refused when Cassandra answered that it
+    /// is wrong (a keyspace or table that does not exist, no permission).
+    fn prepare(cql: &str, error: &PrepareError) -> Self {
+        let refused = matches!(
+            error,
+            PrepareError::AllAttemptsFailed {
+                first_attempt: RequestAttemptError::DbError(
+                    DbError::SyntaxError
+                        | DbError::Invalid
+                        | DbError::Unauthorized
+                        | DbError::AuthenticationError
+                        | DbError::ConfigError,
+                    _
+                )
+            }
+        );
+        Self {
+            error: format!("preparing {cql}: {error}").into(),
+            transient: !refused,
+        }
+    }
+
+    /// A failure that asking again cannot mend: an answer that does not read as
+    /// expected, a cluster the settings do not fit.
+    fn lasting(error: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self {
             error: Box::new(error),
             transient: false,

@@ -157,7 +157,7 @@ impl Plugin for QueryApiPlugin {
             .map_err(|e| PluginError::context("query-api settings", e))?;
         let es = Client::new(&settings.elasticsearch)
             .map_err(|e| PluginError::context("the Elasticsearch client", e))?;
-        let store = EventStore::connect(&settings.cassandra)
+        let store = EventStore::open(&settings.cassandra)
             .await
             .map_err(|e| PluginError::context("the event store", e))?;
         let api = Arc::new(Api {

@@ -148,7 +148,7 @@ impl Plugin for ReadModelsPlugin {
     ) -> Result<Component, PluginError> {
         let settings = ReadModelSettings::from_table(&settings)
             .map_err(|e| PluginError::context("read-models settings", e))?;
-        let store = EventStore::connect(&settings.cassandra)
+        let store = EventStore::open(&settings.cassandra)
             .await
             .map_err(|e| PluginError::context("the event store", e))?;
         salesflow_sales_event_store::register(&store, &settings.cassandra, ctx);
