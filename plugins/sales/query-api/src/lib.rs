@@ -317,11 +317,25 @@ async fn events(
         Ok(id) => id,
         Err(r) => return *r,
     };
-    match api.store.load(id).await {
-        Ok(events) if events.is_empty() => problem(StatusCode::NOT_FOUND, format!("no cart {id}")),
-        Ok(events) => Json(json!({ "cart_id": id, "events": events })).into_response(),
-        Err(e) => {
+    // A reader waits one request timeout of the store, retries included, then gets 503
+    // with Retry-After, as when the read models are away. The store's own retry budget
+    // (`retry_timeout`, minutes) is for the pipelines, which wait out an outage.
+    let read = tokio::time::timeout(api.settings.cassandra.request_timeout, api.store.load(id));
+    match read.await {
+        Ok(Ok(events)) if events.is_empty() => {
+            problem(StatusCode::NOT_FOUND, format!("no cart {id}"))
+        }
+        Ok(Ok(events)) => Json(json!({ "cart_id": id, "events": events })).into_response(),
+        Ok(Err(e)) => {
             tracing::warn!(error = %e, "event store read failed");
+            unavailable(&api, "the event store is")
+        }
+        Err(_) => {
+            tracing::warn!(
+                cart = %id,
+                timeout = ?api.settings.cassandra.request_timeout,
+                "event store read did not finish within the request timeout"
+            );
             unavailable(&api, "the event store is")
         }
     }

@@ -947,3 +947,72 @@ async fn queries_answer_503_with_retry_after_while_the_read_models_are_down() {
     assert_eq!(ready.status(), 503, "ready while Elasticsearch is down");
     drop(host);
 }
+
+/// The Query API starts while Cassandra does not answer; a cart's events are then 503
+/// with `Retry-After` within the store's request timeout (not the store's minutes of
+/// retries, nor the server's 408), and the read models still answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_answer_503_with_retry_after_while_the_event_store_is_down() {
+    let sales = Sales::named(BIN, "no-store");
+    // A port nothing listens on: Cassandra is down for this process, from its start.
+    let nowhere = support::free_address().unwrap();
+    let mut args = sales.overrides();
+    args.extend([
+        "--set".to_owned(),
+        format!("cassandra.nodes=[\"{nowhere}\"]"),
+        "--set".to_owned(),
+        "cassandra.request_timeout=1s".to_owned(),
+        "--set".to_owned(),
+        "pipelines.query-api.sources.api.retry_after_secs=7".to_owned(),
+        "run".to_owned(),
+        "--pipeline".to_owned(),
+        "query-api".to_owned(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let host = Host::start(std::path::Path::new(BIN), &Sales::config(), &args);
+    let base = format!("http://{}", host.address());
+    let client = reqwest::Client::new();
+    let cart = uuid::Uuid::new_v4();
+    let r = client
+        .get(format!("{base}/carts/{cart}/events"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("7"),
+        "{:?}",
+        r.headers()
+    );
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("event store")),
+        "{body}"
+    );
+    let r = client
+        .get(format!("{base}/carts/{cart}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "the read models answer without Cassandra");
+    // Readiness answers from its last round of checks (one at start, then every 2 s).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = client
+            .get(format!("{base}/health/ready"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(ready.status(), 503, "ready while Cassandra is down");
+        let ready = ready.text().await.unwrap();
+        if ready.contains("connecting to Cassandra at") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{ready}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(host);
+}
