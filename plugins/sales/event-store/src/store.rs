@@ -155,7 +155,9 @@ type HourRow = (DateTime<Utc>, i32, DateTime<Utc>, Uuid, i64);
 
 impl Connection {
     /// One attempt at a session and the prepared statements. Transient unless Cassandra
-    /// refused something (a statement, the credentials) or the settings cannot work.
+    /// refused a statement or the settings cannot work. A login Cassandra refuses is
+    /// transient here: the driver reports it inside its connection errors, so the
+    /// process stays not ready, saying why, rather than exiting.
     async fn open(settings: &CassandraSettings) -> Result<Self, Failure> {
         // A local data centre: its replicas only (LOCAL_QUORUM means that data centre's
         // quorum). A cluster of one data centre may still use SimpleStrategy, which the
@@ -268,8 +270,8 @@ impl EventStore {
 
     /// Connects now if Cassandra answers, else at first use: a pipeline starts (not
     /// ready, saying why) while Cassandra is away. A refusal (a statement Cassandra
-    /// refuses, such as a table that does not exist; credentials; settings that cannot
-    /// work) still fails, with the reason.
+    /// refuses, such as a table that does not exist; settings that cannot work) still
+    /// fails, with the reason.
     pub async fn open(settings: &CassandraSettings) -> Result<Self, StoreError> {
         let store = Self::unconnected(settings);
         match Connection::open(settings).await {
