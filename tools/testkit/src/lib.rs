@@ -56,6 +56,20 @@ pub fn cassandra_nodes() -> Vec<String> {
         .collect()
 }
 
+/// Relays every connection accepted on `listener` to `target` (`host:port`), byte for
+/// byte: an address of a real server that a test opens when it wants the server to
+/// answer (bind the address, then spawn this), and that refuses connections until then.
+pub async fn relay(listener: tokio::net::TcpListener, target: String) {
+    while let Ok((mut inbound, _)) = listener.accept().await {
+        let target = target.clone();
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
 /// A free loopback address (`127.0.0.1:port`).
 pub fn free_address() -> std::io::Result<String> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?

@@ -21,23 +21,14 @@ fn real_node() -> String {
     std::env::var("SALESFLOW_ELASTICSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into())
 }
 
-/// Relays every connection accepted on `listener` to the real node.
-async fn relay(listener: tokio::net::TcpListener) {
+/// The real node's `host:port`.
+fn real_address() -> String {
     let target = url::Url::parse(&real_node()).unwrap();
-    let target = format!(
+    format!(
         "{}:{}",
         target.host_str().unwrap(),
         target.port_or_known_default().unwrap()
-    );
-    loop {
-        let (mut inbound, _) = listener.accept().await.unwrap();
-        let target = target.clone();
-        tokio::spawn(async move {
-            if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
-                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-            }
-        });
-    }
+    )
 }
 
 fn doc(alias: &str, id: &str) -> Event {
@@ -114,7 +105,7 @@ async fn the_sink_starts_while_elasticsearch_is_away_and_makes_its_alias_when_it
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap();
-    let relaying = tokio::spawn(relay(listener));
+    let relaying = tokio::spawn(salesflow_testkit::relay(listener, real_address()));
     // The client's pool waits out a backoff before it tries a node that refused again.
     let deadline = Instant::now() + Duration::from_secs(60);
     while let Err(why) = ready().await {

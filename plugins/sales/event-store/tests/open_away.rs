@@ -12,19 +12,6 @@ use salesflow_plugin_api::{Settings, toml};
 use salesflow_sales_event_store::{CassandraSettings, EventStore};
 use uuid::Uuid;
 
-/// Relays every connection accepted on `listener` to the real node.
-async fn relay(listener: tokio::net::TcpListener, target: String) {
-    loop {
-        let (mut inbound, _) = listener.accept().await.unwrap();
-        let target = target.clone();
-        tokio::spawn(async move {
-            if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
-                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-            }
-        });
-    }
-}
-
 fn settings(node: &str, keyspace: &str) -> CassandraSettings {
     CassandraSettings::from_table(
         &toml::from_str(&format!(
@@ -66,7 +53,7 @@ async fn the_store_opens_while_cassandra_is_away_and_connects_when_it_answers() 
     );
 
     let listener = tokio::net::TcpListener::bind(&away).await.unwrap();
-    let relaying = tokio::spawn(relay(listener, real));
+    let relaying = tokio::spawn(salesflow_testkit::relay(listener, real));
     // The first check after the relay listens connects (one attempt per check).
     let deadline = Instant::now() + Duration::from_secs(60);
     while let Err(why) = store.healthcheck().await {

@@ -889,25 +889,45 @@ async fn invented_methods_and_paths_add_no_metric_series() {
     assert!(status.success(), "{log}");
 }
 
+/// The Query API alone, with `set` (one `--set`), Cassandra's request timeout at 1 s and
+/// `Retry-After: 7`.
+fn query_api_with(tag: &str, set: &str) -> Host {
+    let mut args = Sales::named(BIN, tag).overrides();
+    for set in [
+        set,
+        "cassandra.request_timeout=1s",
+        "pipelines.query-api.sources.api.retry_after_secs=7",
+    ] {
+        args.extend(["--set".to_owned(), set.to_owned()]);
+    }
+    args.extend(["run", "--pipeline", "query-api"].map(str::to_owned));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Host::start(std::path::Path::new(BIN), &Sales::config(), &args)
+}
+
+/// A 503 of [`query_api_with`]: `Retry-After: 7`, and an error naming `store`.
+async fn assert_unavailable(r: reqwest::Response, path: &str, store: &str) {
+    assert_eq!(r.status(), 503, "{path}");
+    assert_eq!(
+        r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
+        Some("7"),
+        "{path}: {:?}",
+        r.headers()
+    );
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["error"].as_str().is_some_and(|e| e.contains(store)),
+        "{path}: {body}"
+    );
+}
+
 /// When the stores behind the Query API cannot answer, every query route says so with 503
 /// and the `Retry-After` its API document promises; the process stays up and live.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn queries_answer_503_with_retry_after_while_the_read_models_are_down() {
-    let sales = Sales::named(BIN, "nowhere");
     // A port nothing listens on: Elasticsearch is down for this process.
     let nowhere = support::free_address().unwrap();
-    let mut args = sales.overrides();
-    args.extend([
-        "--set".to_owned(),
-        format!("elasticsearch.url=http://{nowhere}"),
-        "--set".to_owned(),
-        "pipelines.query-api.sources.api.retry_after_secs=7".to_owned(),
-        "run".to_owned(),
-        "--pipeline".to_owned(),
-        "query-api".to_owned(),
-    ]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let host = Host::start(std::path::Path::new(BIN), &Sales::config(), &args);
+    let host = query_api_with("nowhere", &format!("elasticsearch.url=http://{nowhere}"));
     let base = format!("http://{}", host.address());
     let client = reqwest::Client::new();
     let cart = uuid::Uuid::new_v4();
@@ -918,20 +938,7 @@ async fn queries_answer_503_with_retry_after_while_the_read_models_are_down() {
         "/carts/totals?user_id=someone".to_owned(),
     ] {
         let r = client.get(format!("{base}{path}")).send().await.unwrap();
-        assert_eq!(r.status(), 503, "{path}");
-        assert_eq!(
-            r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
-            Some("7"),
-            "{path}: {:?}",
-            r.headers()
-        );
-        let body: Value = r.json().await.unwrap();
-        assert!(
-            body["error"]
-                .as_str()
-                .is_some_and(|e| e.contains("read models")),
-            "{path}: {body}"
-        );
+        assert_unavailable(r, &path, "read models").await;
     }
     let live = client
         .get(format!("{base}/health/live"))
@@ -953,45 +960,15 @@ async fn queries_answer_503_with_retry_after_while_the_read_models_are_down() {
 /// retries, nor the server's 408), and the read models still answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_answer_503_with_retry_after_while_the_event_store_is_down() {
-    let sales = Sales::named(BIN, "no-store");
     // A port nothing listens on: Cassandra is down for this process, from its start.
     let nowhere = support::free_address().unwrap();
-    let mut args = sales.overrides();
-    args.extend([
-        "--set".to_owned(),
-        format!("cassandra.nodes=[\"{nowhere}\"]"),
-        "--set".to_owned(),
-        "cassandra.request_timeout=1s".to_owned(),
-        "--set".to_owned(),
-        "pipelines.query-api.sources.api.retry_after_secs=7".to_owned(),
-        "run".to_owned(),
-        "--pipeline".to_owned(),
-        "query-api".to_owned(),
-    ]);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let host = Host::start(std::path::Path::new(BIN), &Sales::config(), &args);
+    let host = query_api_with("no-store", &format!("cassandra.nodes=[\"{nowhere}\"]"));
     let base = format!("http://{}", host.address());
     let client = reqwest::Client::new();
     let cart = uuid::Uuid::new_v4();
-    let r = client
-        .get(format!("{base}/carts/{cart}/events"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 503);
-    assert_eq!(
-        r.headers().get("retry-after").and_then(|v| v.to_str().ok()),
-        Some("7"),
-        "{:?}",
-        r.headers()
-    );
-    let body: Value = r.json().await.unwrap();
-    assert!(
-        body["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("event store")),
-        "{body}"
-    );
+    let path = format!("/carts/{cart}/events");
+    let r = client.get(format!("{base}{path}")).send().await.unwrap();
+    assert_unavailable(r, &path, "event store").await;
     let r = client
         .get(format!("{base}/carts/{cart}"))
         .send()
