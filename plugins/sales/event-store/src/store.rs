@@ -260,12 +260,10 @@ impl Connection {
 impl EventStore {
     /// Connects now: fails when Cassandra does not answer (for commands that run once).
     pub async fn connect(settings: &CassandraSettings) -> Result<Self, StoreError> {
-        let store = Self::unconnected(settings);
-        let connection = Connection::open(settings)
-            .await
-            .map_err(|e| err(&store.connecting(), e))?;
-        store.set(connection);
-        Ok(store)
+        match Connection::open(settings).await {
+            Ok(connection) => Ok(Self::with(settings, Some(connection))),
+            Err(e) => Err(err(&connecting(settings), e)),
+        }
     }
 
     /// Connects now if Cassandra answers, else at first use: a pipeline starts (not
@@ -273,38 +271,27 @@ impl EventStore {
     /// refuses, such as a table that does not exist; settings that cannot work) still
     /// fails, with the reason.
     pub async fn open(settings: &CassandraSettings) -> Result<Self, StoreError> {
-        let store = Self::unconnected(settings);
         match Connection::open(settings).await {
-            Ok(connection) => store.set(connection),
-            Err(e) if e.transient => warn!(
-                error = %e,
-                nodes = %settings.nodes.join(","),
-                "Cassandra is unavailable; the event store will connect at first use"
-            ),
-            Err(e) => return Err(err(&store.connecting(), e)),
+            Ok(connection) => Ok(Self::with(settings, Some(connection))),
+            Err(e) if e.transient => {
+                warn!(
+                    error = %e,
+                    nodes = %settings.nodes.join(","),
+                    "Cassandra is unavailable; the event store will connect at first use"
+                );
+                Ok(Self::with(settings, None))
+            }
+            Err(e) => Err(err(&connecting(settings), e)),
         }
-        Ok(store)
     }
 
-    fn unconnected(settings: &CassandraSettings) -> Self {
+    fn with(settings: &CassandraSettings, connection: Option<Connection>) -> Self {
         Self {
-            connection: Arc::new(OnceCell::new()),
+            connection: Arc::new(OnceCell::new_with(connection)),
             settings: Arc::new(settings.clone()),
             retries: prometheus_client::metrics::counter::Counter::default(),
             conflicts: prometheus_client::metrics::counter::Counter::default(),
         }
-    }
-
-    fn set(&self, connection: Connection) {
-        // A new store's cell is empty: this cannot find it set.
-        let _ = self.connection.set(connection);
-    }
-
-    fn connecting(&self) -> String {
-        format!(
-            "connecting to Cassandra at {}",
-            self.settings.nodes.join(",")
-        )
     }
 
     /// The connection, made now if it was not yet: one attempt at a time; a transient
@@ -313,7 +300,7 @@ impl EventStore {
         if let Some(connection) = self.connection.get() {
             return Ok(connection);
         }
-        self.retrying(&self.connecting(), || self.connect_once())
+        self.retrying(&connecting(&self.settings), || self.connect_once())
             .await
     }
 
@@ -649,7 +636,7 @@ impl EventStore {
         let connection = self
             .connect_once()
             .await
-            .map_err(|e| err(&self.connecting(), e))?;
+            .map_err(|e| err(&connecting(&self.settings), e))?;
         connection
             .session
             .execute_unpaged(&connection.select_bucket, (Uuid::nil(), 0_i32))
@@ -674,16 +661,7 @@ impl Failure {
     fn of(error: ExecutionError) -> Self {
         let refused = match &error {
             ExecutionError::BadQuery(_) => true,
-            ExecutionError::LastAttemptError(RequestAttemptError::DbError(db, _)) => matches!(
-                db,
-                DbError::SyntaxError
-                    | DbError::Invalid
-                    | DbError::Unauthorized
-                    | DbError::AuthenticationError
-                    | DbError::ConfigError
-                    | DbError::AlreadyExists { .. }
-                    | DbError::FunctionFailure { .. }
-            ),
+            ExecutionError::LastAttemptError(RequestAttemptError::DbError(db, _)) => refuses(db),
             _ => false,
         };
         Self {
@@ -711,15 +689,8 @@ impl Failure {
         let refused = matches!(
             error,
             PrepareError::AllAttemptsFailed {
-                first_attempt: RequestAttemptError::DbError(
-                    DbError::SyntaxError
-                        | DbError::Invalid
-                        | DbError::Unauthorized
-                        | DbError::AuthenticationError
-                        | DbError::ConfigError,
-                    _
-                )
-            }
+                first_attempt: RequestAttemptError::DbError(db, _)
+            } if refuses(db)
         );
         Self {
             error: format!("preparing {cql}: {error}").into(),
@@ -735,6 +706,27 @@ impl Failure {
             transient: false,
         }
     }
+}
+
+/// What connecting is called in errors.
+fn connecting(settings: &CassandraSettings) -> String {
+    format!("connecting to Cassandra at {}", settings.nodes.join(","))
+}
+
+/// Whether Cassandra refused a request for what it is (syntax, an invalid request such as
+/// a table that does not exist, no permission, a schema that disagrees): asking again
+/// gets the same answer.
+fn refuses(db: &DbError) -> bool {
+    matches!(
+        db,
+        DbError::SyntaxError
+            | DbError::Invalid
+            | DbError::Unauthorized
+            | DbError::AuthenticationError
+            | DbError::ConfigError
+            | DbError::AlreadyExists { .. }
+            | DbError::FunctionFailure { .. }
+    )
 }
 
 /// The contact points' data centre (or the only one the cluster has), and whether the
