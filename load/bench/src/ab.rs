@@ -168,6 +168,37 @@ fn value(v: f64) -> String {
 /// whose ratio says nothing.
 const RESOLUTION: f64 = 0.0005;
 
+/// What a direction in every pair is worth: with no difference between the builds, each
+/// pair's ratio falls on either side of 1 as the machine happens to move, so all `n` of
+/// them fall on one side by chance once in 2^(n-1).
+fn chance(n: usize) -> String {
+    if n < 2 {
+        return "one pair: no figure's direction can be told from the machine's own moves"
+            .to_owned();
+    }
+    let odds = 1_u64 << (n - 1).min(63);
+    format!(
+        "with no difference between the builds, all {n} pairs fall on one side of 1 once in \
+         {odds} by chance; a figure whose pairs cross 1 shows no direction"
+    )
+}
+
+/// Whether every pair's ratio is on the same side of 1: "below" or "above" when all are
+/// (a ratio of exactly 1 is on neither), "crosses" when not, "-" when a pair has none.
+fn side(ratios: &[Option<f64>]) -> &'static str {
+    if ratios.is_empty() || ratios.iter().any(Option::is_none) {
+        return "-";
+    }
+    let known = ratios.iter().flatten();
+    if known.clone().all(|r| *r < 1.0) {
+        "below"
+    } else if known.clone().all(|r| *r > 1.0) {
+        "above"
+    } else {
+        "crosses"
+    }
+}
+
 fn find(figures: &Figures, name: &str) -> Option<f64> {
     figures.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
 }
@@ -176,8 +207,8 @@ fn find(figures: &Figures, name: &str) -> Option<f64> {
 /// builds' values in every pair, this / base in every pair, and the median ratio.
 pub fn markdown(base: &Build, this: &Build, pairs: &[Pair]) -> String {
     let mut md = format!(
-        "## A/B, end to end: {} / {}\n\n- base `{}`: {} with {}\n- this `{}`: {} with {}\n- {} pairs; the base ran first in pairs {}\n- servers quiet before each run, in the order they ran (waited, then their CPU): {}\n- orders/s: higher is better; CPU per order and latency: lower is better\n\n\
-         | figure | base, by pair | this, by pair | this / base, by pair | median this / base |\n|---|---|---|---|---:|\n",
+        "## A/B, end to end: {} / {}\n\n- base `{}`: {} with {}\n- this `{}`: {} with {}\n- {} pairs; the base ran first in pairs {}\n- servers quiet before each run, in the order they ran (waited, then their CPU): {}\n- orders/s: higher is better; CPU per order and latency: lower is better\n- {}\n\n\
+         | figure | base, by pair | this, by pair | this / base, by pair | median this / base | pairs one side of 1 |\n|---|---|---|---|---:|---|\n",
         this.label,
         base.label,
         base.label,
@@ -200,9 +231,10 @@ pub fn markdown(base: &Build, this: &Build, pairs: &[Pair]) -> String {
             .map(|(i, p)| format!("pair {}: {}", i + 1, p.quiet.join(" / ")))
             .collect::<Vec<_>>()
             .join("; "),
+        chance(pairs.len()),
     );
     let Some(first) = pairs.first() else {
-        md.push_str("| (no pairs run) | | | | |\n");
+        md.push_str("| (no pairs run) | | | | | |\n");
         return md;
     };
     let joined = |values: &[Option<f64>], show: &dyn Fn(f64) -> String| {
@@ -226,11 +258,12 @@ pub fn markdown(base: &Build, this: &Build, pairs: &[Pair]) -> String {
         let known: Vec<f64> = ratios.iter().flatten().copied().collect();
         let _ = writeln!(
             md,
-            "| {name} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} |",
             joined(&bases, &value),
             joined(&ours, &value),
             joined(&ratios, &|r| format!("{r:.2}")),
             median(&known).map_or_else(|| "-".to_owned(), |m| format!("**{m:.2}**")),
+            side(&ratios),
         );
     }
     md
@@ -265,6 +298,26 @@ mod tests {
     }
 
     #[test]
+    fn a_direction_is_told_only_when_every_pair_has_it() {
+        assert_eq!(side(&[Some(0.6), Some(0.59), Some(0.61)]), "below");
+        assert_eq!(side(&[Some(1.2), Some(1.01)]), "above");
+        assert_eq!(side(&[Some(0.9), Some(1.0), Some(0.8)]), "crosses");
+        assert_eq!(side(&[Some(0.9), Some(1.1)]), "crosses");
+        assert_eq!(side(&[Some(0.9), None]), "-");
+        assert_eq!(side(&[]), "-");
+        assert!(chance(3).contains("all 3 pairs fall on one side of 1 once in 4 by chance"));
+        assert!(chance(5).contains("once in 16"));
+        assert!(chance(1).starts_with("one pair"));
+        let md = markdown(
+            &build("old"),
+            &build("new"),
+            &[pair(1000.0, 900.0, true), pair(1000.0, 800.0, false)],
+        );
+        assert!(md.contains("| **0.85** | below |"), "{md}");
+        assert!(md.contains("once in 2 by chance"), "{md}");
+    }
+
+    #[test]
     fn the_median_takes_the_middle_or_the_mean_of_the_middle_two() {
         assert_eq!(median(&[]), None);
         assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
@@ -288,7 +341,7 @@ mod tests {
         );
         assert!(
             md.contains(
-                "| sustained orders/s | 1000 / 500 / 2000 | 1100 / 600 / 1800 | 1.10 / 1.20 / 0.90 | **1.10** |"
+                "| sustained orders/s | 1000 / 500 / 2000 | 1100 / 600 / 1800 | 1.10 / 1.20 / 0.90 | **1.10** | crosses |"
             ),
             "{md}"
         );
@@ -296,13 +349,13 @@ mod tests {
         // would read as 2.00).
         assert!(
             md.contains(
-                "| idle process ms/order | 0.000 / 0.000 / 0.000 | 0.000 / 0.000 / 0.000 | - / - / - | - |"
+                "| idle process ms/order | 0.000 / 0.000 / 0.000 | 0.000 / 0.000 / 0.000 | - / - / - | - | - |"
             ),
             "{md}"
         );
         // A figure only one build has is shown, not compared.
         assert!(
-            md.contains("| only in base | 1.000 / 1.000 / 1.000 | - / - / - | - / - / - | - |"),
+            md.contains("| only in base | 1.000 / 1.000 / 1.000 | - / - / - | - / - / - | - | - |"),
             "{md}"
         );
     }
