@@ -189,10 +189,9 @@ fn side(ratios: &[Option<f64>]) -> &'static str {
     if ratios.is_empty() || ratios.iter().any(Option::is_none) {
         return "-";
     }
-    let known = ratios.iter().flatten();
-    if known.clone().all(|r| *r < 1.0) {
+    if ratios.iter().flatten().all(|r| *r < 1.0) {
         "below"
-    } else if known.clone().all(|r| *r > 1.0) {
+    } else if ratios.iter().flatten().all(|r| *r > 1.0) {
         "above"
     } else {
         "crosses"

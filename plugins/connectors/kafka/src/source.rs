@@ -1162,24 +1162,6 @@ mod tests {
         let stop = CancellationToken::new();
         let running = tokio::spawn(Box::new(source).run(out, stop.clone()));
 
-        // The first batch is delivered, so the group has a committed offset; nothing after
-        // it is read, so the partition's queue stays full.
-        // The batch holds what librdkafka had fetched when it was cut, which with a 1 KiB
-        // queue may be fewer than `max_batch_records`. It is acknowledged once the next
-        // batch fills the channel, so the source is waiting for room to send a third: its
-        // offsets must be committed all the same.
-        let first = rx.recv().await.expect("a first batch");
-        let n = i64::try_from(first.len()).unwrap();
-        assert!((1..=10).contains(&n), "a first batch of {n} records");
-        tokio::task::block_in_place(|| {
-            kit::wait_for(
-                "a second batch in the channel",
-                Duration::from_secs(30),
-                || probe.capacity() == 0,
-            );
-        });
-        drop(probe);
-        first.finish(&Status::Delivered);
         let labels = crate::metrics::PartitionLabels {
             topic: topic.clone(),
             partition: "0".into(),
@@ -1190,6 +1172,20 @@ mod tests {
         let wait_until = |what: &str, condition: &dyn Fn() -> bool| {
             kit::wait_for(what, Duration::from_secs(30), condition);
         };
+
+        // The first batch holds what librdkafka had fetched when it was cut (with a 1 KiB
+        // queue, maybe fewer than `max_batch_records`). It is delivered once the second
+        // batch fills the channel, so the source is waiting for room to send a third: the
+        // group must get a committed offset all the same. Nothing after it is read, so the
+        // partition's queue stays full.
+        let first = rx.recv().await.expect("a first batch");
+        let n = i64::try_from(first.len()).unwrap();
+        assert!((1..=10).contains(&n), "a first batch of {n} records");
+        tokio::task::block_in_place(|| {
+            wait_until("a second batch in the channel", &|| probe.capacity() == 0);
+        });
+        drop(probe);
+        first.finish(&Status::Delivered);
         tokio::task::block_in_place(|| {
             wait_until("the first batch's offset committed and reported", &|| {
                 reported(&metrics.committed) == Some(n) && reported(&metrics.lag) == Some(200 - n)
