@@ -261,6 +261,48 @@ fn the_runtimes_worker_threads_are_checked_and_shown() {
     );
 }
 
+/// Limits that become a semaphore's permits are bounded when the file is read: a number
+/// past what tokio's semaphore holds panicked a running process's listener (or its
+/// start) instead of naming the key.
+#[test]
+fn connection_and_request_limits_out_of_range_are_refused() {
+    let http = "\n[pipelines.api.sources.in]\ntype = \"http\"\npath = \"/in\"\n\n\
+                [pipelines.api.sinks.out]\ntype = \"kafka\"\ninputs = [\"in\"]\ntopic = \"b\"\n";
+    let (_dir, path) = support::config(&format!("{VALID}{http}"));
+    for (key, value) in [
+        ("server.max_connections", "2305843009213693952"),
+        ("server.max_connections", "0"),
+        (
+            "pipelines.api.sources.in.max_concurrent_requests",
+            "2305843009213693952",
+        ),
+        (
+            "pipelines.api.sources.in.max_concurrent_requests",
+            "1000001",
+        ),
+    ] {
+        let set = format!("{key}={value}");
+        let (ok, _, stderr) = salesflow(&path, &["check", "--set", &set], &[]);
+        assert!(!ok, "{set} accepted");
+        assert!(
+            stderr.contains(&format!("{key}: must be between 1 and 1000000")),
+            "{set}: {stderr}"
+        );
+    }
+    let (ok, _, stderr) = salesflow(
+        &path,
+        &[
+            "check",
+            "--set",
+            "server.max_connections=1000000",
+            "--set",
+            "pipelines.api.sources.in.max_concurrent_requests=1000000",
+        ],
+        &[],
+    );
+    assert!(ok, "{stderr}");
+}
+
 #[test]
 fn overrides_are_named_when_they_are_wrong() {
     let (_dir, path) = support::config(VALID);

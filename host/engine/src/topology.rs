@@ -179,10 +179,11 @@ pub fn plan(loaded: &Loaded, mut registry: Registry) -> Result<Plan, Vec<String>
             "header_read_timeout and request_timeout must be more than zero",
         ));
     }
-    if server.max_connections == 0 {
+    // A semaphore's permits: a number it cannot hold would panic the listener's task.
+    if !(1..=1_000_000).contains(&server.max_connections) {
         problems.push(Problem::new(
             path(&["server", "max_connections"]),
-            "must be at least 1",
+            "must be between 1 and 1000000",
         ));
     }
     let mut loaded_plugins = Vec::new();

@@ -111,10 +111,10 @@ impl Settings for HttpSourceSettings {
         if self.max_events == 0 {
             return Err(ConfigError::at(&["max_events"], "must be at least 1"));
         }
-        if self.max_concurrent_requests == 0 {
+        if !(1..=1_000_000).contains(&self.max_concurrent_requests) {
             return Err(ConfigError::at(
                 &["max_concurrent_requests"],
-                "must be at least 1",
+                "must be between 1 and 1000000",
             ));
         }
         if self.request_timeout <= self.accept_timeout {

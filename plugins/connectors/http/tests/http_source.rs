@@ -180,6 +180,24 @@ async fn requests_over_the_concurrency_limit_are_shed() {
     assert_eq!(first.await.unwrap().unwrap().status(), StatusCode::ACCEPTED);
 }
 
+/// The limit is a semaphore's permit count: a number it cannot hold is refused when the
+/// configuration is read, naming the setting, instead of panicking at start.
+#[test]
+fn a_concurrency_limit_out_of_range_is_refused() {
+    for value in ["0", "1000001", "2305843009213693952"] {
+        let text = format!("path = \"/orders\"\nmax_concurrent_requests = {value}");
+        let error = HttpSourceSettings::from_table(&text.parse::<toml::Table>().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("max_concurrent_requests"),
+            "{value}: {error}"
+        );
+    }
+    let text = "path = \"/orders\"\nmax_concurrent_requests = 1000000";
+    HttpSourceSettings::from_table(&text.parse::<toml::Table>().unwrap()).unwrap();
+}
+
 #[tokio::test]
 async fn limits_and_bad_input_get_clear_answers() {
     let (app, rx) = setup("max_body_bytes = 64\nmax_events = 2", 4);
