@@ -28,8 +28,8 @@ use tower_http::trace::TraceLayer;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     route: String,
-    method: String,
-    status: String,
+    method: &'static str,
+    status: u16,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -98,25 +98,23 @@ async fn track(State(metrics): State<HttpMetrics>, request: Request, next: Next)
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "other".to_owned(), |p| p.as_str().to_owned());
-    let method = method_label(request.method()).to_owned();
-    let route_labels = RouteLabels {
-        route: route.clone(),
-    };
-    let gauge = metrics.in_flight.get_or_create(&route_labels).clone();
+    let method = method_label(request.method());
+    let route = RouteLabels { route };
+    let gauge = metrics.in_flight.get_or_create(&route).clone();
     gauge.inc();
     let started = Instant::now();
     let response = next.run(request).await;
     gauge.dec();
     metrics
         .latency
-        .get_or_create(&route_labels)
+        .get_or_create(&route)
         .observe(started.elapsed().as_secs_f64());
     metrics
         .requests
         .get_or_create(&RequestLabels {
-            route,
+            route: route.route,
             method,
-            status: response.status().as_u16().to_string(),
+            status: response.status().as_u16(),
         })
         .inc();
     response

@@ -20,16 +20,12 @@ use std::sync::Arc;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use salesflow_plugin_api::axum::error_handling::HandleErrorLayer;
-use salesflow_plugin_api::axum::http::{StatusCode, header};
-use salesflow_plugin_api::axum::response::{IntoResponse, Response};
+use salesflow_plugin_api::axum::Router;
 use salesflow_plugin_api::axum::routing::post;
-use salesflow_plugin_api::axum::{Json, Router};
 use salesflow_plugin_api::{
     BuildContext, Component, ComponentKind, ConfigError, Plugin, PluginError, Settings,
     async_trait, schemars, toml,
 };
-use tower::ServiceBuilder;
 
 /// The HTTP source plugin.
 /// Adds the http source.
@@ -44,42 +40,15 @@ struct ReasonLabel {
     reason: String,
 }
 
-/// The route of an endpoint, with its load shedding: beyond `max_concurrent_requests` in
-/// flight, a request is answered 503 at once.
+/// The route of an endpoint. Its load shedding (beyond `max_concurrent_requests` in
+/// flight, a request is answered 503 at once) is the handler's own first step: a gate
+/// there costs a request one atomic operation, where tower's load-shed and concurrency
+/// layers cloned and dropped their service (with a boxed future) on every request.
 pub fn router(endpoint: Arc<Endpoint>) -> Router {
-    let settings = endpoint.settings.clone();
-    let retry_after = settings.retry_after_secs;
-    let shed_overload = endpoint.shed_overload.clone();
-    let shed = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(move |e: tower::BoxError| {
-            let shed_overload = shed_overload.clone();
-            async move {
-                shed_overload.inc();
-                overloaded(&e, retry_after)
-            }
-        }))
-        .load_shed()
-        .concurrency_limit(settings.max_concurrent_requests);
+    let path = endpoint.settings.path.clone();
     Router::new()
-        .route(&settings.path, post(source::handle).layer(shed))
+        .route(&path, post(source::handle))
         .with_state(endpoint)
-}
-
-fn overloaded(e: &tower::BoxError, retry_after: u32) -> Response {
-    let message = if e.is::<tower::load_shed::error::Overloaded>() {
-        "too many requests in flight; retry later".to_owned()
-    } else {
-        format!("request failed: {e}")
-    };
-    let mut response = (
-        StatusCode::SERVICE_UNAVAILABLE,
-        Json(serde_json::json!({ "error": message })),
-    )
-        .into_response();
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, retry_after.into());
-    response
 }
 
 #[async_trait]

@@ -16,6 +16,7 @@ use salesflow_plugin_api::{
 };
 use serde_json::json;
 use serde_json::value::RawValue;
+use tokio::sync::Semaphore;
 use tracing::debug;
 
 use crate::config::{BodyMode, HttpSourceSettings};
@@ -32,11 +33,14 @@ pub struct Endpoint {
     output: RwLock<Option<Output>>,
     open: AtomicBool,
     next_lane: AtomicU64,
+    /// One permit per request handled at once (`max_concurrent_requests`).
+    in_flight: Semaphore,
 }
 
 impl Endpoint {
     pub fn new(settings: HttpSourceSettings) -> Self {
         Self {
+            in_flight: Semaphore::new(settings.max_concurrent_requests),
             settings,
             output: RwLock::new(None),
             shed_backpressure: prometheus_client::metrics::counter::Counter::default(),
@@ -280,6 +284,15 @@ pub async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    // Held until the answer: a request over the limit is shed before anything is read.
+    let Ok(_permit) = endpoint.in_flight.try_acquire() else {
+        endpoint.shed_overload.inc();
+        return retry_later(
+            &endpoint,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests in flight; retry later",
+        );
+    };
     let settings = &endpoint.settings;
     let deadline = tokio::time::Instant::now() + settings.request_timeout;
     let Some(output) = endpoint.output() else {
