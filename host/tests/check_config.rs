@@ -303,6 +303,35 @@ fn connection_and_request_limits_out_of_range_are_refused() {
     assert!(ok, "{stderr}");
 }
 
+/// A duration is added to a clock reading (a request's deadline, the next commit), and a
+/// sum past what the clock holds panicked: `request_timeout = "500000000000y"` was
+/// accepted, and every request's task then panicked. A setting's duration is at most a
+/// year, in the host's settings and the plugins' alike.
+#[test]
+fn durations_longer_than_a_year_are_refused() {
+    let (_dir, path) = support::config(VALID);
+    for set in [
+        "server.request_timeout=\"500000000000y\"",
+        "server.shutdown_grace=\"366d\"",
+        "pipelines.relay.sources.in.drain_timeout=\"2y\"",
+        "pipelines.relay.stages.batch.max_wait=\"500000000000y\"",
+    ] {
+        let (ok, _, stderr) = salesflow(&path, &["check", "--set", set], &[]);
+        assert!(!ok, "{set} accepted");
+        let key = set.split('=').next().unwrap_or_default();
+        assert!(
+            stderr.contains(&format!("{key}: ")) && stderr.contains("longer than the longest"),
+            "{set}: {stderr}"
+        );
+    }
+    let (ok, _, stderr) = salesflow(
+        &path,
+        &["check", "--set", "server.shutdown_grace=\"365d\""],
+        &[],
+    );
+    assert!(ok, "{stderr}");
+}
+
 #[test]
 fn overrides_are_named_when_they_are_wrong() {
     let (_dir, path) = support::config(VALID);

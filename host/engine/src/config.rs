@@ -223,7 +223,7 @@ pub struct ServerSettings {
     #[schemars(with = "String")]
     pub address: std::net::SocketAddr,
     /// How long shutdown may take: sources stop, in-flight batches finish, sinks flush.
-    #[serde(default = "default_grace", with = "humantime_serde")]
+    #[serde(default = "default_grace", with = "salesflow_plugin_api::duration")]
     #[schemars(with = "String")]
     pub shutdown_grace: Duration,
     /// An `OpenAPI` document served at `/openapi.json` (relative to the config file).
@@ -232,12 +232,18 @@ pub struct ServerSettings {
     /// A client must send a request's head (line and headers) within this, or the
     /// connection is closed: slow clients cannot hold connections by trickling bytes.
     /// With TLS it also bounds the handshake.
-    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_header_read_timeout",
+        with = "salesflow_plugin_api::duration"
+    )]
     #[schemars(with = "String")]
     pub header_read_timeout: Duration,
     /// A whole request, body included, must be answered within this; past it the answer
     /// is 408. Longer than any source's own request timeout.
-    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_request_timeout",
+        with = "salesflow_plugin_api::duration"
+    )]
     #[schemars(with = "String")]
     pub request_timeout: Duration,
     /// Most connections open at once; more are closed at once.

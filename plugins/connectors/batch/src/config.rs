@@ -14,7 +14,7 @@ pub struct BatchSettings {
     #[serde(default = "default_max_bytes")]
     pub max_bytes: usize,
     /// Longest an event waits for its batch to fill, e.g. "50ms".
-    #[serde(default = "default_max_wait", with = "humantime_serde")]
+    #[serde(default = "default_max_wait", with = "salesflow_plugin_api::duration")]
     #[schemars(with = "String")]
     pub max_wait: Duration,
     /// Merge the batches of every input lane this stage lane receives (default: only

@@ -28,13 +28,16 @@ pub struct ElasticsearchSettings {
     #[serde(default)]
     pub password: Option<Secret>,
     /// Timeout of each request, e.g. "10s".
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(default = "default_timeout", with = "salesflow_plugin_api::duration")]
     #[schemars(with = "String")]
     pub request_timeout: Duration,
     /// How long a failing bulk request (or its retryable items: 429, 5xx) is retried,
     /// with exponential backoff up to 10 s apart, before the write fails: an outage shorter
     /// than this only stalls the pipeline, e.g. "5m".
-    #[serde(default = "default_retry_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_retry_timeout",
+        with = "salesflow_plugin_api::duration"
+    )]
     #[schemars(with = "String")]
     pub retry_timeout: Duration,
     /// Most bytes of one bulk request: a write holding more is sent as several requests

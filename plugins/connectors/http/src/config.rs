@@ -36,12 +36,18 @@ pub struct HttpSourceSettings {
     pub max_concurrent_requests: usize,
     /// How long a request waits for room in the pipeline before it is answered 429 with
     /// `Retry-After` (backpressure reaching the client).
-    #[serde(default = "default_accept_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_accept_timeout",
+        with = "salesflow_plugin_api::duration"
+    )]
     #[schemars(with = "String")]
     pub accept_timeout: Duration,
     /// How long a request may take in all, waiting for the sinks included; past it the
     /// answer is 504 (retrying is safe: every effect downstream is idempotent).
-    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_request_timeout",
+        with = "salesflow_plugin_api::duration"
+    )]
     #[schemars(with = "String")]
     pub request_timeout: Duration,
     /// Seconds a shed or backpressured client is told to wait (`Retry-After`).

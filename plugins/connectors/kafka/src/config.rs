@@ -79,12 +79,18 @@ pub struct KafkaSourceSettings {
     #[serde(default = "default_session_timeout_ms")]
     pub session_timeout_ms: u32,
     /// How often acknowledged offsets are committed, e.g. "1s".
-    #[serde(default = "default_commit_interval", with = "humantime_serde")]
+    #[serde(
+        default = "default_commit_interval",
+        with = "salesflow_plugin_api::duration"
+    )]
     #[schemars(with = "String")]
     pub commit_interval: Duration,
     /// How long a revoked partition (rebalance) or a stopping source waits for its
     /// in-flight batches to be acknowledged before committing what is done.
-    #[serde(default = "default_drain_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_drain_timeout",
+        with = "salesflow_plugin_api::duration"
+    )]
     #[schemars(with = "String")]
     pub drain_timeout: Duration,
     /// How often librdkafka reports statistics (partition offsets and lag for the metrics,
@@ -97,7 +103,7 @@ pub struct KafkaSourceSettings {
     /// source replaces its consumer (its partitions drained and committed first). Default:
     /// the longer of 60 s and `drain_timeout` + 2 x `session_timeout_ms` + 10 s, well
     /// past a slow rebalance.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "salesflow_plugin_api::duration::option")]
     #[schemars(with = "Option<String>")]
     pub group_stall_timeout: Option<Duration>,
     /// `topic.metadata.refresh.interval.ms`: how soon partitions added to a topic are

@@ -19,7 +19,7 @@ pub struct CassandraSettings {
     #[serde(default)]
     pub password: Option<Secret>,
     /// Timeout of each request, e.g. "5s".
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(default = "default_timeout", with = "salesflow_plugin_api::duration")]
     #[schemars(with = "String")]
     pub request_timeout: Duration,
     /// Partition writes in flight at once, per write.
@@ -28,7 +28,10 @@ pub struct CassandraSettings {
     /// How long a failing write (or cart rebuild) is retried, with exponential backoff up
     /// to 5 s apart, before it fails: an outage shorter than this only stalls the pipeline
     /// (backpressure), e.g. "5m".
-    #[serde(default = "default_retry_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_retry_timeout",
+        with = "salesflow_plugin_api::duration"
+    )]
     #[schemars(with = "String")]
     pub retry_timeout: Duration,
     /// Consistency of reads and writes: `local_quorum` (default) keeps a cart readable and

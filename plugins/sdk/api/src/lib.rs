@@ -16,6 +16,7 @@ pub mod cache;
 pub mod command;
 pub mod component;
 pub mod config;
+pub mod duration;
 pub mod event;
 pub mod json;
 pub mod plugin;
