@@ -180,10 +180,10 @@ pub fn plan(loaded: &Loaded, mut registry: Registry) -> Result<Plan, Vec<String>
         ));
     }
     // A semaphore's permits: a number it cannot hold would panic the listener's task.
-    if !(1..=1_000_000).contains(&server.max_connections) {
+    if !(1..=salesflow_plugin_api::MAX_PERMITS).contains(&server.max_connections) {
         problems.push(Problem::new(
             path(&["server", "max_connections"]),
-            "must be between 1 and 1000000",
+            salesflow_plugin_api::PERMITS_RULE,
         ));
     }
     let mut loaded_plugins = Vec::new();

@@ -117,10 +117,10 @@ impl Settings for HttpSourceSettings {
         if self.max_events == 0 {
             return Err(ConfigError::at(&["max_events"], "must be at least 1"));
         }
-        if !(1..=1_000_000).contains(&self.max_concurrent_requests) {
+        if !(1..=salesflow_plugin_api::MAX_PERMITS).contains(&self.max_concurrent_requests) {
             return Err(ConfigError::at(
                 &["max_concurrent_requests"],
-                "must be between 1 and 1000000",
+                salesflow_plugin_api::PERMITS_RULE,
             ));
         }
         if self.request_timeout <= self.accept_timeout {

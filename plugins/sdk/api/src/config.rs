@@ -99,6 +99,13 @@ pub fn is_name(name: &str) -> bool {
 /// What [`is_name`] takes, for messages.
 pub const NAME_RULE: &str = "[a-zA-Z0-9_-]+";
 
+/// The most a setting that sizes a semaphore (connections, requests in flight) may say:
+/// tokio's semaphore panics past 2^61 - 1 permits, and no process here holds a million.
+pub const MAX_PERMITS: usize = 1_000_000;
+
+/// What a semaphore-sized setting outside 1..=[`MAX_PERMITS`] is told.
+pub const PERMITS_RULE: &str = "must be between 1 and 1000000";
+
 /// Keys whose values are secrets in free-form property maps (librdkafka properties):
 /// their values are redacted wherever the map is shown.
 pub fn is_secret_key(key: &str) -> bool {
@@ -119,6 +126,11 @@ pub fn is_secret_key(key: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_permits_rule_says_the_bound() {
+        assert_eq!(PERMITS_RULE, format!("must be between 1 and {MAX_PERMITS}"));
+    }
 
     #[test]
     fn secrets_come_from_the_value_or_the_environment() {

@@ -24,7 +24,8 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{text:?} is not a duration like \"5s\" or \"2m 30s\": {e}"))?;
     if duration > MAX {
         return Err(format!(
-            "{text:?} is longer than the longest a setting may give (365 days)"
+            "{text:?} is longer than the longest a setting may give ({} days)",
+            MAX.as_secs() / (24 * 60 * 60)
         ));
     }
     Ok(duration)

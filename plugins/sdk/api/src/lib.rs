@@ -34,7 +34,7 @@ pub use component::{
     OutputObserver, PluginError, Refused, SendError, Sink, SinkFactory, Source, Stage,
     StageFactory, WriteFuture,
 };
-pub use config::{NAME_RULE, Secret, is_name, is_secret_key};
+pub use config::{MAX_PERMITS, NAME_RULE, PERMITS_RULE, Secret, is_name, is_secret_key};
 pub use event::{Batch, Event, Origin};
 pub use plugin::{
     BuildContext, Component, ComponentKind, ConfigError, HealthFn, Healthcheck, Plugin, Route,
