@@ -203,10 +203,11 @@ fn find(figures: &Figures, name: &str) -> Option<f64> {
 }
 
 /// The comparison as Markdown: for each figure (in the base's first run's order), both
-/// builds' values in every pair, this / base in every pair, and the median ratio.
-pub fn markdown(base: &Build, this: &Build, pairs: &[Pair]) -> String {
+/// builds' values in every pair, this / base in every pair, and the median ratio. `part`
+/// names what was compared ("end to end", "HTTP ingest").
+pub fn markdown(part: &str, base: &Build, this: &Build, pairs: &[Pair]) -> String {
     let mut md = format!(
-        "## A/B, end to end: {} / {}\n\n- base `{}`: {} with {}\n- this `{}`: {} with {}\n- {} pairs; the base ran first in pairs {}\n- servers quiet before each run, in the order they ran (waited, then their CPU): {}\n- orders/s: higher is better; CPU per order and latency: lower is better\n- {}\n\n\
+        "## A/B, {part}: {} / {}\n\n- base `{}`: {} with {}\n- this `{}`: {} with {}\n- {} pairs; the base ran first in pairs {}\n- servers quiet before each run, in the order they ran (waited, then their CPU): {}\n- rates and shares of a ceiling: higher is better; CPU per unit and latency: lower is better\n- {}\n\n\
          | figure | base, by pair | this, by pair | this / base, by pair | median this / base | pairs one side of 1 |\n|---|---|---|---|---:|---|\n",
         this.label,
         base.label,
@@ -308,6 +309,7 @@ mod tests {
         assert!(chance(5).contains("once in 16"));
         assert!(chance(1).starts_with("one pair"));
         let md = markdown(
+            "end to end",
             &build("old"),
             &build("new"),
             &[pair(1000.0, 900.0, true), pair(1000.0, 800.0, false)],
@@ -332,7 +334,8 @@ mod tests {
             pair(500.0, 600.0, false),
             pair(2000.0, 1800.0, true),
         ];
-        let md = markdown(&build("old"), &build("new"), &pairs);
+        let md = markdown("end to end", &build("old"), &build("new"), &pairs);
+        assert!(md.starts_with("## A/B, end to end: new / old\n"), "{md}");
         assert!(md.contains("the base ran first in pairs 1, 3"), "{md}");
         assert!(
             md.contains("(waited, then their CPU): pair 1: 3 s, then 0.05 cores / 2 s, then 0.04 cores; pair 2: "),

@@ -11,9 +11,10 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::Row;
+use crate::ab::{Figures, Pair};
 use crate::common::{
-    Drive, Sales, Salesflow, drive, drop_isolated, isolated, isolated_topics, order, salesflow_bin,
-    tag,
+    Build, Drive, Sales, Salesflow, drive, drop_isolated, free_address, isolated, isolated_topics,
+    order, salesflow_bin, tag,
 };
 use crate::cpu::{self, Meter, Phase, Tracked, Usage};
 use crate::latency;
@@ -70,18 +71,37 @@ async fn records_per_request(address: &str) -> Option<f64> {
     (counts.1 > 0.0).then(|| counts.0 / counts.1)
 }
 
-pub async fn run(clients: usize, duration: Duration) -> Result<Row> {
+/// The bare server, in the driver: its URL, and its task (aborted when done).
+async fn bare_server() -> Result<(String, tokio::task::JoinHandle<std::io::Result<()>>)> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let bare_address = listener.local_addr()?;
+    let address = listener.local_addr()?;
     let server = tokio::spawn(async move {
         let app = axum::Router::new().route("/orders", post(bare));
         axum::serve(listener, app).await
     });
-    let carts: Vec<Uuid> = (0..1000).map(|_| Uuid::new_v4()).collect();
-    let body = move |n: u64| {
+    Ok((format!("http://{address}/orders"), server))
+}
+
+/// The orders every side is sent: the same 1000 carts, a new order each request.
+fn bodies() -> impl Fn(u64) -> Value + Clone + Send + Sync + 'static {
+    let carts: std::sync::Arc<Vec<Uuid>> =
+        std::sync::Arc::new((0..1000).map(|_| Uuid::new_v4()).collect());
+    move |n: u64| {
         let i = usize::try_from(n % 1000).unwrap_or(0);
         order(carts[i], &format!("user-{i}"), n)
-    };
+    }
+}
+
+/// The processes doing a Command API's work: Kafka and the Command API.
+fn command_api_processes(pid: u32) -> Vec<Tracked> {
+    let mut processes = cpu::server(&["kafka"]);
+    processes.push(Tracked::new("salesflow command-api", pid));
+    processes
+}
+
+pub async fn run(clients: usize, duration: Duration) -> Result<Row> {
+    let (bare_url, server) = bare_server().await?;
+    let body = bodies();
     let t = tag();
     isolated_topics(&t).await?;
     let salesflow = Salesflow::start(&["command-api"], &isolated(&t)).await?;
@@ -92,11 +112,7 @@ pub async fn run(clients: usize, duration: Duration) -> Result<Row> {
     let one = tag();
     create_topics(&[&Sales::named(salesflow_bin(), &one).orders], 1).await;
     let single = Salesflow::start(&["command-api"], &isolated(&one)).await?;
-    let tracked = |pid: u32| {
-        let mut processes = cpu::server(&["kafka"]);
-        processes.push(Tracked::new("salesflow command-api", pid));
-        processes
-    };
+    let tracked = command_api_processes;
 
     // Side by side: the servers take turns in short slices, each measured on its own and
     // the slices summed; in each round every side goes first and last once as often (a
@@ -115,7 +131,7 @@ pub async fn run(clients: usize, duration: Duration) -> Result<Row> {
     for side in round.iter().chain(&round).copied() {
         let (url, tracked) = match side {
             // The bare server runs in the driver: its CPU is the driver's.
-            Side::Bare => (format!("http://{bare_address}/orders"), Vec::new()),
+            Side::Bare => (bare_url.clone(), Vec::new()),
             Side::Ours => (
                 format!("http://{}/orders", salesflow.address),
                 tracked(salesflow.pid()),
@@ -224,4 +240,118 @@ fn cost_per_request(phases: &[Phase; 3]) -> String {
         side(ours),
         side(one),
     )
+}
+
+/// A/B of the HTTP part: this build's Command API and another's (`base`), each on its own
+/// topics of 12 partitions, and the bare server, taking turns in `rounds` rounds. In each
+/// round every side has two turns of `duration / 4`, in an order that is the same read
+/// forwards and backwards (bare, one build, the other, the other, the one, bare), so a
+/// drift within the round falls on all alike; which build comes first alternates from
+/// round to round. A round is one pair of the report: each figure's this / base ratio is
+/// taken within it, so the machine's moves between rounds cancel out.
+pub async fn run_ab(
+    base: &Build,
+    this: &Build,
+    rounds: u32,
+    clients: usize,
+    duration: Duration,
+) -> Result<Vec<Pair>> {
+    let (bare_url, server) = bare_server().await?;
+    let body = bodies();
+    let mut started = Vec::new();
+    for build in [base, this] {
+        let t = tag();
+        isolated_topics(&t).await?;
+        let api = Salesflow::launch(
+            build,
+            &free_address()?,
+            &["command-api"],
+            &isolated(&t),
+            &[],
+        )
+        .await?;
+        started.push((t, api));
+    }
+    let slice = duration / 4;
+    let mut pairs = Vec::new();
+    for round in 0..rounds {
+        let base_first = round % 2 == 0;
+        let (first, second) = if base_first { (0, 1) } else { (1, 0) };
+        // Indexed: the base's Command API, this build's, then the bare server.
+        let order = [2, first, second, second, first, 2];
+        println!(
+            "== HTTP A/B round {} of {rounds}: {} first",
+            round + 1,
+            if base_first { &base.label } else { &this.label }
+        );
+        let quiet = crate::settle().await.to_string();
+        let mut sides: [(Option<Drive>, Usage); 3] = Default::default();
+        for side in order {
+            let (url, tracked) = match started.get(side) {
+                Some((_, api)) => (
+                    format!("http://{}/orders", api.address),
+                    command_api_processes(api.pid()),
+                ),
+                None => (bare_url.clone(), Vec::new()),
+            };
+            let meter = Meter::start(tracked);
+            let run = drive(&url, clients, slice, body.clone()).await?;
+            let usage = meter.stop();
+            let (total, cpu) = &mut sides[side];
+            cpu.merge(&usage);
+            match total {
+                Some(t) => t.merge(&run)?,
+                None => *total = Some(run),
+            }
+        }
+        let [
+            (Some(base_run), base_cpu),
+            (Some(this_run), this_cpu),
+            (Some(ceiling), _),
+        ] = sides
+        else {
+            anyhow::bail!("a side had no turn")
+        };
+        pairs.push(Pair {
+            base: ab_figures(&base_run, &base_cpu, ceiling.rps()),
+            this: ab_figures(&this_run, &this_cpu, ceiling.rps()),
+            base_first,
+            quiet: vec![quiet],
+        });
+    }
+    server.abort();
+    for (t, api) in started {
+        api.stop().await;
+        drop_isolated(&t).await;
+    }
+    Ok(pairs)
+}
+
+/// A Command API's figures over its turns in a round: its rate, that rate against the bare
+/// server's in the same round, its p99, and the CPU per request of each process doing its
+/// work (the driver's included: a slower server keeps the clients less busy).
+fn ab_figures(run: &Drive, usage: &Usage, bare_rps: f64) -> Figures {
+    let phase = Phase::new("", "request", run.ok(), usage.clone());
+    let ms = |cpu: f64| phase.ms_per_unit(cpu);
+    vec![
+        ("requests/s".into(), run.rps()),
+        ("of the bare server".into(), run.rps() / bare_rps),
+        ("p99 ms".into(), run.p99_ms()),
+        (
+            "CPU ms/request: salesflow command-api".into(),
+            ms(usage.salesflow()),
+        ),
+        (
+            "CPU ms/request: kafka (without JIT)".into(),
+            ms(usage.work("kafka")),
+        ),
+        (
+            "CPU ms/request: driver".into(),
+            ms(usage.named(cpu::DRIVER)),
+        ),
+        (
+            "CPU ms/request: every process measured, without JIT".into(),
+            ms(usage.total() - usage.jit_total()),
+        ),
+    ]
 }

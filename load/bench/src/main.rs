@@ -71,14 +71,15 @@ struct Cli {
     /// Where the report goes.
     #[arg(long, default_value = "load/reports")]
     out: std::path::PathBuf,
-    /// A/B instead of the parts: the end-to-end part for this build and for this other
-    /// salesflow binary, in `--pairs` interleaved pairs, compared pair by pair.
-    /// `scripts/bench --ab REV` builds REV's and passes it with REV's pipeline.toml.
-    #[arg(long, conflicts_with = "only")]
+    /// A/B instead of the parts: the end-to-end part (or, with `--only http`, the HTTP
+    /// ingest part) for this build and for this other salesflow binary, in `--pairs`
+    /// interleaved pairs, compared pair by pair. `scripts/bench --ab REV` builds REV's and
+    /// passes it with REV's pipeline.toml.
+    #[arg(long)]
     base_binary: Option<std::path::PathBuf>,
     /// The base's pipeline.toml (default: this checkout's). Alone, without
     /// `--base-binary`, it compares two configurations of this build.
-    #[arg(long, conflicts_with = "only")]
+    #[arg(long)]
     base_config: Option<std::path::PathBuf>,
     /// How the A/B report names the base.
     #[arg(long, default_value = "base")]
@@ -406,8 +407,17 @@ async fn main_async() -> Result<()> {
 
     // The measured end-to-end runs' read models, made first: by their runs, they are
     // search-idle (e2e::ReadModels).
+    // An A/B compares the end-to-end part, or the HTTP part alone.
+    let http_ab = cli.only == ["http"];
+    if cli.base().is_some() && !(cli.only.is_empty() || cli.only == ["e2e"] || http_ab) {
+        anyhow::bail!(
+            "an A/B (--base-binary, --base-config) compares the end-to-end part, or with \
+             `--only http` the HTTP ingest part; not --only {}",
+            cli.only.join(" --only ")
+        );
+    }
     let runs = if cli.base().is_some() {
-        2 * cli.pairs
+        if http_ab { 0 } else { 2 * cli.pairs }
     } else {
         u32::from(wants("e2e"))
     };
@@ -420,12 +430,18 @@ async fn main_async() -> Result<()> {
     }
     if let Some(base) = cli.base() {
         let this = Build::this();
-        let pairs = ab::run(&base, &this, cli.pairs, cli.clients, duration, ahead).await?;
+        let (part, pairs) = if http_ab {
+            let pairs = http::run_ab(&base, &this, cli.pairs, cli.clients * 8, duration).await?;
+            ("HTTP ingest", pairs)
+        } else {
+            let pairs = ab::run(&base, &this, cli.pairs, cli.clients, duration, ahead).await?;
+            ("end to end", pairs)
+        };
         let machine = Machine::at_end(started_at, load_before, ticks_before);
         let md = format!(
             "{}{}{}",
             machine.heading("salesflow benchmark: A/B"),
-            ab::markdown(&base, &this, &pairs),
+            ab::markdown(part, &base, &this, &pairs),
             figures_table(&figures)
         );
         let report = AbReport {
