@@ -37,6 +37,19 @@ impl Layout {
         Ok(Self { root, stack })
     }
 
+    /// Bytes an unprivileged writer may still use on the filesystem that holds the stack
+    /// folder (where every server writes its data); `None` when it cannot be read.
+    pub fn free_bytes(&self) -> Option<u64> {
+        let stats = rustix::fs::statvfs(&self.stack).ok()?;
+        Some(stats.f_bavail.saturating_mul(stats.f_frsize))
+    }
+
+    /// A warning when the stack folder's filesystem is nearly full; `None` when it is not
+    /// (or its free space cannot be read).
+    pub fn low_disk_warning(&self) -> Option<String> {
+        low_disk_warning(&self.stack, self.free_bytes()?)
+    }
+
     pub fn create_dirs(&self) -> Result<()> {
         for dir in [self.logs(), self.run(), self.classpath_dir()] {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -117,4 +130,55 @@ fn find_root(start: &Path) -> Result<PathBuf> {
             start.display()
         )
     })
+}
+
+/// Below this much free space a run of the benchmark or the test suites can fill the disk:
+/// one end-to-end benchmark run writes a few GiB of topics, tables and indices.
+pub const LOW_DISK_BYTES: u64 = 4 << 30;
+
+/// What the servers do when their disk fills: Kafka stops at its first failed write (its
+/// log folder goes offline), and Cassandra and OpenSearch stop writing.
+fn low_disk_warning(stack: &Path, free: u64) -> Option<String> {
+    #[allow(clippy::cast_precision_loss)]
+    let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
+    (free < LOW_DISK_BYTES).then(|| {
+        format!(
+            "warning: {:.1} GiB free on the filesystem of {} (under {:.0} GiB): the servers \
+             write their data there, and a full disk stops Kafka at its next write and \
+             Cassandra and OpenSearch with it. Free some space (build folders: \
+             `cargo clean`, or their `incremental` folders) before a long run.",
+            gib(free),
+            stack.display(),
+            gib(LOW_DISK_BYTES)
+        )
+    })
+}
+
+#[cfg(test)]
+mod disk_tests {
+    use super::*;
+
+    #[test]
+    fn a_nearly_full_disk_is_named_with_what_it_does() {
+        let stack = Path::new("/w/.stack");
+        assert_eq!(low_disk_warning(stack, LOW_DISK_BYTES), None);
+        assert_eq!(low_disk_warning(stack, 100 << 30), None);
+        let warning = low_disk_warning(stack, 3 << 29).unwrap();
+        assert!(
+            warning
+                .starts_with("warning: 1.5 GiB free on the filesystem of /w/.stack (under 4 GiB)"),
+            "{warning}"
+        );
+        assert!(warning.contains("stops Kafka"), "{warning}");
+    }
+
+    #[test]
+    fn the_stack_folders_free_space_is_read() {
+        let dir = std::env::temp_dir();
+        let layout = Layout {
+            root: dir.clone(),
+            stack: dir,
+        };
+        assert!(layout.free_bytes().is_some_and(|b| b > 0));
+    }
 }

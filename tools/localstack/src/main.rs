@@ -272,6 +272,9 @@ fn print_cluster_settings() {
 async fn up(layout: &Layout, nodes: &[Node], timeout: Duration) -> Result<()> {
     let started_at = Instant::now();
     layout.create_dirs()?;
+    if let Some(warning) = layout.low_disk_warning() {
+        eprintln!("{warning}");
+    }
     let java_needed = nodes.iter().any(|n| n.kind.is_java());
     let java = if java_needed {
         Some(servers::find_java()?)
@@ -416,6 +419,14 @@ async fn status(layout: &Layout, json: bool) -> Result<ExitCode> {
                 detail
             );
         }
+        if let Some(free) = layout.free_bytes() {
+            #[allow(clippy::cast_precision_loss)]
+            let gib = free as f64 / f64::from(1u32 << 30);
+            println!("data in {}: {gib:.1} GiB free", layout.stack.display());
+        }
+    }
+    if let Some(warning) = layout.low_disk_warning() {
+        eprintln!("{warning}");
     }
     Ok(if healthy {
         ExitCode::SUCCESS
