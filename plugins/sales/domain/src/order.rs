@@ -479,6 +479,32 @@ mod tests {
     }
 
     #[test]
+    fn text_written_with_escapes_reads_as_its_text() {
+        // Another producer may escape any character of a string: the order keeps the
+        // text it stands for, and `check` reads the same cart as `decode`.
+        let v = OrderValidator::new();
+        let text = sample()
+            .to_string()
+            .replace(
+                "\"product_name\":\"Trail running shoes\"",
+                r#""product_name":"Caf\u00e9 \"Noir\"\n""#,
+            )
+            .replace("\"cart_id\":\"3f1c", "\"cart_id\":\"\\u0033f1c");
+        assert!(
+            text.contains("u00e9") && text.contains("u0033f1c"),
+            "{text}"
+        );
+        let order = v.decode(text.as_bytes()).unwrap();
+        assert_eq!(order.product_name, "Caf\u{e9} \"Noir\"\n");
+        let cart = Uuid::parse_str("3f1c2a9e-6b1d-4b8e-9a77-2d5e8c1f0a11").unwrap();
+        assert_eq!(order.cart_id, cart);
+        assert_eq!(v.check(text.as_bytes()), Ok(cart));
+        let plain = v.decode(sample().to_string().as_bytes()).unwrap();
+        assert_eq!(plain.product_name, "Trail running shoes");
+        assert_eq!(plain.cart_id, cart);
+    }
+
+    #[test]
     fn money_must_be_exact() {
         // A number is read from its digits and exponent, exactly, trailing zeros aside.
         for (good, exact) in [
