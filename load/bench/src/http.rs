@@ -99,6 +99,26 @@ fn command_api_processes(pid: u32) -> Vec<Tracked> {
     processes
 }
 
+/// One side's turn: `clients` closed-loop clients on `url` for `slice`, with the CPU of
+/// `tracked` (and the driver) measured over it, added to the side's requests and CPU.
+async fn turn(
+    url: &str,
+    tracked: Vec<Tracked>,
+    clients: usize,
+    slice: Duration,
+    body: impl Fn(u64) -> Value + Send + Sync + 'static,
+    (total, cpu): &mut (Option<Drive>, Usage),
+) -> Result<()> {
+    let meter = Meter::start(tracked);
+    let run = drive(url, clients, slice, body).await?;
+    cpu.merge(&meter.stop());
+    match total {
+        Some(t) => t.merge(&run)?,
+        None => *total = Some(run),
+    }
+    Ok(())
+}
+
 pub async fn run(clients: usize, duration: Duration) -> Result<Row> {
     let (bare_url, server) = bare_server().await?;
     let body = bodies();
@@ -112,7 +132,6 @@ pub async fn run(clients: usize, duration: Duration) -> Result<Row> {
     let one = tag();
     create_topics(&[&Sales::named(salesflow_bin(), &one).orders], 1).await;
     let single = Salesflow::start(&["command-api"], &isolated(&one)).await?;
-    let tracked = command_api_processes;
 
     // Side by side: the servers take turns in short slices, each measured on its own and
     // the slices summed; in each round every side goes first and last once as often (a
@@ -134,22 +153,22 @@ pub async fn run(clients: usize, duration: Duration) -> Result<Row> {
             Side::Bare => (bare_url.clone(), Vec::new()),
             Side::Ours => (
                 format!("http://{}/orders", salesflow.address),
-                tracked(salesflow.pid()),
+                command_api_processes(salesflow.pid()),
             ),
             Side::OnePartition => (
                 format!("http://{}/orders", single.address),
-                tracked(single.pid()),
+                command_api_processes(single.pid()),
             ),
         };
-        let meter = Meter::start(tracked);
-        let run = drive(&url, clients, slice, body.clone()).await?;
-        let usage = meter.stop();
-        let (total, cpu) = &mut sides[side as usize];
-        cpu.merge(&usage);
-        match total {
-            Some(t) => t.merge(&run)?,
-            None => *total = Some(run),
-        }
+        turn(
+            &url,
+            tracked,
+            clients,
+            slice,
+            body.clone(),
+            &mut sides[side as usize],
+        )
+        .await?;
     }
     let per_request = tokio::join!(
         records_per_request(&salesflow.address),
@@ -294,15 +313,15 @@ pub async fn run_ab(
                 ),
                 None => (bare_url.clone(), Vec::new()),
             };
-            let meter = Meter::start(tracked);
-            let run = drive(&url, clients, slice, body.clone()).await?;
-            let usage = meter.stop();
-            let (total, cpu) = &mut sides[side];
-            cpu.merge(&usage);
-            match total {
-                Some(t) => t.merge(&run)?,
-                None => *total = Some(run),
-            }
+            turn(
+                &url,
+                tracked,
+                clients,
+                slice,
+                body.clone(),
+                &mut sides[side],
+            )
+            .await?;
         }
         let [
             (Some(base_run), base_cpu),
