@@ -139,19 +139,25 @@ pub const LOW_DISK_BYTES: u64 = 4 << 30;
 /// What the servers do when their disk fills: Kafka stops at its first failed write (its
 /// log folder goes offline), and Cassandra and OpenSearch stop writing.
 fn low_disk_warning(stack: &Path, free: u64) -> Option<String> {
-    #[allow(clippy::cast_precision_loss)]
-    let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
     (free < LOW_DISK_BYTES).then(|| {
         format!(
-            "warning: {:.1} GiB free on the filesystem of {} (under {:.0} GiB): the servers \
-             write their data there, and a full disk stops Kafka at its next write and \
-             Cassandra and OpenSearch with it. Free some space (build folders: \
-             `cargo clean`, or their `incremental` folders) before a long run.",
+            "warning: {} free on the filesystem of {} (under {}): the servers write their \
+             data there, and a full disk stops Kafka at its next write and Cassandra and \
+             OpenSearch with it. Free some space before a long run: build folders (`cargo \
+             clean`, or their `incremental` folders), or the servers' data (`localstack \
+             down`, then `localstack wipe kafka cassandra opensearch prometheus`).",
             gib(free),
             stack.display(),
             gib(LOW_DISK_BYTES)
         )
     })
+}
+
+/// Bytes as GiB, one decimal: `1.5 GiB`.
+pub fn gib(bytes: u64) -> String {
+    #[allow(clippy::cast_precision_loss)]
+    let gib = bytes as f64 / f64::from(1u32 << 30);
+    format!("{gib:.1} GiB")
 }
 
 #[cfg(test)]
@@ -165,11 +171,13 @@ mod disk_tests {
         assert_eq!(low_disk_warning(stack, 100 << 30), None);
         let warning = low_disk_warning(stack, 3 << 29).unwrap();
         assert!(
-            warning
-                .starts_with("warning: 1.5 GiB free on the filesystem of /w/.stack (under 4 GiB)"),
+            warning.starts_with(
+                "warning: 1.5 GiB free on the filesystem of /w/.stack (under 4.0 GiB)"
+            ),
             "{warning}"
         );
         assert!(warning.contains("stops Kafka"), "{warning}");
+        assert!(warning.contains("localstack wipe"), "{warning}");
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod probe;
 mod process;
 mod schemas;
 mod servers;
+mod wipe;
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -92,6 +93,16 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Delete these nodes' folders: their data (topics, tables, indices, metrics) and
+    /// generated configuration. `up` starts them empty and creates the schemas again.
+    /// Refuses while any of them runs.
+    Wipe {
+        /// The servers or nodes to wipe, of the profile `up` last started (`cassandra`,
+        /// `kafka-2`); wipe them all to start from nothing, since the stores refer to each
+        /// other's records.
+        #[arg(required = true)]
+        servers: Vec<Selector>,
     },
     /// Print the tail of the servers' logs.
     Logs {
@@ -184,6 +195,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 match process::kill(&layout, node)? {
                     Some(pid) => println!("{node}: killed (pid {pid})"),
                     None => println!("{node}: not running"),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Wipe { servers } => {
+            let nodes = node::select(layout.profile(), &servers)?;
+            for (node, freed) in wipe::wipe(&layout, &nodes)? {
+                match freed {
+                    Some(bytes) => println!(
+                        "{node}: removed {} ({})",
+                        layout.server_dir(node).display(),
+                        layout::gib(bytes)
+                    ),
+                    None => println!("{node}: no data"),
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -420,9 +445,11 @@ async fn status(layout: &Layout, json: bool) -> Result<ExitCode> {
             );
         }
         if let Some(free) = layout.free_bytes() {
-            #[allow(clippy::cast_precision_loss)]
-            let gib = free as f64 / f64::from(1u32 << 30);
-            println!("data in {}: {gib:.1} GiB free", layout.stack.display());
+            println!(
+                "data in {}: {} free",
+                layout.stack.display(),
+                layout::gib(free)
+            );
         }
     }
     if let Some(warning) = layout.low_disk_warning() {
