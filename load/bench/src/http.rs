@@ -92,11 +92,12 @@ fn bodies() -> impl Fn(u64) -> Value + Clone + Send + Sync + 'static {
     }
 }
 
-/// The processes doing a Command API's work: Kafka and the Command API.
-fn command_api_processes(pid: u32) -> Vec<Tracked> {
+/// Where a turn on a Command API posts, and the processes doing its work: Kafka and the
+/// Command API.
+fn command_api_turn(api: &Salesflow) -> (String, Vec<Tracked>) {
     let mut processes = cpu::server(&["kafka"]);
-    processes.push(Tracked::new("salesflow command-api", pid));
-    processes
+    processes.push(Tracked::new("salesflow command-api", api.pid()));
+    (format!("http://{}/orders", api.address), processes)
 }
 
 /// One side's turn: `clients` closed-loop clients on `url` for `slice`, with the CPU of
@@ -151,14 +152,8 @@ pub async fn run(clients: usize, duration: Duration) -> Result<Row> {
         let (url, tracked) = match side {
             // The bare server runs in the driver: its CPU is the driver's.
             Side::Bare => (bare_url.clone(), Vec::new()),
-            Side::Ours => (
-                format!("http://{}/orders", salesflow.address),
-                command_api_processes(salesflow.pid()),
-            ),
-            Side::OnePartition => (
-                format!("http://{}/orders", single.address),
-                command_api_processes(single.pid()),
-            ),
+            Side::Ours => command_api_turn(&salesflow),
+            Side::OnePartition => command_api_turn(&single),
         };
         turn(
             &url,
@@ -312,10 +307,7 @@ pub async fn run_ab(
         let mut sides: [(Option<Drive>, Usage); 3] = Default::default();
         for side in order {
             let (url, tracked) = match started.get(side) {
-                Some((_, api)) => (
-                    format!("http://{}/orders", api.address),
-                    command_api_processes(api.pid()),
-                ),
+                Some((_, api)) => command_api_turn(api),
                 None => (bare_url.clone(), Vec::new()),
             };
             turn(

@@ -44,10 +44,10 @@ impl Layout {
         Some(stats.f_bavail.saturating_mul(stats.f_frsize))
     }
 
-    /// A warning when the stack folder's filesystem is nearly full; `None` when it is not
-    /// (or its free space cannot be read).
-    pub fn low_disk_warning(&self) -> Option<String> {
-        low_disk_warning(&self.stack, self.free_bytes()?)
+    /// A warning when `free` bytes (from [`Layout::free_bytes`]) leave the stack folder's
+    /// filesystem nearly full; `None` when they do not.
+    pub fn low_disk_warning(&self, free: u64) -> Option<String> {
+        low_disk_warning(&self.stack, free)
     }
 
     pub fn create_dirs(&self) -> Result<()> {

@@ -297,7 +297,10 @@ fn print_cluster_settings() {
 async fn up(layout: &Layout, nodes: &[Node], timeout: Duration) -> Result<()> {
     let started_at = Instant::now();
     layout.create_dirs()?;
-    if let Some(warning) = layout.low_disk_warning() {
+    if let Some(warning) = layout
+        .free_bytes()
+        .and_then(|free| layout.low_disk_warning(free))
+    {
         eprintln!("{warning}");
     }
     let java_needed = nodes.iter().any(|n| n.kind.is_java());
@@ -383,6 +386,7 @@ fn down(layout: &Layout, nodes: &[Node]) -> Result<()> {
 
 async fn status(layout: &Layout, json: bool) -> Result<ExitCode> {
     let profile = layout.profile();
+    let free = layout.free_bytes();
     let nodes = profile.all_nodes(ServerKind::ALL);
     let checks = nodes.iter().map(|&node| async move {
         let pid = process::running_pid(layout, node);
@@ -444,7 +448,7 @@ async fn status(layout: &Layout, json: bool) -> Result<ExitCode> {
                 detail
             );
         }
-        if let Some(free) = layout.free_bytes() {
+        if let Some(free) = free {
             println!(
                 "data in {}: {} free",
                 layout.stack.display(),
@@ -452,7 +456,7 @@ async fn status(layout: &Layout, json: bool) -> Result<ExitCode> {
             );
         }
     }
-    if let Some(warning) = layout.low_disk_warning() {
+    if let Some(warning) = free.and_then(|free| layout.low_disk_warning(free)) {
         eprintln!("{warning}");
     }
     Ok(if healthy {
