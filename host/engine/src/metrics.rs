@@ -94,8 +94,9 @@ impl prometheus_client::encoding::EncodeMetric for LiveGauge {
 }
 
 fn histogram_seconds() -> Histogram {
-    // 100 µs .. ~13 s
-    Histogram::new(exponential_buckets(0.000_1, 2.0, 18))
+    // 100 µs .. ~14 s in steps of a quarter, as the age's: a quantile read from it is
+    // within 25 % (doubling buckets put a Kafka write's p99 anywhere from 12.8 to 25.6 ms).
+    Histogram::new(exponential_buckets(0.000_1, 1.25, 54))
 }
 
 fn histogram_age() -> Histogram {
