@@ -10,7 +10,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use salesflow_plugin_api::axum::extract::{MatchedPath, Request, State};
 use salesflow_plugin_api::axum::http::{StatusCode, header};
@@ -44,11 +44,9 @@ struct HttpMetrics {
     in_flight: Family<RouteLabels, Gauge>,
 }
 
-/// 250 µs .. ~9 s in steps of a quarter, so a quantile read from it is within 25 %: with
-/// doubling buckets a p99 near the 10 ms target the benchmark holds POST to 202 to could
-/// only be read as "at most 16 ms".
+/// 250 µs .. ~9 s.
 fn latency_buckets() -> Histogram {
-    Histogram::new(exponential_buckets(0.000_25, 1.25, 48))
+    crate::metrics::quarter_steps(0.000_25, 48)
 }
 
 impl HttpMetrics {

@@ -497,9 +497,9 @@ impl<'a> Server<'a> {
 /// shares: `SALESFLOW_STACK_NICE`, 0 (the default) to 19. Above 0 a request waiting for
 /// its 202 (the Command API and Kafka, at 0) does not queue behind a bulk request or a
 /// Paxos round — at half the sustainable rate on 2 cores, p99 POST to 202 went from 81.9
-/// to 22.5 ms at 10 (README, "The local stack") — but whatever reads the stores starves under a heavy write load: queries
-/// time out, a replay crawls, the lag after an overload drains 2-3x slower. So it is
-/// for measuring the ingest path, not the default.
+/// to 22.5 ms at 10 (README, "The local stack") — but whatever reads the stores starves
+/// under a heavy write load: queries time out, a replay crawls, the lag after an overload
+/// drains 2-3x slower. So it is for measuring the ingest path, not the default.
 fn background_nice(kind: ServerKind) -> Result<Option<u8>> {
     if !matches!(kind, ServerKind::Cassandra | ServerKind::Opensearch) {
         return Ok(None);
