@@ -207,12 +207,11 @@ const SCRATCH_KEEP: usize = 1 << 20;
 /// `value` as JSON in a vector of exactly its length, written through `scratch`.
 fn at_length<T: Serialize>(scratch: &mut Vec<u8>, value: &T) -> serde_json::Result<Vec<u8>> {
     scratch.clear();
-    let written = serde_json::to_writer(&mut *scratch, value);
-    let out = scratch.as_slice().to_vec();
+    let written = serde_json::to_writer(&mut *scratch, value).map(|()| scratch.as_slice().to_vec());
     if scratch.capacity() > SCRATCH_KEEP {
         *scratch = Vec::new();
     }
-    written.map(|()| out)
+    written
 }
 
 #[cfg(test)]
@@ -251,7 +250,6 @@ mod tests {
         }
     }
 
-    /// Every field, its name and its JSON type, as the index templates map them.
     #[test]
     fn documents_are_held_at_their_length_whatever_came_before() {
         // A large cart first, so the thread's buffer is larger than the next documents.
@@ -269,6 +267,7 @@ mod tests {
         }
     }
 
+    /// Every field, its name and its JSON type, as the index templates map them.
     #[test]
     fn documents_hold_every_field_of_the_cart() {
         let mut cart = Cart::new(&event(1, "shoes", "10.00"));
