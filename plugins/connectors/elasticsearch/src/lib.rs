@@ -193,6 +193,23 @@ fn header(event: &Event, name: &str) -> Result<String, PluginError> {
         .map_err(|_| PluginError::new(format!("header {name} is not UTF-8")))
 }
 
+/// A bulk request carries each document as one line after its action: a document that is
+/// empty or spans lines (pretty-printed JSON) would be read as other lines of the request.
+/// One final newline is the line's own end.
+fn one_line(source: &[u8]) -> Result<(), PluginError> {
+    let body = source.strip_suffix(b"\n").unwrap_or(source);
+    if body.is_empty() {
+        return Err(PluginError::new("the document is empty"));
+    }
+    if body.contains(&b'\n') {
+        return Err(PluginError::new(
+            "the document spans several lines (a bulk request takes one line per document: \
+             write it as compact JSON)",
+        ));
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Sink for ElasticsearchSink {
     fn report_backpressure_to(&mut self, signal: Backpressure) {
@@ -206,6 +223,7 @@ impl Sink for ElasticsearchSink {
         let mut refused = Vec::new();
         for (position, event) in events.iter().enumerate() {
             let doc = (|| {
+                one_line(&event.payload)?;
                 let version = header(event, &self.settings.version_header)?;
                 Ok::<_, PluginError>(Doc {
                     index: header(event, &self.settings.index_header)?,
@@ -259,5 +277,32 @@ impl Sink for ElasticsearchSink {
             }
         }
         .boxed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::one_line;
+
+    /// What a bulk request can carry as a document's line, and what it cannot: refused
+    /// alone, with the reason, instead of reframing the rest of the request.
+    #[test]
+    fn a_document_is_written_only_as_one_line() {
+        assert!(one_line(br#"{"n":1}"#).is_ok());
+        assert!(
+            one_line(b"{\"n\":1}\n").is_ok(),
+            "its own final newline ends the line"
+        );
+        for (source, why) in [
+            (&b""[..], "empty"),
+            (b"\n", "empty"),
+            (b"{\n  \"n\": 1\n}", "several lines"),
+            (b"{\"n\":1}\n\n", "several lines"),
+        ] {
+            let refused = one_line(source).unwrap_err().to_string();
+            assert!(refused.contains(why), "{source:?}: {refused}");
+        }
     }
 }
