@@ -13,6 +13,7 @@ pub use pool::{FIRST_BACKOFF, MAX_BACKOFF, NodeLabels, NodePool, NodeStatus};
 
 use std::sync::Arc;
 
+use salesflow_plugin_api::bytes::Bytes;
 use salesflow_plugin_api::futures::FutureExt;
 use salesflow_plugin_api::prometheus_client::metrics::counter::Counter;
 use salesflow_plugin_api::{
@@ -193,21 +194,27 @@ fn header(event: &Event, name: &str) -> Result<String, PluginError> {
         .map_err(|_| PluginError::new(format!("header {name} is not UTF-8")))
 }
 
-/// A bulk request carries each document as one line after its action: a document that is
-/// empty or spans lines (pretty-printed JSON) would be read as other lines of the request.
-/// One final newline is the line's own end.
-fn one_line(source: &[u8]) -> Result<(), PluginError> {
+/// A document as the one line a bulk request carries it on, after its action.
+///
+/// Pretty-printed JSON from another producer spans lines, and in a bulk request each
+/// further line would be read as an action: OpenSearch answers the whole request 400, and
+/// the write could never succeed. A raw newline in JSON can only be whitespace between
+/// tokens (inside a string it must be escaped), so each one becomes a space: the same
+/// document, on one line, copied only when it has any. An empty document is refused
+/// alone, with the reason, before it costs the request a round trip.
+fn one_line(source: &Bytes) -> Result<Bytes, PluginError> {
     let body = source.strip_suffix(b"\n").unwrap_or(source);
-    if body.is_empty() {
+    if body.trim_ascii().is_empty() {
         return Err(PluginError::new("the document is empty"));
     }
-    if body.contains(&b'\n') {
-        return Err(PluginError::new(
-            "the document spans several lines (a bulk request takes one line per document: \
-             write it as compact JSON)",
-        ));
+    if !body.contains(&b'\n') {
+        return Ok(source.clone());
     }
-    Ok(())
+    Ok(body
+        .iter()
+        .map(|&b| if b == b'\n' { b' ' } else { b })
+        .collect::<Vec<u8>>()
+        .into())
 }
 
 #[async_trait]
@@ -223,7 +230,7 @@ impl Sink for ElasticsearchSink {
         let mut refused = Vec::new();
         for (position, event) in events.iter().enumerate() {
             let doc = (|| {
-                one_line(&event.payload)?;
+                let source = one_line(&event.payload)?;
                 let version = header(event, &self.settings.version_header)?;
                 Ok::<_, PluginError>(Doc {
                     index: header(event, &self.settings.index_header)?,
@@ -231,7 +238,7 @@ impl Sink for ElasticsearchSink {
                     version: version.parse().map_err(|_| {
                         PluginError::new(format!("version {version:?} is not a number"))
                     })?,
-                    source: event.payload.clone(),
+                    source,
                 })
             })();
             match doc {
@@ -284,25 +291,40 @@ impl Sink for ElasticsearchSink {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use salesflow_plugin_api::bytes::Bytes;
+
     use super::one_line;
 
-    /// What a bulk request can carry as a document's line, and what it cannot: refused
-    /// alone, with the reason, instead of reframing the rest of the request.
+    fn line(source: &[u8]) -> Result<Vec<u8>, String> {
+        one_line(&Bytes::copy_from_slice(source))
+            .map(|b| b.to_vec())
+            .map_err(|e| e.to_string())
+    }
+
+    /// What a bulk request carries as a document's line: the document as it is when it is
+    /// one line (its own final newline ends it), pretty-printed JSON with its newlines as
+    /// spaces (the same JSON), and no empty document.
     #[test]
-    fn a_document_is_written_only_as_one_line() {
-        assert!(one_line(br#"{"n":1}"#).is_ok());
+    fn a_document_is_written_as_one_line() {
+        for compact in [&br#"{"n":1}"#[..], b"{\"n\":1}\n", b"{\"n\":1}\r\n"] {
+            assert_eq!(line(compact).unwrap(), compact);
+        }
+        let pretty =
+            serde_json::to_vec_pretty(&serde_json::json!({ "n": 1, "s": "a\nb" })).unwrap();
+        let flat = line(&pretty).unwrap();
         assert!(
-            one_line(b"{\"n\":1}\n").is_ok(),
-            "its own final newline ends the line"
+            !flat.contains(&b'\n'),
+            "{:?}",
+            String::from_utf8_lossy(&flat)
         );
-        for (source, why) in [
-            (&b""[..], "empty"),
-            (b"\n", "empty"),
-            (b"{\n  \"n\": 1\n}", "several lines"),
-            (b"{\"n\":1}\n\n", "several lines"),
-        ] {
-            let refused = one_line(source).unwrap_err().to_string();
-            assert!(refused.contains(why), "{source:?}: {refused}");
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&flat).unwrap(),
+            serde_json::from_slice::<serde_json::Value>(&pretty).unwrap()
+        );
+        assert_eq!(line(b"{\n\"n\":1}\n").unwrap(), b"{ \"n\":1}");
+        for empty in [&b""[..], b"\n", b" \r\n"] {
+            let refused = line(empty).unwrap_err();
+            assert!(refused.contains("empty"), "{empty:?}: {refused}");
         }
     }
 }
