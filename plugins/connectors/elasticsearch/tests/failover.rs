@@ -4,6 +4,9 @@
 
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
+mod common;
+
+use common::{real_node, unique_alias};
 use elasticsearch::http::Method;
 use salesflow_plugin_api::bytes::Bytes;
 use salesflow_plugin_api::{Settings, toml};
@@ -12,10 +15,6 @@ use serde_json::json;
 
 /// Port 1: nothing listens there, connections are refused.
 const DEAD: &str = "http://127.0.0.1:1";
-
-fn real_node() -> String {
-    std::env::var("SALESFLOW_ELASTICSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into())
-}
 
 fn client() -> Client {
     let settings = ElasticsearchSettings::from_table(
@@ -31,11 +30,7 @@ fn client() -> Client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bulk_writes_and_reads_go_on_past_a_dead_node() {
-    let unique = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let alias = format!("salesflow-failover-test-{}-{unique}", std::process::id());
+    let alias = unique_alias("failover");
     let index = format!("{alias}-000001");
 
     // Setup through a first client: its first request meets the dead node and moves on.

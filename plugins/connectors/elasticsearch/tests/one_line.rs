@@ -8,60 +8,23 @@
 
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
+mod common;
+
 use std::sync::Arc;
 
+use common::{build_sink, doc, real_client, real_node, unique_alias};
 use elasticsearch::http::Method;
-use salesflow_plugin_api::prometheus_client::registry::Registry;
-use salesflow_plugin_api::{
-    BuildContext, CancellationToken, Component, Event, Plugin, Refused, Settings, event::headers,
-    toml,
-};
-use salesflow_plugin_elasticsearch::{Client, ElasticsearchSettings, ElasticsearchSinkPlugin};
+use salesflow_plugin_api::Refused;
 use serde_json::json;
-
-fn real_node() -> String {
-    std::env::var("SALESFLOW_ELASTICSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into())
-}
-
-fn doc(alias: &str, id: &str, source: String) -> Event {
-    let mut event = Event::new(source);
-    event.headers = vec![
-        (headers::DOC_INDEX.into(), alias.to_owned().into()),
-        (headers::DOC_ID.into(), id.to_owned().into()),
-        (headers::DOC_VERSION.into(), "1".to_owned().into()),
-    ];
-    event
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pretty_printed_documents_are_written_and_an_empty_one_is_refused_alone() {
-    let unique = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let alias = format!("salesflow-one-line-test-{}-{unique}", std::process::id());
-    let settings: toml::Table = toml::from_str(&format!(
+    let alias = unique_alias("one-line");
+    let (factory, _) = build_sink(&format!(
         "url = \"{}\"\naliases = [\"{alias}\"]\nretry_timeout = \"10s\"",
         real_node()
     ))
-    .unwrap();
-    let mut registry = Registry::default();
-    let (mut routes, mut checks) = (Vec::new(), Vec::new());
-    let mut ctx = BuildContext::new(
-        "test",
-        "search-index",
-        &mut registry,
-        CancellationToken::new(),
-        &mut routes,
-        &mut checks,
-    );
-    let Component::Sink(factory) = ElasticsearchSinkPlugin
-        .build(settings, &mut ctx)
-        .await
-        .unwrap()
-    else {
-        panic!("not a sink");
-    };
+    .await;
     let mut sink = factory.create(0).unwrap();
 
     let pretty = serde_json::to_string_pretty(&json!({ "id": "b", "n": 2 })).unwrap();
@@ -84,13 +47,7 @@ async fn pretty_printed_documents_are_written_and_an_empty_one_is_refused_alone(
     assert_eq!(refused[0].0, 3, "{refused:?}");
     assert!(refused[0].1.contains("empty"), "{refused:?}");
 
-    let real = Client::new(
-        &ElasticsearchSettings::from_table(
-            &toml::from_str(&format!("url = \"{}\"", real_node())).unwrap(),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let real = real_client("");
     let index = format!("{alias}-000001");
     for (id, source) in [
         ("a", Some(json!({ "id": "a" }))),

@@ -5,26 +5,16 @@
 
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
+mod common;
+
+use common::{real_client, real_node, unique_alias};
 use elasticsearch::http::Method;
 use salesflow_plugin_api::bytes::Bytes;
-use salesflow_plugin_api::{Settings, toml};
-use salesflow_plugin_elasticsearch::{Client, Doc, ElasticsearchSettings, readiness_path};
+use salesflow_plugin_elasticsearch::{Client, Doc, readiness_path};
 use serde_json::json;
 
-fn node() -> String {
-    std::env::var("SALESFLOW_ELASTICSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into())
-}
-
 fn client(request_timeout: &str) -> Client {
-    let settings = ElasticsearchSettings::from_table(
-        &toml::from_str(&format!(
-            "url = \"{}\"\nrequest_timeout = \"{request_timeout}\"",
-            node()
-        ))
-        .unwrap(),
-    )
-    .unwrap();
-    Client::new(&settings).unwrap()
+    real_client(&format!("request_timeout = \"{request_timeout}\""))
 }
 
 /// The searches an index has served, from its statistics.
@@ -41,15 +31,7 @@ async fn searches(client: &Client, index: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_is_not_a_search_and_names_what_is_missing() {
-    let unique = format!(
-        "{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    let alias = format!("salesflow-readiness-test-{unique}");
+    let alias = unique_alias("readiness");
     let index = format!("{alias}-000001");
     let client = client("30s");
     client.ensure_alias(&alias).await.unwrap();
@@ -81,7 +63,7 @@ async fn readiness_is_not_a_search_and_names_what_is_missing() {
 
     // An alias that is missing fails the check after a second, named, with the health:
     // also when requests may take only a second (the check waits longer for its answer).
-    let missing = format!("salesflow-readiness-missing-{unique}");
+    let missing = unique_alias("readiness-missing");
     let path = readiness_path(&[&alias, &missing]);
     for client in [&client, &self::client("1s")] {
         let error = client.healthcheck(&path).await.unwrap_err();
@@ -89,7 +71,7 @@ async fn readiness_is_not_a_search_and_names_what_is_missing() {
             error,
             format!(
                 "{}: /_cluster/health/{alias},{missing} answered 408 Request Timeout (health red after 1s: an index missing or a primary shard not allocated)",
-                node()
+                real_node()
             )
         );
     }

@@ -6,20 +6,15 @@
 
 #![allow(clippy::unwrap_used)] // In tests a panic is the failure report.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{build_sink, real_client, real_node, unique_alias};
 use elasticsearch::http::Method;
-use salesflow_plugin_api::prometheus_client::registry::Registry;
-use salesflow_plugin_api::{
-    BuildContext, CancellationToken, Component, Event, Plugin, Settings, event::headers, toml,
-};
-use salesflow_plugin_elasticsearch::{Client, ElasticsearchSettings, ElasticsearchSinkPlugin};
+use salesflow_plugin_api::Event;
 use serde_json::json;
-
-fn real_node() -> String {
-    std::env::var("SALESFLOW_ELASTICSEARCH_URL").unwrap_or_else(|_| "http://127.0.0.1:9200".into())
-}
 
 /// The real node's `host:port`.
 fn real_address() -> String {
@@ -32,51 +27,23 @@ fn real_address() -> String {
 }
 
 fn doc(alias: &str, id: &str) -> Event {
-    let mut event = Event::new(json!({ "id": id }).to_string());
-    event.headers = vec![
-        (headers::DOC_INDEX.into(), alias.to_owned().into()),
-        (headers::DOC_ID.into(), id.to_owned().into()),
-        (headers::DOC_VERSION.into(), "1".to_owned().into()),
-    ];
-    event
+    common::doc(alias, id, json!({ "id": id }).to_string())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sink_starts_while_elasticsearch_is_away_and_makes_its_alias_when_it_answers() {
-    let unique = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let alias = format!("salesflow-start-away-test-{}-{unique}", std::process::id());
+    let alias = unique_alias("start-away");
     // A port nothing listens on yet: connections are refused.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let settings: toml::Table = toml::from_str(&format!(
+    let (factory, checks) = build_sink(&format!(
         "url = \"http://127.0.0.1:{port}\"\naliases = [\"{alias}\"]\n\
          request_timeout = \"2s\"\nretry_timeout = \"2s\""
     ))
-    .unwrap();
-
-    let mut registry = Registry::default();
-    let (mut routes, mut checks) = (Vec::new(), Vec::new());
-    let mut ctx = BuildContext::new(
-        "test",
-        "search-index",
-        &mut registry,
-        CancellationToken::new(),
-        &mut routes,
-        &mut checks,
-    );
-    let Component::Sink(factory) = ElasticsearchSinkPlugin
-        .build(settings, &mut ctx)
-        .await
-        .expect("the sink builds while Elasticsearch is away")
-    else {
-        panic!("not a sink");
-    };
+    .await;
     let ready = Arc::clone(&checks[0].check);
     let mut sink = factory.create(0).unwrap();
 
@@ -89,13 +56,7 @@ async fn the_sink_starts_while_elasticsearch_is_away_and_makes_its_alias_when_it
         .to_string();
     assert!(why.contains(&alias), "{why}");
 
-    let real = Client::new(
-        &ElasticsearchSettings::from_table(
-            &toml::from_str(&format!("url = \"{}\"", real_node())).unwrap(),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let real = real_client("");
     let (status, _) = real
         .call(Method::Get, &format!("/_alias/{alias}"), None)
         .await
