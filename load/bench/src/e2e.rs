@@ -738,9 +738,12 @@ pub async fn run(
         let after = (kafka_and_store(&scraped).await, opensearch_writes().await);
         (usage, (counters, writes), after)
     });
+    let half_from = std::time::SystemTime::now();
     let outcome = salesflow_load::run(&profile, &options)
         .await
         .context("the half-rate load run")?;
+    let half_to = std::time::SystemTime::now();
+    let half_pauses = crate::pauses::during(half_from, half_to);
     let (half_cpu, (kafka_half_before, writes_half_before), (kafka_half, writes_half)) =
         half_meter.await?;
     let bare = bare
@@ -853,6 +856,18 @@ pub async fn run(
         figures.push((
             "  Kafka's own floor on the quiet machine just before: the same producer, 200 records/s for 10 s, servers settled and pipelines idle, p50 / p99".into(),
             format!("{quiet_p50:.1} ms / {quiet_p99:.1} ms ({quiet_sent} sends)"),
+        ));
+    }
+    if let Some(pauses) = crate::pauses::describe(
+        &half_pauses,
+        half_to
+            .duration_since(half_from)
+            .unwrap_or_default()
+            .as_secs_f64(),
+    ) {
+        figures.push((
+            "  the servers stopped the world (their JVMs' safepoints: collections and the like; a request to a stopped server waits), during the load run: pauses, their total, longest".into(),
+            pauses,
         ));
     }
     figures.push((

@@ -32,6 +32,7 @@ mod es;
 mod http;
 mod kafka;
 mod latency;
+mod pauses;
 
 use std::fmt::Write as _;
 use std::time::Duration;

@@ -95,6 +95,12 @@ impl Layout {
         self.logs().join(format!("{}.log", node.name()))
     }
 
+    /// A JVM's stop-the-world pauses, one line each (`-Xlog:safepoint`); the one before
+    /// it rotated out is this path with `.0` added.
+    pub fn pauses_file(&self, node: Node) -> PathBuf {
+        self.logs().join(format!("{}-pauses.log", node.name()))
+    }
+
     pub fn run(&self) -> PathBuf {
         self.stack.join("run")
     }

@@ -241,6 +241,13 @@ impl<'a> Server<'a> {
             .arg(format!("-Xmx{heap}"))
             .arg("-XX:+UseG1GC")
             .arg("-XX:+ExitOnOutOfMemoryError")
+            // Every stop-the-world pause (collections and the like), stamped in epoch
+            // milliseconds: while a server is stopped every request to it waits, so the
+            // benchmark reads them beside its latencies. Two files of 8 MiB at most.
+            .arg(format!(
+                "-Xlog:safepoint=info:file={}:timemillis:filecount=2,filesize=8m",
+                self.layout.pauses_file(self.node).display()
+            ))
             // Kafka's own launcher's collector goals: its pauses are every producer's
             // latency (G1's default goal is 200 ms).
             .args(if kind == ServerKind::Kafka {
