@@ -738,11 +738,13 @@ pub async fn run(
         let after = (kafka_and_store(&scraped).await, opensearch_writes().await);
         (usage, (counters, writes), after)
     });
-    let half_from = std::time::SystemTime::now();
+    // The servers' pauses over the CPU meter's window: inside the injection, where POSTs
+    // wait on them, not over the warm-up or the reconciliation's reads.
+    let half_from = std::time::SystemTime::now() + HALF_WINDOW.0;
+    let half_to = half_from + HALF_WINDOW.1;
     let outcome = salesflow_load::run(&profile, &options)
         .await
         .context("the half-rate load run")?;
-    let half_to = std::time::SystemTime::now();
     let half_pauses = crate::pauses::during(half_from, half_to);
     let (half_cpu, (kafka_half_before, writes_half_before), (kafka_half, writes_half)) =
         half_meter.await?;
@@ -858,15 +860,13 @@ pub async fn run(
             format!("{quiet_p50:.1} ms / {quiet_p99:.1} ms ({quiet_sent} sends)"),
         ));
     }
-    if let Some(pauses) = crate::pauses::describe(
-        &half_pauses,
-        half_to
-            .duration_since(half_from)
-            .unwrap_or_default()
-            .as_secs_f64(),
-    ) {
+    if let Some(pauses) = crate::pauses::describe(&half_pauses, HALF_WINDOW.1.as_secs_f64()) {
         figures.push((
-            "  the servers stopped the world (their JVMs' safepoints: collections and the like; a request to a stopped server waits), during the load run: pauses, their total, longest".into(),
+            format!(
+                "  the servers stopped the world (their JVMs' safepoints: collections and the like; a request to a stopped server waits), from {} s to {} s of the load run: pauses, their total and share, longest, how many of 10 ms or more",
+                HALF_WINDOW.0.as_secs(),
+                (HALF_WINDOW.0 + HALF_WINDOW.1).as_secs()
+            ),
             pauses,
         ));
     }

@@ -60,17 +60,26 @@ pub fn within(text: &str, from: u64, to: u64) -> Pauses {
 }
 
 /// Each running node's pauses within `from..to`, by node name (`kafka`, or `kafka-2` on
-/// the cluster profile), from its log and the file it last rotated out; a node without
-/// a log (a stack started before the servers logged their pauses) is left out.
+/// the cluster profile), from its log and the one it last rotated out. A node counts when
+/// its pid file names a live process, so the logs a stopped profile left are passed over;
+/// a running node without a log (a stack started before the servers logged their pauses)
+/// is left out.
 pub fn during(from: SystemTime, to: SystemTime) -> Vec<(String, Pauses)> {
-    let logs = salesflow_testkit::repo().join(".stack/logs");
+    let stack = salesflow_testkit::repo().join(".stack");
     let (from, to) = (epoch_ms(from), epoch_ms(to));
     let mut found = Vec::new();
     for server in SERVERS {
         let nodes =
             std::iter::once(server.to_owned()).chain((1..=9).map(|i| format!("{server}-{i}")));
         for node in nodes {
-            let file = logs.join(format!("{node}-pauses.log"));
+            let running = std::fs::read_to_string(stack.join(format!("run/{node}.pid")))
+                .ok()
+                .and_then(|pid| pid.trim().parse::<u32>().ok())
+                .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+            if !running {
+                continue;
+            }
+            let file = stack.join(format!("logs/{node}-pauses.log"));
             let Ok(text) = std::fs::read_to_string(&file) else {
                 continue;
             };

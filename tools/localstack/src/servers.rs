@@ -243,9 +243,11 @@ impl<'a> Server<'a> {
             .arg("-XX:+ExitOnOutOfMemoryError")
             // Every stop-the-world pause (collections and the like), stamped in epoch
             // milliseconds: while a server is stopped every request to it waits, so the
-            // benchmark reads them beside its latencies. Two files of 8 MiB at most.
+            // benchmark reads them beside its latencies. Two files of 8 MiB at most: the
+            // one written and the one before it (`.0`). Quoted: a `:` in the path would
+            // end the option's field.
             .arg(format!(
-                "-Xlog:safepoint=info:file={}:timemillis:filecount=2,filesize=8m",
+                "-Xlog:safepoint=info:file=\"{}\":timemillis:filecount=1,filesize=8m",
                 self.layout.pauses_file(self.node).display()
             ))
             // Kafka's own launcher's collector goals: its pauses are every producer's
