@@ -107,25 +107,42 @@ fn children() -> f64 {
         })
 }
 
-/// The local stack's running servers, from its pid files: one process of each, or every
-/// node of the cluster profile (`kafka-2.pid`), all named by their kind.
-pub fn servers() -> Vec<Tracked> {
+/// A running node of the local stack: its kind (`kafka`), its own name (`kafka`, or
+/// `kafka-2` on the cluster profile) and its process.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub kind: &'static str,
+    pub name: String,
+    pub pid: u32,
+}
+
+/// The local stack's running nodes, from its pid files: a node counts when its pid file
+/// names a live process, so what a stopped profile left behind is passed over.
+pub fn nodes() -> Vec<Node> {
     let run = crate::common::repo().join(".stack/run");
     let mut found = Vec::new();
-    for name in SERVERS {
-        let mut files = vec![run.join(format!("{name}.pid"))];
-        files.extend((1..=9).map(|i| run.join(format!("{name}-{i}.pid"))));
-        for file in files {
-            if let Some(pid) = std::fs::read_to_string(file)
+    for kind in SERVERS {
+        let names = std::iter::once(kind.to_owned()).chain((1..=9).map(|i| format!("{kind}-{i}")));
+        for name in names {
+            if let Some(pid) = std::fs::read_to_string(run.join(format!("{name}.pid")))
                 .ok()
                 .and_then(|text| text.trim().parse::<u32>().ok())
                 .filter(|&pid| i32::try_from(pid).ok().and_then(used).is_some())
             {
-                found.push(Tracked::new(name, pid));
+                found.push(Node { kind, name, pid });
             }
         }
     }
     found
+}
+
+/// The local stack's running servers: one process of each, or every node of the cluster
+/// profile, all named by their kind.
+pub fn servers() -> Vec<Tracked> {
+    nodes()
+        .into_iter()
+        .map(|node| Tracked::new(node.kind, node.pid))
+        .collect()
 }
 
 /// Each running server of the local stack with its niceness ("kafka 0, cassandra 10"):

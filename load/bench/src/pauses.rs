@@ -6,8 +6,6 @@
 use std::fmt::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::cpu::SERVERS;
-
 /// One server's pauses inside a window.
 #[derive(Debug, Default, PartialEq)]
 pub struct Pauses {
@@ -60,34 +58,30 @@ pub fn within(text: &str, from: u64, to: u64) -> Pauses {
 }
 
 /// Each running node's pauses within `from..to`, by node name (`kafka`, or `kafka-2` on
-/// the cluster profile), from its log and the one it last rotated out. A node counts when
-/// its pid file names a live process, so the logs a stopped profile left are passed over;
-/// a running node without a log (a stack started before the servers logged their pauses)
-/// is left out.
+/// the cluster profile), from its log and the one it last rotated out. A running node
+/// without a log (a stack started before the servers logged their pauses) is left out.
 pub fn during(from: SystemTime, to: SystemTime) -> Vec<(String, Pauses)> {
-    let stack = salesflow_testkit::repo().join(".stack");
+    let logs = crate::common::repo().join(".stack/logs");
     let (from, to) = (epoch_ms(from), epoch_ms(to));
     let mut found = Vec::new();
-    for server in SERVERS {
-        let nodes =
-            std::iter::once(server.to_owned()).chain((1..=9).map(|i| format!("{server}-{i}")));
-        for node in nodes {
-            let running = std::fs::read_to_string(stack.join(format!("run/{node}.pid")))
-                .ok()
-                .and_then(|pid| pid.trim().parse::<u32>().ok())
-                .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
-            if !running {
-                continue;
-            }
-            let file = stack.join(format!("logs/{node}-pauses.log"));
-            let Ok(text) = std::fs::read_to_string(&file) else {
-                continue;
-            };
-            let mut older = file.into_os_string();
-            older.push(".0");
-            let older = std::fs::read_to_string(older).unwrap_or_default();
-            found.push((node, within(&format!("{older}{text}"), from, to)));
-        }
+    for node in crate::cpu::nodes() {
+        let file = logs.join(format!("{}-pauses.log", node.name));
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        let mut older = file.into_os_string();
+        older.push(".0");
+        let older = std::fs::read_to_string(older).unwrap_or_default();
+        let (now, before) = (within(&text, from, to), within(&older, from, to));
+        found.push((
+            node.name,
+            Pauses {
+                count: now.count + before.count,
+                total_ms: now.total_ms + before.total_ms,
+                longest_ms: now.longest_ms.max(before.longest_ms),
+                long: now.long + before.long,
+            },
+        ));
     }
     found
 }
