@@ -296,14 +296,22 @@ pub struct KafkaSinkSettings {
     /// `linger.ms`: how long the producer waits to fill a batch.
     #[serde(default = "default_linger_ms")]
     pub linger_ms: u32,
-    /// Producers the sink's lanes share (lane i writes through producer i % producers),
-    /// 1-16. Each is its own connection to each broker, and a broker serves one
-    /// connection's requests one after another: a sink whose every write waits for its
-    /// acknowledgement (the Command API's) queues behind its own earlier requests on one
-    /// connection, and two halve that wait. More producers make smaller produce requests,
-    /// which cost the brokers more CPU per record.
+    /// Producers the sink's lanes share, 1-16. Each is its own connection to each
+    /// broker, and a broker serves one connection's requests one after another: a sink
+    /// whose every write waits for its acknowledgement (the Command API's) queues behind
+    /// its own earlier requests on one connection, and two halve that wait. Which one a
+    /// record goes through: `placement`.
     #[serde(default = "default_producers")]
     pub producers: u16,
+    /// With more than one producer, which a record goes through. `partition` (the
+    /// default): a keyed record through its partition's (partition % producers, with the
+    /// `murmur2` partitioners), so a partition's records fill one producer's batches
+    /// (librdkafka sends one partition per produce request) and a key's records keep one
+    /// connection and their order; other records through their lane's. `lane`: every
+    /// record through its lane's (lane % producers), which spreads a busy partition over
+    /// the connections but splits its batches.
+    #[serde(default)]
+    pub placement: ProducerPlacement,
     /// `batch.size`: most bytes in one produce batch per partition.
     #[serde(default = "default_batch_size")]
     pub batch_size: u32,
@@ -343,6 +351,15 @@ pub struct KafkaSinkSettings {
     #[serde(default)]
     #[schemars(with = "BTreeMap<String, String>")]
     pub properties: BTreeMap<String, Secret>,
+}
+
+/// Which of a sink's producers a record goes through.
+#[derive(Clone, Copy, Debug, Default, Deserialize, schemars::JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProducerPlacement {
+    #[default]
+    Partition,
+    Lane,
 }
 
 /// librdkafka's partitioners.
@@ -606,8 +623,22 @@ mod tests {
             assert!(e.message.contains("between 1 and 16"), "{e}");
         }
         let one =
-            KafkaSinkSettings::from_table(&table("bootstrap_servers = \"b:9092\"\ntopic = \"t\""));
-        assert_eq!(one.unwrap().producers, 1);
+            KafkaSinkSettings::from_table(&table("bootstrap_servers = \"b:9092\"\ntopic = \"t\""))
+                .unwrap();
+        assert_eq!(one.producers, 1);
+        assert_eq!(one.placement, ProducerPlacement::Partition);
+        let lane = KafkaSinkSettings::from_table(&table(
+            "bootstrap_servers = \"b:9092\"\ntopic = \"t\"\nplacement = \"lane\"",
+        ));
+        assert_eq!(lane.unwrap().placement, ProducerPlacement::Lane);
+        let e = KafkaSinkSettings::from_table(&table(
+            "bootstrap_servers = \"b:9092\"\ntopic = \"t\"\nplacement = \"key\"",
+        ))
+        .unwrap_err();
+        assert!(
+            e.message.contains("partition") && e.message.contains("lane"),
+            "{e}"
+        );
     }
 
     #[test]

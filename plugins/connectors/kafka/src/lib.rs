@@ -5,6 +5,7 @@ pub mod dlq;
 mod group;
 mod health;
 mod metrics;
+mod placement;
 mod sink;
 mod source;
 
@@ -21,6 +22,7 @@ pub fn register(registrar: &mut dyn salesflow_plugin_api::Registrar) {
 }
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use salesflow_plugin_api::{
     BuildContext, Component, ComponentKind, ConfigError, Plugin, PluginError, Settings, Sink,
@@ -160,23 +162,33 @@ impl Plugin for KafkaSinkPlugin {
             &format!("kafka topic {}", settings.topic),
             health::producer_topic(Arc::clone(&producers[0]), settings.topic.clone()),
         );
+        let placement = Arc::new(placement::Placement::new(
+            producers.len(),
+            settings.placement,
+            settings.partitioner,
+            Duration::from_millis(u64::from(settings.metadata_refresh_ms)),
+        ));
         Ok(Component::Sink(Arc::new(SinkMaker {
-            producers,
+            producers: producers.into(),
+            placement,
             settings: Arc::new(settings),
         })))
     }
 }
 
 struct SinkMaker {
-    /// `producers` of them (at least one); lane i writes through i % their number.
-    producers: Vec<Arc<sink::SharedProducer>>,
+    /// `producers` of them (at least one), every lane writing through each.
+    producers: Arc<[Arc<sink::SharedProducer>]>,
+    placement: Arc<placement::Placement>,
     settings: Arc<KafkaSinkSettings>,
 }
 
 impl SinkFactory for SinkMaker {
     fn create(&self, lane: usize) -> Result<Box<dyn Sink>, PluginError> {
         Ok(Box::new(sink::KafkaSink {
-            producer: Arc::clone(&self.producers[lane % self.producers.len()]),
+            producers: Arc::clone(&self.producers),
+            placement: Arc::clone(&self.placement),
+            lane,
             settings: Arc::clone(&self.settings),
             pressure: salesflow_plugin_api::Backpressure::default(),
         }))

@@ -25,6 +25,7 @@ use tracing::warn;
 
 use crate::config::KafkaSinkSettings;
 use crate::metrics::SinkMetrics;
+use crate::placement::Placement;
 
 /// A Kafka producer of the sink: librdkafka's producer, and a thread of its own serving
 /// its delivery reports (what rdkafka's `ThreadedProducer` does, but see [`POLL_WAIT`]).
@@ -318,9 +319,15 @@ const UNCONFIRMED: &str = "acknowledged without an offset (librdkafka's implicit
      acknowledgement after a failed request); whether it was written is unknown, so it \
      is delivered again";
 
-/// One lane's handle on the shared producer.
+/// How long an ask for the topic's partition count waits for Kafka.
+const METADATA_WAIT: Duration = Duration::from_secs(5);
+
+/// One lane of the sink, writing through the producers every lane shares.
 pub struct KafkaSink {
-    pub(crate) producer: Arc<SharedProducer>,
+    /// The sink's producers (at least one); [`Placement`] picks one per record.
+    pub(crate) producers: Arc<[Arc<SharedProducer>]>,
+    pub(crate) placement: Arc<Placement>,
+    pub(crate) lane: usize,
     pub(crate) settings: Arc<KafkaSinkSettings>,
     /// Raised when librdkafka's queue is full: the brokers take less than is produced.
     pub(crate) pressure: Backpressure,
@@ -333,7 +340,11 @@ impl Sink for KafkaSink {
     }
 
     async fn write(&mut self, events: Arc<[Event]>) -> Result<WriteFuture, PluginError> {
-        let producer = self.producer.get();
+        if self.placement.due() {
+            self.ask_partitions();
+        }
+        // The producers this write sends through, as they are now.
+        let mut used: Vec<Option<Arc<SinkProducer>>> = vec![None; self.producers.len()];
         let (batch, done) = BatchDelivery::new(events.len());
         for (queued, event) in events.iter().enumerate() {
             let field_key = self
@@ -345,6 +356,8 @@ impl Sink for KafkaSink {
                 Some(k) => Some(k.as_bytes()),
                 None => event.key.as_deref(),
             };
+            let index = self.placement.producer(key, self.lane);
+            let producer = used[index].get_or_insert_with(|| self.producers[index].get());
             let mut record: BaseRecord<'_, [u8], [u8], Arc<BatchDelivery>> =
                 BaseRecord::with_opaque_to(&self.settings.topic, Arc::clone(&batch))
                     .payload(event.payload.as_ref());
@@ -408,7 +421,7 @@ impl Sink for KafkaSink {
         }
         batch.settle();
         let topic = self.settings.topic.clone();
-        let shared = Arc::clone(&self.producer);
+        let shared = Arc::clone(&self.producers);
         Ok(Box::pin(async move {
             let Ok(failures) = done.await else {
                 return Err(PluginError::new(format!(
@@ -416,12 +429,20 @@ impl Sink for KafkaSink {
                 )));
             };
             if failures.timed_out {
-                let renewing = tokio::task::spawn_blocking(move || shared.renew(&producer));
+                // Which producer's messages timed out is not reported: each one the
+                // write used is renewed (unless another lane already has).
+                let renewing = tokio::task::spawn_blocking(move || {
+                    for (shared, producer) in shared.iter().zip(&used) {
+                        if let Some(producer) = producer {
+                            shared.renew(producer);
+                        }
+                    }
+                });
                 if let Err(e) = renewing.await {
                     warn!(error = %e, "renewing the producer failed");
                 }
             } else {
-                drop(producer);
+                drop(used);
             }
             if let Some(reason) = failures.transient {
                 return Err(PluginError::new(format!("delivery to {topic}: {reason}")));
@@ -442,11 +463,38 @@ impl Sink for KafkaSink {
     }
 
     async fn flush(&mut self) -> Result<(), PluginError> {
-        let producer = self.producer.get();
-        tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30)))
-            .await
-            .map_err(|e| PluginError::context("flushing the producer", e))?
-            .map_err(|e| PluginError::context("flushing the producer", e))
+        for shared in self.producers.iter() {
+            let producer = shared.get();
+            tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(30)))
+                .await
+                .map_err(|e| PluginError::context("flushing the producer", e))?
+                .map_err(|e| PluginError::context("flushing the producer", e))?;
+        }
+        Ok(())
+    }
+}
+
+impl KafkaSink {
+    /// Asks Kafka for the topic's partition count, off the async workers, for
+    /// [`Placement`]; writes meanwhile go on with what it knew.
+    fn ask_partitions(&self) {
+        let producer = self.producers[0].get();
+        let placement = Arc::clone(&self.placement);
+        let topic = self.settings.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            let count = producer
+                .client()
+                .fetch_metadata(Some(&topic), METADATA_WAIT)
+                .ok()
+                .and_then(|metadata| {
+                    metadata
+                        .topics()
+                        .iter()
+                        .find(|t| t.name() == topic && t.error().is_none())
+                        .and_then(|t| u32::try_from(t.partitions().len()).ok())
+                });
+            placement.learn(count);
+        });
     }
 }
 
@@ -482,32 +530,56 @@ mod tests {
     use salesflow_plugin_api::{Settings, toml};
 
     use super::*;
+    use crate::placement::partition_of;
 
-    /// A sink writing through a producer made from `config` (the settings' own, or one a
-    /// test bends), with its metrics and its shared producer.
-    fn sink_over(
+    /// A sink (lane 1) writing through `producers` producers made from `config` (the
+    /// settings' own, or one a test bends), each reporting to metrics of its own.
+    fn sink_with(
         settings: KafkaSinkSettings,
-        config: rdkafka::ClientConfig,
-    ) -> (KafkaSink, Arc<SinkMetrics>, Arc<SharedProducer>) {
-        let metrics = Arc::new(SinkMetrics::register(
-            &mut prometheus_client::registry::Registry::default(),
-        ));
-        let context = DeliveryContext {
-            name: "test/sink".into(),
-            metrics: Arc::clone(&metrics),
-        };
-        let shared = Arc::new(
-            SharedProducer::new(Box::new(move || {
-                SinkProducer::create(&config, context.clone())
-            }))
-            .unwrap(),
-        );
+        config: &rdkafka::ClientConfig,
+        producers: usize,
+    ) -> (KafkaSink, Vec<Arc<SinkMetrics>>, Vec<Arc<SharedProducer>>) {
+        let (metrics, shared): (Vec<_>, Vec<_>) = (0..producers)
+            .map(|_| {
+                let metrics = Arc::new(SinkMetrics::register(
+                    &mut prometheus_client::registry::Registry::default(),
+                ));
+                let context = DeliveryContext {
+                    name: "test/sink".into(),
+                    metrics: Arc::clone(&metrics),
+                };
+                let config = config.clone();
+                let shared = Arc::new(
+                    SharedProducer::new(Box::new(move || {
+                        SinkProducer::create(&config, context.clone())
+                    }))
+                    .unwrap(),
+                );
+                (metrics, shared)
+            })
+            .unzip();
         let sink = KafkaSink {
-            producer: Arc::clone(&shared),
+            producers: shared.clone().into(),
+            placement: Arc::new(Placement::new(
+                producers,
+                settings.placement,
+                settings.partitioner,
+                Duration::from_secs(30),
+            )),
+            lane: 1,
             settings: Arc::new(settings),
             pressure: Backpressure::default(),
         };
         (sink, metrics, shared)
+    }
+
+    /// [`sink_with`] one producer: the sink, its metrics and its shared producer.
+    fn sink_over(
+        settings: KafkaSinkSettings,
+        config: &rdkafka::ClientConfig,
+    ) -> (KafkaSink, Arc<SinkMetrics>, Arc<SharedProducer>) {
+        let (sink, mut metrics, mut shared) = sink_with(settings, config, 1);
+        (sink, metrics.remove(0), shared.remove(0))
     }
 
     fn settings(text: &str) -> KafkaSinkSettings {
@@ -522,7 +594,7 @@ mod tests {
             "bootstrap_servers = \"{address}\"\ntopic = \"t\"\ndelivery_timeout_ms = 1000"
         ));
         let config = settings.client_config();
-        let (mut sink, metrics, shared) = sink_over(settings, config);
+        let (mut sink, metrics, shared) = sink_over(settings, &config);
         let first = shared.get();
         let events: Arc<[Event]> = vec![Event::new(&b"{}"[..])].into();
         let error = sink.write(events).await.unwrap().await.unwrap_err();
@@ -555,7 +627,7 @@ mod tests {
         ));
         let mut config = settings.client_config();
         config.set("acks", "0").set("enable.idempotence", "false");
-        let (mut sink, metrics, _) = sink_over(settings, config);
+        let (mut sink, metrics, _) = sink_over(settings, &config);
         let events: Arc<[Event]> = vec![Event::new(&b"{}"[..]), Event::new(&b"[]"[..])].into();
         let error = sink.write(events).await.unwrap().await.unwrap_err();
         assert!(
@@ -571,6 +643,86 @@ mod tests {
             })
             .get();
         assert_eq!(unconfirmed, 2);
+        salesflow_testkit::delete_topics(&[&topic]).await;
+    }
+
+    /// On the real broker: with two producers, each keyed record of a write goes through
+    /// its partition's producer once the sink knows the partition count (each producer
+    /// here reports to metrics of its own), the write settles once both have delivered,
+    /// and every key's records come back in the order written.
+    #[tokio::test]
+    async fn keyed_records_go_through_their_partitions_producer_and_keep_their_order() {
+        let topic = salesflow_testkit::unique("sink-placement");
+        salesflow_testkit::create_topic(&topic, 6).await;
+        let settings = settings(&format!(
+            "bootstrap_servers = \"{}\"\ntopic = \"{topic}\"\nkey_field = \"cart\"\nproducers = 2",
+            salesflow_testkit::bootstrap()
+        ));
+        let config = settings.client_config();
+        let (mut sink, metrics, _) = sink_with(settings, &config, 2);
+        let placement = Arc::clone(&sink.placement);
+        let event = |cart: usize, seq: usize| {
+            Event::new(format!(r#"{{"cart":"cart-{cart}","seq":{seq}}}"#))
+        };
+        // The first write asks for the partition count; until it is known, the lane's
+        // producer (1) takes every record. One record: none of its keys can change
+        // producers halfway through it.
+        sink.write(vec![event(0, 0)].into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let carts: Vec<String> = (0..12).map(|i| format!("cart-{i}")).collect();
+        let placed = || {
+            carts.iter().all(|c| {
+                placement.producer(Some(c.as_bytes()), 1)
+                    == partition_of(c.as_bytes(), 6) as usize % 2
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !placed() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the partition count was not learnt"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let before: Vec<u64> = metrics.iter().map(|m| m.delivered.get()).collect();
+        let events: Vec<Event> = (1..=60).map(|seq| event(seq % 12, seq)).collect();
+        sink.write(events.into()).await.unwrap().await.unwrap();
+        let mut by_producer = [0_u64; 2];
+        for seq in 1..=60 {
+            by_producer[partition_of(carts[seq % 12].as_bytes(), 6) as usize % 2] += 1;
+        }
+        assert!(
+            by_producer.iter().all(|n| *n > 0),
+            "the keys fall on one producer"
+        );
+        let delivered: Vec<u64> = metrics
+            .iter()
+            .zip(&before)
+            .map(|(m, b)| m.delivered.get() - b)
+            .collect();
+        assert_eq!(delivered, by_producer.to_vec());
+
+        let records =
+            salesflow_testkit::read_all(&topic, Duration::from_secs(20), |r| r.len() >= 61);
+        assert_eq!(records.len(), 61);
+        let mut seen = std::collections::BTreeMap::<String, Vec<u64>>::new();
+        for r in &records {
+            assert_eq!(
+                u32::try_from(r.partition).unwrap(),
+                partition_of(r.key.as_bytes(), 6),
+                "{r:?}"
+            );
+            seen.entry(r.key.clone())
+                .or_default()
+                .push(r.payload["seq"].as_u64().unwrap());
+        }
+        assert_eq!(seen.len(), 12);
+        for (key, seqs) in &seen {
+            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{key}: {seqs:?}");
+        }
         salesflow_testkit::delete_topics(&[&topic]).await;
     }
 
