@@ -314,6 +314,45 @@ pub fn wait_for(what: &str, timeout: Duration, mut condition: impl FnMut() -> bo
     }
 }
 
+/// Polls the asynchronous `condition` every 100 ms until it holds or `timeout` passes;
+/// for conditions that ask a server, without blocking the runtime.
+pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The sum of every sample of the metric `name` (all its label sets) on the host at
+/// `address`, from its `/metrics`; 0 when it has none.
+pub async fn metric_total(client: &reqwest::Client, address: &str, name: &str) -> f64 {
+    let text = client
+        .get(format!("http://{address}/metrics"))
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .unwrap_or_else(|e| panic!("scraping {address}: {e}"))
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("scraping {address}: {e}"));
+    text.lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let value = if rest.starts_with('{') {
+                rest.rsplit_once('}')?.1
+            } else {
+                rest
+            };
+            value.split_whitespace().next()?.parse::<f64>().ok()
+        })
+        .sum()
+}
+
 /// Waits (up to 60 s) until `base`/health/ready answers 200.
 pub async fn ready(client: &reqwest::Client, base: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);

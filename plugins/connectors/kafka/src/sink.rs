@@ -673,20 +673,17 @@ mod tests {
             .await
             .unwrap();
         let carts: Vec<String> = (0..12).map(|i| format!("cart-{i}")).collect();
-        let placed = || {
-            carts.iter().all(|c| {
-                placement.producer(Some(c.as_bytes()), 1)
-                    == partition_of(c.as_bytes(), 6) as usize % 2
-            })
-        };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !placed() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the partition count was not learnt"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        salesflow_testkit::wait_until(
+            "the sink to learn the partition count",
+            Duration::from_secs(10),
+            || async {
+                carts.iter().all(|c| {
+                    placement.producer(Some(c.as_bytes()), 1)
+                        == partition_of(c.as_bytes(), 6) as usize % 2
+                })
+            },
+        )
+        .await;
         let before: Vec<u64> = metrics.iter().map(|m| m.delivered.get()).collect();
         let events: Vec<Event> = (1..=60).map(|seq| event(seq % 12, seq)).collect();
         sink.write(events.into()).await.unwrap().await.unwrap();

@@ -328,15 +328,26 @@ async fn a_partition_revoked_while_its_write_is_stalled_leaves_no_unfenced_write
     let (mut orders, first) = rounds(&carts, &mut rng, 0..2, 10);
     let (later, second) = rounds(&carts, &mut rng, 2..8, 5);
     post_all(&base, first, 4).await;
+    let retries = "salesflow_cassandra_retries_total";
+    let leaving_address = leaving.address();
+    let retried_before = support::metric_total(&client, &leaving_address, retries).await;
+    let paused = Paused::cassandra();
+    // Orders keep flowing into Kafka (the Command API does not need Cassandra); the
+    // domain's appends stall.
     let poster = {
         let base = base.clone();
         tokio::spawn(async move { post_all(&base, second, 2).await })
     };
-    // Orders keep flowing into Kafka (the Command API does not need Cassandra); the
-    // domain's appends stall.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let paused = Paused::cassandra();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // A request of the leaving worker to the stopped Cassandra timed out: it holds a
+    // write that cannot finish before its drain does.
+    support::wait_until(
+        "a Cassandra request of the leaving worker to time out",
+        Duration::from_secs(60),
+        || async {
+            support::metric_total(&client, &leaving_address, retries).await > retried_before
+        },
+    )
+    .await;
     leaving.signal("TERM");
     let mut leaving = leaving;
     let status = tokio::task::spawn_blocking(move || {
