@@ -72,6 +72,12 @@ pub struct KafkaSourceSettings {
     /// `fetch.wait.max.ms`: the longest the broker waits to fill `fetch_min_bytes`.
     #[serde(default = "default_fetch_wait_max_ms")]
     pub fetch_wait_max_ms: u32,
+    /// `max.partition.fetch.bytes`: most bytes one fetch brings of a partition, as stored
+    /// (compressed). librdkafka decompresses a fetch whole and checks its prefetch bound
+    /// only before fetching, so each partition may hold one fetch, decompressed, beyond
+    /// it. A record batch larger than this still comes whole: nothing stalls.
+    #[serde(default = "default_max_partition_fetch_bytes")]
+    pub max_partition_fetch_bytes: u32,
     /// `auto.offset.reset`: where a partition without a committed offset starts.
     #[serde(default = "default_offset_reset")]
     pub auto_offset_reset: OffsetReset,
@@ -126,6 +132,9 @@ fn default_max_batch_bytes() -> usize {
 }
 fn default_max_batch_records() -> usize {
     500
+}
+fn default_max_partition_fetch_bytes() -> u32 {
+    256 << 10
 }
 fn default_fetch_min_bytes() -> u32 {
     1
@@ -192,6 +201,12 @@ impl Settings for KafkaSourceSettings {
                 "must be between 1024 (1 KiB) and 1073741824 (1 GiB)",
             ));
         }
+        if !(1024..=1_000_000_000).contains(&self.max_partition_fetch_bytes) {
+            return Err(ConfigError::at(
+                &["max_partition_fetch_bytes"],
+                "must be between 1024 (1 KiB) and 1000000000 (librdkafka's most)",
+            ));
+        }
         if self.commit_interval.is_zero() {
             return Err(ConfigError::at(
                 &["commit_interval"],
@@ -234,6 +249,10 @@ impl KafkaSourceSettings {
             .set("auto.offset.reset", self.auto_offset_reset.as_str())
             .set("fetch.min.bytes", self.fetch_min_bytes.to_string())
             .set("fetch.wait.max.ms", self.fetch_wait_max_ms.to_string())
+            .set(
+                "max.partition.fetch.bytes",
+                self.max_partition_fetch_bytes.to_string(),
+            )
             .set("session.timeout.ms", self.session_timeout_ms.to_string())
             // Bound what librdkafka prefetches per partition (each partition has its own
             // queue here, so a process holds up to this times its partitions): back-
@@ -565,6 +584,28 @@ mod tests {
         );
         assert_eq!(s.max_batch_records, 500);
         assert_eq!(s.max_batch_bytes, 4 << 20);
+        assert_eq!(c.get("max.partition.fetch.bytes"), Some("262144"));
+    }
+
+    /// A fetch is decompressed whole beyond the prefetch bound: its size is a setting,
+    /// checked against what librdkafka takes.
+    #[test]
+    fn the_partition_fetch_size_is_bounded() {
+        let with = |n: &str| {
+            KafkaSourceSettings::from_table(&table(&format!(
+                "bootstrap_servers = \"b:9092\"\ntopics = [\"orders\"]\ngroup_id = \"g\"\n\
+                 max_partition_fetch_bytes = {n}"
+            )))
+        };
+        let s = with("65536").unwrap();
+        assert_eq!(
+            s.client_config().get("max.partition.fetch.bytes"),
+            Some("65536")
+        );
+        for bad in ["0", "1023", "1000000001"] {
+            let e = with(bad).unwrap_err();
+            assert_eq!(e.path, ["max_partition_fetch_bytes"], "{bad}");
+        }
     }
 
     #[test]
