@@ -2,6 +2,8 @@
 
 /// mimalloc: fewer cycles per allocation than glibc's malloc on the hot paths (bodies,
 /// events, batches) and less fragmentation, so resident memory stays lower and flatter.
+/// The `system-alloc` feature leaves it out, for heap profilers that hook malloc.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
