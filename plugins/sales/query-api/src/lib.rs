@@ -248,7 +248,7 @@ pub(crate) fn unavailable(api: &Api, what: &str) -> Response {
 }
 
 fn cart_id(raw: &str) -> Result<Uuid, Box<Response>> {
-    Uuid::parse_str(raw).map_err(|_| {
+    search::hyphenated_uuid(raw).ok_or_else(|| {
         Box::new(problem(
             StatusCode::BAD_REQUEST,
             format!("id: {raw:?} is not a UUID"),

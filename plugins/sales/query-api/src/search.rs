@@ -147,6 +147,14 @@ fn parse_with(
         values
             .get(name)
             .map(|v| {
+                // chrono also takes a space between date and time, which RFC 3339's
+                // `date-time` (the schema's format) does not.
+                if v.as_bytes().get(10) == Some(&b' ') {
+                    return Err(format!(
+                        "{name}: not an RFC 3339 time (a space where the T goes), \
+                         e.g. 2026-11-26T00:00:00Z"
+                    ));
+                }
                 DateTime::parse_from_rfc3339(v)
                     .map(|d| d.with_timezone(&Utc))
                     .map_err(|e| {
@@ -197,13 +205,14 @@ fn amount_units(raw: &str) -> Result<u64, String> {
     let (whole, fraction) = raw.split_once('.').unwrap_or((raw, ""));
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     if !digits(whole)
+        || (whole.len() > 1 && whole.starts_with('0'))
         || (raw.contains('.') && !digits(fraction))
         || fraction.len() > 4
         || whole.len() > MAX_AMOUNT_DIGITS
     {
         return Err(format!(
             "{raw:?} is not an amount: write a decimal such as 19.99 (at most {MAX_AMOUNT_DIGITS} \
-             whole digits and 4 decimal places, no sign or exponent)"
+             whole digits and 4 decimal places, no sign, exponent or leading zero)"
         ));
     }
     raw.parse::<Decimal>()
@@ -245,6 +254,14 @@ pub fn encode_cursor(value: &Number, cart_id: &str) -> String {
 /// Reads a cursor; its value is brought into the range of `sort`'s field (a time in
 /// milliseconds, or ten-thousandths that are never negative), so that any cursor the
 /// pattern allows is a valid place to continue from.
+/// A UUID in the one form the API writes and its schema's `uuid` format allows: 36
+/// characters, hyphenated (`Uuid::try_parse` also takes the simple, braced and URN forms).
+pub fn hyphenated_uuid(raw: &str) -> Option<uuid::Uuid> {
+    (raw.len() == 36)
+        .then(|| uuid::Uuid::try_parse(raw).ok())
+        .flatten()
+}
+
 fn decode_cursor(raw: &str, sort: Sort) -> Result<(Number, String), String> {
     let bad = || {
         format!(
@@ -257,7 +274,7 @@ fn decode_cursor(raw: &str, sort: Sort) -> Result<(Number, String), String> {
     if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
-    let id = uuid::Uuid::try_parse(id).map_err(|_| bad())?;
+    let id = hyphenated_uuid(id).ok_or_else(bad)?;
     let value: i128 = value.parse().map_err(|_| bad())?;
     let number = match sort {
         Sort::NewestFirst | Sort::OldestFirst => {
@@ -483,10 +500,18 @@ mod tests {
         assert_eq!(s.user_id.as_deref(), Some("u 1"));
         assert_eq!(s.product.as_deref(), Some("red shoes"));
         assert_eq!(s.size, 5);
+        let s = parse(
+            Some("from=2026-11-26T00:00:00Z&to=2026-11-27t00:00:00z"),
+            20,
+            100,
+        )
+        .unwrap();
+        assert!(s.from < s.to);
         for (q, name) in [
             ("size=0", "size"),
             ("size=101", "size"),
             ("from=yesterday", "from"),
+            ("to=2026-11-26%2000:00:00Z", "to"),
             ("colour=red", "colour"),
             ("after=zzz", "after"),
             ("user_id=", "user_id"),
@@ -558,6 +583,10 @@ mod tests {
             "12_",
             "x_7c9e6679-7425-40de-944b-e07fc1f90ae7",
             "1_2",
+            // The UUID forms the schema's pattern does not allow.
+            "1_7c9e6679742540de944be07fc1f90ae7",
+            "1_{7c9e6679-7425-40de-944b-e07fc1f90ae7}",
+            "1_urn:uuid:7c9e6679-7425-40de-944b-e07fc1f90ae7",
         ] {
             assert!(decode_cursor(bad, Sort::NewestFirst).is_err(), "{bad}");
         }
@@ -581,6 +610,10 @@ mod tests {
             "1.00001",
             "1,5",
             "0x10",
+            // The schema's pattern allows no leading zero (schemathesis sent 098241).
+            "098241",
+            "00",
+            "01.5",
             "1000000000000000",
         ] {
             assert!(amount_units(bad).is_err(), "{bad}");
