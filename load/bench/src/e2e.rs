@@ -172,6 +172,65 @@ async fn held_to(
     Ok((from, outcome.report.knee_rps))
 }
 
+/// `profile` run by the load generator against the bare relay ([`crate::relay`]) in place
+/// of the Command API, into the run's orders topic, with the Command API's producers as
+/// `build`'s `pipeline.toml` sets them; the queries, followers and reconciliation as
+/// `options` has them. Its report.
+async fn through_relay(
+    build: &Build,
+    tag: &str,
+    profile: &std::path::Path,
+    options: &salesflow_load::Options,
+) -> Result<salesflow_load::report::RunReport> {
+    let producers = crate::relay::Producers::of(&build.config)?;
+    let topic = Sales::named(salesflow_bin(), tag).orders;
+    let relay = tokio::task::spawn_blocking(move || crate::relay::Relay::start(&topic, &producers))
+        .await??;
+    let options = salesflow_load::Options {
+        target: Some(format!("http://{}", relay.address)),
+        ..options.clone()
+    };
+    let outcome = salesflow_load::run(profile, &options).await;
+    tokio::task::spawn_blocking(move || relay.stop()).await??;
+    Ok(outcome?.report)
+}
+
+/// Which HTTP front a half-rate turn beside the relay went through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Front {
+    CommandApi,
+    Relay,
+}
+
+impl Front {
+    fn name(self) -> &'static str {
+        match self {
+            Front::CommandApi => "the Command API",
+            Front::Relay => "the bare relay",
+        }
+    }
+}
+
+/// The Command API's p99 to 202 over the relay's in each pair of the ABBA turns (relay,
+/// Command API, Command API, relay): turns 2/1 and 3/4.
+fn front_ratios(turns: &[(Front, crate::Quiet, salesflow_load::report::RunReport)]) -> [f64; 2] {
+    let p99 = |i: usize| turns[i].2.scenarios[0].p99_ms;
+    [p99(1) / p99(0), p99(2) / p99(3)]
+}
+
+/// A load run's reconciliation, as the report gives it.
+fn reconciled(report: &salesflow_load::report::RunReport) -> String {
+    let r = report.reconciliation.clone().unwrap_or_default();
+    format!(
+        "{} accepted, lost {} / {}, duplicated {} / {}",
+        r["accepted"],
+        r["lost_read_model"],
+        r["lost_event_store"],
+        r["duplicated_read_model"],
+        r["duplicated_event_store"]
+    )
+}
+
 /// How long the half-rate run injects orders (after its 2 s warm-up).
 const HALF_INJECTION: Duration = Duration::from_secs(20);
 
@@ -774,6 +833,39 @@ pub async fn run(
         }
         _ => None,
     };
+    // The same half-rate profile again, through the bare relay into the same pipelines,
+    // and through the Command API beside it: what any HTTP front that waits for Kafka's
+    // acknowledgement, with the Command API's producers, pays for a 202 on this machine
+    // at this load. Four turns, each on settled servers, in ABBA order (relay, Command
+    // API, Command API, relay): two pairs, so that a drift over the turns favours
+    // neither. Skipped where the ramp is.
+    let fronts = match (round, replication) {
+        (Round::Measured, Replication::Single) => {
+            let mut turns = Vec::new();
+            for front in [
+                Front::Relay,
+                Front::CommandApi,
+                Front::CommandApi,
+                Front::Relay,
+            ] {
+                let settled = crate::settle_within(PHASE_SETTLE).await;
+                let report = match front {
+                    Front::Relay => through_relay(build, &t, &profile, &options)
+                        .await
+                        .context("the half-rate run through the bare relay")?,
+                    Front::CommandApi => {
+                        salesflow_load::run(&profile, &options)
+                            .await
+                            .context("a half-rate run beside the relay's")?
+                            .report
+                    }
+                };
+                turns.push((front, settled, report));
+            }
+            Some(turns)
+        }
+        _ => None,
+    };
     let (memory_pids, rss_samples) = {
         for (_, process) in processes {
             process.stop().await;
@@ -845,6 +937,29 @@ pub async fn run(
             ),
         ));
     }
+    if let Some(turns) = &fronts {
+        for (k, (front, settled, r)) in turns.iter().enumerate() {
+            figures.push((
+                format!(
+                    "  beside the bare relay (Kafka's own client behind the thinnest HTTP front, the Command API's producers), turn {} of 4, {} (servers quiet before it: {settled}): p50 / p99 POST to 202; p99 to queryable",
+                    k + 1,
+                    front.name()
+                ),
+                format!(
+                    "{:.1} ms / {:.1} ms; {:.0} ms; {}",
+                    r.scenarios[0].p50_ms,
+                    r.scenarios[0].p99_ms,
+                    r.freshness.p99_ms,
+                    reconciled(r)
+                ),
+            ));
+        }
+        let ratios = front_ratios(turns);
+        figures.push((
+            "  the Command API's p99 POST to 202 over the bare relay's, pair by pair (turns 2/1 and 3/4)".into(),
+            format!("{:.2}x and {:.2}x", ratios[0], ratios[1]),
+        ));
+    }
     figures.push((
         format!("p50 POST to 202 at {half:.0} orders/s"),
         format!("{:.1} ms", report.scenarios[0].p50_ms),
@@ -896,22 +1011,11 @@ pub async fn run(
             ),
         ));
     }
-    let reconciliation = report.reconciliation.clone().unwrap_or_default();
     // The orders accepted inside the meter's window, at the injection's mean rate.
     #[allow(clippy::cast_precision_loss)]
     let half_accepted =
         report.scenarios[0].ok as f64 * HALF_WINDOW.1.as_secs_f64() / HALF_INJECTION.as_secs_f64();
-    figures.push((
-        "half-rate run reconciliation".into(),
-        format!(
-            "{} accepted, lost {} / {}, duplicated {} / {}",
-            reconciliation["accepted"],
-            reconciliation["lost_read_model"],
-            reconciliation["lost_event_store"],
-            reconciliation["duplicated_read_model"],
-            reconciliation["duplicated_event_store"]
-        ),
-    ));
+    figures.push(("half-rate run reconciliation".into(), reconciled(report)));
     let mut peaks = Vec::new();
     for ((pipeline, _), s) in memory_pids.iter().zip(&rss_samples) {
         let peak = s.iter().copied().fold(0.0, f64::max);
@@ -1045,6 +1149,13 @@ pub async fn run(
             report.freshness.p99_ms,
         ),
     ];
+    if let Some(turns) = &fronts {
+        let ratios = front_ratios(turns);
+        row.measures.push((
+            "p99 POST to 202, Command API / bare relay (half rate, mean of 2 ABBA pairs)".into(),
+            f64::midpoint(ratios[0], ratios[1]),
+        ));
+    }
     if let Some((_, (_, knee))) = held {
         // 0 when no window held the target.
         row.measures.push((

@@ -33,6 +33,7 @@ mod http;
 mod kafka;
 mod latency;
 mod pauses;
+mod relay;
 
 use std::fmt::Write as _;
 use std::time::Duration;
