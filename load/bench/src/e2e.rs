@@ -866,6 +866,7 @@ pub async fn run(
         }
         _ => None,
     };
+    let ratios = fronts.as_deref().map(front_ratios);
     let (memory_pids, rss_samples) = {
         for (_, process) in processes {
             process.stop().await;
@@ -954,10 +955,11 @@ pub async fn run(
                 ),
             ));
         }
-        let ratios = front_ratios(turns);
+    }
+    if let Some([first, second]) = ratios {
         figures.push((
             "  the Command API's p99 POST to 202 over the bare relay's, pair by pair (turns 2/1 and 3/4)".into(),
-            format!("{:.2}x and {:.2}x", ratios[0], ratios[1]),
+            format!("{first:.2}x and {second:.2}x"),
         ));
     }
     figures.push((
@@ -1149,11 +1151,10 @@ pub async fn run(
             report.freshness.p99_ms,
         ),
     ];
-    if let Some(turns) = &fronts {
-        let ratios = front_ratios(turns);
+    if let Some([first, second]) = ratios {
         row.measures.push((
             "p99 POST to 202, Command API / bare relay (half rate, mean of 2 ABBA pairs)".into(),
-            f64::midpoint(ratios[0], ratios[1]),
+            f64::midpoint(first, second),
         ));
     }
     if let Some((_, (_, knee))) = held {
