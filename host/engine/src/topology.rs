@@ -522,41 +522,11 @@ fn component_node(
         }
     }
 
-    // The plugin's settings: its shared section's keys, overridden by the component's.
-    let mut settings = toml::Table::new();
     let shared_name = plugin.shared_section();
     let shared = shared_name
         .and_then(|s| root.get(s))
         .and_then(toml::Value::as_table);
-    if let Some(shared) = shared {
-        settings.extend(shared.clone());
-    }
-    for (key, value) in spec {
-        if HOST_KEYS.contains(&key.as_str()) {
-            continue;
-        }
-        match (settings.get_mut(key), value) {
-            (Some(toml::Value::Table(base)), toml::Value::Table(over)) => {
-                base.extend(over.clone());
-            }
-            _ => {
-                settings.insert(key.clone(), value.clone());
-            }
-        }
-    }
-    for section in plugin.nested_shared_sections() {
-        let mut merged = root
-            .get(*section)
-            .and_then(toml::Value::as_table)
-            .cloned()
-            .unwrap_or_default();
-        if let Some(own) = spec.get(*section).and_then(toml::Value::as_table) {
-            merged.extend(own.clone());
-        }
-        if !merged.is_empty() {
-            settings.insert((*section).to_owned(), toml::Value::Table(merged));
-        }
-    }
+    let settings = plugin_settings(root, spec, shared_name, plugin.nested_shared_sections());
     if let Err(e) = plugin.validate(&settings) {
         // A key the component does not set came from the shared section.
         let from_shared = e
@@ -595,6 +565,54 @@ fn component_node(
         settings,
         plugin: Arc::clone(plugin),
     })
+}
+
+/// The settings a component's plugin is given: the keys of its shared section (`[kafka]`,
+/// `shared`) overridden by the component's own table `spec`, without the keys the host
+/// reads ([`HOST_KEYS`]); each of `nested` (a top-level section the plugin also takes
+/// inside its table) merged with the component's own. What the plugin validates and builds
+/// from, so a tool that needs the settings of a component as the host would pass them
+/// (the bench's relay, the Command API's producers) reads them here.
+pub fn plugin_settings(
+    root: &toml::Table,
+    spec: &toml::Table,
+    shared: Option<&str>,
+    nested: &[&str],
+) -> toml::Table {
+    let mut settings = toml::Table::new();
+    if let Some(shared) = shared
+        .and_then(|s| root.get(s))
+        .and_then(toml::Value::as_table)
+    {
+        settings.extend(shared.clone());
+    }
+    for (key, value) in spec {
+        if HOST_KEYS.contains(&key.as_str()) {
+            continue;
+        }
+        match (settings.get_mut(key), value) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(over)) => {
+                base.extend(over.clone());
+            }
+            _ => {
+                settings.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    for section in nested {
+        let mut merged = root
+            .get(*section)
+            .and_then(toml::Value::as_table)
+            .cloned()
+            .unwrap_or_default();
+        if let Some(own) = spec.get(*section).and_then(toml::Value::as_table) {
+            merged.extend(own.clone());
+        }
+        if !merged.is_empty() {
+            settings.insert((*section).to_owned(), toml::Value::Table(merged));
+        }
+    }
+    settings
 }
 
 /// The output of every sink: batches it could not write after its retries, as dead

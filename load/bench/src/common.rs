@@ -55,6 +55,10 @@ pub struct OpenSearchWrites {
     /// Documents read by id (`GET /{index}/_doc/{id}`: the Query API's cart reads, as the
     /// half-rate run's followers make them), apart from searches.
     pub gets: f64,
+    /// Seconds the shards spent merging segments (all merge threads together).
+    pub merge_seconds: f64,
+    /// Seconds the shards spent refreshing, real-time GETs' refreshes included.
+    pub refresh_seconds: f64,
 }
 
 impl std::ops::Sub for OpenSearchWrites {
@@ -66,6 +70,8 @@ impl std::ops::Sub for OpenSearchWrites {
             refreshes: self.refreshes - before.refreshes,
             searches: self.searches - before.searches,
             gets: self.gets - before.gets,
+            merge_seconds: self.merge_seconds - before.merge_seconds,
+            refresh_seconds: self.refresh_seconds - before.refresh_seconds,
         }
     }
 }
@@ -92,7 +98,86 @@ pub async fn opensearch_writes() -> OpenSearchWrites {
             refreshes: sum.refreshes + number(&indices["refresh"]["total"]),
             searches: sum.searches + number(&indices["search"]["query_total"]),
             gets: sum.gets + number(&indices["get"]["total"]),
+            merge_seconds: sum.merge_seconds
+                + number(&indices["merges"]["total_time_in_millis"]) / 1000.0,
+            refresh_seconds: sum.refresh_seconds
+                + number(&indices["refresh"]["total_time_in_millis"]) / 1000.0,
         }
+    })
+}
+
+/// Merges running on OpenSearch's nodes now (`None` when it does not answer).
+async fn merges_running() -> Option<f64> {
+    let url = format!("{}/_nodes/stats/indices/merge", es_url());
+    let stats: Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+    Some(
+        stats["nodes"]
+            .as_object()?
+            .values()
+            .filter_map(|n| n["indices"]["merges"]["current"].as_f64())
+            .sum(),
+    )
+}
+
+/// What [`read_models_caught_up`] found and did before a latency run.
+#[derive(Clone, Copy, Debug)]
+pub struct CaughtUp {
+    /// Seconds the refresh of the run's read models took.
+    pub refresh: f64,
+    /// Seconds waited for OpenSearch's running merges to end.
+    pub merges: f64,
+    /// Merges still running when the wait gave up (0: none).
+    pub left: f64,
+}
+
+impl std::fmt::Display for CaughtUp {
+    /// As the report words it: "refreshed in 0.42 s, merges done after 3 s".
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "read models refreshed in {:.2} s, ", self.refresh)?;
+        if self.left > 0.0 {
+            write!(
+                f,
+                "{:.0} merges still running after {:.0} s",
+                self.left, self.merges
+            )
+        } else {
+            write!(f, "no merge running after {:.0} s", self.merges)
+        }
+    }
+}
+
+/// Starts a latency run on read models that owe OpenSearch nothing from the phases before
+/// it: refreshes `indices` (what a saturating phase left unrefreshed on search-idle
+/// shards, which the run's first real-time GETs would otherwise pay for: 1.2 s for the
+/// first two in one run, about 0.1 s each after), then waits up to `limit` for the
+/// segment merges running on the node to end. The shards stay as search-idle as they
+/// were: a refresh is not a search (an idle shard written for 5 s after a `_refresh` made
+/// no scheduled refresh; after one search, or one real-time GET, it made 5).
+pub async fn read_models_caught_up(indices: &[&str], limit: Duration) -> Result<CaughtUp> {
+    let started = Instant::now();
+    let url = format!("{}/{}/_refresh", es_url(), indices.join(","));
+    let response = reqwest::Client::new()
+        .post(&url)
+        .send()
+        .await
+        .with_context(|| format!("refreshing {}", indices.join(", ")))?;
+    anyhow::ensure!(
+        response.status().is_success(),
+        "refreshing {}: {}",
+        indices.join(", "),
+        response.text().await.unwrap_or_default()
+    );
+    let refresh = started.elapsed().as_secs_f64();
+    let waiting = Instant::now();
+    let mut left = merges_running().await.unwrap_or(0.0);
+    while left > 0.0 && waiting.elapsed() < limit {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        left = merges_running().await.unwrap_or(0.0);
+    }
+    Ok(CaughtUp {
+        refresh,
+        merges: waiting.elapsed().as_secs_f64(),
+        left,
     })
 }
 

@@ -221,8 +221,8 @@ pub async fn sink_limits(addresses: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// Kafka's own time to acknowledge, measured beside a run: a producer with the Command
-/// API's settings (acks=all, idempotent, linger 1 ms, lz4, Nagle off) and nothing else —
+/// Kafka's own time to acknowledge, measured beside a run: a producer made from `config`
+/// (the Command API's, [`crate::relay::Producers::config`]) and nothing else —
 /// no HTTP, no validation, no channel — sends a 600-byte record to `topic` every
 /// `1 / rate` s for `how_long`, each send timed from the call to its acknowledgement.
 /// Sent open loop (a slow acknowledgement does not delay the next send), so it sees what
@@ -230,20 +230,13 @@ pub async fn sink_limits(addresses: &[&str]) -> Vec<String> {
 /// the metadata and the idempotent producer id, as a running Command API has them. Its
 /// p50 and p99, in ms, and how many it timed.
 pub fn bare_produce(
+    config: ClientConfig,
     topic: String,
     rate: u32,
     how_long: Duration,
 ) -> tokio::task::JoinHandle<Result<(f64, f64, u64)>> {
     tokio::spawn(async move {
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", salesflow_testkit::bootstrap())
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "1")
-            .set("compression.type", "lz4")
-            .set("socket.nagle.disable", "true")
-            .create()
-            .context("the bare producer")?;
+        let producer: FutureProducer = config.create().context("the bare producer")?;
         producer
             .send(
                 FutureRecord::to(&topic).key("warm-up").payload("warm-up"),
@@ -363,9 +356,16 @@ mod tests {
     async fn the_bare_producer_times_real_acknowledgements() {
         let topic = format!("{}-bare", salesflow_bench::common::tag());
         salesflow_testkit::create_topics(&[&topic], 1).await;
-        let timed = bare_produce(topic.clone(), 50, Duration::from_secs(2))
-            .await
-            .unwrap();
+        let producers =
+            crate::relay::Producers::of(&salesflow_testkit::repo().join("pipeline.toml")).unwrap();
+        let timed = bare_produce(
+            producers.config(),
+            topic.clone(),
+            50,
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
         salesflow_testkit::delete_topics(&[&topic]).await;
         let (p50, p99, sent) = timed.unwrap();
         // An acknowledgement over loopback takes tens of microseconds at the least.

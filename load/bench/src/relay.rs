@@ -22,67 +22,58 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use salesflow_plugin_api::Plugin;
+use salesflow_plugin_kafka::{KafkaSinkPlugin, KafkaSinkSettings};
 use serde_json::Value;
 
 /// The Command API's producers as its `orders-topic` sink's settings make them: how many,
-/// and the librdkafka configuration of each.
-#[derive(Clone, Debug, PartialEq)]
+/// and the librdkafka configuration of each, built by the Kafka sink's own code from the
+/// settings the host would give it.
+#[derive(Clone, Debug)]
 pub struct Producers {
     pub count: usize,
-    pub linger_ms: u64,
-    pub compression: String,
-    pub partitioner: String,
+    settings: KafkaSinkSettings,
 }
 
 impl Producers {
-    /// Read from `config`'s `pipelines.command-api.sinks.orders-topic`, with the Kafka
-    /// sink's defaults for what it leaves out.
+    /// Read from `config`'s `pipelines.command-api.sinks.orders-topic` and its `[kafka]`
+    /// section, as the host merges them, with the Kafka sink's defaults for what they
+    /// leave out.
     pub fn of(config: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(config)
             .with_context(|| format!("reading {}", config.display()))?;
-        let table: toml::Table =
+        let root: toml::Table =
             toml::from_str(&text).with_context(|| format!("parsing {}", config.display()))?;
-        let sink = table
+        let at = "pipelines.command-api.sinks.orders-topic";
+        let sink = root
             .get("pipelines")
             .and_then(|p| p.get("command-api"))
             .and_then(|p| p.get("sinks"))
             .and_then(|s| s.get("orders-topic"))
-            .with_context(|| {
-                format!(
-                    "{}: no pipelines.command-api.sinks.orders-topic",
-                    config.display()
-                )
-            })?;
-        let int = |key: &str, default: i64| {
-            sink.get(key)
-                .and_then(toml::Value::as_integer)
-                .unwrap_or(default)
-        };
-        let text = |key: &str, default: &str| {
-            sink.get(key)
-                .and_then(toml::Value::as_str)
-                .unwrap_or(default)
-                .to_owned()
-        };
+            .and_then(toml::Value::as_table)
+            .with_context(|| format!("{}: no table {at}", config.display()))?;
+        let plugin = KafkaSinkPlugin;
+        let settings: KafkaSinkSettings = salesflow_host::topology::plugin_settings(
+            &root,
+            sink,
+            plugin.shared_section(),
+            plugin.nested_shared_sections(),
+        )
+        .try_into()
+        .with_context(|| format!("{}: {at} as the Kafka sink reads it", config.display()))?;
         Ok(Self {
-            count: usize::try_from(int("producers", 1)).unwrap_or(1).max(1),
-            linger_ms: u64::try_from(int("linger_ms", 5)).unwrap_or(5),
-            compression: text("compression", "lz4"),
-            partitioner: text("partitioner", "murmur2_random"),
+            count: usize::from(settings.producers).max(1),
+            settings,
         })
     }
 
-    fn config(&self) -> ClientConfig {
-        let mut config = ClientConfig::new();
+    /// The sink's client configuration, to the stack's brokers, without the statistics
+    /// the Command API reads for its metrics (the relay has none).
+    pub fn config(&self) -> ClientConfig {
+        let mut config = self.settings.client_config();
         config
             .set("bootstrap.servers", salesflow_testkit::bootstrap())
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("socket.nagle.disable", "true")
-            .set("queue.buffering.max.kbytes", "32768")
-            .set("linger.ms", self.linger_ms.to_string())
-            .set("compression.type", &self.compression)
-            .set("partitioner", &self.partitioner);
+            .set("statistics.interval.ms", "0");
         config
     }
 }
@@ -226,24 +217,32 @@ mod tests {
     fn the_command_apis_producers_are_read_from_pipeline_toml() {
         let committed = Producers::of(&salesflow_testkit::repo().join("pipeline.toml")).unwrap();
         assert_eq!(committed.count, 2);
-        assert_eq!(committed.linger_ms, 1);
+        let config = committed.config();
+        assert_eq!(config.get("linger.ms"), Some("1"));
+        assert_eq!(config.get("statistics.interval.ms"), Some("0"));
+        assert_eq!(config.get("acks"), Some("all"));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pipeline.toml");
         std::fs::write(
             &path,
-            "[pipelines.command-api.sinks.orders-topic]\ntype = \"kafka\"\ntopic = \"orders\"\n",
+            "[kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\n\n[pipelines.command-api.sinks.orders-topic]\ntype = \"kafka\"\ninputs = [\"validate\"]\nlanes = 2\ntopic = \"orders\"\n",
         )
         .unwrap();
-        // The Kafka sink's defaults.
-        assert_eq!(
-            Producers::of(&path).unwrap(),
-            Producers {
-                count: 1,
-                linger_ms: 5,
-                compression: "lz4".into(),
-                partitioner: "murmur2_random".into()
-            }
-        );
+        // The Kafka sink's defaults, the host's keys left to the host.
+        let defaults = Producers::of(&path).unwrap();
+        assert_eq!(defaults.count, 1);
+        let config = defaults.config();
+        assert_eq!(config.get("linger.ms"), Some("5"));
+        assert_eq!(config.get("compression.type"), Some("lz4"));
+        assert_eq!(config.get("partitioner"), Some("murmur2_random"));
+        // A key the sink does not know is named, as the host would name it.
+        std::fs::write(
+            &path,
+            "[kafka]\nbootstrap_servers = \"127.0.0.1:9092\"\n\n[pipelines.command-api.sinks.orders-topic]\ntype = \"kafka\"\ntopic = \"orders\"\nlingr_ms = 1\n",
+        )
+        .unwrap();
+        let e = format!("{:#}", Producers::of(&path).unwrap_err());
+        assert!(e.contains("lingr_ms"), "{e}");
         std::fs::write(&path, "[pipelines.domain]\n").unwrap();
         let e = Producers::of(&path).unwrap_err().to_string();
         assert!(
@@ -257,12 +256,7 @@ mod tests {
     async fn the_bare_relay_answers_202_once_the_order_is_in_kafka_keyed_by_cart() {
         let topic = format!("{}-relay", salesflow_bench::common::tag());
         salesflow_testkit::create_topics(&[&topic], 1).await;
-        let producers = Producers {
-            count: 2,
-            linger_ms: 1,
-            compression: "lz4".into(),
-            partitioner: "murmur2_random".into(),
-        };
+        let producers = Producers::of(&salesflow_testkit::repo().join("pipeline.toml")).unwrap();
         let relay = Relay::start(&topic, &producers).unwrap();
         let url = format!("http://{}/orders", relay.address);
         let client = reqwest::Client::new();
