@@ -141,7 +141,7 @@ pub async fn run(
 }
 
 /// The middle value (the mean of the middle two for an even count); `None` when empty.
-fn median(values: &[f64]) -> Option<f64> {
+pub(crate) fn median(values: &[f64]) -> Option<f64> {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     let n = sorted.len();

@@ -11,6 +11,7 @@ use salesflow_plugin_elasticsearch::{Client, ElasticsearchSettings};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::ab::median;
 use crate::common::{
     Build, CaughtUp, OpenSearchWrites, Replication, Sales, Salesflow, drive, drop_isolated, es_url,
     free_address, isolated, isolated_topics_with, opensearch_writes, order, read_models_caught_up,
@@ -248,18 +249,6 @@ fn front_ratios(p99: &[(Front, f64)]) -> Vec<f64> {
             Some(of(Front::CommandApi)? / of(Front::Relay)?)
         })
         .collect()
-}
-
-/// The middle value of `values` (the mean of the middle two for an even count).
-fn median(values: &[f64]) -> Option<f64> {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    match n {
-        0 => None,
-        _ if n % 2 == 1 => Some(sorted[n / 2]),
-        _ => Some(f64::midpoint(sorted[n / 2 - 1], sorted[n / 2])),
-    }
 }
 
 /// A load run's reconciliation, as the report gives it.
@@ -1326,8 +1315,6 @@ mod tests {
             (Front::CommandApi, 5.0),
         ];
         assert!(front_ratios(&one_front).is_empty());
-        assert_eq!(median(&[]), None);
-        assert_eq!(median(&[1.0, 3.0]), Some(2.0));
     }
 
     #[test]
