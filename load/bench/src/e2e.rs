@@ -175,17 +175,15 @@ async fn held_to(
 }
 
 /// `profile` run by the load generator against the bare relay ([`crate::relay`]) in place
-/// of the Command API, into the run's orders topic, with the Command API's producers as
-/// `build`'s `pipeline.toml` sets them; the queries, followers and reconciliation as
-/// `options` has them. Its report.
+/// of the Command API, into the run's orders `topic`, through `producers` (the Command
+/// API's); the queries, followers and reconciliation as `options` has them. Its report.
 async fn through_relay(
-    build: &Build,
-    tag: &str,
+    producers: &crate::relay::Producers,
+    topic: &str,
     profile: &std::path::Path,
     options: &salesflow_load::Options,
 ) -> Result<salesflow_load::report::RunReport> {
-    let producers = crate::relay::Producers::of(&build.config)?;
-    let topic = Sales::named(salesflow_bin(), tag).orders;
+    let (topic, producers) = (topic.to_owned(), producers.clone());
     let relay = tokio::task::spawn_blocking(move || crate::relay::Relay::start(&topic, &producers))
         .await??;
     let options = salesflow_load::Options {
@@ -899,7 +897,7 @@ pub async fn run(
                 let caught = read_models_caught_up(&read_models, MERGE_WAIT).await?;
                 let opensearch = opensearch_writes().await;
                 let report = match front {
-                    Front::Relay => through_relay(build, &t, &profile, &options)
+                    Front::Relay => through_relay(&producers, &sales.orders, &profile, &options)
                         .await
                         .context("the half-rate run through the bare relay")?,
                     Front::CommandApi => {
@@ -1031,7 +1029,7 @@ pub async fn run(
     }
     if let Some(ratios) = &ratios {
         figures.push((
-            "  the Command API's p99 POST to 202 over the bare relay's, pair by pair (turns 1-2, 3-4, 5-6); their median".into(),
+            "  the Command API's p99 POST to 202 over the bare relay's, pair by pair (turns 1-2, 3-4, ...); their median".into(),
             format!(
                 "{}; {}",
                 ratios
@@ -1236,7 +1234,10 @@ pub async fn run(
     ];
     if let Some(ratio) = ratios.as_deref().and_then(median) {
         row.measures.push((
-            "p99 POST to 202, Command API / bare relay (half rate, median of 3 pairs)".into(),
+            format!(
+                "p99 POST to 202, Command API / bare relay (half rate, median of {} pairs)",
+                TURNS.len() / 2
+            ),
             ratio,
         ));
     }
