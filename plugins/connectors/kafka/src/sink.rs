@@ -25,7 +25,7 @@ use tracing::warn;
 
 use crate::config::KafkaSinkSettings;
 use crate::metrics::SinkMetrics;
-use crate::placement::Placement;
+use crate::placement::{Placement, Route};
 
 /// A Kafka producer of the sink: librdkafka's producer, and a thread of its own serving
 /// its delivery reports (what rdkafka's `ThreadedProducer` does, but see [`POLL_WAIT`]).
@@ -153,6 +153,8 @@ impl SharedProducer {
 /// One write's outstanding deliveries: every message of the batch holds a reference, and
 /// the last delivery report completes the write.
 pub struct BatchDelivery {
+    /// How the write's records were placed, held open until the last of them is settled.
+    route: Route,
     remaining: AtomicUsize,
     state: Mutex<Failures>,
     done: Mutex<Option<oneshot::Sender<Failures>>>,
@@ -188,9 +190,10 @@ pub fn is_permanent(code: RDKafkaErrorCode) -> bool {
 }
 
 impl BatchDelivery {
-    fn new(messages: usize) -> (Arc<Self>, oneshot::Receiver<Failures>) {
+    fn new(messages: usize, route: Route) -> (Arc<Self>, oneshot::Receiver<Failures>) {
         let (tx, rx) = oneshot::channel();
         let delivery = Arc::new(Self {
+            route,
             // One extra count for the write itself, released once every message is queued.
             remaining: AtomicUsize::new(messages + 1),
             state: Mutex::new(Failures::default()),
@@ -343,9 +346,12 @@ impl Sink for KafkaSink {
         if self.placement.due() {
             self.ask_partitions();
         }
+        // Placed by the partition count as it is now, once no write placed by an older
+        // count is outstanding (see `placement`).
+        let route = self.placement.route().await;
         // The producers this write sends through, as they are now.
         let mut used: Vec<Option<Arc<SinkProducer>>> = vec![None; self.producers.len()];
-        let (batch, done) = BatchDelivery::new(events.len());
+        let (batch, done) = BatchDelivery::new(events.len(), route);
         for (queued, event) in events.iter().enumerate() {
             let field_key = self
                 .settings
@@ -356,7 +362,7 @@ impl Sink for KafkaSink {
                 Some(k) => Some(k.as_bytes()),
                 None => event.key.as_deref(),
             };
-            let index = self.placement.producer(key, self.lane);
+            let index = batch.route.producer(key, self.lane);
             let producer = used[index].get_or_insert_with(|| self.producers[index].get());
             let mut record: BaseRecord<'_, [u8], [u8], Arc<BatchDelivery>> =
                 BaseRecord::with_opaque_to(&self.settings.topic, Arc::clone(&batch))
@@ -529,6 +535,8 @@ mod tests {
     use salesflow_plugin_api::json::top_level_field as key_from_field;
     use salesflow_plugin_api::{Settings, toml};
 
+    use futures::FutureExt;
+
     use super::*;
     use crate::placement::partition_of;
 
@@ -539,8 +547,18 @@ mod tests {
         config: &rdkafka::ClientConfig,
         producers: usize,
     ) -> (KafkaSink, Vec<Arc<SinkMetrics>>, Vec<Arc<SharedProducer>>) {
-        let (metrics, shared): (Vec<_>, Vec<_>) = (0..producers)
-            .map(|_| {
+        sink_of(settings, &vec![config.clone(); producers])
+    }
+
+    /// A sink (lane 1) writing through one producer made from each of `configs`.
+    fn sink_of(
+        settings: KafkaSinkSettings,
+        configs: &[rdkafka::ClientConfig],
+    ) -> (KafkaSink, Vec<Arc<SinkMetrics>>, Vec<Arc<SharedProducer>>) {
+        let producers = configs.len();
+        let (metrics, shared): (Vec<_>, Vec<_>) = configs
+            .iter()
+            .map(|config| {
                 let metrics = Arc::new(SinkMetrics::register(
                     &mut prometheus_client::registry::Registry::default(),
                 ));
@@ -676,12 +694,7 @@ mod tests {
         salesflow_testkit::wait_until(
             "the sink to learn the partition count",
             Duration::from_secs(10),
-            || async {
-                carts.iter().all(|c| {
-                    placement.producer(Some(c.as_bytes()), 1)
-                        == partition_of(c.as_bytes(), 6) as usize % 2
-                })
-            },
+            || async { placement.partitions() == 6 },
         )
         .await;
         let before: Vec<u64> = metrics.iter().map(|m| m.delivered.get()).collect();
@@ -720,6 +733,62 @@ mod tests {
         for (key, seqs) in &seen {
             assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{key}: {seqs:?}");
         }
+        salesflow_testkit::delete_topics(&[&topic]).await;
+    }
+
+    /// On the real broker: a key whose first record went through the lane's producer,
+    /// before the partition count was known, and whose next one goes through its
+    /// partition's producer once it is, keeps its order although the first producer is
+    /// the slower. The lane's producer lingers 3 s here, so the first record is still in
+    /// it when the count is learnt; the next write waits for it.
+    #[tokio::test]
+    async fn a_key_keeps_its_order_when_the_partition_count_moves_it_to_another_producer() {
+        let topic = salesflow_testkit::unique("sink-moved");
+        salesflow_testkit::create_topic(&topic, 6).await;
+        let settings = settings(&format!(
+            "bootstrap_servers = \"{}\"\ntopic = \"{topic}\"\nkey_field = \"cart\"\nproducers = 2",
+            salesflow_testkit::bootstrap()
+        ));
+        let config = settings.client_config();
+        let mut slow = config.clone();
+        slow.set("linger.ms", "3000");
+        // Lane 1 writes through producer 1 (the slow one) until the count is known.
+        let (mut sink, metrics, _) = sink_of(settings, &[config, slow]);
+        let placement = Arc::clone(&sink.placement);
+        let cart = (0..12)
+            .map(|i| format!("cart-{i}"))
+            .find(|c| partition_of(c.as_bytes(), 6).is_multiple_of(2))
+            .unwrap();
+        let event = |seq: usize| Event::new(format!(r#"{{"cart":"{cart}","seq":{seq}}}"#));
+        let mut first = sink.write(vec![event(0)].into()).await.unwrap();
+        salesflow_testkit::wait_until(
+            "the sink to learn the partition count",
+            Duration::from_secs(10),
+            || async { placement.partitions() == 6 },
+        )
+        .await;
+        assert!(
+            (&mut first).now_or_never().is_none(),
+            "the first record was delivered before the count was known"
+        );
+        let second = sink.write(vec![event(1)].into()).await.unwrap();
+        first.await.unwrap();
+        second.await.unwrap();
+        let delivered: Vec<u64> = metrics.iter().map(|m| m.delivered.get()).collect();
+        assert_eq!(delivered, [1, 1], "one record through each producer");
+        let records =
+            salesflow_testkit::read_all(&topic, Duration::from_secs(20), |r| r.len() >= 2);
+        let mut seqs: Vec<(i64, u64)> = records
+            .iter()
+            .map(|r| (r.offset, r.payload["seq"].as_u64().unwrap()))
+            .collect();
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs.iter().map(|(_, seq)| *seq).collect::<Vec<_>>(),
+            [0, 1],
+            "{records:?}"
+        );
+        assert!(records.iter().all(|r| r.partition == records[0].partition));
         salesflow_testkit::delete_topics(&[&topic]).await;
     }
 
